@@ -1,0 +1,39 @@
+# Everything a fresh machine needs: `make main` (set up, build, run the main job)
+# and `make test` (set up, build, run every test). The virtual environment lives
+# in .venv at the repository root.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CUDA 13.0 build of torch (on this kind of machine it installs from local disk),
+# so that the CUDA kernels compile even where no GPU is present.
+TORCH_SPEC ?= torch==2.14.1
+export CUDA_HOME ?= $(wildcard /usr/local/cuda)
+export MAX_JOBS ?= 2
+
+.PHONY: setup build main test test-fast bench clean
+
+$(VENV)/.installed: requirements-dev.txt Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH_SPEC)" -r requirements-dev.txt
+	touch $@
+
+setup: build
+
+# Incremental (ninja) in-place build of m2n2_kernels._C; a .pth file puts the
+# repository on the venv's path, like an editable install.
+build: $(VENV)/.installed
+	$(PY) setup.py -q build_ext --inplace
+	$(PY) -c "import site, os; open(os.path.join(site.getsitepackages()[0], 'm2n2_kernels_dev.pth'), 'w').write(os.getcwd() + '\n')"
+	$(PY) -c "import m2n2_kernels, json; print(json.dumps(m2n2_kernels.build_info()))"
+
+main: build
+	$(PY) benchmarks/bench_crossover.py
+
+test: build
+	$(PY) -m pytest -q tests
+
+bench: build
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf build m2n2_kernels/*.so

@@ -1,0 +1,38 @@
+// CPU split-point crossover on raw pointers (torch-free).
+//
+// A "segment" is one contiguous buffer of the child; a model given as a list of
+// tensors is a list of segments that together form one long vector, so one split
+// and one slerp angle cover the whole model. Work is cut into fixed chunks whose
+// boundaries do not depend on the thread count: partial sums are combined in chunk
+// order, so results are the same with 1 thread or 64.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "m2n2/dtypes.h"
+#include "m2n2/interp.h"
+
+namespace m2n2::cpu {
+
+struct Segment {
+  const void* a;
+  const void* b;
+  void* out;
+  int64_t numel;
+  int64_t first_index;  // global index (index_offset included) of element 0
+};
+
+enum class Dtype { kFloat, kDouble, kBFloat16, kHalf };
+
+// dot, |a|^2, |b|^2 on each side of the split (fp64 partials of blocked sums).
+SplitSums split_sums(Dtype dtype, const std::vector<Segment>& segments, int64_t split);
+
+// out = ca[side] a + cb[side] b (+ noise_std * z(seed, stream, index)).
+void split_interp(Dtype dtype, const std::vector<Segment>& segments, int64_t split,
+                  const SplitCoefs& coefs, double noise_std, uint64_t seed, uint64_t stream);
+
+// Which instruction set the runtime dispatch picked on this CPU ("avx512", ...).
+const char* isa_in_use();
+
+}  // namespace m2n2::cpu

@@ -1,0 +1,50 @@
+// Every operator schema of the m2n2 library, in one place.
+//
+// Backends attach kernels with TORCH_LIBRARY_IMPL(m2n2, CPU|CUDA, m) in csrc/cpu and
+// csrc/cuda; m2n2_kernels/ops.py adds the fake (meta) kernels for torch.compile and
+// the Triton kernels where CUDA C++ was not compiled. Arguments that an op writes
+// are marked (a!). Ops return nothing when they write into given tensors: the
+// Python API allocates outputs, which keeps one kernel per op and no hidden copies.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "build_info.h"
+
+namespace m2n2 {
+namespace {
+
+std::string build_info_json() { return build_info::json(); }
+
+}  // namespace
+}  // namespace m2n2
+
+TORCH_LIBRARY(m2n2, m) {
+  m.def("build_info() -> str", &m2n2::build_info_json);
+
+  // ---- split-point crossover (DESIGN.md, "Crossover") ----
+  // a, b, out: lists of tensors forming one long vector (one tensor for a plain
+  // buffer). split and index_offset are global element indices; element i of the
+  // list has global index index_offset + i. stream keys the noise (the child's
+  // number in a batch).
+  m.def(
+      "split_interpolate_out(Tensor[] a, Tensor[] b, Tensor(a!)[] out, int split, float w, "
+      "str method, str omega, float noise_std, int seed, int stream, int index_offset) -> ()");
+  // In place into self, which plays parent a when self_is_a, else parent b.
+  m.def(
+      "split_interpolate_(Tensor(a!)[] self, Tensor[] other, int split, float w, str method, "
+      "str omega, float noise_std, int seed, int stream, int index_offset, bool self_is_a) -> ()");
+  // K children from rows ia[k], ib[k] of a P x n archive, split[k], w[k] (fp64), noise
+  // keyed by (seed, k, element).
+  m.def(
+      "crossover_batch_out(Tensor archive, Tensor ia, Tensor ib, Tensor split, Tensor w, "
+      "Tensor(a!) out, str method, str omega, float noise_std, int seed) -> ()");
+}
+
+// A plain CPython module, so that `import m2n2_kernels._C` loads the library and runs
+// the registrations above; all functionality is reached through torch.ops.m2n2.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

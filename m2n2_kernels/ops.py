@@ -1,0 +1,45 @@
+"""Dispatcher-level glue for torch.ops.m2n2 (schemas live in csrc/ops.cpp).
+
+- fake (meta) kernels, so every op traces under torch.compile and FakeTensorMode;
+- where this build has no CUDA C++ kernels, the Triton kernels are registered as
+  the ops' CUDA implementation, so torch.ops.m2n2.* works on any GPU.
+The user-facing API is in crossover.py (and the other op-family modules).
+"""
+import torch
+
+from . import _backend
+
+
+@torch.library.register_fake("m2n2::split_interpolate_out")
+def _split_interpolate_out_fake(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset):
+    return None
+
+
+@torch.library.register_fake("m2n2::split_interpolate_")
+def _split_interpolate_inplace_fake(self, other, split, w, method, omega, noise_std, seed, stream, index_offset, self_is_a):
+    return None
+
+
+@torch.library.register_fake("m2n2::crossover_batch_out")
+def _crossover_batch_out_fake(archive, ia, ib, split, w, out, method, omega, noise_std, seed):
+    return None
+
+
+def _register_triton_for_cuda():
+    from .triton import crossover as tc
+
+    torch.library.impl("m2n2::split_interpolate_out", "CUDA")(tc.split_interpolate_out)
+
+    def inplace(self, other, split, w, method, omega, noise_std, seed, stream, index_offset, self_is_a):
+        a, b = (self, other) if self_is_a else (other, self)
+        tc.split_interpolate_out(a, b, self, split, w, method, omega, noise_std, seed, stream, index_offset)
+
+    torch.library.impl("m2n2::split_interpolate_", "CUDA")(inplace)
+    torch.library.impl("m2n2::crossover_batch_out", "CUDA")(tc.crossover_batch_out)
+
+
+if not _backend.cuda_compiled() and _backend.triton_importable():
+    try:
+        _register_triton_for_cuda()
+    except ImportError:  # the Triton kernels need a newer triton than the one installed
+        pass

@@ -1,0 +1,185 @@
+"""Pure-torch reference implementations: THE semantics of every op.
+
+Tests compare every backend with these functions, and the benchmarks use them as
+the "good torch" baseline where noted. They are written for clarity first, but
+stream over large inputs in chunks so that they also run at scale.
+"""
+import math
+
+import torch
+
+# ---------------------------------------------------------------------------
+# Counter-based Gaussian noise (csrc/include/m2n2/philox.h holds the same).
+# ---------------------------------------------------------------------------
+
+_MASK32 = 0xFFFFFFFF
+_PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+
+
+def _mulhilo32(m: int, x: torch.Tensor):
+    """High and low 32 bits of m * x for x in [0, 2^32), exactly, in int64 (no
+    reliance on signed overflow: x is split into 16-bit halves)."""
+    x_lo = x & 0xFFFF
+    x_hi = x >> 16
+    lo_part = m * x_lo  # < 2^48
+    hi_part = m * x_hi  # < 2^48
+    mid = lo_part + ((hi_part & 0xFFFF) << 16)  # < 2^49
+    lo = mid & _MASK32
+    hi = (hi_part >> 16) + (mid >> 32)
+    return hi & _MASK32, lo
+
+
+def philox4x32_10(c, key):
+    """Philox4x32 with 10 rounds on int64 tensors holding uint32 words."""
+    c0, c1, c2, c3 = c
+    k0, k1 = key
+    for _ in range(10):
+        hi0, lo0 = _mulhilo32(_PHILOX_M[0], c0)
+        hi1, lo1 = _mulhilo32(_PHILOX_M[1], c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + _PHILOX_W[0]) & _MASK32
+        k1 = (k1 + _PHILOX_W[1]) & _MASK32
+    return c0, c1, c2, c3
+
+
+def normal_noise(seed: int, stream: int, index: torch.Tensor) -> torch.Tensor:
+    """Standard normal z(seed, stream, i) for int64 element indices, as float32.
+
+    Philox4x32-10 on counter (g, g >> 32, stream, stream >> 32), g = i // 4, key
+    (seed, seed >> 32); Box-Muller turns words (0, 1) into lanes (0, 1) = (r cos,
+    r sin) and words (2, 3) into lanes (2, 3); element i takes lane i % 4.
+    """
+    seed &= 2**64 - 1
+    stream &= 2**64 - 1
+    group = index >> 2
+    lane = index & 3
+    zeros = torch.zeros_like(group)
+    c = (group & _MASK32, (group >> 32) & _MASK32, zeros + (stream & _MASK32), zeros + (stream >> 32))
+    words = philox4x32_10(c, (seed & _MASK32, seed >> 32))
+    first = torch.where(lane < 2, words[0], words[2])
+    second = torch.where(lane < 2, words[1], words[3])
+    u1 = ((first >> 8) + 1).to(torch.float32) * 2.0**-24  # (0, 1]
+    u2 = (second >> 8).to(torch.float32) * 2.0**-24  # [0, 1)
+    r = torch.sqrt(-2.0 * torch.log(u1))
+    angle = u2 * (2 * math.pi)
+    return torch.where(lane % 2 == 0, r * torch.cos(angle), r * torch.sin(angle))
+
+
+# ---------------------------------------------------------------------------
+# Split-point crossover.
+# ---------------------------------------------------------------------------
+
+SLERP_MIN_SIN = 1e-6
+_SUM_CHUNK = 1 << 22
+
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def split_sums(a: torch.Tensor, b: torch.Tensor, split: int):
+    """(dot, |a|^2, |b|^2) of each side of the split, accumulated in fp64, chunked."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    sums = [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    for start in range(0, a.numel(), _SUM_CHUNK):
+        stop = min(a.numel(), start + _SUM_CHUNK)
+        for side, (lo, hi) in enumerate(((start, min(stop, split)), (max(start, split), stop))):
+            if hi <= lo:
+                continue
+            x, y = a[lo:hi].double(), b[lo:hi].double()
+            sums[side][0] += float(torch.dot(x, y))
+            sums[side][1] += float(torch.dot(x, x))
+            sums[side][2] += float(torch.dot(y, y))
+    return sums
+
+
+def slerp_coefs(dot: float, aa: float, bb: float, t: float):
+    """(ca, cb) with child = ca a + cb b; lerp where sin(omega) <= 1e-6 or a norm is 0."""
+    na, nb = math.sqrt(aa), math.sqrt(bb)
+    if na > 0 and nb > 0:
+        omega = math.acos(min(1.0, max(-1.0, dot / (na * nb))))
+        so = math.sin(omega)
+        if so > SLERP_MIN_SIN:
+            return math.sin((1 - t) * omega) / so, math.sin(t * omega) / so
+    return 1 - t, t
+
+
+def split_coefs(method: str, omega: str, sums, w: float):
+    """[(ca, cb) of side 0 (i < split, t = w), (ca, cb) of side 1 (t = 1 - w)]."""
+    ts = (w, 1 - w)
+    if method == "lerp":
+        return [(1 - t, t) for t in ts]
+    if omega == "global":
+        total = [sums[0][k] + sums[1][k] for k in range(3)]
+        return [slerp_coefs(*total, t) for t in ts]
+    return [slerp_coefs(*sums[side], ts[side]) for side in range(2)]
+
+
+def split_interpolate(
+    a,
+    b,
+    split: int,
+    w: float,
+    *,
+    method: str = "slerp",
+    omega: str = "global",
+    noise_std: float = 0.0,
+    seed: int = 0,
+    stream: int = 0,
+    index_offset: int = 0,
+):
+    """Child of parents a and b (tensors, or lists of tensors forming one vector).
+
+    t_i = w where index_offset + i < split, else 1 - w; lerp or slerp (angle over the
+    whole vectors for omega="global", per side for "segment"); element maths in
+    fp32 (fp64 for fp64), then + noise_std * z(seed, stream, index_offset + i).
+    Returns a new tensor (or list of tensors) in the dtype of a.
+    """
+    is_list = isinstance(a, (list, tuple))
+    a_list = list(a) if is_list else [a]
+    b_list = list(b) if is_list else [b]
+    flat_a = torch.cat([t.reshape(-1) for t in a_list]) if a_list else torch.empty(0)
+    flat_b = torch.cat([t.reshape(-1) for t in b_list]) if b_list else torch.empty(0)
+    n = flat_a.numel()
+    local_split = min(max(split - index_offset, 0), n)
+    sums = split_sums(flat_a, flat_b, local_split) if method == "slerp" else None
+    (ca0, cb0), (ca1, cb1) = split_coefs(method, omega, sums, w)
+    cdt = _compute_dtype(flat_a.dtype)
+    x, y = flat_a.to(cdt), flat_b.to(cdt)
+    child = torch.empty_like(x)
+    # Python floats become scalars of the tensor's dtype: fl(ca * a) + fl(cb * b).
+    child[:local_split] = x[:local_split] * ca0 + y[:local_split] * cb0
+    child[local_split:] = x[local_split:] * ca1 + y[local_split:] * cb1
+    if noise_std != 0.0 and n > 0:
+        index = torch.arange(n, dtype=torch.int64, device=flat_a.device) + index_offset
+        child = child + normal_noise(seed, stream, index).to(cdt) * noise_std
+    child = child.to(flat_a.dtype)
+    if not is_list:
+        return child.view_as(a)
+    pieces, start = [], 0
+    for t in a_list:
+        pieces.append(child[start : start + t.numel()].view_as(t))
+        start += t.numel()
+    return pieces
+
+
+def crossover_batch(archive, ia, ib, split, w, *, method="slerp", omega="global", noise_std=0.0, seed=0):
+    """K children from rows ia[k], ib[k] of archive; child k's noise uses stream k."""
+    children = [
+        split_interpolate(
+            archive[int(ia[k])],
+            archive[int(ib[k])],
+            int(split[k]),
+            float(w[k]),
+            method=method,
+            omega=omega,
+            noise_std=noise_std,
+            seed=seed,
+            stream=k,
+        )
+        for k in range(len(ia))
+    ]
+    if not children:
+        return archive.new_empty((0, archive.shape[1]))
+    return torch.stack(children)
