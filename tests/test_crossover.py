@@ -337,7 +337,7 @@ def test_opcheck(device):
 def test_torch_compile_fullgraph(device):
     a, b = parents(4097, torch.float32, device, seed=12)
 
-    @torch.compile(fullgraph=True, backend="aot_eager")
+    @torch.compile(fullgraph=True)
     def merged(x, y):
         child = mk.split_interpolate(x, y, 1000, 0.3, noise_std=0.01, seed=4)
         return child * 2
@@ -345,7 +345,7 @@ def test_torch_compile_fullgraph(device):
     eager = mk.split_interpolate(a, b, 1000, 0.3, noise_std=0.01, seed=4) * 2
     torch.testing.assert_close(merged(a, b), eager, rtol=0, atol=0)
 
-    @torch.compile(fullgraph=True, backend="aot_eager")
+    @torch.compile(fullgraph=True)
     def in_place(x, y):
         mk.split_interpolate_(x, y, 10, 0.5, method="lerp")
         return x
