@@ -25,14 +25,32 @@ def _crossover_batch_out_fake(archive, ia, ib, split, w, out, method, omega, noi
     return None
 
 
+def _check_direct_crossover_call(a, b, out, split, method, omega, index_offset):
+    """The checks the C++ kernels make (crossover_args.h), for direct torch.ops
+    callers reaching the Triton kernels: nothing is launched on bad input."""
+    from . import crossover
+
+    n = crossover._check_parents(list(a), list(b))
+    crossover._check_scalars(n, split, 0.0, method, omega, 0.0, 0, index_offset)
+    for i, (o, x) in enumerate(zip(out, a)):
+        if o.dtype != x.dtype or o.shape != x.shape or o.device != x.device or not o.is_contiguous():
+            raise ValueError(f"out[{i}] must be a contiguous {x.dtype} tensor of shape {tuple(x.shape)} on {x.device}")
+    if len(out) != len(a) or not all(t.is_contiguous() for t in list(a) + list(b)):
+        raise ValueError("a, b and out must be lists of equal length of contiguous tensors")
+
+
 def _register_triton_for_cuda():
     from .triton import crossover as tc
 
-    torch.library.impl("m2n2::split_interpolate_out", "CUDA")(tc.split_interpolate_out)
+    def out_of_place(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset):
+        _check_direct_crossover_call(a, b, out, split, method, omega, index_offset)
+        tc.split_interpolate_out(list(a), list(b), list(out), split, w, method, omega, noise_std, seed, stream, index_offset)
 
     def inplace(self, other, split, w, method, omega, noise_std, seed, stream, index_offset, self_is_a):
         a, b = (self, other) if self_is_a else (other, self)
-        tc.split_interpolate_out(a, b, self, split, w, method, omega, noise_std, seed, stream, index_offset)
+        out_of_place(a, b, self, split, w, method, omega, noise_std, seed, stream, index_offset)
+
+    torch.library.impl("m2n2::split_interpolate_out", "CUDA")(out_of_place)
 
     torch.library.impl("m2n2::split_interpolate_", "CUDA")(inplace)
     torch.library.impl("m2n2::crossover_batch_out", "CUDA")(tc.crossover_batch_out)
