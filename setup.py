@@ -12,7 +12,13 @@ import glob
 import os
 
 from setuptools import find_packages, setup
-from torch.utils import cpp_extension
+
+# An nvcc found on PATH may be a wrapper script outside the toolkit; prefer the
+# toolkit's standard location (read by cpp_extension when it is imported).
+if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+from torch.utils import cpp_extension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCHS = "8.0;8.6;9.0+PTX"
@@ -38,7 +44,7 @@ def want_cuda():
 
 
 def extension():
-    with_cuda = want_cuda()
+    with_cuda = want_cuda() and bool(glob.glob("csrc/cuda/*.cu"))
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     define_macros = []
     cxx = [

@@ -16,7 +16,10 @@ import pytest  # noqa: E402
 import m2n2_kernels  # noqa: E402
 from m2n2_kernels import _backend  # noqa: E402
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+HAS_GPU = torch.cuda.is_available()
+_NO_GPU = pytest.mark.skip(reason="no CUDA GPU on this machine")
+# CUDA cases are always generated, and reported as skipped where no GPU exists.
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=() if HAS_GPU else _NO_GPU)]
 
 
 def available_backends(device):
@@ -30,7 +33,13 @@ def available_backends(device):
 
 
 def device_backend_params():
-    return [pytest.param(d, b, id=f"{d}-{b}") for d in DEVICES for b in available_backends(d)]
+    params = [pytest.param("cpu", b, id=f"cpu-{b}") for b in available_backends("cpu")]
+    for b in ("cpp", "triton", "torch"):
+        marks = () if HAS_GPU else _NO_GPU
+        if HAS_GPU and b not in available_backends("cuda"):
+            marks = pytest.mark.skip(reason=f"backend {b} not available for CUDA here")
+        params.append(pytest.param("cuda", b, id=f"cuda-{b}", marks=marks))
+    return params
 
 
 @pytest.fixture(autouse=True)

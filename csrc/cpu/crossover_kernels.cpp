@@ -22,23 +22,27 @@ namespace {
 // Chunk of work handed to one thread at a time; large enough to amortise the
 // scheduling, small enough to balance two to a hundred threads.
 constexpr int64_t kChunk = int64_t(1) << 16;
-// fp32 partial sums run over at most this many elements before being added to
-// the fp64 totals (a blocked sum: never one long sequential fp32 accumulation).
+// Partial sums run over blocks of this many elements before being added to the
+// running totals (a blocked sum: never one long sequential accumulation).
 constexpr int64_t kSumBlock = 1024;
 // Elements whose noise is generated together in a stack buffer.
 constexpr int64_t kNoiseTile = 512;
 
+// Products are taken in fp64, where the product of two fp32 (or fp16/bf16) values
+// is exact: the angle of a short or nearly (anti)parallel segment then comes out as
+// the exact maths says (cos = +-1 exactly for one element, hence the lerp fallback)
+// instead of a spurious small angle that the slerp formula would amplify. The pass
+// is bound by memory bandwidth, so the wider arithmetic costs nothing measurable.
 template <class T>
 M2N2_HD void range_sums_body(const T* a, const T* b, int64_t n, double out[3]) {
-  using C = compute_t<T>;
   double dot = 0.0, aa = 0.0, bb = 0.0;
   for (int64_t start = 0; start < n; start += kSumBlock) {
     const int64_t len = std::min(kSumBlock, n - start);
-    C bdot = 0, baa = 0, bbb = 0;
+    double bdot = 0.0, baa = 0.0, bbb = 0.0;
 #pragma omp simd reduction(+ : bdot, baa, bbb)
     for (int64_t i = 0; i < len; ++i) {
-      const C x = to_compute(a[start + i]);
-      const C y = to_compute(b[start + i]);
+      const double x = double(to_compute(a[start + i]));
+      const double y = double(to_compute(b[start + i]));
       bdot += x * y;
       baa += x * x;
       bbb += y * y;
