@@ -30,11 +30,28 @@ void expect(bool ok, const char* what) {
   }
 }
 
-template <class T> struct Names;
-template <> struct Names<float> { static constexpr cpu::Dtype cpu = cpu::Dtype::kFloat; static constexpr const char* name = "fp32"; };
-template <> struct Names<double> { static constexpr cpu::Dtype cpu = cpu::Dtype::kDouble; static constexpr const char* name = "fp64"; };
-template <> struct Names<bf16_t> { static constexpr cpu::Dtype cpu = cpu::Dtype::kBFloat16; static constexpr const char* name = "bf16"; };
-template <> struct Names<half_t> { static constexpr cpu::Dtype cpu = cpu::Dtype::kHalf; static constexpr const char* name = "fp16"; };
+template <class T>
+struct Names;
+template <>
+struct Names<float> {
+  static constexpr cpu::Dtype cpu = cpu::Dtype::kFloat;
+  static constexpr const char* name = "fp32";
+};
+template <>
+struct Names<double> {
+  static constexpr cpu::Dtype cpu = cpu::Dtype::kDouble;
+  static constexpr const char* name = "fp64";
+};
+template <>
+struct Names<bf16_t> {
+  static constexpr cpu::Dtype cpu = cpu::Dtype::kBFloat16;
+  static constexpr const char* name = "bf16";
+};
+template <>
+struct Names<half_t> {
+  static constexpr cpu::Dtype cpu = cpu::Dtype::kHalf;
+  static constexpr const char* name = "fp16";
+};
 
 // A buffer of n elements whose first element sits `shift` elements past a 64-byte boundary.
 template <class T>
@@ -68,10 +85,11 @@ void emulate_list_interp(const gpu::LaunchPlan& plan, int64_t split, const doubl
         T* out = static_cast<T*>(w.seg.out);
         const int64_t cut = gpu::local_cut(split, w.seg.first_index, w.seg.numel);
         const auto coefs = gpu::interp_coefs<C>(c4, sigma);
+        const int64_t n = w.seg.numel, first = w.seg.first_index;
         if (noise) {
-          gpu::interp_range<T, true>(a, b, out, w.seg.numel, w.seg.first_index, cut, coefs, seed, stream, w.tid, w.stride);
+          gpu::interp_range<T, true>(a, b, out, n, first, cut, coefs, seed, stream, w.tid, w.stride);
         } else {
-          gpu::interp_range<T, false>(a, b, out, w.seg.numel, w.seg.first_index, cut, coefs, seed, stream, w.tid, w.stride);
+          gpu::interp_range<T, false>(a, b, out, n, first, cut, coefs, seed, stream, w.tid, w.stride);
         }
       }
     }
@@ -166,7 +184,8 @@ void check_list(const std::vector<int64_t>& sizes, const std::vector<int>& shift
   const SplitSums direct = direct_sums<T>(gpu_segs, split);
   for (int side = 0; side < 2; ++side) {
     const double scale = direct.aa[side] + direct.bb[side];
-    expect(close(emulated.dot[side], direct.dot[side], scale) && close(emulated.aa[side], direct.aa[side], scale) &&
+    expect(close(emulated.dot[side], direct.dot[side], scale) &&
+               close(emulated.aa[side], direct.aa[side], scale) &&
                close(emulated.bb[side], direct.bb[side], scale),
            "sums");
   }
@@ -213,16 +232,19 @@ void check_batch(int64_t p, int64_t n, int budget, double sigma, std::mt19937_64
     const SplitSums sums = direct_sums<T>({seg}, split[k]);
     const SplitCoefs coefs = split_coefs(Method::kSlerp, OmegaMode::kGlobal, sums, 0.1 * double(k + 1));
     const double c4[4] = {coefs.ca[0], coefs.cb[0], coefs.ca[1], coefs.cb[1]};
-    cpu::split_interp(Names<T>::cpu, {{a, b, out_cpu.data + k * n, n, 0}}, split[k], coefs, sigma, seed, uint64_t(k));
+    cpu::split_interp(Names<T>::cpu, {{a, b, out_cpu.data + k * n, n, 0}}, split[k], coefs, sigma, seed,
+                      uint64_t(k));
     // The body of batch_interp_kernel for every (blockIdx.x, threadIdx.x) of child k.
     for (int bx = 0; bx < shape.blocks_x; ++bx) {
       for (int t = 0; t < gpu::kThreads; ++t) {
-        const int64_t tid = int64_t(bx) * gpu::kThreads + t, stride = int64_t(shape.blocks_x) * gpu::kThreads;
+        const int64_t tid = int64_t(bx) * gpu::kThreads + t;
+        const int64_t stride = int64_t(shape.blocks_x) * gpu::kThreads;
         const auto c = gpu::interp_coefs<C>(c4, sigma);
+        T* out = out_gpu.data + k * n;
         if (C(sigma) != C(0)) {
-          gpu::interp_range<T, true>(a, b, out_gpu.data + k * n, n, 0, split[k], c, seed, uint64_t(k), tid, stride);
+          gpu::interp_range<T, true>(a, b, out, n, 0, split[k], c, seed, uint64_t(k), tid, stride);
         } else {
-          gpu::interp_range<T, false>(a, b, out_gpu.data + k * n, n, 0, split[k], c, seed, uint64_t(k), tid, stride);
+          gpu::interp_range<T, false>(a, b, out, n, 0, split[k], c, seed, uint64_t(k), tid, stride);
         }
       }
     }

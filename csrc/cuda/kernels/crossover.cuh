@@ -18,8 +18,10 @@
 // with its own range of blocks sized by its numel. The batched form (K children of
 // one archive) is one launch per pass, blockIdx.y picking the child.
 //
-// Usage: plan_launches (or batch_shape), workspaces of partials_size doubles and 4
-// doubles per child, then launch_*; check cudaGetLastError() afterwards.
+// Usage (csrc/cuda/crossover.cu): plan_launches (or batch_shape); device workspaces of
+// 6 doubles per planned block (the partials; slerp only) and 4 per child (the
+// coefficients); then launch_list_sums, launch_coefs, launch_list_interp (or the
+// launch_batch_* pair around launch_coefs); check cudaGetLastError() afterwards.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -544,9 +546,11 @@ void launch_list_interp_t(const LaunchPlan& plan, int64_t split, const CoefSourc
   for (const SegmentTable& table : plan.tables) {
     const int blocks = table.block_begin[table.count];
     if (noise) {
-      list_interp_kernel<T, true><<<blocks, kThreads, 0, stream>>>(table, split, coefs, noise_std, seed, stream_id);
+      list_interp_kernel<T, true>
+          <<<blocks, kThreads, 0, stream>>>(table, split, coefs, noise_std, seed, stream_id);
     } else {
-      list_interp_kernel<T, false><<<blocks, kThreads, 0, stream>>>(table, split, coefs, noise_std, seed, stream_id);
+      list_interp_kernel<T, false>
+          <<<blocks, kThreads, 0, stream>>>(table, split, coefs, noise_std, seed, stream_id);
     }
   }
 }
@@ -583,11 +587,11 @@ inline void launch_list_sums(Dtype dtype, const LaunchPlan& plan, int64_t split,
 }
 
 // Pass 2: coefs[4 children] from partials (blocks_per_child rows per child; 0 for lerp).
-inline void launch_coefs(const double* partials, int64_t blocks_per_child, int64_t children, Method method,
-                         OmegaMode mode, const double* w_per_child, double w, double* coefs,
-                         cudaStream_t stream) {
-  coefs_kernel<kThreads><<<unsigned(children), kThreads, 0, stream>>>(partials, blocks_per_child, method, mode,
-                                                             w_per_child, w, coefs);
+inline void launch_coefs(const double* partials, int64_t blocks_per_child, int64_t children,
+                         Method method, OmegaMode mode, const double* w_per_child, double w,
+                         double* coefs, cudaStream_t stream) {
+  coefs_kernel<kThreads><<<unsigned(children), kThreads, 0, stream>>>(
+      partials, blocks_per_child, method, mode, w_per_child, w, coefs);
 }
 
 // Pass 3 of a list op; stream_id keys the noise (the schema's `stream`).
