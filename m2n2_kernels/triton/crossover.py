@@ -1,0 +1,351 @@
+"""Split-point crossover in Triton (the GPU path when the CUDA C++ kernels were
+not compiled; CPU tensors under TRITON_INTERPRET=1).
+
+Semantics: reference.split_interpolate / crossover_batch (DESIGN.md). Two passes:
+1. slerp only: one reduction kernel writes, per program, the partial sums
+   (dot, |a|^2, |b|^2) of each side of the split, each one a tree sum over the
+   program's block in fp64 (see _side_sums_block for why not fp32); torch then
+   sums the partials (a fixed order, so the result is deterministic) and computes
+   the coefficients in fp64 on the device, without a host sync (coefficients of
+   lerp are computed inside the kernel from w).
+2. one elementwise kernel: child = ca * a + cb * b in fp32 (fp64 for fp64), two
+   roundings (launched with enable_fp_fusion=False: no FMA contraction, as the C++
+   code), + noise_std * z with z from philox.py, rounded once to the storage type.
+
+Indices are int64 throughout; every kernel takes `block_offset`, the first block
+it handles (0 in normal use), so that a test can run only the last blocks of a
+vector longer than 2**32 elements.
+"""
+import contextlib
+import itertools
+import struct
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import reference
+from .philox import normals_block
+
+# Elements per program. The reduction reads two inputs and writes 48 bytes per
+# program; the elementwise pass reads two, writes one, and may run Philox.
+SUM_BLOCK = 4096
+SUM_WARPS = 8
+INTERP_BLOCK = 2048
+INTERP_WARPS = 4
+# CUDA limits grid dimension y (children of a batch) to 65535.
+_MAX_GRID_Y = 65535
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _double_bits(x: float) -> int:
+    """The bits of the fp64 value x as a signed int64: Triton passes Python floats
+    as fp32, so fp64 scalars travel as bits and are bitcast back in the kernel."""
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
+
+
+def _compute_dtype(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+# ---------------------------------------------------------------------------
+# Device helpers.
+# ---------------------------------------------------------------------------
+
+
+@triton.jit
+def _i64(x):
+    # Scalar int arguments arrive as i32 or i64 (or constexpr 1): widen once. The
+    # addition repairs the Triton 3.8 interpreter, which holds an int argument in
+    # [2**31, 2**32) as uint32 data under an int64 type, so that a later >> would
+    # shift a negative int32 (on the GPU it folds away).
+    return tl.cast(x, tl.int64) + tl.full([], 0, tl.int64)
+
+
+@triton.jit
+def _f64_from_bits(bits):
+    return tl.cast(tl.cast(bits, tl.int64), tl.float64, bitcast=True)
+
+
+@triton.jit
+def _round_to_bf16(x):
+    """fp32 -> bf16, round to nearest even. Done on the bits because the Triton
+    interpreter truncates when it casts to bf16; on the GPU this is what cvt.rn does."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+    is_nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    hi = tl.where(is_nan, (bits >> 16) | 0x40, rounded)
+    return hi.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _to_storage(x, DT: tl.constexpr):
+    if DT == tl.bfloat16:
+        return _round_to_bf16(x)
+    else:
+        return x.to(DT)
+
+
+@triton.jit
+def _lerp_coefs(w):
+    """(ca0, cb0, ca1, cb1) in fp64 from w, as reference.split_coefs: t = w, 1 - w."""
+    t1 = 1.0 - w
+    return 1.0 - w, w, 1.0 - t1, t1
+
+
+@triton.jit
+def _side_sums_block(a_ptr, b_ptr, n, local_split, block, BLOCK: tl.constexpr):
+    """Tree sums over one block of (dot, aa, bb) for side 0 (index < local_split)
+    and side 1, in fp64. Not fp32: the lerp fallback at sin(omega) <= 1e-6 needs the
+    angle of (anti)parallel sides exactly, e.g. a side of one element (split = 1 or
+    n - 1 with omega="segment"): with fp32 products cos(omega) comes out as
+    -1 + 6e-8, sin(omega) ~ 3e-4, and the coefficients explode where the reference
+    falls back to lerp. fp64 products of fp32/fp16/bf16 values are exact."""
+    offs = block * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float64)
+    y = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float64)
+    side0 = offs < local_split
+    xy = x * y
+    xx = x * x
+    yy = y * y
+    zero = tl.zeros_like(xy)
+    d0 = tl.sum(tl.where(side0, xy, zero), axis=0)
+    a0 = tl.sum(tl.where(side0, xx, zero), axis=0)
+    b0 = tl.sum(tl.where(side0, yy, zero), axis=0)
+    d1 = tl.sum(tl.where(side0, zero, xy), axis=0)
+    a1 = tl.sum(tl.where(side0, zero, xx), axis=0)
+    b1 = tl.sum(tl.where(side0, zero, yy), axis=0)
+    return d0, a0, b0, d1, a1, b1
+
+
+@triton.jit
+def _store_sums(part_ptr, row, d0, a0, b0, d1, a1, b1):
+    p = part_ptr + row * 6
+    tl.store(p, d0)
+    tl.store(p + 1, a0)
+    tl.store(p + 2, b0)
+    tl.store(p + 3, d1)
+    tl.store(p + 4, a1)
+    tl.store(p + 5, b1)
+
+
+@triton.jit
+def _interp_block(
+    a_ptr, b_ptr, out_ptr, n, local_split, ca0, cb0, ca1, cb1, sigma, seed_lo, seed_hi, stream_lo, stream_hi,
+    first_index, block, BLOCK: tl.constexpr, CDT: tl.constexpr, NOISE: tl.constexpr, PHASE: tl.constexpr,
+):
+    """One block of the elementwise pass. With noise, blocks are aligned to the
+    global counter groups: block k covers local elements k * BLOCK - PHASE + [0, BLOCK),
+    PHASE = first_index & 3, so each program draws whole groups of four."""
+    offs = block * BLOCK - PHASE + tl.arange(0, BLOCK)
+    mask = (offs >= 0) & (offs < n)
+    x = tl.load(a_ptr + offs, mask=mask, other=0.0).to(CDT)
+    y = tl.load(b_ptr + offs, mask=mask, other=0.0).to(CDT)
+    side0 = offs < local_split
+    ca = tl.where(side0, ca0.to(CDT), ca1.to(CDT))
+    cb = tl.where(side0, cb0.to(CDT), cb1.to(CDT))
+    child = ca * x + cb * y
+    if NOISE:
+        first_group = (first_index >> 2) + block * (BLOCK // 4)
+        z = normals_block(first_group, seed_lo, seed_hi, stream_lo, stream_hi, BLOCK)
+        child = child + sigma.to(CDT) * z.to(CDT)
+    tl.store(out_ptr + offs, _to_storage(child, out_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------
+# Kernels: one tensor (a piece of the concatenated vector).
+# ---------------------------------------------------------------------------
+
+
+@triton.jit
+def _split_sums_kernel(a_ptr, b_ptr, part_ptr, n, local_split, part_base, block_offset, BLOCK: tl.constexpr):
+    block = _i64(block_offset) + tl.program_id(0).to(tl.int64)
+    d0, a0, b0, d1, a1, b1 = _side_sums_block(a_ptr, b_ptr, _i64(n), _i64(local_split), block, BLOCK)
+    _store_sums(part_ptr, _i64(part_base) + block - _i64(block_offset), d0, a0, b0, d1, a1, b1)
+
+
+@triton.jit
+def _split_interp_kernel(
+    a_ptr, b_ptr, out_ptr, coef_ptr, w_bits, n, local_split, sigma_bits, seed_lo, seed_hi, stream_lo, stream_hi,
+    first_index, block_offset, BLOCK: tl.constexpr, CDT: tl.constexpr, LERP: tl.constexpr,
+    NOISE: tl.constexpr, PHASE: tl.constexpr,
+):
+    block = _i64(block_offset) + tl.program_id(0).to(tl.int64)
+    if LERP:
+        ca0, cb0, ca1, cb1 = _lerp_coefs(_f64_from_bits(w_bits))
+    else:  # slerp: computed on the device from the reduction
+        ca0 = tl.load(coef_ptr)
+        cb0 = tl.load(coef_ptr + 1)
+        ca1 = tl.load(coef_ptr + 2)
+        cb1 = tl.load(coef_ptr + 3)
+    _interp_block(
+        a_ptr, b_ptr, out_ptr, _i64(n), _i64(local_split), ca0, cb0, ca1, cb1, _f64_from_bits(sigma_bits),
+        tl.cast(seed_lo, tl.uint32), tl.cast(seed_hi, tl.uint32), tl.cast(stream_lo, tl.uint32),
+        tl.cast(stream_hi, tl.uint32), _i64(first_index), block, BLOCK, CDT, NOISE, PHASE,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Kernels: a batch of children from an archive. Grid (block, child).
+# ---------------------------------------------------------------------------
+
+
+@triton.jit
+def _batch_sums_kernel(
+    archive_ptr, ia_ptr, ib_ptr, split_ptr, part_ptr, n, blocks_per_row, child_base, block_offset,
+    BLOCK: tl.constexpr,
+):
+    n = _i64(n)
+    block = _i64(block_offset) + tl.program_id(0).to(tl.int64)
+    k = _i64(child_base) + tl.program_id(1).to(tl.int64)
+    a_row = archive_ptr + tl.load(ia_ptr + k) * n
+    b_row = archive_ptr + tl.load(ib_ptr + k) * n
+    d0, a0, b0, d1, a1, b1 = _side_sums_block(a_row, b_row, n, tl.load(split_ptr + k), block, BLOCK)
+    row = k * _i64(blocks_per_row) + block - _i64(block_offset)
+    _store_sums(part_ptr, row, d0, a0, b0, d1, a1, b1)
+
+
+@triton.jit
+def _batch_interp_kernel(
+    archive_ptr, ia_ptr, ib_ptr, split_ptr, w_ptr, coef_ptr, out_ptr, n, sigma_bits, seed_lo, seed_hi,
+    child_base, block_offset, BLOCK: tl.constexpr, CDT: tl.constexpr, LERP: tl.constexpr, NOISE: tl.constexpr,
+):
+    n = _i64(n)
+    block = _i64(block_offset) + tl.program_id(0).to(tl.int64)
+    k = _i64(child_base) + tl.program_id(1).to(tl.int64)
+    if LERP:
+        ca0, cb0, ca1, cb1 = _lerp_coefs(tl.load(w_ptr + k))
+    else:
+        ca0 = tl.load(coef_ptr + 4 * k)
+        cb0 = tl.load(coef_ptr + 4 * k + 1)
+        ca1 = tl.load(coef_ptr + 4 * k + 2)
+        cb1 = tl.load(coef_ptr + 4 * k + 3)
+    _interp_block(
+        archive_ptr + tl.load(ia_ptr + k) * n, archive_ptr + tl.load(ib_ptr + k) * n, out_ptr + k * n, n,
+        tl.load(split_ptr + k), ca0, cb0, ca1, cb1, _f64_from_bits(sigma_bits), tl.cast(seed_lo, tl.uint32),
+        tl.cast(seed_hi, tl.uint32), k.to(tl.uint32), (k >> 32).to(tl.uint32), 0, block, BLOCK, CDT, NOISE, 0,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Coefficients of slerp, in fp64 on the device (no host sync).
+# ---------------------------------------------------------------------------
+
+
+def _slerp_coefs(sums, t0, t1, omega):
+    """sums [..., 2, 3] fp64 (dot, aa, bb per side); t0, t1 floats or tensors [...].
+    Returns [..., 4] = (ca0, cb0, ca1, cb1), as reference.slerp_coefs / interp.h."""
+    if omega == "global":
+        sides = (sums[..., 0, :] + sums[..., 1, :]).unsqueeze(-2)  # one angle for both
+    else:
+        sides = sums
+    dot, aa, bb = sides.unbind(-1)
+    na, nb = aa.sqrt(), bb.sqrt()
+    angle = torch.acos((dot / (na * nb)).clamp(-1.0, 1.0))
+    so = torch.sin(angle)
+    # NaN (zero norm) compares false: falls back to lerp, as the reference does.
+    use = (na > 0) & (nb > 0) & (so > reference.SLERP_MIN_SIN)
+    coefs = []
+    for side, t in enumerate((t0, t1)):
+        i = 0 if omega == "global" else side
+        ang, s, u = angle[..., i], so[..., i], use[..., i]
+        coefs.append(torch.where(u, torch.sin((1 - t) * ang) / s, 1 - t))
+        coefs.append(torch.where(u, torch.sin(t * ang) / s, t))
+    return torch.stack(torch.broadcast_tensors(*coefs), dim=-1).contiguous()
+
+
+# ---------------------------------------------------------------------------
+# Host entry points (arguments already checked by m2n2_kernels/crossover.py).
+# ---------------------------------------------------------------------------
+
+
+def _launch_opts(warps):
+    # Interpreted runs ignore these; compiled runs must not contract into FMAs.
+    return {"num_warps": warps, "enable_fp_fusion": False}
+
+
+def _on(device):
+    # Triton launches on the current CUDA device: make it the tensors' one.
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset):
+    """out = split_interpolate(a, b, ...) for lists of contiguous tensors taken in
+    order as one vector whose element 0 has global index `index_offset`. out[i] may
+    be a[i] or b[i]: every element is read before it is written, by one program."""
+    numels = [t.numel() for t in a]
+    if sum(numels) == 0:
+        return
+    with _on(a[0].device):
+        _split_interpolate(a, b, out, numels, split, w, method, omega, noise_std, seed, stream, index_offset)
+
+
+def _split_interpolate(a, b, out, numels, split, w, method, omega, noise_std, seed, stream, index_offset):
+    cdt = _compute_dtype(a[0].dtype)
+    seed &= 2**64 - 1
+    stream &= 2**64 - 1
+    starts = [0, *itertools.accumulate(numels)][:-1]
+    local_splits = [min(max(split - index_offset - s, 0), m) for s, m in zip(starts, numels)]
+    lerp = method == "lerp"
+    coefs = None
+    if not lerp:
+        blocks = [triton.cdiv(m, SUM_BLOCK) for m in numels]
+        part = torch.empty((sum(blocks), 6), dtype=torch.float64, device=a[0].device)
+        row = 0
+        for x, y, m, cut, nb in zip(a, b, numels, local_splits, blocks):
+            if nb:
+                _split_sums_kernel[(nb,)](
+                    x, y, part, m, cut, row, 0, BLOCK=SUM_BLOCK, **_launch_opts(SUM_WARPS)
+                )
+            row += nb
+        sums = part.sum(dim=0).view(2, 3)
+        coefs = _slerp_coefs(sums, w, 1 - w, omega)
+    noise = noise_std != 0.0
+    for x, y, o, m, cut, start in zip(a, b, out, numels, local_splits, starts):
+        if m == 0:
+            continue
+        first = index_offset + start
+        phase = first & 3 if noise else 0
+        grid = (triton.cdiv(m + phase, INTERP_BLOCK),)
+        _split_interp_kernel[grid](
+            x, y, o, o if coefs is None else coefs,  # coef_ptr is not read for lerp
+            _double_bits(w), m, cut, _double_bits(noise_std), seed & _MASK32, seed >> 32,
+            stream & _MASK32, stream >> 32, first, 0,
+            BLOCK=INTERP_BLOCK, CDT=cdt, LERP=lerp, NOISE=noise, PHASE=phase, **_launch_opts(INTERP_WARPS),
+        )
+
+
+def crossover_batch_out(archive, ia, ib, split, w, out, method, omega, noise_std, seed):
+    """out[k] = split_interpolate(archive[ia[k]], archive[ib[k]], split[k], w[k],
+    stream=k): one reduction launch and one elementwise launch (2-D grids), per
+    65535 children."""
+    k_total, n = out.shape
+    if k_total == 0 or n == 0:
+        return
+    with _on(archive.device):
+        _crossover_batch(archive, ia, ib, split, w, out, k_total, n, method, omega, noise_std, seed)
+
+
+def _crossover_batch(archive, ia, ib, split, w, out, k_total, n, method, omega, noise_std, seed):
+    ia, ib, split, w = (t.contiguous() for t in (ia, ib, split, w))
+    cdt = _compute_dtype(archive.dtype)
+    seed &= 2**64 - 1
+    lerp = method == "lerp"
+    coefs = None
+    if not lerp:
+        blocks = triton.cdiv(n, SUM_BLOCK)
+        part = torch.empty((k_total, blocks, 6), dtype=torch.float64, device=archive.device)
+        for base in range(0, k_total, _MAX_GRID_Y):
+            _batch_sums_kernel[(blocks, min(_MAX_GRID_Y, k_total - base))](
+                archive, ia, ib, split, part, n, blocks, base, 0, BLOCK=SUM_BLOCK, **_launch_opts(SUM_WARPS),
+            )
+        coefs = _slerp_coefs(part.sum(dim=1).view(k_total, 2, 3), w, 1 - w, omega)
+    for base in range(0, k_total, _MAX_GRID_Y):
+        _batch_interp_kernel[(triton.cdiv(n, INTERP_BLOCK), min(_MAX_GRID_Y, k_total - base))](
+            archive, ia, ib, split, w, w if coefs is None else coefs,  # coef_ptr is not read for lerp
+            out, n, _double_bits(noise_std),
+            seed & _MASK32, seed >> 32, base, 0,
+            BLOCK=INTERP_BLOCK, CDT=cdt, LERP=lerp, NOISE=noise_std != 0.0, **_launch_opts(INTERP_WARPS),
+        )
