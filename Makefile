@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1
 export CUDA_HOME ?= $(wildcard /usr/local/cuda)
 export MAX_JOBS ?= 2
 
-.PHONY: setup build main test test-fast bench clean
+.PHONY: setup build main test test-fast bench clean cuda-host-check
 
 $(VENV)/.installed: requirements-dev.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,17 @@ test: build
 
 bench: build
 	$(PY) benchmarks/run_all.py
+
+# The CUDA kernels' per-thread index logic run on the CPU (no GPU needed) against the
+# C++ kernels, byte for byte: tests/native/crossover_cuda_host_check.cu.
+NVCC ?= $(CUDA_HOME)/bin/nvcc
+HOST_CHECK := build/native/crossover_cuda_host_check
+cuda-host-check:
+	mkdir -p build/native
+	$(CXX) -std=c++17 -O2 -fopenmp -ffp-contract=off -Icsrc/include -Icsrc -c csrc/cpu/crossover_kernels.cpp -o build/native/crossover_kernels.o
+	$(NVCC) -std=c++17 -O2 -arch=sm_80 --fmad=false -Werror all-warnings -Xcompiler=-ffp-contract=off,-fopenmp,-Wall,-Werror \
+		-Icsrc/include -Icsrc tests/native/crossover_cuda_host_check.cu build/native/crossover_kernels.o -o $(HOST_CHECK) -lgomp
+	./$(HOST_CHECK)
 
 clean:
 	rm -rf build m2n2_kernels/*.so
