@@ -8,7 +8,9 @@
 #include <c10/util/Exception.h>
 
 #include <string>
+#include <vector>
 
+#include "m2n2/dtypes.h"
 #include "m2n2/interp.h"
 
 namespace m2n2 {
@@ -56,6 +58,30 @@ inline int64_t check_crossover_lists(at::TensorList a, at::TensorList b, at::Ten
     total += a[i].numel();
   }
   return total;
+}
+
+inline Dtype storage_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return Dtype::kFloat;
+    case at::kDouble: return Dtype::kDouble;
+    case at::kBFloat16: return Dtype::kBFloat16;
+    case at::kHalf: return Dtype::kHalf;
+    default: TORCH_CHECK_TYPE(false, "unsupported dtype ", t);
+  }
+}
+
+// The non-empty tensors of checked lists as segments of one vector from index_offset.
+inline std::vector<Segment> make_segments(at::TensorList a, at::TensorList b, at::TensorList out,
+                                          int64_t index_offset) {
+  std::vector<Segment> segments;
+  int64_t first = index_offset;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].numel() > 0) {
+      segments.push_back({a[i].data_ptr(), b[i].data_ptr(), out[i].data_ptr(), a[i].numel(), first});
+    }
+    first += a[i].numel();
+  }
+  return segments;
 }
 
 // With index_offset > 0 the buffer is one piece of a longer vector, whose split may

@@ -11,36 +11,13 @@
 namespace m2n2 {
 namespace {
 
-cpu::Dtype cpu_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cpu::Dtype::kFloat;
-    case at::kDouble: return cpu::Dtype::kDouble;
-    case at::kBFloat16: return cpu::Dtype::kBFloat16;
-    case at::kHalf: return cpu::Dtype::kHalf;
-    default: TORCH_CHECK_TYPE(false, "unsupported dtype ", t);
-  }
-}
-
 // The whole op once the tensors are checked: sums (slerp only), coefficients, pass.
-void run_crossover(cpu::Dtype dtype, const std::vector<cpu::Segment>& segments, int64_t split, double w,
+void run_crossover(Dtype dtype, const std::vector<Segment>& segments, int64_t split, double w,
                    Method method, OmegaMode omega, double noise_std, int64_t seed, int64_t stream) {
   SplitSums sums{};
   if (method == Method::kSlerp) sums = cpu::split_sums(dtype, segments, split);
   const SplitCoefs coefs = split_coefs(method, omega, sums, w);
   cpu::split_interp(dtype, segments, split, coefs, noise_std, uint64_t(seed), uint64_t(stream));
-}
-
-std::vector<cpu::Segment> make_segments(at::TensorList a, at::TensorList b, at::TensorList out,
-                                        int64_t index_offset) {
-  std::vector<cpu::Segment> segments;
-  int64_t first = index_offset;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (a[i].numel() > 0) {
-      segments.push_back({a[i].data_ptr(), b[i].data_ptr(), out[i].data_ptr(), a[i].numel(), first});
-    }
-    first += a[i].numel();
-  }
-  return segments;
 }
 
 void split_interpolate_out_cpu(at::TensorList a, at::TensorList b, at::TensorList out, int64_t split,
@@ -50,7 +27,7 @@ void split_interpolate_out_cpu(at::TensorList a, at::TensorList b, at::TensorLis
   const OmegaMode o = parse_omega(std::string(omega));
   const int64_t n = check_crossover_lists(a, b, out, c10::DeviceType::CPU);
   check_split(split, index_offset, n);
-  run_crossover(cpu_dtype(a[0].scalar_type()), make_segments(a, b, out, index_offset), split, w, m, o,
+  run_crossover(storage_dtype(a[0].scalar_type()), make_segments(a, b, out, index_offset), split, w, m, o,
                 noise_std, seed, stream);
 }
 

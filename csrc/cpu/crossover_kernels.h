@@ -1,8 +1,6 @@
 // CPU split-point crossover on raw pointers (torch-free).
 //
-// A "segment" is one contiguous buffer of the child; a model given as a list of
-// tensors is a list of segments that together form one long vector, so one split
-// and one slerp angle cover the whole model. Work is cut into fixed chunks whose
+// Segments (interp.h) are the buffers of one long vector. Work is cut into fixed chunks whose
 // boundaries do not depend on the thread count: partial sums are combined in chunk
 // order, so results are the same with 1 thread or 64.
 #pragma once
@@ -15,15 +13,8 @@
 
 namespace m2n2::cpu {
 
-struct Segment {
-  const void* a;
-  const void* b;
-  void* out;
-  int64_t numel;
-  int64_t first_index;  // global index (index_offset included) of element 0
-};
-
-enum class Dtype { kFloat, kDouble, kBFloat16, kHalf };
+using m2n2::Dtype;
+using m2n2::Segment;
 
 // dot, |a|^2, |b|^2 on each side of the split (fp64 partials of blocked sums).
 SplitSums split_sums(Dtype dtype, const std::vector<Segment>& segments, int64_t split);

@@ -18,34 +18,10 @@
 namespace m2n2 {
 namespace {
 
-gpu::Dtype gpu_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return gpu::Dtype::kFloat;
-    case at::kDouble: return gpu::Dtype::kDouble;
-    case at::kBFloat16: return gpu::Dtype::kBFloat16;
-    case at::kHalf: return gpu::Dtype::kHalf;
-    default: TORCH_CHECK_TYPE(false, "unsupported dtype ", t);
-  }
-}
-
 // fp64 scratch on the tensors' device. Freed when the op returns, the memory goes back
 // to the caching allocator, which hands it out again only in this stream's order.
 at::Tensor workspace(int64_t doubles, const at::Tensor& like) {
   return at::empty({doubles}, like.options().dtype(at::kDouble));
-}
-
-// The non-empty tensors of the lists as segments of one vector starting at index_offset.
-std::vector<gpu::Segment> make_segments(at::TensorList a, at::TensorList b, at::TensorList out,
-                                        int64_t index_offset) {
-  std::vector<gpu::Segment> segments;
-  int64_t first = index_offset;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (a[i].numel() > 0) {
-      segments.push_back({a[i].data_ptr(), b[i].data_ptr(), out[i].data_ptr(), a[i].numel(), first});
-    }
-    first += a[i].numel();
-  }
-  return segments;
 }
 
 void split_interpolate_out_cuda(at::TensorList a, at::TensorList b, at::TensorList out, int64_t split,
@@ -55,12 +31,12 @@ void split_interpolate_out_cuda(at::TensorList a, at::TensorList b, at::TensorLi
   const OmegaMode o = parse_omega(std::string(omega));
   const int64_t n = check_crossover_lists(a, b, out, c10::DeviceType::CUDA);
   check_split(split, index_offset, n);
-  const std::vector<gpu::Segment> segments = make_segments(a, b, out, index_offset);
+  const std::vector<Segment> segments = make_segments(a, b, out, index_offset);
   if (segments.empty()) return;
 
   const c10::cuda::CUDAGuard guard(a[0].device());
   const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream();
-  const gpu::Dtype dtype = gpu_dtype(a[0].scalar_type());
+  const Dtype dtype = storage_dtype(a[0].scalar_type());
   const gpu::LaunchPlan plan =
       gpu::plan_launches(segments, gpu::unit_elems(dtype), gpu::block_budget(a[0].device().index()));
 
@@ -131,7 +107,7 @@ void crossover_batch_out_cuda(const at::Tensor& archive, const at::Tensor& ia, c
 
   const c10::cuda::CUDAGuard guard(archive.device());
   const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream();
-  const gpu::Dtype dtype = gpu_dtype(archive.scalar_type());
+  const Dtype dtype = storage_dtype(archive.scalar_type());
   const at::Tensor ia_c = ia.contiguous(), ib_c = ib.contiguous(), split_c = split.contiguous();
   const at::Tensor w_c = w.contiguous();
   gpu::BatchArgs args{};

@@ -45,7 +45,8 @@
 
 namespace m2n2::gpu {
 
-enum class Dtype { kFloat, kDouble, kBFloat16, kHalf };
+using m2n2::Dtype;
+using m2n2::Segment;
 
 constexpr int kThreads = 256;    // threads per block, every kernel
 constexpr int kMaxSegments = 32;  // segments per launch: the table stays under 1.5 KB
@@ -282,15 +283,6 @@ M2N2_HD void interp_range(const T* a, const T* b, T* out, int64_t n, int64_t fir
 // ---------------------------------------------------------------------------
 // Multi-tensor form: a table of segments per launch.
 // ---------------------------------------------------------------------------
-
-// One contiguous buffer of the child; element 0 has global index first_index.
-struct Segment {
-  const void* a;
-  const void* b;
-  void* out;
-  int64_t numel;
-  int64_t first_index;
-};
 
 // Blocks [block_begin[s], block_begin[s + 1]) of a launch work on seg[s].
 struct SegmentTable {

@@ -9,6 +9,9 @@
 
 namespace m2n2 {
 
+// The storage dtypes every op supports, for code that knows the dtype at run time.
+enum class Dtype { kFloat, kDouble, kBFloat16, kHalf };
+
 struct bf16_t {
   uint16_t bits;
 };

@@ -29,6 +29,16 @@ struct SplitCoefs {
   double cb[2];
 };
 
+// One contiguous buffer of a child: a model given as a list of tensors is a list of
+// segments forming one long vector (one split, one angle over all of them).
+struct Segment {
+  const void* a;
+  const void* b;
+  void* out;
+  int64_t numel;
+  int64_t first_index;  // global index (index_offset included) of element 0
+};
+
 constexpr double kSlerpMinSin = 1e-6;
 
 M2N2_HD void slerp_coefs(double dot, double aa, double bb, double t, double* ca, double* cb) {
