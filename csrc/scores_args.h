@@ -71,7 +71,8 @@ inline ScoresProblem make_scores_problem(const at::Tensor& logits, const at::Ten
   p.batch = logits.size(0);
   p.tokens = logits.size(1);
   p.vocab = logits.size(2);
-  TORCH_CHECK_VALUE(p.vocab >= 1, "logits' last dimension (V) must be >= 1");
+  TORCH_CHECK_VALUE(p.vocab >= 1 && p.vocab < (int64_t(1) << 31),
+                    "logits' last dimension (V) must lie in [1, 2^31), got ", p.vocab);
   TORCH_CHECK_VALUE(logits.stride(2) == 1 || p.vocab == 1, "logits' last dimension must be contiguous");
   p.logits = logits.data_ptr();
   p.stride_b = logits.stride(0);
