@@ -183,6 +183,8 @@ def sample_scores(
     index = None if index is None else index.to(torch.int64).contiguous()
 
     name = _backend.choose(logits.device, backend)
+    if name == "triton" and logits.device.type == "cuda" and not _backend.cuda_compiled():
+        name = "cpp"  # the op's CUDA kernel is the Triton one (ops.py): opaque to torch.compile
     if name == "torch":
         if not torch.compiler.is_compiling():
             check_values(target2, mask2, logits3.shape[-1], ignore_index, index, out.shape[0])

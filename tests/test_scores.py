@@ -51,11 +51,13 @@ def check(got, want, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_matches_reference(device, backend, dtype, batch, tokens, vocab, kind):
     logits, target, mask = make_case(batch, tokens, vocab, dtype, device, seed=vocab)
-    for m in (None, mask):
-        for reduce in reduces(kind):
-            got = mk.sample_scores(logits, target, kind=kind, mask=m, reduce=reduce, backend=backend)
-            want = reference.sample_scores(logits, target, kind=kind, mask=m, reduce=reduce)
-            check(got, want, kind)
+    combos = [(m, reduce) for m in (None, mask) for reduce in reduces(kind)]
+    if device == "cpu" and backend == "triton" and vocab > 1000:
+        combos = combos[-1:]  # the interpreter is slow: the reductions are covered on small V
+    for m, reduce in combos:
+        got = mk.sample_scores(logits, target, kind=kind, mask=m, reduce=reduce, backend=backend)
+        want = reference.sample_scores(logits, target, kind=kind, mask=m, reduce=reduce)
+        check(got, want, kind)
 
 
 def special_rows(device, dtype, vocab=40000):

@@ -127,7 +127,7 @@ def sample_scores_out(logits, target, mask, ignore_index, kind, reduce, out, out
             logits, target, mask if mask is not None else dummy, token, tokens, vocab,
             logits.stride(0), logits.stride(1), ignore_index,
             KIND=KIND_CODES[kind], HAS_MASK=mask is not None,
-            BLOCK_V=_block(vocab, 4096 if interpreting else 2048),
+            BLOCK_V=_block(vocab, 16384 if interpreting else 2048),
             num_warps=1 if interpreting else (4 if vocab <= 4096 else 8),
         )
     _sample_reduce_kernel[(batch,)](
