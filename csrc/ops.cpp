@@ -40,6 +40,17 @@ TORCH_LIBRARY(m2n2, m) {
   m.def(
       "crossover_batch_out(Tensor archive, Tensor ia, Tensor ib, Tensor split, Tensor w, "
       "Tensor(a!) out, str method, str omega, float noise_std, int seed) -> ()");
+
+  // ---- per-sample score gathering (DESIGN.md, "Per-sample score gathering") ----
+  // logits [B, T, V] (last dimension contiguous, any strides on B and T), target
+  // [B, T] int64, mask [B, T] bool or None. kind: correct | logprob | prob; reduce over
+  // the valid tokens (mask true, target != ignore_index): mean | sum | all. The score
+  // of sample b goes to out[out_index[b]] (out[b] without out_index), in out's dtype.
+  // Raises before writing when a valid target lies outside [0, V) or out_index
+  // outside out.
+  m.def(
+      "sample_scores_out(Tensor logits, Tensor target, Tensor? mask, int ignore_index, str kind, "
+      "str reduce, Tensor(a!) out, Tensor? out_index) -> ()");
 }
 
 // A plain CPython module, so that `import m2n2_kernels._C` loads the library and runs

@@ -61,3 +61,24 @@ if not _backend.cuda_compiled() and _backend.triton_importable():
         _register_triton_for_cuda()
     except ImportError:  # the Triton kernels need a newer triton than the one installed
         pass
+
+
+# ---- per-sample score gathering (m2n2_kernels/scores.py) ----
+
+
+@torch.library.register_fake("m2n2::sample_scores_out")
+def _sample_scores_out_fake(logits, target, mask, ignore_index, kind, reduce, out, out_index):
+    return None
+
+
+def _register_triton_scores_for_cuda():
+    from .triton import scores as ts
+
+    torch.library.impl("m2n2::sample_scores_out", "CUDA")(ts.sample_scores_out)
+
+
+if not _backend.cuda_compiled() and _backend.triton_importable():
+    try:
+        _register_triton_scores_for_cuda()
+    except ImportError:  # the Triton kernels need a newer triton than the one installed
+        pass

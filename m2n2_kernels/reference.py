@@ -183,3 +183,59 @@ def crossover_batch(archive, ia, ib, split, w, *, method="slerp", omega="global"
     if not children:
         return archive.new_empty((0, archive.shape[1]))
     return torch.stack(children)
+
+
+# ---------------------------------------------------------------------------
+# Per-sample score gathering.
+# ---------------------------------------------------------------------------
+
+SCORE_KINDS = ("correct", "logprob", "prob")
+SCORE_REDUCES = ("mean", "sum", "all")
+
+
+def token_valid(target, mask=None, ignore_index=-100):
+    """The tokens that count: target != ignore_index and mask true (nonzero)."""
+    valid = target != ignore_index
+    return valid if mask is None else valid & (mask != 0)
+
+
+def sample_scores(logits, target, *, kind="correct", mask=None, ignore_index=-100, reduce="mean"):
+    """One float32 score per sample from logits [B, V] or [B, T, V] and targets [B] or [B, T].
+
+    Per token: kind "correct" is argmax(-1) == target (torch.argmax: ties to the lowest
+    index, a NaN is the maximum and the first NaN wins); "logprob" is
+    log_softmax(logits.float(), -1) at the target; "prob" its exp. A row that holds a NaN
+    or +inf, or only -inf, has no distribution: its logprob and prob are NaN. Over the
+    valid tokens of a sample (mask true and target != ignore_index), in fp64: "mean",
+    "sum", or "all" (kind "correct" only: 1 when every valid token is correct). A
+    sample with no valid token scores 0, for every kind and reduction.
+
+    This is the plain torch way (an fp32 log_softmax of all the logits), which the
+    benchmarks use as the torch baseline.
+    """
+    if kind not in SCORE_KINDS:
+        raise ValueError(f"kind must be one of {SCORE_KINDS}, got {kind!r}")
+    if reduce not in SCORE_REDUCES:
+        raise ValueError(f"reduce must be one of {SCORE_REDUCES}, got {reduce!r}")
+    if reduce == "all" and kind != "correct":
+        raise ValueError("reduce='all' (exact match) needs kind='correct'")
+    if logits.dim() == 2:
+        logits, target = logits.unsqueeze(1), target.unsqueeze(1)
+        mask = None if mask is None else mask.unsqueeze(1)
+    valid = token_valid(target, mask, ignore_index)
+    safe = torch.where(valid, target, torch.zeros_like(target)).long()
+    if kind == "correct":
+        per_token = (logits.argmax(-1) == safe).double()
+    else:
+        logprob = torch.log_softmax(logits.float(), -1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+        per_token = (logprob if kind == "logprob" else logprob.exp()).double()
+    per_token = torch.where(valid, per_token, torch.zeros_like(per_token))
+    count = valid.sum(-1)
+    total = per_token.sum(-1)
+    if reduce == "sum":
+        score = total
+    elif reduce == "mean":
+        score = total / count.clamp(min=1)
+    else:
+        score = ((total == count) & (count > 0)).double()
+    return score.float()
