@@ -12,13 +12,19 @@ import torch
 from . import _C  # noqa: F401  (registers torch.ops.m2n2.*)
 from . import ops as _ops_module  # noqa: F401  (fake kernels, Triton fallbacks)
 from .crossover import crossover_batch, split_interpolate, split_interpolate_
+from .niches import NicheStats, attraction, fitness, niche_stats, replace_index
 from .scores import sample_scores
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "NicheStats",
+    "attraction",
     "build_info",
     "crossover_batch",
+    "fitness",
+    "niche_stats",
+    "replace_index",
     "sample_scores",
     "split_interpolate",
     "split_interpolate_",

@@ -82,3 +82,24 @@ if not _backend.cuda_compiled() and _backend.triton_importable():
         _register_triton_scores_for_cuda()
     except ImportError:  # the Triton kernels need a newer triton than the one installed
         pass
+
+
+# ---- niche statistics (m2n2_kernels/niches.py) ----
+
+
+@torch.library.register_fake("m2n2::niche_stats_out")
+def _niche_stats_out_fake(S, child, capacity, alpha, eps, parent, mode, z, fitness, attraction):
+    return None
+
+
+def _register_triton_niches_for_cuda():
+    from .triton import niches as tn
+
+    torch.library.impl("m2n2::niche_stats_out", "CUDA")(tn.niche_stats_out)
+
+
+if not _backend.cuda_compiled() and _backend.triton_importable():
+    try:
+        _register_triton_niches_for_cuda()
+    except ImportError:  # the Triton kernels need a newer triton than the one installed
+        pass

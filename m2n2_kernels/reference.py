@@ -239,3 +239,113 @@ def sample_scores(logits, target, *, kind="correct", mask=None, ignore_index=-10
     else:
         score = ((total == count) & (count > 0)).double()
     return score.float()
+
+
+# ---------------------------------------------------------------------------
+# Niche statistics: competition fitness, attraction, replacement.
+# ---------------------------------------------------------------------------
+
+# Elements of S (or of the N x N x chunk broadcast) handled per chunk: the reference
+# streams over the columns so that it runs at the scale the kernels are benchmarked at.
+_NICHE_CHUNK = 1 << 22
+
+
+def niche_compute_dtype(dtype):
+    """float32 for every score storage but float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _column_chunks(cols, per_column):
+    step = max(1, _NICHE_CHUNK // max(1, per_column))
+    return [(lo, min(cols, lo + step)) for lo in range(0, cols, step)]
+
+
+def column_sums(S, child=None):
+    """z_j = sum_k S_kj (plus the child's score when a child row is given)."""
+    cdt = niche_compute_dtype(S.dtype)
+    z = torch.zeros(S.shape[1], dtype=cdt, device=S.device)
+    for lo, hi in _column_chunks(S.shape[1], S.shape[0]):
+        z[lo:hi] = S[:, lo:hi].to(cdt).sum(0)
+    if child is not None:
+        z += child.to(cdt)
+    return z
+
+
+def niche_weights(z, capacity=None, alpha=1.0, eps=0.0):
+    """u_j = c_j / zhat_j, zhat_j = (z_j if z_j != 0 else 1) ** alpha + eps."""
+    zhat = torch.where(z != 0, z, torch.ones_like(z)).pow(alpha) + eps
+    c = 1.0 if capacity is None else capacity.to(z.dtype)
+    return c / zhat
+
+
+def weighted_row_sums(S, u, child=None):
+    """fitness_i = sum_j u_j S_ij (the child's as row N when given)."""
+    cdt = u.dtype
+    fit = torch.zeros(S.shape[0], dtype=cdt, device=S.device)
+    for lo, hi in _column_chunks(S.shape[1], S.shape[0]):
+        fit += S[:, lo:hi].to(cdt) @ u[lo:hi]
+    if child is not None:
+        fit = torch.cat([fit, (child.to(cdt) @ u).reshape(1)])
+    return fit
+
+
+def attraction_row(S, u, parent):
+    """A[parent, b] = sum_j u_j max(S_bj - S_parent,j, 0) for every row b."""
+    cdt = u.dtype
+    row = torch.zeros(S.shape[0], dtype=cdt, device=S.device)
+    for lo, hi in _column_chunks(S.shape[1], S.shape[0]):
+        x = S[:, lo:hi].to(cdt)
+        row += (x - x[parent]).clamp_(min=0) @ u[lo:hi]
+    return row
+
+
+def attraction_matrix(S, u):
+    """A[a, b] = sum_j u_j max(S_bj - S_aj, 0): the N x N x chunk broadcast, chunked over
+    the columns (the plain torch way; never all of N x N x D at once)."""
+    cdt = u.dtype
+    n = S.shape[0]
+    A = torch.zeros(n, n, dtype=cdt, device=S.device)
+    for lo, hi in _column_chunks(S.shape[1], n * n):
+        x = S[:, lo:hi].to(cdt)
+        A += (x.unsqueeze(0) - x.unsqueeze(1)).clamp_(min=0) @ u[lo:hi]
+    return A
+
+
+def niche_stats(S, *, alpha=1.0, capacity=None, eps=0.0, parent=None, mode=None, child=None):
+    """(z, fitness, attraction) of the score matrix S [N, D].
+
+    mode "none": no attraction (None); "row": the row A[parent, :]; "matrix": all of
+    A. By default "row" when a parent is given, else "matrix". A child row is
+    counted in z and fitness as row N (mode "none" only). Computed in float32
+    (float64 for float64 S).
+    """
+    if mode is None:
+        mode = "matrix" if parent is None else "row"
+    z = column_sums(S, child)
+    u = niche_weights(z, capacity, alpha, eps)
+    fit = weighted_row_sums(S, u, child)
+    if mode == "none":
+        return z, fit, None
+    if mode == "row":
+        return z, fit, attraction_row(S, u, parent)
+    return z, fit, attraction_matrix(S, u)
+
+
+def fitness(S, *, alpha=1.0, capacity=None, eps=0.0):
+    return niche_stats(S, alpha=alpha, capacity=capacity, eps=eps, mode="none")[1]
+
+
+def attraction(S, *, alpha=1.0, capacity=None, eps=0.0, parent=None):
+    return niche_stats(S, alpha=alpha, capacity=capacity, eps=eps, parent=parent)[2]
+
+
+def replacement_from_fitness(fit):
+    """The row a child replaces given fitness over N + 1 rows (child last): the lowest
+    fitness, ties to the lowest index; -1 when that is the child itself."""
+    worst = int(torch.argmin(fit))  # the first minimal value (torch.argmin's rule)
+    return -1 if worst == fit.numel() - 1 else worst
+
+
+def replace_index(S, child, *, alpha=1.0, capacity=None, eps=0.0):
+    fit = niche_stats(S, alpha=alpha, capacity=capacity, eps=eps, mode="none", child=child)[1]
+    return replacement_from_fitness(fit)

@@ -1,0 +1,60 @@
+// Niche statistics of an archive score matrix (torch-free, shared by the CPU and CUDA
+// code). DESIGN.md, "Niche statistics":
+//   z_j = sum_k S_kj,  zhat_j = (z_j if z_j != 0 else 1) ** alpha + eps,
+//   u_j = c_j / zhat_j                       (the weight of datapoint j),
+//   fitness_i = sum_j u_j S_ij,
+//   A[a, b]   = sum_j u_j max(S_bj - S_aj, 0)  (row a = the first parent).
+// An optional child row counts as row N in z and fitness (replacement).
+#pragma once
+
+#include <math.h>
+
+#include "m2n2/common.h"
+#include "m2n2/dtypes.h"
+
+namespace m2n2 {
+
+// Storage of S. bool and uint8 both hold 0/1 scores (the Python API checks uint8).
+enum class NicheScore : int { kBinary = 0, kHalf = 1, kBFloat16 = 2, kFloat = 3, kDouble = 4 };
+
+// What the attraction output holds: nothing, the row A[parent, :], or all of A.
+enum class AttractionMode : int { kNone = 0, kRow = 1, kMatrix = 2 };
+
+// One call, on raw pointers (host or device memory alike).
+struct NichesProblem {
+  const void* scores;  // S [rows, cols]: S(i, j) at i * row_stride + j elements
+  NicheScore type;
+  int64_t rows;        // N
+  int64_t cols;        // D
+  int64_t row_stride;  // >= cols
+  const void* child;   // [cols] contiguous, same type as S, or null: row N of z and fitness
+  const double* capacity;  // [cols] contiguous, or null: c_j = 1
+  double alpha;
+  double eps;
+  AttractionMode mode;
+  int64_t parent;  // the row of A returned when mode == kRow
+  // Outputs, float32 or (out_double) float64, contiguous.
+  bool out_double;
+  void* z;           // [cols]
+  void* fitness;     // [rows + (child != null)]
+  void* attraction;  // [rows] (kRow), [rows, rows] (kMatrix), or null (kNone)
+};
+
+M2N2_HD int64_t fitness_rows(const NichesProblem& p) { return p.rows + (p.child != nullptr ? 1 : 0); }
+
+// u_j from z_j. pow(x, 1) == x and pow(x, 0) == 1 exactly (IEEE 754), so alpha = 1
+// and alpha = 0 (the GA baseline: every datapoint weighs c_j / (1 + eps)) need no
+// special case.
+M2N2_HD double niche_weight(double z, double capacity, double alpha, double eps) {
+  const double base = z != 0.0 ? z : 1.0;
+  return capacity / (pow(base, alpha) + eps);
+}
+
+// Scores as numbers: 0/1 for the binary storage, widened floats otherwise.
+M2N2_HD float score_value(uint8_t x) { return x != 0 ? 1.0f : 0.0f; }
+M2N2_HD float score_value(half_t x) { return to_compute(x); }
+M2N2_HD float score_value(bf16_t x) { return to_compute(x); }
+M2N2_HD float score_value(float x) { return x; }
+M2N2_HD double score_value(double x) { return x; }
+
+}  // namespace m2n2
