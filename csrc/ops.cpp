@@ -54,14 +54,14 @@ TORCH_LIBRARY(m2n2, m) {
 
   // ---- niche statistics (DESIGN.md, "Niche statistics") ----
   // S [N, D] (bool/uint8 0/1, float16, bfloat16, float32, float64; rows contiguous),
-  // child [D] (dtype of S) or None: counted as row N of z and fitness (mode "none"
+  // child [D] (dtype of S) or None: counted as row N of z and fitness (attraction_mode "none"
   // only), capacity [D] float64 or None (all 1). Outputs, float32 (float64 for float64
-  // S): z [D], fitness [N (+1 with a child)], attraction: [0] for mode "none", the row
+  // S): z [D], fitness [N (+1 with a child)], attraction: [0] for attraction_mode "none", the row
   // A[parent, :] [N] for "row", all of A [N, N] for "matrix". Raises before writing any
   // output when S or child holds a non-finite score.
   m.def(
       "niche_stats_out(Tensor S, Tensor? child, Tensor? capacity, float alpha, float eps, int parent, "
-      "str mode, Tensor(a!) z, Tensor(b!) fitness, Tensor(c!) attraction) -> ()");
+      "str attraction_mode, Tensor(a!) z, Tensor(b!) fitness, Tensor(c!) attraction) -> ()");
 }
 
 // A plain CPython module, so that `import m2n2_kernels._C` loads the library and runs

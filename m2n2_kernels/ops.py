@@ -88,7 +88,7 @@ if not _backend.cuda_compiled() and _backend.triton_importable():
 
 
 @torch.library.register_fake("m2n2::niche_stats_out")
-def _niche_stats_out_fake(S, child, capacity, alpha, eps, parent, mode, z, fitness, attraction):
+def _niche_stats_out_fake(S, child, capacity, alpha, eps, parent, attraction_mode, z, fitness, attraction):
     return None
 
 

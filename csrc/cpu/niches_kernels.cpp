@@ -1,0 +1,406 @@
+// CPU niche statistics: OpenMP over fixed column chunks or row tiles, SIMD inside.
+//
+// As for the other CPU kernels, the hot loops are compiled once per instruction set
+// with GCC's target_clones (AVX-512, AVX2+FMA, baseline x86-64) and the loader picks
+// the clone for the CPU at hand; the bit counting of 0/1 scores adds an Ice Lake clone,
+// whose vector popcount (AVX512-VPOPCNTDQ) counts eight words per instruction.
+#include "niches_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define M2N2_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define M2N2_POPCOUNT_CLONES \
+  __attribute__((target_clones("arch=icelake-server", "arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define M2N2_CLONES
+#define M2N2_POPCOUNT_CLONES
+#endif
+
+namespace m2n2::cpu {
+namespace {
+
+// ---------------------------------------------------------------------------
+// z, weights, fitness and the attraction row: one read of S.
+// ---------------------------------------------------------------------------
+
+// A column block of S (all its rows) is read from memory once for z, then again from
+// L2 for the weighted sums: about this many bytes of S per block.
+constexpr int64_t kBlockBytes = int64_t(256) << 10;
+// Columns per block: bounds the fp32 partial sums (at most kMaxBlockCols / 16 terms
+// per SIMD lane before they are added to fp64 totals).
+constexpr int64_t kMaxBlockCols = 4096;
+// Column chunks, each summed by one thread into its own partials; the partials are
+// added in chunk order. The chunking depends on the shape alone.
+constexpr int64_t kMaxChunks = 64;
+
+int64_t score_bytes(NicheScore t) {
+  switch (t) {
+    case NicheScore::kBinary: return 1;
+    case NicheScore::kHalf:
+    case NicheScore::kBFloat16: return 2;
+    case NicheScore::kFloat: return 4;
+    case NicheScore::kDouble: return 8;
+  }
+  return 1;
+}
+
+int64_t stats_block_cols(int64_t rows, int64_t elem) {
+  const int64_t cols = kBlockBytes / std::max<int64_t>(1, rows * elem) / 64 * 64;
+  return std::clamp<int64_t>(cols, 64, kMaxBlockCols);
+}
+
+template <class T>
+using score_t = decltype(score_value(T{}));
+
+// Per-chunk outputs of the statistics pass.
+struct ChunkSums {
+  double* fitness;     // [fitness rows]
+  double* attraction;  // [rows], or null
+  int64_t bad_col;     // first column with a non-finite z, or cols
+};
+
+// Columns [c0, c1) of S in blocks of `block` columns: z and u into z[], u[] (global
+// column index), fitness and attraction-row partial sums into out.
+template <class T>
+void stats_columns(const NichesProblem& p, int64_t c0, int64_t c1, int64_t block, double* z, double* u,
+                   ChunkSums& out) {
+  using C = score_t<T>;
+  const T* S = static_cast<const T*>(p.scores);
+  const T* child = static_cast<const T*>(p.child);
+  const bool want_row = p.mode == AttractionMode::kRow;
+  const int64_t fit_rows = fitness_rows(p);
+  std::vector<C> uloc(block), ploc(want_row ? block : 0);
+  for (int64_t b0 = c0; b0 < c1; b0 += block) {
+    const int64_t len = std::min(block, c1 - b0);
+    double* zb = z + b0;
+    std::fill(zb, zb + len, 0.0);
+    for (int64_t i = 0; i < fit_rows; ++i) {
+      const T* r = (i < p.rows ? S + i * p.row_stride : child) + b0;
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) zb[j] += double(score_value(r[j]));
+    }
+    bool finite = true;
+    for (int64_t j = 0; j < len; ++j) finite &= std::isfinite(zb[j]);
+    if (!finite) {
+      out.bad_col = b0 + int64_t(std::find_if(zb, zb + len, [](double v) { return !std::isfinite(v); }) - zb);
+      return;
+    }
+    for (int64_t j = 0; j < len; ++j) {
+      const double c = p.capacity != nullptr ? p.capacity[b0 + j] : 1.0;
+      u[b0 + j] = niche_weight(zb[j], c, p.alpha, p.eps);
+      uloc[j] = C(u[b0 + j]);
+    }
+    if (want_row) {
+      const T* r = S + p.parent * p.row_stride + b0;
+      for (int64_t j = 0; j < len; ++j) ploc[j] = score_value(r[j]);
+    }
+    const C* uw = uloc.data();
+    const C* pw = ploc.data();
+    for (int64_t i = 0; i < fit_rows; ++i) {
+      const T* r = (i < p.rows ? S + i * p.row_stride : child) + b0;
+      C f = 0;
+      if (want_row && i < p.rows) {
+        C a = 0;
+#pragma omp simd reduction(+ : f, a)
+        for (int64_t j = 0; j < len; ++j) {
+          const C x = score_value(r[j]);
+          f += uw[j] * x;
+          a += uw[j] * std::max(x - pw[j], C(0));
+        }
+        out.attraction[i] += double(a);
+      } else {
+#pragma omp simd reduction(+ : f)
+        for (int64_t j = 0; j < len; ++j) f += uw[j] * score_value(r[j]);
+      }
+      out.fitness[i] += double(f);
+    }
+  }
+}
+
+// One clone set per storage type: target_clones does not apply to templates.
+#define M2N2_STATS_CLONE(NAME, T)                                                                         \
+  M2N2_CLONES void NAME(const NichesProblem& p, int64_t c0, int64_t c1, int64_t block, double* z, double* u, \
+                        ChunkSums& out) {                                                                 \
+    stats_columns<T>(p, c0, c1, block, z, u, out);                                                        \
+  }
+M2N2_STATS_CLONE(stats_binary, uint8_t)
+M2N2_STATS_CLONE(stats_half, half_t)
+M2N2_STATS_CLONE(stats_bf16, bf16_t)
+M2N2_STATS_CLONE(stats_float, float)
+M2N2_STATS_CLONE(stats_double, double)
+#undef M2N2_STATS_CLONE
+
+void stats_dispatch(const NichesProblem& p, int64_t c0, int64_t c1, int64_t block, double* z, double* u,
+                    ChunkSums& out) {
+  switch (p.type) {
+    case NicheScore::kBinary: return stats_binary(p, c0, c1, block, z, u, out);
+    case NicheScore::kHalf: return stats_half(p, c0, c1, block, z, u, out);
+    case NicheScore::kBFloat16: return stats_bf16(p, c0, c1, block, z, u, out);
+    case NicheScore::kFloat: return stats_float(p, c0, c1, block, z, u, out);
+    case NicheScore::kDouble: return stats_double(p, c0, c1, block, z, u, out);
+  }
+}
+
+double score_at(const NichesProblem& p, int64_t row, int64_t col) {
+  const int64_t k = row < p.rows ? row * p.row_stride + col : col;
+  const void* base = row < p.rows ? p.scores : p.child;
+  switch (p.type) {
+    case NicheScore::kBinary: return score_value(static_cast<const uint8_t*>(base)[k]);
+    case NicheScore::kHalf: return score_value(static_cast<const half_t*>(base)[k]);
+    case NicheScore::kBFloat16: return score_value(static_cast<const bf16_t*>(base)[k]);
+    case NicheScore::kFloat: return score_value(static_cast<const float*>(base)[k]);
+    case NicheScore::kDouble: return score_value(static_cast<const double*>(base)[k]);
+  }
+  return 0.0;
+}
+
+// ---------------------------------------------------------------------------
+// The attraction matrix for any scores: register tiles of 4 x 4 (a, b) pairs.
+// ---------------------------------------------------------------------------
+
+constexpr int64_t kTile = 4;
+// Columns of the scaled block X (all rows): about 1 MiB, so that it stays in L2.
+constexpr int64_t kTileBlockBytes = int64_t(1) << 20;
+constexpr int64_t kMaxTileBlockCols = 512;
+
+// X[i, j] = u_j S_ij for the rows of S and columns [j0, j0 + len); zero padding up to
+// lenp columns and rows up to rows_pad. u >= 0, so u max(S_b - S_a, 0) = max(X_b - X_a, 0)
+// up to rounding.
+template <class T>
+void scale_block(const NichesProblem& p, const double* u, int64_t j0, int64_t len, int64_t lenp, int64_t rows_pad,
+                 score_t<T>* X) {
+  using C = score_t<T>;
+  const T* S = static_cast<const T*>(p.scores);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < rows_pad; ++i) {
+    C* x = X + i * lenp;
+    if (i < p.rows) {
+      const T* r = S + i * p.row_stride + j0;
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) x[j] = C(u[j0 + j]) * score_value(r[j]);
+      std::fill(x + len, x + lenp, C(0));
+    } else {
+      std::fill(x, x + lenp, C(0));
+    }
+  }
+}
+
+// acc[a][b] += sum_j max(X_b - X_a, 0) over the rows a0.. and b0.. of a 4 x 4 tile.
+template <class C>
+inline void attraction_tile(const C* X, int64_t lenp, int64_t a0, int64_t b0, double* A, int64_t n) {
+  constexpr int64_t L = 64 / int64_t(sizeof(C));  // one 512-bit vector
+  C acc[kTile][kTile][L] = {};
+  const C* xa = X + a0 * lenp;
+  const C* xb = X + b0 * lenp;
+  for (int64_t j = 0; j < lenp; j += L) {
+    for (int64_t a = 0; a < kTile; ++a) {
+      for (int64_t b = 0; b < kTile; ++b) {
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) {
+          acc[a][b][l] += std::max(xb[b * lenp + j + l] - xa[a * lenp + j + l], C(0));
+        }
+      }
+    }
+  }
+  for (int64_t a = 0; a < kTile && a0 + a < n; ++a) {
+    for (int64_t b = 0; b < kTile && b0 + b < n; ++b) {
+      C s = 0;
+      for (int64_t l = 0; l < L; ++l) s += acc[a][b][l];
+      A[(a0 + a) * n + b0 + b] += double(s);
+    }
+  }
+}
+
+template <class T>
+void attraction_matrix_tiled(const NichesProblem& p, const double* u, double* A) {
+  using C = score_t<T>;
+  constexpr int64_t L = 64 / int64_t(sizeof(C));
+  const int64_t n = p.rows;
+  const int64_t rows_pad = (n + kTile - 1) / kTile * kTile;
+  const int64_t tiles = rows_pad / kTile;
+  const int64_t block = std::clamp<int64_t>(kTileBlockBytes / (rows_pad * int64_t(sizeof(C))) / L * L, L,
+                                            kMaxTileBlockCols);
+  std::vector<C> X(rows_pad * block);
+  for (int64_t j0 = 0; j0 < p.cols; j0 += block) {
+    const int64_t len = std::min(block, p.cols - j0);
+    const int64_t lenp = (len + L - 1) / L * L;
+    scale_block<T>(p, u, j0, len, lenp, rows_pad, X.data());
+    const C* x = X.data();
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t ta = 0; ta < tiles; ++ta) {
+      for (int64_t tb = 0; tb < tiles; ++tb) attraction_tile<C>(x, lenp, ta * kTile, tb * kTile, A, n);
+    }
+  }
+}
+
+#define M2N2_TILED_CLONE(NAME, T) \
+  M2N2_CLONES void NAME(const NichesProblem& p, const double* u, double* A) { attraction_matrix_tiled<T>(p, u, A); }
+M2N2_TILED_CLONE(tiled_binary, uint8_t)
+M2N2_TILED_CLONE(tiled_half, half_t)
+M2N2_TILED_CLONE(tiled_bf16, bf16_t)
+M2N2_TILED_CLONE(tiled_float, float)
+M2N2_TILED_CLONE(tiled_double, double)
+#undef M2N2_TILED_CLONE
+
+void attraction_matrix_tiled_dispatch(const NichesProblem& p, const double* u, double* A) {
+  switch (p.type) {
+    case NicheScore::kBinary: return tiled_binary(p, u, A);
+    case NicheScore::kHalf: return tiled_half(p, u, A);
+    case NicheScore::kBFloat16: return tiled_bf16(p, u, A);
+    case NicheScore::kFloat: return tiled_float(p, u, A);
+    case NicheScore::kDouble: return tiled_double(p, u, A);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The attraction matrix for 0/1 scores: bit counting.
+// ---------------------------------------------------------------------------
+// For 0/1 scores max(S_b - S_a, 0) = S_b (1 - S_a), so with the columns grouped by
+// their weight (columns of equal z share one when capacity is uniform),
+//   A[a, b] = sum_g u_g * popcount(~bits_a & bits_b over the words of group g).
+// Each row is packed into 64-bit words, one bit per score, every group starting on a
+// word boundary: N * D / 8 bytes instead of the 2 * 4 * N * D of two float operands.
+
+struct WeightGroup {
+  int64_t word0;  // first word of the group in a packed row
+  int64_t words;
+  double weight;
+};
+
+constexpr int64_t kBitTile = 16;  // rows of a and of b per task: 32 packed rows in L2
+
+M2N2_POPCOUNT_CLONES void bits_tile(const uint64_t* P, int64_t row_words, const WeightGroup* groups,
+                                    int64_t n_groups, int64_t a0, int64_t a1, int64_t b0, int64_t b1, double* A,
+                                    int64_t n) {
+  for (int64_t a = a0; a < a1; ++a) {
+    const uint64_t* pa = P + a * row_words;
+    for (int64_t b = b0; b < b1; ++b) {
+      const uint64_t* pb = P + b * row_words;
+      double sum = 0.0;
+      for (int64_t g = 0; g < n_groups; ++g) {
+        const uint64_t* x = pa + groups[g].word0;
+        const uint64_t* y = pb + groups[g].word0;
+        uint64_t count = 0;
+        for (int64_t w = 0; w < groups[g].words; ++w) count += uint64_t(__builtin_popcountll(~x[w] & y[w]));
+        sum += groups[g].weight * double(count);
+      }
+      A[a * n + b] = sum;
+    }
+  }
+}
+
+// False (and nothing done) when the weights take so many distinct values that the
+// word padding would outweigh the packing; the tiled pass runs then.
+bool attraction_matrix_bits(const NichesProblem& p, const double* u, double* A) {
+  const int64_t n = p.rows, d = p.cols;
+  std::vector<int64_t> order(d);
+  std::iota(order.begin(), order.end(), int64_t(0));
+  std::stable_sort(order.begin(), order.end(), [u](int64_t x, int64_t y) { return u[x] < u[y]; });
+  std::vector<WeightGroup> groups;
+  std::vector<int64_t> bit_of(d);  // position of column j in a packed row
+  int64_t words = 0;
+  for (int64_t k = 0; k < d;) {
+    int64_t e = k;
+    while (e < d && u[order[e]] == u[order[k]]) ++e;
+    if (u[order[k]] != 0.0) {  // a zero weight adds nothing: its columns are left out
+      for (int64_t m = k; m < e; ++m) bit_of[order[m]] = words * 64 + (m - k);
+      groups.push_back({words, (e - k + 63) / 64, u[order[k]]});
+      words += groups.back().words;
+    } else {
+      for (int64_t m = k; m < e; ++m) bit_of[order[m]] = -1;
+    }
+    k = e;
+  }
+  if (words > 2 * ((d + 63) / 64) + 64) return false;
+  std::vector<uint64_t> P(std::max<int64_t>(1, n * words), 0);
+  const uint8_t* S = static_cast<const uint8_t*>(p.scores);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t* r = S + i * p.row_stride;
+    uint64_t* row = P.data() + i * words;
+    for (int64_t j = 0; j < d; ++j) {
+      const int64_t bit = bit_of[j];
+      if (r[j] != 0 && bit >= 0) row[bit >> 6] |= uint64_t(1) << (bit & 63);
+    }
+  }
+  const int64_t tiles = (n + kBitTile - 1) / kBitTile;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+  for (int64_t ta = 0; ta < tiles; ++ta) {
+    for (int64_t tb = 0; tb < tiles; ++tb) {
+      bits_tile(P.data(), words, groups.data(), int64_t(groups.size()), ta * kBitTile,
+                std::min(n, (ta + 1) * kBitTile), tb * kBitTile, std::min(n, (tb + 1) * kBitTile), A, n);
+    }
+  }
+  return true;
+}
+
+template <class O>
+void store(const double* from, int64_t count, void* to) {
+  O* out = static_cast<O*>(to);
+  for (int64_t k = 0; k < count; ++k) out[k] = O(from[k]);
+}
+
+}  // namespace
+
+NonFiniteScore niche_stats(const NichesProblem& p) {
+  const int64_t n = p.rows, d = p.cols, fit_rows = fitness_rows(p);
+  const bool want_row = p.mode == AttractionMode::kRow;
+  std::vector<double> z(d), u(d);
+  const int64_t block = stats_block_cols(fit_rows, score_bytes(p.type));
+  const int64_t blocks = (d + block - 1) / block;
+  const int64_t chunks = std::min(blocks, kMaxChunks);
+  std::vector<double> fit_part(std::max<int64_t>(1, chunks) * fit_rows, 0.0);
+  std::vector<double> row_part(want_row ? chunks * n : 0, 0.0);
+  std::vector<ChunkSums> sums(chunks);
+  for (int64_t c = 0; c < chunks; ++c) {
+    sums[c] = {fit_part.data() + c * fit_rows, want_row ? row_part.data() + c * n : nullptr, d};
+  }
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t c0 = c * blocks / chunks * block;
+    const int64_t c1 = std::min(d, (c + 1) * blocks / chunks * block);
+    stats_dispatch(p, c0, c1, block, z.data(), u.data(), sums[c]);
+  }
+  int64_t bad_col = d;
+  for (const ChunkSums& s : sums) bad_col = std::min(bad_col, s.bad_col);
+  if (bad_col < d) {
+    for (int64_t i = 0; i < fit_rows; ++i) {
+      const double v = score_at(p, i, bad_col);
+      if (!std::isfinite(v)) return {i, bad_col, v};
+    }
+    return {-1, bad_col, 0.0};  // unreachable: a finite column sums to a finite z
+  }
+
+  std::vector<double> total(std::max(fit_rows, want_row ? n : int64_t(0)), 0.0);
+  auto write = [&](const double* from, int64_t count, void* to) {
+    if (p.out_double) {
+      store<double>(from, count, to);
+    } else {
+      store<float>(from, count, to);
+    }
+  };
+  write(z.data(), d, p.z);
+  for (int64_t c = 0; c < chunks; ++c) {
+    for (int64_t i = 0; i < fit_rows; ++i) total[i] += fit_part[c * fit_rows + i];
+  }
+  write(total.data(), fit_rows, p.fitness);
+  if (want_row) {
+    std::fill(total.begin(), total.end(), 0.0);
+    for (int64_t c = 0; c < chunks; ++c) {
+      for (int64_t i = 0; i < n; ++i) total[i] += row_part[c * n + i];
+    }
+    write(total.data(), n, p.attraction);
+  } else if (p.mode == AttractionMode::kMatrix) {
+    std::vector<double> A(n * n, 0.0);
+    const bool done = p.type == NicheScore::kBinary && n > 1 && attraction_matrix_bits(p, u.data(), A.data());
+    if (!done) attraction_matrix_tiled_dispatch(p, u.data(), A.data());
+    write(A.data(), n * n, p.attraction);
+  }
+  return {-1, 0, 0.0};
+}
+
+}  // namespace m2n2::cpu
