@@ -27,9 +27,8 @@ def _check_scores(S):
     if S.dim() != 2:
         raise ValueError(f"S must be 2-D [N models, D datapoints], got shape {tuple(S.shape)}")
     if S.dtype == torch.uint8 and S.numel() > 0 and not torch.compiler.is_compiling():
-        bad = S > 1
-        if bool(bad.any()):
-            i, j = (int(k) for k in bad.nonzero()[0])
+        if int(S.max()) > 1:  # a reduction: no N x D temporary
+            i, j = (int(k) for k in (S > 1).nonzero()[0])
             raise ValueError(f"S[{i}, {j}] = {int(S[i, j])}: uint8 scores must be 0 or 1 (use a float S otherwise)")
 
 
@@ -63,9 +62,8 @@ def _check_child(child, S):
     if child.device != S.device:
         raise ValueError(f"child must be on {S.device} (the device of S), got {child.device}")
     if child.dtype == torch.uint8 and child.numel() > 0 and not torch.compiler.is_compiling():
-        bad = child > 1
-        if bool(bad.any()):
-            j = int(bad.nonzero()[0, 0])
+        if int(child.max()) > 1:
+            j = int((child > 1).nonzero()[0, 0])
             raise ValueError(f"child[{j}] = {int(child[j])}: uint8 scores must be 0 or 1")
     return child.contiguous()
 

@@ -8,8 +8,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define M2N2_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -29,7 +34,7 @@ namespace {
 
 // A column block of S (all its rows) is read from memory once for z, then again from
 // L2 for the weighted sums: about this many bytes of S per block.
-constexpr int64_t kBlockBytes = int64_t(256) << 10;
+constexpr int64_t kBlockBytes = int64_t(1) << 20;
 // Columns per block: bounds the fp32 partial sums (at most kMaxBlockCols / 16 terms
 // per SIMD lane before they are added to fp64 totals).
 constexpr int64_t kMaxBlockCols = 4096;
@@ -66,7 +71,7 @@ struct ChunkSums {
 // Columns [c0, c1) of S in blocks of `block` columns: z and u into z[], u[] (global
 // column index), fitness and attraction-row partial sums into out.
 template <class T>
-void stats_columns(const NichesProblem& p, int64_t c0, int64_t c1, int64_t block, double* z, double* u,
+M2N2_HD void stats_columns(const NichesProblem& p, int64_t c0, int64_t c1, int64_t block, double* z, double* u,
                    ChunkSums& out) {
   using C = score_t<T>;
   const T* S = static_cast<const T*>(p.scores);
@@ -89,11 +94,22 @@ void stats_columns(const NichesProblem& p, int64_t c0, int64_t c1, int64_t block
       out.bad_col = b0 + int64_t(std::find_if(zb, zb + len, [](double v) { return !std::isfinite(v); }) - zb);
       return;
     }
-    for (int64_t j = 0; j < len; ++j) {
-      const double c = p.capacity != nullptr ? p.capacity[b0 + j] : 1.0;
-      u[b0 + j] = niche_weight(zb[j], c, p.alpha, p.eps);
-      uloc[j] = C(u[b0 + j]);
+    if (p.alpha == 1.0 || p.alpha == 0.0) {
+      // niche_weight without pow(), which would cost more than the rest of the pass
+      // for short archives (pow(x, 1) == x and pow(x, 0) == 1 exactly: same values).
+      const bool one = p.alpha == 1.0;
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) {
+        const double c = p.capacity != nullptr ? p.capacity[b0 + j] : 1.0;
+        const double base = one ? (zb[j] != 0.0 ? zb[j] : 1.0) : 1.0;
+        u[b0 + j] = c / (base + p.eps);
+      }
+    } else {
+      for (int64_t j = 0; j < len; ++j) {
+        u[b0 + j] = niche_weight(zb[j], p.capacity != nullptr ? p.capacity[b0 + j] : 1.0, p.alpha, p.eps);
+      }
     }
+    for (int64_t j = 0; j < len; ++j) uloc[j] = C(u[b0 + j]);
     if (want_row) {
       const T* r = S + p.parent * p.row_stride + b0;
       for (int64_t j = 0; j < len; ++j) ploc[j] = score_value(r[j]);
@@ -167,42 +183,60 @@ constexpr int64_t kTile = 4;
 constexpr int64_t kTileBlockBytes = int64_t(1) << 20;
 constexpr int64_t kMaxTileBlockCols = 512;
 
-// X[i, j] = u_j S_ij for the rows of S and columns [j0, j0 + len); zero padding up to
-// lenp columns and rows up to rows_pad. u >= 0, so u max(S_b - S_a, 0) = max(X_b - X_a, 0)
-// up to rounding.
+// Row i of X[i, j] = u_j S_ij for the columns [j0, j0 + len), zero-padded up to lenp
+// columns (rows past N are all zero). u >= 0, so u max(S_b - S_a, 0) = max(X_b - X_a,
+// 0) up to rounding.
 template <class T>
-void scale_block(const NichesProblem& p, const double* u, int64_t j0, int64_t len, int64_t lenp, int64_t rows_pad,
-                 score_t<T>* X) {
+M2N2_HD void scale_row(const NichesProblem& p, const double* u, int64_t i, int64_t j0, int64_t len, int64_t lenp,
+                       score_t<T>* x) {
   using C = score_t<T>;
-  const T* S = static_cast<const T*>(p.scores);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < rows_pad; ++i) {
-    C* x = X + i * lenp;
-    if (i < p.rows) {
-      const T* r = S + i * p.row_stride + j0;
+  if (i < p.rows) {
+    const T* r = static_cast<const T*>(p.scores) + i * p.row_stride + j0;
 #pragma omp simd
-      for (int64_t j = 0; j < len; ++j) x[j] = C(u[j0 + j]) * score_value(r[j]);
-      std::fill(x + len, x + lenp, C(0));
-    } else {
-      std::fill(x, x + lenp, C(0));
-    }
+    for (int64_t j = 0; j < len; ++j) x[j] = C(u[j0 + j]) * score_value(r[j]);
+    std::fill(x + len, x + lenp, C(0));
+  } else {
+    std::fill(x, x + lenp, C(0));
   }
 }
 
 // acc[a][b] += sum_j max(X_b - X_a, 0) over the rows a0.. and b0.. of a 4 x 4 tile.
+// GCC vector types keep the 16 accumulators in registers (one 512-bit vector each
+// with AVX-512; the other clones split them into narrower registers).
 template <class C>
-inline void attraction_tile(const C* X, int64_t lenp, int64_t a0, int64_t b0, double* A, int64_t n) {
-  constexpr int64_t L = 64 / int64_t(sizeof(C));  // one 512-bit vector
-  C acc[kTile][kTile][L] = {};
+struct vec512;
+template <>
+struct vec512<float> {
+  typedef float type __attribute__((vector_size(64)));
+};
+template <>
+struct vec512<double> {
+  typedef double type __attribute__((vector_size(64)));
+};
+template <class C>
+using vec_t = typename vec512<C>::type;
+
+template <class C>
+M2N2_HD void attraction_tile(const C* X, int64_t lenp, int64_t a0, int64_t b0, double* A, int64_t n) {
+  using V = vec_t<C>;
+  constexpr int64_t L = int64_t(sizeof(V) / sizeof(C));
+  const V zero = V{} * C(0);
+  V acc[kTile][kTile];
+  for (auto& row : acc) {
+    for (V& v : row) v = zero;
+  }
   const C* xa = X + a0 * lenp;
   const C* xb = X + b0 * lenp;
   for (int64_t j = 0; j < lenp; j += L) {
+    V va[kTile], vb[kTile];
+    for (int64_t t = 0; t < kTile; ++t) {
+      std::memcpy(&va[t], xa + t * lenp + j, sizeof(V));  // unaligned vector loads
+      std::memcpy(&vb[t], xb + t * lenp + j, sizeof(V));
+    }
     for (int64_t a = 0; a < kTile; ++a) {
       for (int64_t b = 0; b < kTile; ++b) {
-#pragma omp simd
-        for (int64_t l = 0; l < L; ++l) {
-          acc[a][b][l] += std::max(xb[b * lenp + j + l] - xa[a * lenp + j + l], C(0));
-        }
+        const V diff = vb[b] - va[a];
+        acc[a][b] += diff > zero ? diff : zero;
       }
     }
   }
@@ -215,44 +249,70 @@ inline void attraction_tile(const C* X, int64_t lenp, int64_t a0, int64_t b0, do
   }
 }
 
-template <class T>
-void attraction_matrix_tiled(const NichesProblem& p, const double* u, double* A) {
-  using C = score_t<T>;
-  constexpr int64_t L = 64 / int64_t(sizeof(C));
-  const int64_t n = p.rows;
-  const int64_t rows_pad = (n + kTile - 1) / kTile * kTile;
-  const int64_t tiles = rows_pad / kTile;
-  const int64_t block = std::clamp<int64_t>(kTileBlockBytes / (rows_pad * int64_t(sizeof(C))) / L * L, L,
-                                            kMaxTileBlockCols);
-  std::vector<C> X(rows_pad * block);
-  for (int64_t j0 = 0; j0 < p.cols; j0 += block) {
-    const int64_t len = std::min(block, p.cols - j0);
-    const int64_t lenp = (len + L - 1) / L * L;
-    scale_block<T>(p, u, j0, len, lenp, rows_pad, X.data());
-    const C* x = X.data();
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t ta = 0; ta < tiles; ++ta) {
-      for (int64_t tb = 0; tb < tiles; ++tb) attraction_tile<C>(x, lenp, ta * kTile, tb * kTile, A, n);
-    }
+// One row of 4 x 4 tiles: rows a0..a0+3 against every b.
+template <class C>
+M2N2_HD void attraction_tile_row(const C* X, int64_t lenp, int64_t a0, int64_t rows_pad, double* A, int64_t n) {
+  for (int64_t b0 = 0; b0 < rows_pad; b0 += kTile) attraction_tile<C>(X, lenp, a0, b0, A, n);
+}
+
+// One clone set per storage type (target_clones does not apply to templates, and the
+// loops OpenMP outlines are not cloned: the parallel loops call these).
+#define M2N2_TILED_CLONES(SUFFIX, T)                                                                               \
+  M2N2_CLONES void scale_row_##SUFFIX(const NichesProblem& p, const double* u, int64_t i, int64_t j0, int64_t len, \
+                                      int64_t lenp, score_t<T>* x) {                                              \
+    scale_row<T>(p, u, i, j0, len, lenp, x);                                                                      \
+  }
+M2N2_TILED_CLONES(binary, uint8_t)
+M2N2_TILED_CLONES(half, half_t)
+M2N2_TILED_CLONES(bf16, bf16_t)
+M2N2_TILED_CLONES(float, float)
+M2N2_TILED_CLONES(double, double)
+#undef M2N2_TILED_CLONES
+
+M2N2_CLONES void tile_row_float(const float* X, int64_t lenp, int64_t a0, int64_t rows_pad, double* A, int64_t n) {
+  attraction_tile_row<float>(X, lenp, a0, rows_pad, A, n);
+}
+M2N2_CLONES void tile_row_double(const double* X, int64_t lenp, int64_t a0, int64_t rows_pad, double* A, int64_t n) {
+  attraction_tile_row<double>(X, lenp, a0, rows_pad, A, n);
+}
+
+void scale_row_dispatch(const NichesProblem& p, const double* u, int64_t i, int64_t j0, int64_t len, int64_t lenp,
+                        void* x) {
+  switch (p.type) {
+    case NicheScore::kBinary: return scale_row_binary(p, u, i, j0, len, lenp, static_cast<float*>(x));
+    case NicheScore::kHalf: return scale_row_half(p, u, i, j0, len, lenp, static_cast<float*>(x));
+    case NicheScore::kBFloat16: return scale_row_bf16(p, u, i, j0, len, lenp, static_cast<float*>(x));
+    case NicheScore::kFloat: return scale_row_float(p, u, i, j0, len, lenp, static_cast<float*>(x));
+    case NicheScore::kDouble: return scale_row_double(p, u, i, j0, len, lenp, static_cast<double*>(x));
   }
 }
 
-#define M2N2_TILED_CLONE(NAME, T) \
-  M2N2_CLONES void NAME(const NichesProblem& p, const double* u, double* A) { attraction_matrix_tiled<T>(p, u, A); }
-M2N2_TILED_CLONE(tiled_binary, uint8_t)
-M2N2_TILED_CLONE(tiled_half, half_t)
-M2N2_TILED_CLONE(tiled_bf16, bf16_t)
-M2N2_TILED_CLONE(tiled_float, float)
-M2N2_TILED_CLONE(tiled_double, double)
-#undef M2N2_TILED_CLONE
-
-void attraction_matrix_tiled_dispatch(const NichesProblem& p, const double* u, double* A) {
-  switch (p.type) {
-    case NicheScore::kBinary: return tiled_binary(p, u, A);
-    case NicheScore::kHalf: return tiled_half(p, u, A);
-    case NicheScore::kBFloat16: return tiled_bf16(p, u, A);
-    case NicheScore::kFloat: return tiled_float(p, u, A);
-    case NicheScore::kDouble: return tiled_double(p, u, A);
+// Column blocks of X (all rows, about 1 MiB: it stays in L2) one after another; the
+// tile rows of a block in parallel. Each A[a, b] adds its block sums in block order.
+void attraction_matrix_tiled(const NichesProblem& p, const double* u, double* A) {
+  const bool dbl = p.type == NicheScore::kDouble;
+  const int64_t elem = dbl ? 8 : 4;
+  const int64_t L = 64 / elem;  // elements of one 512-bit vector
+  const int64_t n = p.rows;
+  const int64_t rows_pad = (n + kTile - 1) / kTile * kTile;
+  const int64_t block = std::clamp<int64_t>(kTileBlockBytes / (rows_pad * elem) / L * L, L, kMaxTileBlockCols);
+  std::vector<double> storage((rows_pad * block * elem + 7) / 8);  // 8-byte aligned X
+  void* X = storage.data();
+  for (int64_t j0 = 0; j0 < p.cols; j0 += block) {
+    const int64_t len = std::min(block, p.cols - j0);
+    const int64_t lenp = (len + L - 1) / L * L;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < rows_pad; ++i) {
+      scale_row_dispatch(p, u, i, j0, len, lenp, static_cast<char*>(X) + i * lenp * elem);
+    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t a0 = 0; a0 < rows_pad; a0 += kTile) {
+      if (dbl) {
+        tile_row_double(static_cast<const double*>(X), lenp, a0, rows_pad, A, n);
+      } else {
+        tile_row_float(static_cast<const float*>(X), lenp, a0, rows_pad, A, n);
+      }
+    }
   }
 }
 
@@ -273,6 +333,7 @@ struct WeightGroup {
 
 constexpr int64_t kBitTile = 16;  // rows of a and of b per task: 32 packed rows in L2
 
+// Without a vector popcount: per (a, b) pair, one popcount run per weight group.
 M2N2_POPCOUNT_CLONES void bits_tile(const uint64_t* P, int64_t row_words, const WeightGroup* groups,
                                     int64_t n_groups, int64_t a0, int64_t a1, int64_t b0, int64_t b1, double* A,
                                     int64_t n) {
@@ -282,6 +343,7 @@ M2N2_POPCOUNT_CLONES void bits_tile(const uint64_t* P, int64_t row_words, const 
       const uint64_t* pb = P + b * row_words;
       double sum = 0.0;
       for (int64_t g = 0; g < n_groups; ++g) {
+        if (groups[g].weight == 0.0) continue;  // capacity 0: the columns add nothing
         const uint64_t* x = pa + groups[g].word0;
         const uint64_t* y = pb + groups[g].word0;
         uint64_t count = 0;
@@ -291,6 +353,55 @@ M2N2_POPCOUNT_CLONES void bits_tile(const uint64_t* P, int64_t row_words, const 
       A[a * n + b] = sum;
     }
   }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define M2N2_HAVE_VPOPCNT 1
+// Ice Lake and later: eight words per instruction. Each word carries the weight of its
+// group (words[w] of a packed row, weight[w]), so the loop has no group boundaries:
+// per 8 words, 4 + 4 row loads feed 16 (a, b) pairs, counted, converted to fp64 and
+// weighted in 16 accumulators. Rows are padded to a multiple of 4, words to 8.
+// (GCC 12 wrongly reports the intrinsics' internal _mm512_undefined values as
+// maybe-uninitialized.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f,avx512dq,avx512vpopcntdq"))) void bits_tile_row_vpopcnt(
+    const uint64_t* P, int64_t row_words, const double* weight, int64_t a0, int64_t rows_pad, double* A, int64_t n) {
+  for (int64_t b0 = 0; b0 < rows_pad; b0 += 4) {
+    __m512d acc[4][4];
+    for (auto& row : acc) {
+      for (__m512d& v : row) v = _mm512_setzero_pd();
+    }
+    for (int64_t w = 0; w < row_words; w += 8) {
+      __m512i xa[4], xb[4];
+      for (int t = 0; t < 4; ++t) {
+        xa[t] = _mm512_loadu_si512(P + (a0 + t) * row_words + w);
+        xb[t] = _mm512_loadu_si512(P + (b0 + t) * row_words + w);
+      }
+      const __m512d wv = _mm512_loadu_pd(weight + w);
+      for (int a = 0; a < 4; ++a) {
+        for (int b = 0; b < 4; ++b) {
+          const __m512i count = _mm512_popcnt_epi64(_mm512_andnot_si512(xa[a], xb[b]));
+          acc[a][b] = _mm512_add_pd(acc[a][b], _mm512_mul_pd(_mm512_cvtepi64_pd(count), wv));
+        }
+      }
+    }
+    for (int a = 0; a < 4 && a0 + a < n; ++a) {
+      for (int b = 0; b < 4 && b0 + b < n; ++b) A[(a0 + a) * n + b0 + b] = _mm512_reduce_add_pd(acc[a][b]);
+    }
+  }
+}
+#pragma GCC diagnostic pop
+#else
+#define M2N2_HAVE_VPOPCNT 0
+#endif
+
+bool cpu_has_vpopcnt() {
+#if M2N2_HAVE_VPOPCNT
+  return __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
 }
 
 // False (and nothing done) when the weights take so many distinct values that the
@@ -306,32 +417,42 @@ bool attraction_matrix_bits(const NichesProblem& p, const double* u, double* A) 
   for (int64_t k = 0; k < d;) {
     int64_t e = k;
     while (e < d && u[order[e]] == u[order[k]]) ++e;
-    if (u[order[k]] != 0.0) {  // a zero weight adds nothing: its columns are left out
-      for (int64_t m = k; m < e; ++m) bit_of[order[m]] = words * 64 + (m - k);
-      groups.push_back({words, (e - k + 63) / 64, u[order[k]]});
-      words += groups.back().words;
-    } else {
-      for (int64_t m = k; m < e; ++m) bit_of[order[m]] = -1;
-    }
+    for (int64_t m = k; m < e; ++m) bit_of[order[m]] = words * 64 + (m - k);
+    groups.push_back({words, (e - k + 63) / 64, u[order[k]]});
+    words += groups.back().words;
     k = e;
   }
   if (words > 2 * ((d + 63) / 64) + 64) return false;
-  std::vector<uint64_t> P(std::max<int64_t>(1, n * words), 0);
+  const bool vector = cpu_has_vpopcnt();
+  const int64_t row_words = vector ? (words + 7) / 8 * 8 : words;
+  const int64_t rows_pad = vector ? (n + 3) / 4 * 4 : n;
+  std::vector<uint64_t> P(std::max<int64_t>(1, rows_pad * row_words), 0);
   const uint8_t* S = static_cast<const uint8_t*>(p.scores);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const uint8_t* r = S + i * p.row_stride;
-    uint64_t* row = P.data() + i * words;
-    for (int64_t j = 0; j < d; ++j) {
+    uint64_t* row = P.data() + i * row_words;
+    for (int64_t j = 0; j < d; ++j) {  // branch-free: the bytes are 0 or 1
       const int64_t bit = bit_of[j];
-      if (r[j] != 0 && bit >= 0) row[bit >> 6] |= uint64_t(1) << (bit & 63);
+      row[bit >> 6] |= uint64_t(r[j]) << (bit & 63);
     }
   }
+#if M2N2_HAVE_VPOPCNT
+  if (vector) {
+    std::vector<double> weight(row_words, 0.0);
+    for (const WeightGroup& g : groups) std::fill_n(weight.begin() + g.word0, g.words, g.weight);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t a0 = 0; a0 < rows_pad; a0 += 4) {
+      bits_tile_row_vpopcnt(P.data(), row_words, weight.data(), a0, rows_pad, A, n);
+    }
+    return true;
+  }
+#endif
   const int64_t tiles = (n + kBitTile - 1) / kBitTile;
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
   for (int64_t ta = 0; ta < tiles; ++ta) {
     for (int64_t tb = 0; tb < tiles; ++tb) {
-      bits_tile(P.data(), words, groups.data(), int64_t(groups.size()), ta * kBitTile,
+      bits_tile(P.data(), row_words, groups.data(), int64_t(groups.size()), ta * kBitTile,
                 std::min(n, (ta + 1) * kBitTile), tb * kBitTile, std::min(n, (tb + 1) * kBitTile), A, n);
     }
   }
@@ -397,7 +518,7 @@ NonFiniteScore niche_stats(const NichesProblem& p) {
   } else if (p.mode == AttractionMode::kMatrix) {
     std::vector<double> A(n * n, 0.0);
     const bool done = p.type == NicheScore::kBinary && n > 1 && attraction_matrix_bits(p, u.data(), A.data());
-    if (!done) attraction_matrix_tiled_dispatch(p, u.data(), A.data());
+    if (!done) attraction_matrix_tiled(p, u.data(), A.data());
     write(A.data(), n * n, p.attraction);
   }
   return {-1, 0, 0.0};

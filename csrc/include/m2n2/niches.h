@@ -50,8 +50,10 @@ M2N2_HD double niche_weight(double z, double capacity, double alpha, double eps)
   return capacity / (pow(base, alpha) + eps);
 }
 
-// Scores as numbers: 0/1 for the binary storage, widened floats otherwise.
-M2N2_HD float score_value(uint8_t x) { return x != 0 ? 1.0f : 0.0f; }
+// Scores as numbers: the binary storage holds the bytes 0 and 1 (torch.bool, or uint8
+// checked by the Python API), converted as integers (a form every SIMD unit widens);
+// fp16/bf16 are widened to fp32.
+M2N2_HD float score_value(uint8_t x) { return float(x); }
 M2N2_HD float score_value(half_t x) { return to_compute(x); }
 M2N2_HD float score_value(bf16_t x) { return to_compute(x); }
 M2N2_HD float score_value(float x) { return x; }
