@@ -214,7 +214,7 @@ def _matrix_binary_dot_kernel(
         xa = tl.load(s_ptr + a[:, None] * row_stride + c[None, :], mask=amask[:, None] & cmask[None, :], other=0)
         xb = tl.load(s_ptr + b[:, None] * row_stride + c[None, :], mask=bmask[:, None] & cmask[None, :], other=0)
         fails = xa == 0
-        bt = tl.trans((xb != 0).to(OPT))
+        bt = tl.trans((xb != 0).to(tl.float32).to(OPT))  # 0/1, exact
         acc = tl.zeros([BA, BB], dtype=tl.float32)
         for k in tl.static_range(3):
             uk = tl.load(pieces_ptr + k * cols + c, mask=cmask, other=0.0).to(OPT)
@@ -351,7 +351,7 @@ def _cfg(device, double):
     sized ones on the GPU."""
     if _interpreting(device):
         return dict(
-            k1=dict(BR=64, BD=512), k2=dict(BR=64, BJ=256, FOLD=4), k3=dict(BA=32, BB=32, BJ=32, FOLD=4),
+            k1=dict(BR=16, BD=512), k2=dict(BR=64, BJ=128, FOLD=2), k3=dict(BA=32, BB=32, BJ=32, FOLD=4),
             k3dot=dict(BA=32, BB=32, BJ=64), w1=1, w2=1, w3=1, w3dot=1,
         )
     return dict(
@@ -406,7 +406,7 @@ def _niche_stats(S, child, capacity, alpha, eps, parent, mode, z, fitness, attra
     # 1. z, then the one host sync, then u.
     k1 = cfg["k1"]
     col_blocks = triton.cdiv(cols, k1["BD"])
-    splits, per = _split(col_blocks, max(rows, 1), k1["BR"] * 4, target)
+    splits, per = _split(col_blocks, max(rows, 1), k1["BR"], target)
     zout = z if splits == 1 else torch.empty((splits, cols), dtype=torch.float64, device=device)
     _column_sums_kernel[(col_blocks, splits)](
         Sv, childv if child is not None else Sv, zout, rows, cols, row_stride, per, cols,
