@@ -90,32 +90,30 @@ def test_direct_call_checks():
     f = tn().niche_stats_out
     e = dict(device=DEVICE)
     z, fit, row = torch.empty(5, **e), torch.empty(3, **e), torch.empty(3, **e)
+    names = ("S", "child", "capacity", "alpha", "eps", "parent", "mode", "z", "fitness", "attraction")
+    good = dict(zip(names, (S, None, None, 1.0, 0.0, 0, "row", z, fit, row)))
+    with_child = dict(mode="none", fitness=torch.empty(4, **e), attraction=torch.empty(0, **e))
     cases = [
-        (ValueError, r"S must be 2-D \[N, D\], got shape \[5\]", (S[0], None, None, 1.0, 0.0, 0, "row", z, fit, row)),
-        (TypeError, "S must be bool, uint8, float16, bfloat16, float32 or float64, got Int",
-         (S.int(), None, None, 1.0, 0.0, 0, "row", z, fit, row)),
-        (ValueError, r"S's rows must be contiguous", (S.t().contiguous().t(), None, None, 1.0, 0.0, 0, "row", z, fit, row)),
-        (ValueError, "alpha must be finite, got nan", (S, None, None, float("nan"), 0.0, 0, "row", z, fit, row)),
-        (ValueError, "eps must be finite and >= 0, got -1", (S, None, None, 1.0, -1.0, 0, "row", z, fit, row)),
-        (ValueError, "mode must be 'none', 'row' or 'matrix', got 'column'", (S, None, None, 1.0, 0.0, 0, "column", z, fit, row)),
-        (IndexError, r"parent must lie in \[0, 3\), got 3", (S, None, None, 1.0, 0.0, 3, "row", z, fit, row)),
-        (ValueError, "a child row is only counted with mode 'none'", (S, S[0], None, 1.0, 0.0, 0, "row", z, fit, row)),
-        (TypeError, r"child must be Float \(the dtype of S\), got Double",
-         (S, S[0].double(), None, 1.0, 0.0, 0, "none", z, torch.empty(4, **e), torch.empty(0, **e))),
-        (ValueError, r"child must have shape \[5\], got \[4\]",
-         (S, S[0, :4], None, 1.0, 0.0, 0, "none", z, torch.empty(4, **e), torch.empty(0, **e))),
-        (TypeError, "capacity must be float64, got Float", (S, None, torch.ones(5, **e), 1.0, 0.0, 0, "row", z, fit, row)),
-        (ValueError, r"capacity must have shape \[5\], got \[4\]",
-         (S, None, torch.ones(4, dtype=torch.float64, **e), 1.0, 0.0, 0, "row", z, fit, row)),
-        (TypeError, "z must be Float, got Double", (S, None, None, 1.0, 0.0, 0, "row", z.double(), fit, row)),
-        (ValueError, r"fitness must have shape \[3\], got \[4\]", (S, None, None, 1.0, 0.0, 0, "row", z, torch.empty(4, **e), row)),
-        (ValueError, r"attraction must have shape \[3, 3\], got \[3\]", (S, None, None, 1.0, 0.0, 0, "matrix", z, fit, row)),
-        (ValueError, "attraction must be contiguous",
-         (S, None, None, 1.0, 0.0, 0, "matrix", z, fit, torch.empty(3, 3, **e).t())),
+        (ValueError, r"S must be 2-D \[N, D\], got shape \[5\]", dict(S=S[0])),
+        (TypeError, "S must be bool, uint8, float16, bfloat16, float32 or float64, got Int", dict(S=S.int())),
+        (ValueError, r"S's rows must be contiguous", dict(S=S.t().contiguous().t())),
+        (ValueError, "alpha must be finite, got nan", dict(alpha=float("nan"))),
+        (ValueError, "eps must be finite and >= 0, got -1", dict(eps=-1.0)),
+        (ValueError, "mode must be 'none', 'row' or 'matrix', got 'column'", dict(mode="column")),
+        (IndexError, r"parent must lie in \[0, 3\), got 3", dict(parent=3)),
+        (ValueError, "a child row is only counted with mode 'none'", dict(child=S[0])),
+        (TypeError, r"child must be Float \(the dtype of S\), got Double", dict(child=S[0].double(), **with_child)),
+        (ValueError, r"child must have shape \[5\], got \[4\]", dict(child=S[0, :4], **with_child)),
+        (TypeError, "capacity must be float64, got Float", dict(capacity=torch.ones(5, **e))),
+        (ValueError, r"capacity must have shape \[5\], got \[4\]", dict(capacity=torch.ones(4, **e).double())),
+        (TypeError, "z must be Float, got Double", dict(z=z.double())),
+        (ValueError, r"fitness must have shape \[3\], got \[4\]", dict(fitness=torch.empty(4, **e))),
+        (ValueError, r"attraction must have shape \[3, 3\], got \[3\]", dict(mode="matrix")),
+        (ValueError, "attraction must be contiguous", dict(mode="matrix", attraction=torch.empty(3, 3, **e).t())),
     ]
-    for error, message, args in cases:
+    for error, message, changes in cases:
         with pytest.raises(error, match=message):
-            f(*args)
+            f(*{**good, **changes}.values())
     # Nothing was written: the outputs still hold what they held.
     z.fill_(7.0)
     bad = S.clone()
