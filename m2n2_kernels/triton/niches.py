@@ -375,11 +375,12 @@ def _bf16_pieces(u):
     return torch.stack([u3, u2, u1]).contiguous()
 
 
-def niche_stats_out(S, child, capacity, alpha, eps, parent, mode, z, fitness, attraction):
+def niche_stats_out(S, child, capacity, alpha, eps, parent, attraction_mode, z, fitness, attraction):
     """torch.ops.m2n2.niche_stats_out in Triton: z [D], fitness [N (+1 with a child)]
     and attraction ([0], [N] or [N, N]) written in place. Arguments are checked as
     the C++ op checks them (nothing is launched on bad input); a non-finite score
     raises ValueError naming it before fitness or attraction is written."""
+    mode = attraction_mode
     alpha = float(alpha)
     eps = float(eps)
     rows, cols, row_stride = check_args(S, child, capacity, alpha, eps, parent, mode, z, fitness, attraction)
