@@ -236,8 +236,10 @@ def test_replace_index_ties_and_worst_child(device, backend):
 
 
 def test_same_result_with_any_thread_count():
-    S = make_scores(70, 3001, torch.float32, seed=7)
-    B = make_scores(70, 3001, torch.bool, seed=7)
+    # Large enough for the kernels to use several threads (they stay on one below
+    # 2^18 element operations).
+    S = make_scores(100, 3001, torch.float32, seed=7)
+    B = make_scores(100, 3001, torch.bool, seed=7)
     saved = torch.get_num_threads()
     try:
         results = []

@@ -41,6 +41,9 @@ constexpr int64_t kMaxBlockCols = 4096;
 // Column chunks, each summed by one thread into its own partials; the partials are
 // added in chunk order. The chunking depends on the shape alone.
 constexpr int64_t kMaxChunks = 64;
+// Below this many element operations a call runs on one thread: waking a team costs
+// more than the work (the digits archive, 20 x 1437, is far below it).
+constexpr int64_t kParallelWork = int64_t(1) << 18;
 
 int64_t score_bytes(NicheScore t) {
   switch (t) {
@@ -298,14 +301,15 @@ void attraction_matrix_tiled(const NichesProblem& p, const double* u, double* A)
   const int64_t block = std::clamp<int64_t>(kTileBlockBytes / (rows_pad * elem) / L * L, L, kMaxTileBlockCols);
   std::vector<double> storage((rows_pad * block * elem + 7) / 8);  // 8-byte aligned X
   void* X = storage.data();
+  const bool parallel = n * n * block >= kParallelWork;
   for (int64_t j0 = 0; j0 < p.cols; j0 += block) {
     const int64_t len = std::min(block, p.cols - j0);
     const int64_t lenp = (len + L - 1) / L * L;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel)
     for (int64_t i = 0; i < rows_pad; ++i) {
       scale_row_dispatch(p, u, i, j0, len, lenp, static_cast<char*>(X) + i * lenp * elem);
     }
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
     for (int64_t a0 = 0; a0 < rows_pad; a0 += kTile) {
       if (dbl) {
         tile_row_double(static_cast<const double*>(X), lenp, a0, rows_pad, A, n);
@@ -428,7 +432,8 @@ bool attraction_matrix_bits(const NichesProblem& p, const double* u, double* A) 
   const int64_t rows_pad = vector ? (n + 3) / 4 * 4 : n;
   std::vector<uint64_t> P(std::max<int64_t>(1, rows_pad * row_words), 0);
   const uint8_t* S = static_cast<const uint8_t*>(p.scores);
-#pragma omp parallel for schedule(static)
+  const bool parallel = n * std::max(d, n * row_words) >= kParallelWork;
+#pragma omp parallel for schedule(static) if (parallel)
   for (int64_t i = 0; i < n; ++i) {
     const uint8_t* r = S + i * p.row_stride;
     uint64_t* row = P.data() + i * row_words;
@@ -441,7 +446,7 @@ bool attraction_matrix_bits(const NichesProblem& p, const double* u, double* A) 
   if (vector) {
     std::vector<double> weight(row_words, 0.0);
     for (const WeightGroup& g : groups) std::fill_n(weight.begin() + g.word0, g.words, g.weight);
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
     for (int64_t a0 = 0; a0 < rows_pad; a0 += 4) {
       bits_tile_row_vpopcnt(P.data(), row_words, weight.data(), a0, rows_pad, A, n);
     }
@@ -449,7 +454,7 @@ bool attraction_matrix_bits(const NichesProblem& p, const double* u, double* A) 
   }
 #endif
   const int64_t tiles = (n + kBitTile - 1) / kBitTile;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (parallel)
   for (int64_t ta = 0; ta < tiles; ++ta) {
     for (int64_t tb = 0; tb < tiles; ++tb) {
       bits_tile(P.data(), row_words, groups.data(), int64_t(groups.size()), ta * kBitTile,
@@ -480,7 +485,8 @@ NonFiniteScore niche_stats(const NichesProblem& p) {
   for (int64_t c = 0; c < chunks; ++c) {
     sums[c] = {fit_part.data() + c * fit_rows, want_row ? row_part.data() + c * n : nullptr, d};
   }
-#pragma omp parallel for schedule(dynamic, 1)
+  const bool parallel = chunks > 1 && fit_rows * d >= kParallelWork;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t c0 = c * blocks / chunks * block;
     const int64_t c1 = std::min(d, (c + 1) * blocks / chunks * block);
