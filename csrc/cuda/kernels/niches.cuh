@@ -378,6 +378,7 @@ template <class T, int V, bool kAtt>
 M2N2_HD void row_sums_thread(const NichesProblem& p, const NichesPlan& plan, const acc_t<T>* u, const RowUnit& w,
                              int64_t tid, int64_t threads, RowSums<acc_t<T>>& s) {
   using A = acc_t<T>;
+  constexpr bool kBinary = std::is_same<T, uint8_t>::value;
   M2N2_NICHE_UNROLL
   for (int r = 0; r < kRowGroup; ++r) {
     s.fit[r] = A(0);
@@ -395,7 +396,15 @@ M2N2_HD void row_sums_thread(const NichesProblem& p, const NichesPlan& plan, con
       M2N2_NICHE_UNROLL
       for (int i = 0; i < V; ++i) uv[i] = j0 + i < p.cols ? u[j0 + i] : A(0);
     }
-    if constexpr (kAtt) load_row_vec<T, V>(parent, j0, p.cols, pv);
+    if constexpr (kAtt) {
+      load_row_vec<T, V>(parent, j0, p.cols, pv);
+      if constexpr (kBinary) {
+        // 0/1 scores: u max(s - q, 0) = (u (1 - q)) s exactly; pv becomes u (1 - q),
+        // which keeps one array of V values fewer alive across the rows.
+        M2N2_NICHE_UNROLL
+        for (int i = 0; i < V; ++i) pv[i] = uv[i] * (A(1) - pv[i]);
+      }
+    }
     M2N2_NICHE_UNROLL
     for (int r = 0; r < kRowGroup; ++r) {
       if (r < nrows) {
@@ -404,7 +413,9 @@ M2N2_HD void row_sums_thread(const NichesProblem& p, const NichesPlan& plan, con
         M2N2_NICHE_UNROLL
         for (int i = 0; i < V; ++i) {
           s.fit[r] += uv[i] * sv[i];
-          if constexpr (kAtt) {
+          if constexpr (kAtt && kBinary) {
+            s.att[r] += pv[i] * sv[i];
+          } else if constexpr (kAtt) {
             const A d = sv[i] - pv[i];
             s.att[r] += uv[i] * (d > A(0) ? d : A(0));
           }
@@ -566,8 +577,13 @@ M2N2_HD void store_matrix_tile(const NichesProblem& p, const NichesPlan& plan, c
   }
 }
 
+// Two blocks of 256 threads per SM (<= 128 registers): the stage loads of one block
+// overlap the products of the other. fp64 tiles fit in 128 registers without the bound.
+template <class T>
+constexpr int kMatrixMinBlocks = std::is_same<acc_t<T>, double>::value ? 1 : 2;
+
 template <class T, int kTile>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMatrixMinBlocks<T>)
     attraction_matrix_kernel(const NichesProblem p, const NichesPlan plan, const acc_t<T>* u, double* part) {
   using A = acc_t<T>;
   constexpr int kPer = kTile / kSide;
