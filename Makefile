@@ -36,15 +36,20 @@ bench: build
 	$(PY) benchmarks/run_all.py
 
 # The CUDA kernels' per-thread index logic run on the CPU (no GPU needed) against the
-# C++ kernels, byte for byte: tests/native/crossover_cuda_host_check.cu.
+# C++ kernels, byte for byte: tests/native/crossover_cuda_host_check.cu; the niche
+# statistics kernels against the formulas in fp64: tests/native/niches_cuda_host_check.cu.
 NVCC ?= $(CUDA_HOME)/bin/nvcc
 HOST_CHECK := build/native/crossover_cuda_host_check
+NICHES_HOST_CHECK := build/native/niches_cuda_host_check
 cuda-host-check:
 	mkdir -p build/native
 	$(CXX) -std=c++17 -O2 -fopenmp -ffp-contract=off -Icsrc/include -Icsrc -c csrc/cpu/crossover_kernels.cpp -o build/native/crossover_kernels.o
 	$(NVCC) -std=c++17 -O2 -arch=sm_80 --fmad=false -Werror all-warnings -Xcompiler=-ffp-contract=off,-fopenmp,-Wall,-Werror \
 		-Icsrc/include -Icsrc tests/native/crossover_cuda_host_check.cu build/native/crossover_kernels.o -o $(HOST_CHECK) -lgomp
 	./$(HOST_CHECK)
+	$(NVCC) -std=c++17 -O2 -arch=sm_80 --fmad=false -Werror all-warnings -Xcompiler=-ffp-contract=off,-Wall,-Werror \
+		-Icsrc/include -Icsrc tests/native/niches_cuda_host_check.cu -o $(NICHES_HOST_CHECK)
+	./$(NICHES_HOST_CHECK)
 
 clean:
 	rm -rf build m2n2_kernels/*.so

@@ -59,4 +59,16 @@ M2N2_HD float score_value(bf16_t x) { return to_compute(x); }
 M2N2_HD float score_value(float x) { return x; }
 M2N2_HD double score_value(double x) { return x; }
 
+// u = parts[0] + parts[1] + parts[2] exactly, each a bf16 (for the tensor-core GEMM of
+// 0/1 scores, where products with 0/1 are exact): each step rounds off the top 8 bits
+// of the mantissa and the remainder u - round(u) is exact in fp32 (24 bits = 3 x 8;
+// bf16 has fp32's exponent range, so only remainders below 2^-126 would be lost).
+M2N2_HD void split_bf16x3(float u, bf16_t parts[3]) {
+  parts[0] = from_compute<bf16_t>(u);
+  const float r1 = u - to_compute(parts[0]);
+  parts[1] = from_compute<bf16_t>(r1);
+  const float r2 = r1 - to_compute(parts[1]);
+  parts[2] = from_compute<bf16_t>(r2);
+}
+
 }  // namespace m2n2
