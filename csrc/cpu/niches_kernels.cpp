@@ -38,6 +38,9 @@ constexpr int64_t kBlockBytes = int64_t(1) << 20;
 // Columns per block: bounds the fp32 partial sums (at most kMaxBlockCols / 16 terms
 // per SIMD lane before they are added to fp64 totals).
 constexpr int64_t kMaxBlockCols = 4096;
+// z sums kZRows rows at a time in the compute type (fp32: exact for 0/1 scores, a
+// blocked sum for others), then adds them to fp64 totals.
+constexpr int64_t kZRows = 64;
 // Column chunks, each summed by one thread into its own partials; the partials are
 // added in chunk order. The chunking depends on the shape alone.
 constexpr int64_t kMaxChunks = 64;
@@ -81,15 +84,21 @@ M2N2_HD void stats_columns(const NichesProblem& p, int64_t c0, int64_t c1, int64
   const T* child = static_cast<const T*>(p.child);
   const bool want_row = p.mode == AttractionMode::kRow;
   const int64_t fit_rows = fitness_rows(p);
-  std::vector<C> uloc(block), ploc(want_row ? block : 0);
+  std::vector<C> uloc(block), ploc(want_row ? block : 0), zrows(block);
   for (int64_t b0 = c0; b0 < c1; b0 += block) {
     const int64_t len = std::min(block, c1 - b0);
     double* zb = z + b0;
     std::fill(zb, zb + len, 0.0);
-    for (int64_t i = 0; i < fit_rows; ++i) {
-      const T* r = (i < p.rows ? S + i * p.row_stride : child) + b0;
+    C* zc = zrows.data();
+    for (int64_t i0 = 0; i0 < fit_rows; i0 += kZRows) {
+      std::fill(zc, zc + len, C(0));
+      for (int64_t i = i0; i < std::min(fit_rows, i0 + kZRows); ++i) {
+        const T* r = (i < p.rows ? S + i * p.row_stride : child) + b0;
 #pragma omp simd
-      for (int64_t j = 0; j < len; ++j) zb[j] += double(score_value(r[j]));
+        for (int64_t j = 0; j < len; ++j) zc[j] += score_value(r[j]);
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) zb[j] += double(zc[j]);
     }
     bool finite = true;
     for (int64_t j = 0; j < len; ++j) finite &= std::isfinite(zb[j]);
@@ -410,11 +419,28 @@ bool cpu_has_vpopcnt() {
 
 // False (and nothing done) when the weights take so many distinct values that the
 // word padding would outweigh the packing; the tiled pass runs then.
-bool attraction_matrix_bits(const NichesProblem& p, const double* u, double* A) {
+// Columns in an order that puts equal weights next to each other. Without capacities
+// the weight is a function of the count z_j in [0, N]: a counting sort by z, O(D + N)
+// (a comparison sort of a long archive's columns would cost more than the counting);
+// else a sort by weight.
+std::vector<int64_t> columns_by_weight(const NichesProblem& p, const double* z, const double* u) {
   const int64_t n = p.rows, d = p.cols;
   std::vector<int64_t> order(d);
-  std::iota(order.begin(), order.end(), int64_t(0));
-  std::stable_sort(order.begin(), order.end(), [u](int64_t x, int64_t y) { return u[x] < u[y]; });
+  if (p.capacity == nullptr) {
+    std::vector<int64_t> start(n + 2, 0);
+    for (int64_t j = 0; j < d; ++j) ++start[int64_t(z[j]) + 1];
+    for (int64_t k = 1; k <= n + 1; ++k) start[k] += start[k - 1];
+    for (int64_t j = 0; j < d; ++j) order[start[int64_t(z[j])]++] = j;
+  } else {
+    std::iota(order.begin(), order.end(), int64_t(0));
+    std::stable_sort(order.begin(), order.end(), [u](int64_t x, int64_t y) { return u[x] < u[y]; });
+  }
+  return order;
+}
+
+bool attraction_matrix_bits(const NichesProblem& p, const double* z, const double* u, double* A) {
+  const int64_t n = p.rows, d = p.cols;
+  const std::vector<int64_t> order = columns_by_weight(p, z, u);
   std::vector<WeightGroup> groups;
   std::vector<int64_t> bit_of(d);  // position of column j in a packed row
   int64_t words = 0;
@@ -523,7 +549,7 @@ NonFiniteScore niche_stats(const NichesProblem& p) {
     write(total.data(), n, p.attraction);
   } else if (p.mode == AttractionMode::kMatrix) {
     std::vector<double> A(n * n, 0.0);
-    const bool done = p.type == NicheScore::kBinary && n > 1 && attraction_matrix_bits(p, u.data(), A.data());
+    const bool done = p.type == NicheScore::kBinary && n > 1 && attraction_matrix_bits(p, z.data(), u.data(), A.data());
     if (!done) attraction_matrix_tiled(p, u.data(), A.data());
     write(A.data(), n * n, p.attraction);
   }
