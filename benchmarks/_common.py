@@ -11,6 +11,8 @@ import time
 
 import torch
 
+from m2n2_kernels import _backend
+
 
 def _sync(device):
     if torch.device(device).type == "cuda":
@@ -83,3 +85,14 @@ class CsvOut:
     def close(self):
         for f in self.files[1:]:
             f.close()
+
+
+def kernel_backends(device):
+    """Our backends that run compiled on tensors of `device` (the Triton interpreter,
+    which runs on CPU tensors, is far too slow to time)."""
+    names = []
+    if device.type == "cpu" or _backend.cuda_compiled():
+        names.append("cpp")
+    if device.type == "cuda" and _backend.triton_importable():
+        names.append("triton")
+    return names

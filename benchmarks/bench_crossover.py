@@ -21,10 +21,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import CsvOut, peak_extra_bytes, time_ms  # noqa: E402
+from _common import CsvOut, kernel_backends, peak_extra_bytes, time_ms  # noqa: E402
 
 import m2n2_kernels as mk  # noqa: E402
-from m2n2_kernels import _backend  # noqa: E402
 
 FIELDS = [
     "op", "impl", "backend", "device", "dtype", "numel", "ms", "gbps",
@@ -56,15 +55,6 @@ def torch_lerp_split_(a, b, split, w):
     a[:split].lerp_(b[:split], w)
     a[split:].lerp_(b[split:], 1 - w)
     return a
-
-
-def backends_for(device):
-    names = []
-    if device.type == "cpu" or _backend.cuda_compiled():
-        names.append("cpp")
-    if device.type == "cuda" and _backend.triton_importable():
-        names.append("triton")  # on CPU Triton only runs in its (slow) interpreter
-    return names
 
 
 def run(args):
@@ -109,7 +99,7 @@ def run(args):
             ceiling = ceiling_ms if op == "lerp_split" else ceiling_out_ms
             emit(op, "best torch", "torch", ms, mem, ceiling=ceiling)
 
-        for backend in backends_for(device):
+        for backend in kernel_backends(device):
             ours = {
                 "lerp_split": lambda: mk.split_interpolate_(a, b, split, W, method="lerp", backend=backend),
                 "slerp_split": lambda: mk.split_interpolate(a, b, split, W, out=out, backend=backend),

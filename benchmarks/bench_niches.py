@@ -22,10 +22,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import CsvOut, peak_extra_bytes, time_ms  # noqa: E402
+from _common import CsvOut, kernel_backends, peak_extra_bytes, time_ms  # noqa: E402
 
 import m2n2_kernels as mk  # noqa: E402
-from m2n2_kernels import _backend, reference  # noqa: E402
+from m2n2_kernels import reference  # noqa: E402
 
 FIELDS = [
     "op", "impl", "backend", "device", "dtype", "N", "D", "ms", "reps", "gbps",
@@ -51,15 +51,6 @@ def make_scores(n, d, dtype, device):
     if dtype == torch.bool:
         return torch.rand(n, d, generator=g, device=device) < 0.5
     return torch.rand(n, d, generator=g, device=device).to(dtype)
-
-
-def backends_for(device):
-    names = []
-    if device.type == "cpu" or _backend.cuda_compiled():
-        names.append("cpp")
-    if device.type == "cuda" and _backend.triton_importable():
-        names.append("triton")  # on CPU Triton only runs in its (slow) interpreter
-    return names
 
 
 def run(args):
@@ -101,7 +92,7 @@ def run(args):
                     for op_name, ours, ref in cases:
                         ref_ms = bench(ref)
                         emit(op_name, "torch chunked (reference.py)", "torch", *ref_ms, sum0_ms=sum0[0])
-                        for backend in backends_for(device):
+                        for backend in kernel_backends(device):
                             res = bench(lambda: ours(backend))
                             emit(op_name, "m2n2_kernels", backend, *res, torch_ms=ref_ms[0], sum0_ms=sum0[0])
                 else:
@@ -114,7 +105,7 @@ def run(args):
                         ref_ms = bench(lambda: reference.attraction(S))
                         emit("matrix", "torch chunked (reference.py)", "torch", *ref_ms)
                         baseline = ref_ms[0] if baseline is None else baseline
-                    for backend in backends_for(device):
+                    for backend in kernel_backends(device):
                         res = bench(lambda: mk.attraction(S, backend=backend))
                         emit("matrix", "m2n2_kernels", backend, *res, torch_ms=baseline)
                 del S

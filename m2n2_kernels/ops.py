@@ -39,7 +39,7 @@ def _check_direct_crossover_call(a, b, out, split, method, omega, index_offset):
         raise ValueError("a, b and out must be lists of equal length of contiguous tensors")
 
 
-def _register_triton_for_cuda():
+def _register_triton_crossover():
     from .triton import crossover as tc
 
     def out_of_place(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset):
@@ -56,13 +56,6 @@ def _register_triton_for_cuda():
     torch.library.impl("m2n2::crossover_batch_out", "CUDA")(tc.crossover_batch_out)
 
 
-if not _backend.cuda_compiled() and _backend.triton_importable():
-    try:
-        _register_triton_for_cuda()
-    except ImportError:  # the Triton kernels need a newer triton than the one installed
-        pass
-
-
 # ---- per-sample score gathering (m2n2_kernels/scores.py) ----
 
 
@@ -71,17 +64,10 @@ def _sample_scores_out_fake(logits, target, mask, ignore_index, kind, reduce, ou
     return None
 
 
-def _register_triton_scores_for_cuda():
+def _register_triton_scores():
     from .triton import scores as ts
 
     torch.library.impl("m2n2::sample_scores_out", "CUDA")(ts.sample_scores_out)
-
-
-if not _backend.cuda_compiled() and _backend.triton_importable():
-    try:
-        _register_triton_scores_for_cuda()
-    except ImportError:  # the Triton kernels need a newer triton than the one installed
-        pass
 
 
 # ---- niche statistics (m2n2_kernels/niches.py) ----
@@ -92,14 +78,16 @@ def _niche_stats_out_fake(S, child, capacity, alpha, eps, parent, attraction_mod
     return None
 
 
-def _register_triton_niches_for_cuda():
+def _register_triton_niches():
     from .triton import niches as tn
 
     torch.library.impl("m2n2::niche_stats_out", "CUDA")(tn.niche_stats_out)
 
 
+# Without CUDA C++ kernels, the Triton ones are the ops' CUDA implementation.
 if not _backend.cuda_compiled() and _backend.triton_importable():
-    try:
-        _register_triton_niches_for_cuda()
-    except ImportError:  # the Triton kernels need a newer triton than the one installed
-        pass
+    for _register in (_register_triton_crossover, _register_triton_scores, _register_triton_niches):
+        try:
+            _register()
+        except ImportError:  # the Triton kernels need a newer triton than the one installed
+            pass

@@ -48,17 +48,6 @@ constexpr int64_t kMaxChunks = 64;
 // more than the work (the digits archive, 20 x 1437, is far below it).
 constexpr int64_t kParallelWork = int64_t(1) << 18;
 
-int64_t score_bytes(NicheScore t) {
-  switch (t) {
-    case NicheScore::kBinary: return 1;
-    case NicheScore::kHalf:
-    case NicheScore::kBFloat16: return 2;
-    case NicheScore::kFloat: return 4;
-    case NicheScore::kDouble: return 8;
-  }
-  return 1;
-}
-
 int64_t stats_block_cols(int64_t rows, int64_t elem) {
   const int64_t cols = kBlockBytes / std::max<int64_t>(1, rows * elem) / 64 * 64;
   return std::clamp<int64_t>(cols, 64, kMaxBlockCols);
@@ -502,7 +491,7 @@ NonFiniteScore niche_stats(const NichesProblem& p) {
   const int64_t n = p.rows, d = p.cols, fit_rows = fitness_rows(p);
   const bool want_row = p.mode == AttractionMode::kRow;
   std::vector<double> z(d), u(d);
-  const int64_t block = stats_block_cols(fit_rows, score_bytes(p.type));
+  const int64_t block = stats_block_cols(fit_rows, niche_score_bytes(p.type));
   const int64_t blocks = (d + block - 1) / block;
   const int64_t chunks = std::min(blocks, kMaxChunks);
   std::vector<double> fit_part(std::max<int64_t>(1, chunks) * fit_rows, 0.0);

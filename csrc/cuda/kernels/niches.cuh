@@ -97,20 +97,9 @@ M2N2_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 M2N2_HD int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 M2N2_HD int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-inline size_t score_bytes(NicheScore t) {
-  switch (t) {
-    case NicheScore::kBinary: return 1;
-    case NicheScore::kHalf:
-    case NicheScore::kBFloat16: return 2;
-    case NicheScore::kFloat: return 4;
-    case NicheScore::kDouble: return 8;
-  }
-  return 1;
-}
-
 inline NichesPlan plan_niches(const NichesProblem& p) {
   NichesPlan plan{};
-  const size_t bytes = score_bytes(p.type);
+  const size_t bytes = size_t(niche_score_bytes(p.type));
   const bool aligned = reinterpret_cast<uintptr_t>(p.scores) % 16 == 0 &&
                        (p.rows <= 1 || (uint64_t(p.row_stride) * bytes) % 16 == 0) &&
                        (p.child == nullptr || reinterpret_cast<uintptr_t>(p.child) % 16 == 0);

@@ -42,6 +42,18 @@ struct NichesProblem {
 
 M2N2_HD int64_t fitness_rows(const NichesProblem& p) { return p.rows + (p.child != nullptr ? 1 : 0); }
 
+// Bytes of one stored score.
+M2N2_HD int64_t niche_score_bytes(NicheScore t) {
+  switch (t) {
+    case NicheScore::kBinary: return 1;
+    case NicheScore::kHalf:
+    case NicheScore::kBFloat16: return 2;
+    case NicheScore::kFloat: return 4;
+    case NicheScore::kDouble: return 8;
+  }
+  return 1;
+}
+
 // u_j from z_j. pow(x, 1) == x and pow(x, 0) == 1 exactly (IEEE 754), so alpha = 1
 // and alpha = 0 (the GA baseline: every datapoint weighs c_j / (1 + eps)) need no
 // special case.
