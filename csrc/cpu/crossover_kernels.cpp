@@ -8,13 +8,8 @@
 
 #include <algorithm>
 
+#include "isa_clones.h"
 #include "m2n2/philox.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define M2N2_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define M2N2_CLONES
-#endif
 
 namespace m2n2::cpu {
 namespace {

@@ -16,14 +16,7 @@
 #include <immintrin.h>
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define M2N2_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define M2N2_POPCOUNT_CLONES \
-  __attribute__((target_clones("arch=icelake-server", "arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define M2N2_CLONES
-#define M2N2_POPCOUNT_CLONES
-#endif
+#include "isa_clones.h"
 
 namespace m2n2::cpu {
 namespace {

@@ -9,11 +9,7 @@
 #include <algorithm>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define M2N2_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define M2N2_CLONES
-#endif
+#include "isa_clones.h"
 
 namespace m2n2::cpu {
 namespace {
