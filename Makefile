@@ -20,14 +20,19 @@ $(VENV)/.installed: requirements-dev.txt Makefile
 setup: build
 
 # Incremental (ninja) in-place build of m2n2_kernels._C; a .pth file puts the
-# repository on the venv's path, like an editable install.
+# repository root (m2n2_kernels) and python/ (the m2n2 engine) on the venv's path,
+# like an editable install, and .venv/bin/m2n2 is the command line.
 build: $(VENV)/.installed
 	$(PY) setup.py -q build_ext --inplace
-	$(PY) -c "import site, os; open(os.path.join(site.getsitepackages()[0], 'm2n2_kernels_dev.pth'), 'w').write(os.getcwd() + '\n')"
+	$(PY) -c "import site, os; open(os.path.join(site.getsitepackages()[0], 'm2n2_kernels_dev.pth'), 'w').write(os.getcwd() + '\n' + os.path.join(os.getcwd(), 'python') + '\n')"
+	printf '#!/bin/sh\nexec "%s" -m m2n2 "$$@"\n' "$(abspath $(PY))" > $(VENV)/bin/m2n2 && chmod +x $(VENV)/bin/m2n2
 	$(PY) -c "import m2n2_kernels, json; print(json.dumps(m2n2_kernels.build_info()))"
 
+# The main job: the paper's digits experiment (M2N2 from scratch, 50,000 forward
+# passes, one seed): prints the results table and the paths of results.json,
+# lineage.csv and accuracy.png (in runs/digits-<time>/).
 main: build
-	$(PY) benchmarks/bench_crossover.py
+	$(PY) -m m2n2 evolve --task digits --seeds 1
 
 test: build
 	$(PY) -m pytest -q tests

@@ -90,7 +90,12 @@ def extension():
 
 
 setup(
-    packages=find_packages(include=["m2n2_kernels", "m2n2_kernels.*"]),
+    # Two import packages: the kernels (m2n2_kernels/, at the root) and the engine,
+    # which lives in python/m2n2 and imports the kernels (never the other way).
+    packages=find_packages(include=["m2n2_kernels", "m2n2_kernels.*"])
+    + ["m2n2"]
+    + ["m2n2." + p for p in find_packages("python/m2n2")],
+    package_dir={"m2n2": "python/m2n2"},
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

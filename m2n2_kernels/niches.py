@@ -140,15 +140,30 @@ def _run(S, *, alpha, capacity, eps, parent, mode, child, backend):
     return z, fit, att
 
 
-def fitness(S, *, alpha=1.0, capacity=None, eps=0.0, backend=None):
+def fitness(S, *, alpha=1.0, capacity=None, eps=0.0, child=None, backend=None):
     """Competition fitness of every model: fitness_i = sum_j c_j S_ij / zhat_j.
 
     S [N, D]: bool or uint8 (0/1 right-or-wrong scores), float16, bfloat16, float32 or
     float64 (scores in [0, 1]); z_j = sum_k S_kj; zhat_j = (z_j if z_j != 0 else 1) **
     alpha + eps; capacity c [D] (default 1). alpha = 0 gives plain (capacity-weighted)
     accuracy sums, the GA baseline. Returns float32 [N] (float64 for float64 S).
+
+    With `child` [D] (a score row of S's dtype), the fitness of the N + 1 rows with the
+    child counted as row N (in z too), as replacement compares them: [N + 1]; its
+    argmin is the row the child replaces (N: the child itself). S and child are
+    never concatenated.
     """
-    return _run(S, alpha=alpha, capacity=capacity, eps=eps, parent=None, mode="none", child=None, backend=backend)[1]
+    if child is None:
+        return _run(S, alpha=alpha, capacity=capacity, eps=eps, parent=None, mode="none", child=None, backend=backend)[1]
+    return _replacement_fitness(S, child, alpha=alpha, capacity=capacity, eps=eps, backend=backend)
+
+
+def _replacement_fitness(S, child, *, alpha, capacity, eps, backend):
+    if isinstance(S, torch.Tensor) and S.dim() == 2 and S.shape[0] == 0:
+        raise ValueError("S has no rows (N = 0): there is no row for the child to replace")
+    if child is None:
+        raise TypeError("child must be a torch.Tensor, got NoneType")
+    return _run(S, alpha=alpha, capacity=capacity, eps=eps, parent=None, mode="none", child=child, backend=backend)[1]
 
 
 def attraction(S, *, alpha=1.0, capacity=None, eps=0.0, parent=None, backend=None):
@@ -179,9 +194,5 @@ def replace_index(S, child, *, alpha=1.0, capacity=None, eps=0.0, backend=None):
     the N + 1 rows with the child included (z counts the child too) and the lowest
     fitness is replaced, ties to the lowest index. Returns -1 when the child itself is
     the worst (nothing changes). S and child are never concatenated."""
-    if isinstance(S, torch.Tensor) and S.dim() == 2 and S.shape[0] == 0:
-        raise ValueError("S has no rows (N = 0): there is no row for the child to replace")
-    if child is None:
-        raise TypeError("child must be a torch.Tensor, got NoneType")
-    fit = _run(S, alpha=alpha, capacity=capacity, eps=eps, parent=None, mode="none", child=child, backend=backend)[1]
+    fit = _replacement_fitness(S, child, alpha=alpha, capacity=capacity, eps=eps, backend=backend)
     return reference.replacement_from_fitness(fit)

@@ -222,6 +222,25 @@ def test_replace_index_matches_reference(device, backend, dtype):
 
 
 @pytest.mark.parametrize("device,backend", device_backend_params())
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32], ids=str)
+def test_fitness_with_child_is_fitness_over_n_plus_one_rows(device, backend, dtype):
+    # The form the engine replaces from without a host sync: fitness [N + 1] (the
+    # child counted as row N, in z too), whose argmin is replace_index's row.
+    S = make_scores(6, 41, dtype, device, seed=3)
+    g = torch.Generator().manual_seed(4)
+    for child in ((torch.rand(41, generator=g) < 0.5).to(dtype).to(device), torch.zeros(41, dtype=dtype, device=device)):
+        for kw in (dict(), dict(alpha=0.0), dict(alpha=2.0, capacity=make_capacity(41, device), eps=0.1)):
+            fit = mk.fitness(S, child=child, backend=backend, **kw)
+            assert fit.shape == (7,)
+            want = reference.fitness(torch.cat([S, child[None]]), **kw)
+            torch.testing.assert_close(fit, want, rtol=1e-5, atol=1e-6)
+            worst = int(fit.argmin())
+            assert mk.replace_index(S, child, backend=backend, **kw) == (-1 if worst == 6 else worst)
+    with pytest.raises(ValueError, match="child must have shape"):
+        mk.fitness(S, child=child[:-1], backend=backend)
+
+
+@pytest.mark.parametrize("device,backend", device_backend_params())
 def test_replace_index_ties_and_worst_child(device, backend):
     S = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0], [1, 0, 0, 1]], dtype=torch.bool, device=device)
     # The child equals rows 1 and 2 (the worst): the lowest index of the tie goes.

@@ -1,0 +1,19 @@
+"""m2n2: the M2N2 algorithm (Model Merging of Natural Niches) for any torch model,
+built on the m2n2_kernels ops. The `m2n2` command runs it (`m2n2 evolve`)."""
+from .archive import Archive
+from .evolve import EvolveConfig, Evolution, Interrupted, step_seed
+from .models import ModuleEvaluator, flatten, load_flat
+from .select import select_parents, select_parents_batch
+
+__all__ = [
+    "Archive",
+    "EvolveConfig",
+    "Evolution",
+    "Interrupted",
+    "ModuleEvaluator",
+    "flatten",
+    "load_flat",
+    "select_parents",
+    "select_parents_batch",
+    "step_seed",
+]

@@ -1,0 +1,309 @@
+"""The `m2n2` command line.
+
+    m2n2 evolve --task digits                   # the paper's experiment, one seed
+    m2n2 evolve --task digits --compare --seeds 10
+    m2n2 evolve --task digits --pretrained
+    m2n2 evolve --resume runs/digits-20261203-101500
+"""
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import torch
+
+from . import report
+from .evolve import EvolveConfig, Evolution, Interrupted
+
+# Variants of --compare: M2N2 and the ablations of the paper's figure, as changes
+# to the configuration. "ga" is the reference code's GA: alpha 0 and no attraction.
+VARIANTS = {
+    "m2n2": {},
+    "no-crossover": {"crossover": False},
+    "no-splitpoint": {"split_point": False},
+    "no-attraction": {"attraction": False},
+    "ga": {"alpha": 0.0, "attraction": False},
+}
+# The options a run folder's configuration is made of: --resume refuses to change them.
+RUN_OPTIONS = (
+    "task", "pretrained", "seeds", "first_seed", "forward_passes", "archive_size", "alpha", "no_crossover",
+    "no_splitpoint", "no_attraction", "method", "omega", "children_per_step", "mutation_std", "compare",
+    "device", "log_every",
+)
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+def _positive(name, low=1):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {low}, got {v}")
+        return v
+
+    return parse
+
+
+def _number(name, low=None):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if v != v or v in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{name} must be finite, got {text!r}")
+        if low is not None and v < low:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {low}, got {v}")
+        return v
+
+    return parse
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="m2n2", description="Evolutionary model merging with M2N2.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser(
+        "evolve",
+        help="evolve models with M2N2 (the paper's digits experiment by default)",
+        description="Run M2N2 (and with --compare its ablations) on a task; writes results.json, "
+        "lineage.csv and accuracy.png into --out.",
+    )
+    S = argparse.SUPPRESS  # unset options stay unset, so --resume can tell what was asked
+    ev.add_argument("--task", default=S, help="task to evolve (default: digits)")
+    ev.add_argument("--pretrained", action="store_true", default=S,
+                    help="start from two pre-trained specialists (digits 0-4 and 5-9) instead of from scratch")
+    ev.add_argument("--seeds", type=_positive("--seeds"), default=S, help="number of seeds per variant (default 1)")
+    ev.add_argument("--first-seed", type=_positive("--first-seed", 0), default=S, help="first seed (default 0)")
+    ev.add_argument("--forward-passes", type=_positive("--forward-passes", 0), default=S,
+                    help="children evaluated per run (default: 50,000 from scratch, 10,000 pre-trained)")
+    ev.add_argument("--archive-size", type=_positive("--archive-size", 2), default=S, help="archive size N (default 20)")
+    ev.add_argument("--alpha", type=_number("--alpha"), default=S, help="competition exponent (default 1; 0 = GA)")
+    ev.add_argument("--no-crossover", action="store_true", default=S, help="child = first parent + mutation")
+    ev.add_argument("--no-splitpoint", action="store_true", default=S, help="interpolate with w alone (no split point)")
+    ev.add_argument("--no-attraction", action="store_true", default=S,
+                    help="draw the second parent by fitness, like the first")
+    ev.add_argument("--method", choices=("slerp", "lerp"), default=S, help="interpolation (default slerp)")
+    ev.add_argument("--omega", choices=("global", "segment"), default=S,
+                    help="slerp angle over the whole vectors or per side of the split (default global)")
+    ev.add_argument("--children-per-step", type=_positive("--children-per-step"), default=S,
+                    help="children made and scored per step, in one batch (default 1, the reference algorithm)")
+    ev.add_argument("--mutation-std", type=_number("--mutation-std", 0.0), default=S,
+                    help="Gaussian mutation sigma (default: 0.01 from scratch, 0 pre-trained)")
+    ev.add_argument("--compare", nargs="?", const="all", default=S, metavar="VARIANTS",
+                    help=f"run several variants: 'all' (the default) or a comma list of {', '.join(VARIANTS)}")
+    ev.add_argument("--device", default=S, help="cpu, cuda or cuda:N (default cpu)")
+    ev.add_argument("--log-every", type=_positive("--log-every"), default=S,
+                    help="forward passes between two points of the curves (default 100)")
+    ev.add_argument("--out", default=None, help="output folder (default runs/<task>-<time>)")
+    ev.add_argument("--checkpoint-every", type=_positive("--checkpoint-every", 0), default=10_000,
+                    help="forward passes between checkpoints (default 10,000; 0: only at the end and on Ctrl-C)")
+    ev.add_argument("--resume", default=None, metavar="DIR", help="continue the runs of an earlier output folder")
+    ev.add_argument("--no-plot", action="store_true", help="do not draw accuracy.png")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+DEFAULTS = {
+    "task": "digits", "pretrained": False, "seeds": 1, "first_seed": 0, "forward_passes": None,
+    "archive_size": 20, "alpha": 1.0, "no_crossover": False, "no_splitpoint": False, "no_attraction": False,
+    "method": "slerp", "omega": "global", "children_per_step": 1, "mutation_std": None, "compare": None,
+    "device": "cpu", "log_every": 100,
+}
+
+
+def _resolve_device(name):
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device {name!r}: use cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: no CUDA GPU is visible here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _options(args):
+    """The run folder's options: saved ones under --resume (checked against any
+    given now), else the given ones over DEFAULTS."""
+    given = {k: getattr(args, k) for k in RUN_OPTIONS if hasattr(args, k)}
+    if args.resume is None:
+        return {**DEFAULTS, **given}
+    path = os.path.join(args.resume, "config.json")
+    if not os.path.isdir(args.resume):
+        raise UsageError(f"--resume {args.resume}: no such folder")
+    try:
+        with open(path) as f:
+            saved = json.load(f)["options"]
+    except FileNotFoundError:
+        raise UsageError(f"--resume {args.resume}: no config.json there (not an m2n2 evolve folder)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UsageError(f"--resume {args.resume}: config.json is corrupt ({e})") from None
+    differ = [k for k, v in given.items() if saved.get(k) != v]
+    if differ:
+        detail = ", ".join(f"--{k.replace('_', '-')}: folder {saved.get(k)!r}, now {given[k]!r}" for k in differ)
+        raise UsageError(f"--resume {args.resume} is from another configuration ({detail})")
+    unknown = set(saved) - set(DEFAULTS)
+    if unknown:
+        raise UsageError(f"--resume {args.resume}: config.json has unknown options {sorted(unknown)}")
+    return {**DEFAULTS, **saved}
+
+
+def _variants(opts):
+    if opts["compare"]:
+        if opts["compare"] == "all":
+            return list(VARIANTS)
+        names = [v.strip() for v in opts["compare"].split(",") if v.strip()]
+        unknown = [v for v in names if v not in VARIANTS]
+        if unknown or not names:
+            raise UsageError(f"--compare: unknown variant(s) {unknown or [opts['compare']]}; known: all, {', '.join(VARIANTS)}")
+        return list(dict.fromkeys(names))
+    parts = [name for flag, name in (("no_crossover", "no-crossover"), ("no_splitpoint", "no-splitpoint"),
+                                     ("no_attraction", "no-attraction")) if opts[flag]]
+    base = "ga" if opts["alpha"] == 0 and opts["no_attraction"] else "m2n2"
+    if base == "ga":
+        parts.remove("no-attraction")
+    return ["-".join([base] + parts)]
+
+
+def _config(opts, task, variant, seed):
+    d = task.defaults
+    base = EvolveConfig(
+        archive_size=opts["archive_size"],
+        forward_passes=opts["forward_passes"] if opts["forward_passes"] is not None else d["forward_passes"],
+        children_per_step=opts["children_per_step"],
+        method=opts["method"],
+        omega=opts["omega"],
+        split_point=not opts["no_splitpoint"],
+        crossover=not opts["no_crossover"],
+        attraction=not opts["no_attraction"],
+        alpha=opts["alpha"],
+        mutation_std=opts["mutation_std"] if opts["mutation_std"] is not None else d["mutation_std"],
+        seed=seed,
+        log_every=opts["log_every"],
+    )
+    return dataclasses.replace(base, **VARIANTS.get(variant, {})).validate()
+
+
+def _progress(total, initial, desc, quiet):
+    if quiet:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, unit="pass", dynamic_ncols=True, leave=True)
+
+
+def evolve_command(args):
+    from .tasks import get_task
+
+    opts = _options(args)
+    device = _resolve_device(opts["device"])
+    try:
+        task = get_task(opts["task"], device=device, pretrained=opts["pretrained"])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    variants = _variants(opts)
+    seeds = list(range(opts["first_seed"], opts["first_seed"] + opts["seeds"]))
+    configs = {(v, s): _config(opts, task, v, s) for v in variants for s in seeds}  # validates every run first
+
+    out = args.resume or args.out or os.path.join("runs", f"{opts['task']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    ckpt_dir = os.path.join(out, "checkpoints")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    results_path = os.path.join(out, "results.json")
+    lineage_path = os.path.join(out, "lineage.csv")
+    header = {
+        "task": task.describe(),
+        "options": opts,
+        "config": _config(opts, task, variants[0], seeds[0]).to_dict() | {"seed": seeds},
+        "variants": {v: VARIANTS.get(v, {}) for v in variants},
+    }
+    if args.resume is None:
+        if os.path.exists(results_path):
+            raise UsageError(f"--out {out} already holds a run (results.json); use --resume {out} or another --out")
+        report.write_json_atomic(os.path.join(out, "config.json"), {"options": opts})
+        runs = []
+    else:
+        try:
+            with open(results_path) as f:
+                runs = json.load(f)["runs"]
+        except FileNotFoundError:
+            runs = []
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UsageError(f"--resume {out}: results.json is corrupt ({e})") from None
+    done = {(r["variant"], r["seed"]) for r in runs}
+
+    def save_results():
+        report.write_json_atomic(results_path, {**header, "runs": runs})
+
+    for (variant, seed), cfg in configs.items():
+        if (variant, seed) in done:
+            continue
+        ckpt = os.path.join(ckpt_dir, f"{variant}-seed{seed}.safetensors")
+        evo = Evolution(task.evaluate, task.init, cfg, test=task.test, device=device)
+        tag = {"task": task.describe(), "variant": variant}
+        if os.path.exists(ckpt):
+            try:
+                evo.load(ckpt, expect_extra=tag)
+            except (ValueError, FileNotFoundError) as e:
+                raise UsageError(str(e)) from None
+        bar = _progress(cfg.forward_passes, evo.passes, f"{variant} seed {seed}", args.quiet)
+        try:
+            evo.checkpoint_extra = tag
+            result = evo.run(progress=bar, checkpoint=ckpt, checkpoint_every=args.checkpoint_every)
+        except Interrupted:
+            if bar is not None:
+                bar.close()
+            save_results()
+            print(f"\ninterrupted: {variant} seed {seed} stopped at {evo.passes} forward passes "
+                  f"(checkpoint {ckpt}); {len(runs)} run(s) complete.", file=sys.stderr)
+            print(f"resume with: m2n2 evolve --resume {out}", file=sys.stderr)
+            return 130
+        finally:
+            if bar is not None:
+                bar.close()
+        runs.append({"variant": variant, "seed": seed, **{k: result[k] for k in (
+            "forward_passes", "test_accuracy", "train_accuracy", "seconds", "curve")}})
+        report.append_lineage(lineage_path, variant, seed, evo.lineage)
+        save_results()
+
+    print()
+    print(report.format_table(runs))
+    print(f"\nresults: {results_path}\nlineage: {lineage_path}")
+    if not args.no_plot:
+        plot_path = os.path.join(out, "accuracy.png")
+        start = "pre-trained specialists" if opts["pretrained"] else "from scratch"
+        report.plot_accuracy(runs, plot_path, title=f"{opts['task']} ({start})")
+        print(f"plot:    {plot_path}")
+    return 0
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "evolve":
+            return evolve_command(args)
+    except UsageError as e:
+        print(f"m2n2: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
