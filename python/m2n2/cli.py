@@ -14,8 +14,9 @@ import time
 
 import torch
 
-from . import report
-from .evolve import EvolveConfig, Evolution, Interrupted
+from . import report, runner
+from .checkpoint import read_metadata
+from .evolve import EvolveConfig
 
 # Variants of --compare: M2N2 and the ablations of the paper's figure, as changes
 # to the configuration. "ga" is the reference code's GA: alpha 0 and no attraction.
@@ -105,6 +106,9 @@ def build_parser():
     ev.add_argument("--checkpoint-every", type=_positive("--checkpoint-every", 0), default=10_000,
                     help="forward passes between checkpoints (default 10,000; 0: only at the end and on Ctrl-C)")
     ev.add_argument("--resume", default=None, metavar="DIR", help="continue the runs of an earlier output folder")
+    ev.add_argument("--jobs", type=_positive("--jobs"), default=1,
+                    help="runs at a time, in worker processes of one thread each (default 1); results do not "
+                    "depend on it")
     ev.add_argument("--no-plot", action="store_true", help="do not draw accuracy.png")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -214,6 +218,7 @@ def evolve_command(args):
         task = get_task(opts["task"], device=device, pretrained=opts["pretrained"])
     except ValueError as e:
         raise UsageError(str(e)) from None
+    runner.cache_task(opts["task"], device, opts["pretrained"], task)
     variants = _variants(opts)
     seeds = list(range(opts["first_seed"], opts["first_seed"] + opts["seeds"]))
     configs = {(v, s): _config(opts, task, v, s) for v in variants for s in seeds}  # validates every run first
@@ -243,40 +248,67 @@ def evolve_command(args):
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise UsageError(f"--resume {out}: results.json is corrupt ({e})") from None
     done = {(r["variant"], r["seed"]) for r in runs}
+    order = {key: i for i, key in enumerate(configs)}
 
     def save_results():
+        runs.sort(key=lambda r: order.get((r["variant"], r["seed"]), len(order)))
         report.write_json_atomic(results_path, {**header, "runs": runs})
 
-    for (variant, seed), cfg in configs.items():
-        if (variant, seed) in done:
-            continue
-        ckpt = os.path.join(ckpt_dir, f"{variant}-seed{seed}.safetensors")
-        evo = Evolution(task.evaluate, task.init, cfg, test=task.test, device=device)
-        tag = {"task": task.describe(), "variant": variant}
-        if os.path.exists(ckpt):
+    def record(outcome):
+        if outcome["status"] == "done":
+            runs.append(outcome["run"])
+            report.append_lineage(lineage_path, outcome["variant"], outcome["seed"], outcome["lineage"])
+            save_results()
+
+    specs = [
+        runner.RunSpec(
+            variant=v, seed=s, config=cfg.to_dict(), checkpoint=os.path.join(ckpt_dir, f"{v}-seed{s}.safetensors"),
+            checkpoint_every=args.checkpoint_every, task=opts["task"], pretrained=opts["pretrained"], device=str(device),
+        )
+        for (v, s), cfg in configs.items()
+        if (v, s) not in done
+    ]
+    for spec in specs:  # refuse a damaged or foreign checkpoint before any work
+        if os.path.exists(spec.checkpoint):
             try:
-                evo.load(ckpt, expect_extra=tag)
+                read_metadata(spec.checkpoint)
             except (ValueError, FileNotFoundError) as e:
                 raise UsageError(str(e)) from None
-        bar = _progress(cfg.forward_passes, evo.passes, f"{variant} seed {seed}", args.quiet)
+    jobs = min(args.jobs, len(specs)) if specs else 1
+    interrupted = None
+    if jobs <= 1:
+        for spec in specs:
+            bar = _progress(spec.config["forward_passes"], 0, f"{spec.variant} seed {spec.seed}", args.quiet)
+            try:
+                outcome = runner.execute(spec, progress=bar)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+            finally:
+                if bar is not None:
+                    bar.close()
+            record(outcome)
+            if outcome["status"] != "done":
+                interrupted = outcome
+                break
+    else:
+        total = sum(s.config["forward_passes"] for s in specs)
+        bar = _progress(total, 0, f"{len(specs)} runs, {jobs} at a time", args.quiet)
         try:
-            evo.checkpoint_extra = tag
-            result = evo.run(progress=bar, checkpoint=ckpt, checkpoint_every=args.checkpoint_every)
-        except Interrupted:
-            if bar is not None:
-                bar.close()
-            save_results()
-            print(f"\ninterrupted: {variant} seed {seed} stopped at {evo.passes} forward passes "
-                  f"(checkpoint {ckpt}); {len(runs)} run(s) complete.", file=sys.stderr)
-            print(f"resume with: m2n2 evolve --resume {out}", file=sys.stderr)
-            return 130
+            finished = runner.run_parallel(specs, jobs, record, bar)
         finally:
             if bar is not None:
                 bar.close()
-        runs.append({"variant": variant, "seed": seed, **{k: result[k] for k in (
-            "forward_passes", "test_accuracy", "train_accuracy", "seconds", "curve")}})
-        report.append_lineage(lineage_path, variant, seed, evo.lineage)
+        if not finished:
+            interrupted = {"variant": "", "seed": "", "passes": None}
+    if interrupted is not None:
         save_results()
+        where = (f"{interrupted['variant']} seed {interrupted['seed']} stopped at {interrupted['passes']} forward passes; "
+                 if interrupted["passes"] is not None else "")
+        print(f"\ninterrupted: {where}{len(runs)} run(s) complete, the others checkpointed in {ckpt_dir}.",
+              file=sys.stderr)
+        print(f"resume with: m2n2 evolve --resume {out}", file=sys.stderr)
+        return 130
+    save_results()
 
     print()
     print(report.format_table(runs))

@@ -80,30 +80,52 @@ class MLPScorer:
         self.y = y
         self.d = x.shape[0]
         self.hidden = torch.empty(self.d, N_HIDDEN, dtype=torch.float32, device=x.device)
-        self._logits = None
-        self._scores = None
+        self._logits = torch.empty(0, self.d, N_OUT, dtype=torch.float32, device=x.device)
+        self._scores = torch.empty(0, self.d, dtype=torch.bool, device=x.device)
+        self._views = (None, None)  # (key of the params block, its per-model layer views)
+
+    def _layers(self, params):
+        """Per model: ([W1; b1] [65, 256], W2 [256, 10], b2 [10]) as views of params
+        (float32) or of a float32 copy. The engine passes the same child slots every
+        step, so the views are made once per buffer."""
+        key = None
+        if params.dtype != torch.float32:
+            params = params.float()  # a fresh copy: its views cannot be kept
+        else:
+            key = (params.data_ptr(), tuple(params.shape), tuple(params.stride()))
+            if self._views[0] == key:
+                return self._views[1]
+        views = [
+            (
+                p[:LAYER1].view(N_IN + 1, N_HIDDEN),
+                p[LAYER1 : LAYER1 + N_HIDDEN * N_OUT].view(N_HIDDEN, N_OUT),
+                p[LAYER1 + N_HIDDEN * N_OUT :],
+            )
+            for p in params
+        ]
+        if key is not None:
+            self._views = (key, views)
+        return views
 
     def logits(self, params):
+        """float32 [K, D, 10]; a view of an internal buffer, valid until the next call."""
         k = params.shape[0]
-        if self._logits is None or self._logits.shape[0] < k:
+        if self._logits.shape[0] < k:
             self._logits = torch.empty(k, self.d, N_OUT, dtype=torch.float32, device=self.x1.device)
             self._scores = torch.empty(k, self.d, dtype=torch.bool, device=self.x1.device)
         out = self._logits[:k]
         with torch.no_grad():
-            for i in range(k):
-                p = params[i] if params.dtype == torch.float32 else params[i].float()
-                torch.mm(self.x1, p[:LAYER1].view(N_IN + 1, N_HIDDEN), out=self.hidden)
+            for i, (w1b1, w2, b2) in enumerate(self._layers(params)):
+                torch.mm(self.x1, w1b1, out=self.hidden)
                 self.hidden.relu_()
-                w2 = p[LAYER1 : LAYER1 + N_HIDDEN * N_OUT].view(N_HIDDEN, N_OUT)
-                torch.addmm(p[LAYER1 + N_HIDDEN * N_OUT :], self.hidden, w2, out=out[i])
+                torch.addmm(b2, self.hidden, w2, out=out[i])
         return out
 
     def __call__(self, params):
         """bool [K, D]: argmax(logits) == label (torch.argmax's tie rule). A view of an
         internal buffer, valid until the next call."""
         logits = self.logits(params)
-        out = self._scores[: params.shape[0]]
-        return torch.eq(logits.argmax(-1), self.y, out=out)
+        return torch.eq(logits.argmax(-1), self.y, out=self._scores[: params.shape[0]])
 
     def accuracy(self, params):
         """float64 [K]: the fraction of images each model classifies right."""
