@@ -1,6 +1,6 @@
 """Timing, memory and CSV helpers shared by the benchmark scripts.
 
-Speed is judged as ratios measured in one run (DESIGN.md): every script times its
+Speed is judged as ratios measured in one run (docs/benchmarking.md): every script times its
 op and the baselines back to back on the same buffers, reports the median of
 several repetitions, and writes one tidy CSV row per (op, backend, case).
 """

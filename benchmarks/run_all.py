@@ -9,8 +9,13 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPTS = {"crossover": "bench_crossover.py", "scores": "bench_scores.py", "niches": "bench_niches.py"}
-QUICK = {"crossover": ["--mib", "16"], "scores": ["--quick"], "niches": ["--quick"]}
+SCRIPTS = {
+    "crossover": "bench_crossover.py",
+    "scores": "bench_scores.py",
+    "niches": "bench_niches.py",
+    "engine": "bench_engine.py",
+}
+QUICK = {"crossover": ["--mib", "16"], "scores": ["--quick"], "niches": ["--quick"], "engine": ["--quick"]}
 
 
 def main():

@@ -23,7 +23,7 @@ std::string build_info_json() { return build_info::json(); }
 TORCH_LIBRARY(m2n2, m) {
   m.def("build_info() -> str", &m2n2::build_info_json);
 
-  // ---- split-point crossover (DESIGN.md, "Crossover") ----
+  // ---- split-point crossover (docs/semantics.md, "Crossover") ----
   // a, b, out: lists of tensors forming one long vector (one tensor for a plain
   // buffer). split and index_offset are global element indices; element i of the
   // list has global index index_offset + i. stream keys the noise (the child's
@@ -41,7 +41,7 @@ TORCH_LIBRARY(m2n2, m) {
       "crossover_batch_out(Tensor archive, Tensor ia, Tensor ib, Tensor split, Tensor w, "
       "Tensor(a!) out, str method, str omega, float noise_std, int seed) -> ()");
 
-  // ---- per-sample score gathering (DESIGN.md, "Per-sample score gathering") ----
+  // ---- per-sample score gathering (docs/semantics.md, "Per-sample scores") ----
   // logits [B, T, V] (last dimension contiguous, any strides on B and T), target
   // [B, T] int64, mask [B, T] bool or None. kind: correct | logprob | prob; reduce over
   // the valid tokens (mask true, target != ignore_index): mean | sum | all. The score
@@ -52,7 +52,7 @@ TORCH_LIBRARY(m2n2, m) {
       "sample_scores_out(Tensor logits, Tensor target, Tensor? mask, int ignore_index, str kind, "
       "str reduce, Tensor(a!) out, Tensor? out_index) -> ()");
 
-  // ---- niche statistics (DESIGN.md, "Niche statistics") ----
+  // ---- niche statistics (docs/semantics.md, "Niche statistics") ----
   // S [N, D] (bool/uint8 0/1, float16, bfloat16, float32, float64; rows contiguous),
   // child [D] (dtype of S) or None: counted as row N of z and fitness (attraction_mode "none"
   // only), capacity [D] float64 or None (all 1). Outputs, float32 (float64 for float64

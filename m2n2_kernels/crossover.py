@@ -136,7 +136,7 @@ def split_interpolate(
     backend=None,
     index_offset=0,
 ):
-    """Child of parents `a` and `b` by split-point interpolation (DESIGN.md).
+    """Child of parents `a` and `b` by split-point interpolation (docs/semantics.md).
 
     t_i = w for i < split, else 1 - w; `method` "lerp" or "slerp" (angle over the
     whole vectors for omega="global", per side of the split for "segment");

@@ -1,5 +1,5 @@
 """Niche statistics of an archive score matrix: the Python API (checks, backend
-choice, dispatch). Semantics: DESIGN.md, "Niche statistics", and reference.py."""
+choice, dispatch). Semantics: docs/semantics.md, "Niche statistics", and reference.py."""
 from typing import NamedTuple, Optional
 
 import torch

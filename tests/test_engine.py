@@ -383,3 +383,29 @@ def test_bad_starting_models():
         Evolution(task.evaluate, [torch.zeros(36)], CFG)
     with pytest.raises(TypeError, match="evaluate must be callable"):
         Evolution(None, task.init, CFG)
+
+
+# ---- CUDA (skipped without a GPU) --------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_step_needs_no_host_sync():
+    task = LinearTask()
+    task.x, task.y = task.x.cuda(), task.y.cuda()
+
+    def init(generator):
+        return torch.randn(2, task.n, generator=generator, device=generator.device) * 0.1
+
+    cfg = dataclasses.replace(CFG, log_every=10**6, children_per_step=4)
+    evo = Evolution(task.evaluate, init, cfg, test=task.test, device="cuda")
+    assert evo.sync_free
+    evo.step()  # warm-up: first calls may allocate and load kernels
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            evo.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    evo._flush_lineage()
+    assert len(evo.lineage) == 24

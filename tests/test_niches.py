@@ -1,5 +1,5 @@
 """Niche statistics: every backend against reference.py, and reference.py against a
-direct transcription of the DESIGN.md formulas."""
+direct transcription of the docs/semantics.md formulas."""
 import pytest
 import torch
 from conftest import device_backend_params
@@ -40,7 +40,7 @@ def make_capacity(d, device="cpu", seed=0):
 
 
 def transcription(S, capacity=None, alpha=1.0, eps=0.0, child=None):
-    """DESIGN.md word for word, in float64, with the N x N x D broadcast."""
+    """docs/semantics.md word for word, in float64, with the N x N x D broadcast."""
     S = S.double()
     if child is not None:
         S = torch.cat([S, child.double().unsqueeze(0)])

@@ -1,7 +1,7 @@
 """Split-point crossover in Triton (the GPU path when the CUDA C++ kernels were
 not compiled; CPU tensors under TRITON_INTERPRET=1).
 
-Semantics: reference.split_interpolate / crossover_batch (DESIGN.md). Two passes:
+Semantics: reference.split_interpolate / crossover_batch (docs/semantics.md). Two passes:
 1. slerp only: one reduction kernel writes, per program, the partial sums
    (dot, |a|^2, |b|^2) of each side of the split, each one a tree sum over the
    program's block in fp64 (see _side_sums_block for why not fp32); torch then

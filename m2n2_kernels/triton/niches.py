@@ -1,5 +1,5 @@
 """Niche statistics in Triton (the CUDA fallback, and testable on CPU tensors under
-TRITON_INTERPRET=1). Semantics: DESIGN.md, "Niche statistics", reference.niche_stats.
+TRITON_INTERPRET=1). Semantics: docs/semantics.md, "Niche statistics", reference.niche_stats.
 
 Three kernels, every reduction in a fixed order (no atomics: bitwise reproducible):
 1. column sums z: one program per (block of columns, slice of rows); tiles of

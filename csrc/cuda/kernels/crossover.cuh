@@ -2,7 +2,7 @@
 //
 // Raw pointers, sizes and a cudaStream_t in, nothing else: another merge library can
 // include this header without libtorch (csrc/cuda/crossover.cu is the torch glue).
-// Semantics are DESIGN.md "Crossover" and m2n2_kernels/reference.py; the maths comes
+// Semantics are docs/semantics.md "Crossover" and m2n2_kernels/reference.py; the maths comes
 // from the shared headers (interp.h coefficients, philox.h noise, dtypes.h
 // conversions), so a child equals the CPU kernels' child bit for bit wherever the
 // coefficients agree (always for lerp).

@@ -1,5 +1,5 @@
 // Niche statistics of an archive score matrix (torch-free, shared by the CPU and CUDA
-// code). DESIGN.md, "Niche statistics":
+// code). docs/semantics.md, "Niche statistics":
 //   z_j = sum_k S_kj,  zhat_j = (z_j if z_j != 0 else 1) ** alpha + eps,
 //   u_j = c_j / zhat_j                       (the weight of datapoint j),
 //   fitness_i = sum_j u_j S_ij,
