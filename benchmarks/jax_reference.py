@@ -142,3 +142,44 @@ class FusedLoop(_Base):
 
     def step(self):
         self.archive, self.S, self.key, self.test_accuracy = self._step(self.archive, self.S, self.key)
+
+
+def _one_seed(args):
+    seed, passes, threads = args
+    os.environ["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
+    loop = FusedLoop(seed=seed)
+    return seed, loop.run(passes)
+
+
+def main():
+    """Quality of the transcription itself (the final test accuracy of the best-train
+    member, per seed), to set beside `m2n2 evolve --compare m2n2` on the same budget."""
+    import argparse
+    import json
+    import multiprocessing
+    import statistics
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--passes", type=int, default=50_000)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    work = [(s, args.passes, 1 if args.jobs > 1 else 2) for s in range(args.seeds)]
+    if args.jobs > 1:
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            results = dict(pool.map(_one_seed, work))
+    else:
+        results = dict(map(_one_seed, work))
+    accs = [results[s] for s in sorted(results)]
+    mean = statistics.fmean(accs)
+    se = statistics.stdev(accs) / len(accs) ** 0.5 if len(accs) > 1 else 0.0
+    print(f"jax fused transcription, {args.seeds} seeds x {args.passes} passes: test accuracy "
+          f"{100 * mean:.2f} +- {100 * se:.2f}% ({', '.join(f'{100 * a:.1f}' for a in accs)})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"seeds": sorted(results), "test_accuracy": accs, "passes": args.passes}, f)
+
+
+if __name__ == "__main__":
+    main()
