@@ -104,6 +104,25 @@ def test_ctrl_c_keeps_the_work_and_resume_finishes_it_exactly(capsys, tmp_path):
             y["variant"], y["seed"], y["test_accuracy"], y["curve"])
 
 
+def test_compare_all_runs_the_baselines_that_apply(capsys, tmp_path):
+    out = str(tmp_path / "scratch")
+    code, stdout, err = m2n2_here(capsys, "evolve", "--compare", "all", "--cma-diagonal", "--forward-passes", "40",
+                                  "--log-every", "20", "--out", out, "--quiet", "--no-plot")
+    assert code == 0, err
+    results, _ = load(out)
+    assert [r["variant"] for r in results["runs"]] == [
+        "m2n2", "no-crossover", "no-splitpoint", "no-attraction", "ga", "ga-no-crossover", "cma-es-diagonal",
+        "map-elites"]
+    assert results["variants"]["cma-es-diagonal"] == {"algorithm": "cma-es"}
+    for r in results["runs"]:
+        assert r["forward_passes"] == 40 and 0 < r["test_accuracy"] <= 1
+    out = str(tmp_path / "pretrained")
+    code, stdout, err = m2n2_here(capsys, "evolve", "--pretrained", "--compare", "map-elites,brute-force",
+                                  "--forward-passes", "30", "--out", out, "--quiet", "--no-plot")
+    assert code == 0, err
+    assert "| brute-force | 1 |" in stdout and "lineage:" not in stdout  # baselines keep no lineage
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -114,6 +133,10 @@ def test_ctrl_c_keeps_the_work_and_resume_finishes_it_exactly(capsys, tmp_path):
         (["--forward-passes", "-5"], "--forward-passes must be >= 0"),
         (["--alpha", "nan"], "--alpha must be finite"),
         (["--resume", "/nonexistent/run"], "no such folder"),
+        (["--method", "brute-force"], "brute-force does not run from scratch"),
+        (["--pretrained", "--compare", "cma-es"], "cma-es does not run from the specialists"),
+        (["--method", "map-elites", "--no-crossover"], "--no-crossover apply to M2N2 only"),
+        (["--method", "cma-es", "--compare", "m2n2"], "list it in --compare instead"),
     ],
 )
 def test_bad_input_is_named(capsys, args, message):

@@ -19,19 +19,32 @@ from .checkpoint import read_metadata
 from .evolve import EvolveConfig
 
 # Variants of --compare: M2N2 and the ablations of the paper's figure, as changes
-# to the configuration. "ga" is the reference code's GA: alpha 0 and no attraction.
+# to the configuration ("ga" is the reference code's GA: alpha 0 and no attraction),
+# then the baselines (python/m2n2/baselines), which are other algorithms.
 VARIANTS = {
     "m2n2": {},
     "no-crossover": {"crossover": False},
     "no-splitpoint": {"split_point": False},
     "no-attraction": {"attraction": False},
     "ga": {"alpha": 0.0, "attraction": False},
+    "ga-no-crossover": {"alpha": 0.0, "attraction": False, "crossover": False},
 }
+ABLATIONS = ("m2n2", "no-crossover", "no-splitpoint", "no-attraction", "ga")
+# baseline -> the starts it applies to (the reference code's rules)
+BASELINE_STARTS = {"cma-es": ("scratch",), "map-elites": ("scratch", "pretrained"), "brute-force": ("pretrained",)}
+INTERPOLATIONS = ("slerp", "lerp")
+
+
+def _algorithm(variant):
+    """The algorithm behind a variant name: "m2n2", or a baseline."""
+    return "cma-es" if variant == "cma-es-diagonal" else (variant if variant in BASELINE_STARTS else "m2n2")
+
+
 # The options a run folder's configuration is made of: --resume refuses to change them.
 RUN_OPTIONS = (
     "task", "pretrained", "seeds", "first_seed", "forward_passes", "archive_size", "alpha", "no_crossover",
     "no_splitpoint", "no_attraction", "method", "omega", "children_per_step", "mutation_std", "compare",
-    "device", "log_every",
+    "device", "log_every", "cma_diagonal",
 )
 
 
@@ -90,15 +103,21 @@ def build_parser():
     ev.add_argument("--no-splitpoint", action="store_true", default=S, help="interpolate with w alone (no split point)")
     ev.add_argument("--no-attraction", action="store_true", default=S,
                     help="draw the second parent by fitness, like the first")
-    ev.add_argument("--method", choices=("slerp", "lerp"), default=S, help="interpolation (default slerp)")
+    ev.add_argument("--method", choices=INTERPOLATIONS + tuple(BASELINE_STARTS), default=S,
+                    help="M2N2's interpolation (slerp, the default, or lerp), or a baseline to run instead: "
+                    "cma-es (from scratch), map-elites, brute-force (pre-trained)")
+    ev.add_argument("--cma-diagonal", action="store_true", default=S,
+                    help="CMA-ES with a diagonal covariance (separable CMA-ES, O(n)): the fast variant")
     ev.add_argument("--omega", choices=("global", "segment"), default=S,
                     help="slerp angle over the whole vectors or per side of the split (default global)")
     ev.add_argument("--children-per-step", type=_positive("--children-per-step"), default=S,
                     help="children made and scored per step, in one batch (default 1, the reference algorithm)")
     ev.add_argument("--mutation-std", type=_number("--mutation-std", 0.0), default=S,
                     help="Gaussian mutation sigma (default: 0.01 from scratch, 0 pre-trained)")
-    ev.add_argument("--compare", nargs="?", const="all", default=S, metavar="VARIANTS",
-                    help=f"run several variants: 'all' (the default) or a comma list of {', '.join(VARIANTS)}")
+    ev.add_argument("--compare", nargs="?", const="ablations", default=S, metavar="VARIANTS",
+                    help="run several variants: 'ablations' (the default: " + ", ".join(ABLATIONS) + "), 'all' (the "
+                    "ablations, ga-no-crossover and the baselines that apply to the start), or a comma list of "
+                    + ", ".join(list(VARIANTS) + list(BASELINE_STARTS)))
     ev.add_argument("--device", default=S, help="cpu, cuda or cuda:N (default cpu)")
     ev.add_argument("--log-every", type=_positive("--log-every"), default=S,
                     help="forward passes between two points of the curves (default 100)")
@@ -118,7 +137,7 @@ DEFAULTS = {
     "task": "digits", "pretrained": False, "seeds": 1, "first_seed": 0, "forward_passes": None,
     "archive_size": 20, "alpha": 1.0, "no_crossover": False, "no_splitpoint": False, "no_attraction": False,
     "method": "slerp", "omega": "global", "children_per_step": 1, "mutation_std": None, "compare": None,
-    "device": "cpu", "log_every": 100,
+    "device": "cpu", "log_every": 100, "cma_diagonal": False,
 }
 
 
@@ -164,20 +183,40 @@ def _options(args):
 
 
 def _variants(opts):
-    if opts["compare"]:
-        if opts["compare"] == "all":
-            return list(VARIANTS)
+    start = "pretrained" if opts["pretrained"] else "scratch"
+    cma = "cma-es-diagonal" if opts["cma_diagonal"] else "cma-es"
+    if opts["method"] in BASELINE_STARTS:
+        if opts["compare"]:
+            raise UsageError(f"--method {opts['method']} runs one baseline; list it in --compare instead")
+        names = [opts["method"]]
+    elif opts["compare"] == "ablations":
+        names = list(ABLATIONS)
+    elif opts["compare"] == "all":
+        names = list(VARIANTS) + [b for b, starts in BASELINE_STARTS.items() if start in starts]
+    elif opts["compare"]:
         names = [v.strip() for v in opts["compare"].split(",") if v.strip()]
-        unknown = [v for v in names if v not in VARIANTS]
+        known = list(VARIANTS) + list(BASELINE_STARTS)
+        unknown = [v for v in names if v not in known]
         if unknown or not names:
-            raise UsageError(f"--compare: unknown variant(s) {unknown or [opts['compare']]}; known: all, {', '.join(VARIANTS)}")
-        return list(dict.fromkeys(names))
-    parts = [name for flag, name in (("no_crossover", "no-crossover"), ("no_splitpoint", "no-splitpoint"),
-                                     ("no_attraction", "no-attraction")) if opts[flag]]
-    base = "ga" if opts["alpha"] == 0 and opts["no_attraction"] else "m2n2"
-    if base == "ga":
-        parts.remove("no-attraction")
-    return ["-".join([base] + parts)]
+            raise UsageError(f"--compare: unknown variant(s) {unknown or [opts['compare']]}; known: "
+                             f"ablations, all, {', '.join(known)}")
+    else:
+        parts = [name for flag, name in (("no_crossover", "no-crossover"), ("no_splitpoint", "no-splitpoint"),
+                                         ("no_attraction", "no-attraction")) if opts[flag]]
+        base = "ga" if opts["alpha"] == 0 and opts["no_attraction"] else "m2n2"
+        if base == "ga":
+            parts.remove("no-attraction")
+        return ["-".join([base] + parts)]
+    for b in names:
+        if b in BASELINE_STARTS and start not in BASELINE_STARTS[b]:
+            other = "without --pretrained" if start == "pretrained" else "with --pretrained"
+            raise UsageError(f"{b} does not run from {'the specialists' if start == 'pretrained' else 'scratch'}: "
+                             f"run it {other}")
+        if b in BASELINE_STARTS:
+            flags = [f"--{f.replace('_', '-')}" for f in ("no_crossover", "no_splitpoint", "no_attraction") if opts[f]]
+            if flags:
+                raise UsageError(f"{', '.join(flags)} apply to M2N2 only, not to the {b} baseline")
+    return list(dict.fromkeys(cma if v == "cma-es" else v for v in names))
 
 
 def _config(opts, task, variant, seed):
@@ -186,7 +225,7 @@ def _config(opts, task, variant, seed):
         archive_size=opts["archive_size"],
         forward_passes=opts["forward_passes"] if opts["forward_passes"] is not None else d["forward_passes"],
         children_per_step=opts["children_per_step"],
-        method=opts["method"],
+        method=opts["method"] if opts["method"] in INTERPOLATIONS else "slerp",
         omega=opts["omega"],
         split_point=not opts["no_splitpoint"],
         crossover=not opts["no_crossover"],
@@ -196,7 +235,7 @@ def _config(opts, task, variant, seed):
         seed=seed,
         log_every=opts["log_every"],
     )
-    return dataclasses.replace(base, **VARIANTS.get(variant, {})).validate()
+    return dataclasses.replace(base, **VARIANTS.get(variant, {})).validate()  # a baseline uses the base
 
 
 def _progress(total, initial, desc, quiet):
@@ -232,7 +271,7 @@ def evolve_command(args):
         "task": task.describe(),
         "options": opts,
         "config": _config(opts, task, variants[0], seeds[0]).to_dict() | {"seed": seeds},
-        "variants": {v: VARIANTS.get(v, {}) for v in variants},
+        "variants": {v: VARIANTS.get(v, {"algorithm": _algorithm(v)}) for v in variants},
     }
     if args.resume is None:
         if os.path.exists(results_path):
@@ -264,6 +303,7 @@ def evolve_command(args):
         runner.RunSpec(
             variant=v, seed=s, config=cfg.to_dict(), checkpoint=os.path.join(ckpt_dir, f"{v}-seed{s}.safetensors"),
             checkpoint_every=args.checkpoint_every, task=opts["task"], pretrained=opts["pretrained"], device=str(device),
+            algorithm=_algorithm(v),
         )
         for (v, s), cfg in configs.items()
         if (v, s) not in done
@@ -312,7 +352,9 @@ def evolve_command(args):
 
     print()
     print(report.format_table(runs))
-    print(f"\nresults: {results_path}\nlineage: {lineage_path}")
+    print(f"\nresults: {results_path}")
+    if os.path.exists(lineage_path):
+        print(f"lineage: {lineage_path}")
     if not args.no_plot:
         plot_path = os.path.join(out, "accuracy.png")
         start = "pre-trained specialists" if opts["pretrained"] else "from scratch"

@@ -21,7 +21,10 @@ def write_json_atomic(path, obj):
 
 
 def append_lineage(path, variant, seed, rows):
-    """Append one run's lineage rows (variant, seed, LINEAGE_FIELDS) to a CSV file."""
+    """Append one run's lineage rows (variant, seed, LINEAGE_FIELDS) to a CSV file
+    (nothing for a run without lineage: the baselines)."""
+    if not rows:
+        return
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
         w = csv.writer(f)

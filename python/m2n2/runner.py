@@ -29,6 +29,7 @@ class RunSpec:
     task: str
     pretrained: bool
     device: str
+    algorithm: str = "m2n2"  # or a baseline: cma-es (cma-es-diagonal is its variant), map-elites, brute-force
 
 
 _TASKS = {}
@@ -55,6 +56,9 @@ def execute(spec, *, progress=None, callback=None):
     raises ValueError."""
     task = _task(spec)
     cfg = EvolveConfig.from_dict(spec.config)
+    out = {"variant": spec.variant, "seed": spec.seed}
+    if spec.algorithm != "m2n2":
+        return _execute_baseline(spec, task, cfg, progress, out)
     evo = Evolution(task.evaluate, task.init, cfg, test=task.test, device=torch.device(spec.device))
     tag = {"task": task.describe(), "variant": spec.variant}
     evo.checkpoint_extra = tag
@@ -63,7 +67,6 @@ def execute(spec, *, progress=None, callback=None):
     if progress is not None:
         progress.reset(total=cfg.forward_passes)
         progress.update(evo.passes)
-    out = {"variant": spec.variant, "seed": spec.seed}
     try:
         result = evo.run(
             progress=progress, checkpoint=spec.checkpoint, checkpoint_every=spec.checkpoint_every, callback=callback
@@ -73,6 +76,23 @@ def execute(spec, *, progress=None, callback=None):
     record = {"variant": spec.variant, "seed": spec.seed}
     record.update({k: result[k] for k in ("forward_passes", "test_accuracy", "train_accuracy", "seconds", "curve")})
     return {**out, "status": "done", "passes": evo.passes, "run": record, "lineage": evo.lineage}
+
+
+def _execute_baseline(spec, task, cfg, progress, out):
+    """A baseline run: no checkpoint (an interrupted one starts again on resume)."""
+    from .baselines import BASELINES
+
+    if progress is not None:
+        progress.reset(total=cfg.forward_passes)
+    try:
+        result = BASELINES[spec.algorithm](
+            task, cfg, progress=progress, cma_diagonal=spec.variant == "cma-es-diagonal"
+        )
+    except Interrupted:
+        return {**out, "status": "interrupted", "passes": 0}
+    record = {"variant": spec.variant, "seed": spec.seed}
+    record.update({k: result[k] for k in ("forward_passes", "test_accuracy", "train_accuracy", "seconds", "curve")})
+    return {**out, "status": "done", "passes": result["forward_passes"], "run": record, "lineage": []}
 
 
 # ---- worker processes -----------------------------------------------------------------
@@ -91,22 +111,21 @@ def _init_worker(queue, threads):
 
 
 def _worker(spec):
-    def report(evo):
-        _QUEUE.put((spec.variant, spec.seed, evo.passes, evo.curve["train_accuracy"][-1], evo.curve["test_accuracy"][-1]))
+    class Ticks:
+        """The run's progress, reported to the parent at every log point."""
 
-    last = [0]
+        passes = 0
 
-    class Ticks:  # progress for the parent: passes since the last report
         def reset(self, total):
-            pass
+            self.passes = 0
 
         def update(self, n):
-            last[0] += n
+            self.passes += n
 
-        def set_postfix(self, **kw):
-            pass
+        def set_postfix(self, train="", test="", **_):
+            _QUEUE.put((spec.variant, spec.seed, self.passes, train, test))
 
-    return execute(spec, progress=Ticks(), callback=report)
+    return execute(spec, progress=Ticks())
 
 
 def run_parallel(specs, jobs, on_result, bar=None):
@@ -131,7 +150,7 @@ def run_parallel(specs, jobs, on_result, bar=None):
                     break
                 if bar is not None:
                     bar.update(passes - done_passes.get((variant, seed), 0))
-                    bar.set_postfix(run=f"{variant}/{seed}", train=f"{train:.4f}", test=f"{test:.4f}", refresh=False)
+                    bar.set_postfix(run=f"{variant}/{seed}", train=train, test=test, refresh=False)
                 done_passes[(variant, seed)] = passes
             if sigint["hit"] and complete:
                 complete = False

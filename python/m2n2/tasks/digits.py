@@ -179,6 +179,7 @@ class DigitsTask:
         self.evaluate = MLPScorer(x_train, y_train)
         self._test = MLPScorer(x_test, y_test)
         self.d = x_train.shape[0]
+        self.odd_mask = y_train % 2 == 1  # MAP-Elites' descriptors: accuracy on odd and on even digits
 
     def test(self, params):
         return self._test.accuracy(params)
