@@ -1,9 +1,13 @@
-"""Timing, memory and CSV helpers shared by the benchmark scripts.
+"""Timing, memory, flags and the CSV schema shared by the benchmark scripts.
 
 Speed is judged as ratios measured in one run (docs/benchmarking.md): every script times its
 op and the baselines back to back on the same buffers, reports the median of
-several repetitions, and writes one tidy CSV row per (op, backend, case).
+several repetitions, and writes one tidy CSV row per (op, impl, backend, case) with the
+columns of KERNEL_FIELDS (bench_engine.py, which times whole evolution steps, has its
+own). Every script takes the flags of `parser()`: --device, --reps, --csv, --quick
+(a smoke run: small sizes), and --dtypes where it has a choice of dtypes.
 """
+import argparse
 import csv
 import statistics
 import sys
@@ -65,6 +69,59 @@ def time_ms(fn, device, reps=7, warmup=1):
         _sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times), min(times)
+
+
+# One row per (op, impl, backend, case): `shape` is the case (e.g. "268435456" elements,
+# "20x1437" for N x D, "8x512x32000" for B x T x V); `ms` the median of `reps` timed
+# calls, `ms_min` the fastest; `gbps` the minimal bytes the op must move / ms;
+# `speedup_vs_torch` the best torch code's ms / ours; `ceiling` names the bandwidth
+# yardstick of the row (torch's lerp_, S.sum(0), argmax) and `time_vs_ceiling` is
+# ms / its ms (1.0 = as fast as merely streaming the data); `extra_mib` the peak
+# memory a call needs beyond what was allocated before it.
+KERNEL_FIELDS = [
+    "op", "impl", "backend", "device", "dtype", "shape", "ms", "ms_min", "reps", "gbps",
+    "speedup_vs_torch", "ceiling", "time_vs_ceiling", "extra_mib",
+]
+
+
+def parser(description, *, dtypes=None):
+    """The flags every benchmark script shares (`dtypes`: the default of --dtypes, a
+    comma-separated list, for scripts that take one)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions; the median is reported (default 5)")
+    p.add_argument("--csv", default=None, help="also write the CSV to this file")
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    if dtypes is not None:
+        p.add_argument("--dtypes", default=dtypes, type=lambda v: [getattr(torch, d) for d in v.split(",")],
+                       help=f"comma-separated (default {dtypes})")
+    return p
+
+
+def dtype_name(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
+class KernelRows:
+    """CSV rows of KERNEL_FIELDS, formatted alike in every script."""
+
+    def __init__(self, path=None):
+        self.out = CsvOut(KERNEL_FIELDS, path)
+
+    def row(self, *, op, impl, backend, device, dtype, shape, ms, reps, extra_bytes, ms_min=None, nbytes=None,
+            torch_ms=None, ceiling=None, ceiling_ms=None):
+        self.out.row(
+            op=op, impl=impl, backend=backend, device=torch.device(device).type, dtype=dtype_name(dtype),
+            shape="x".join(str(int(s)) for s in shape) if isinstance(shape, (tuple, list)) else str(shape),
+            ms=f"{ms:.3f}", ms_min="" if ms_min is None else f"{ms_min:.3f}", reps=reps,
+            gbps="" if nbytes is None else f"{nbytes / ms / 1e6:.2f}",
+            speedup_vs_torch="" if torch_ms is None else f"{torch_ms / ms:.2f}",
+            ceiling=ceiling or "", time_vs_ceiling="" if ceiling_ms is None else f"{ms / ceiling_ms:.2f}",
+            extra_mib=f"{extra_bytes / 2**20:.1f}",
+        )
+
+    def close(self):
+        self.out.close()
 
 
 class CsvOut:

@@ -7,13 +7,13 @@ backend present it times:
   slerp_split   into out: ours vs one dot, two norms and two scaled adds per side
   slerp_mutate  slerp_split + N(0, 0.01^2) noise: ours (fused) vs + randn_like, add_
 GB/s counts the op's minimal traffic (read a and b, write the child) for every row,
-so rows compare directly with the ceiling. extra_mib is the peak memory the call
-needs beyond its inputs and outputs.
+so rows compare directly with the ceiling (lerp_ for the in-place row, lerp(out=)
+for the others). Columns: benchmarks/_common.py, KERNEL_FIELDS.
 
     python benchmarks/bench_crossover.py                   # 1 GiB per buffer
     python benchmarks/bench_crossover.py --mib 64 --csv out.csv
+    python benchmarks/bench_crossover.py --quick           # 16 MiB per buffer
 """
-import argparse
 import math
 import os
 import sys
@@ -21,14 +21,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import CsvOut, kernel_backends, peak_extra_bytes, time_ms  # noqa: E402
+from _common import KernelRows, kernel_backends, parser, peak_extra_bytes, time_ms  # noqa: E402
 
 import m2n2_kernels as mk  # noqa: E402
 
-FIELDS = [
-    "op", "impl", "backend", "device", "dtype", "numel", "ms", "gbps",
-    "speedup_vs_torch", "fraction_of_lerp_ceiling", "extra_mib",
-]
 W = 0.3
 SIGMA = 0.01
 
@@ -59,11 +55,12 @@ def torch_lerp_split_(a, b, split, w):
 
 def run(args):
     device = torch.device(args.device)
-    out_csv = CsvOut(FIELDS, args.csv)
+    rows = KernelRows(args.csv)
     torch.manual_seed(0)
+    mib = 16 if args.quick and args.mib is None else (args.mib or 1024)
     for dtype in args.dtypes:
         elem = torch.empty((), dtype=dtype).element_size()
-        n = args.mib * 2**20 // elem
+        n = mib * 2**20 // elem
         split = min(n, n // 2 + 3)  # not a multiple of any vector width
         a = torch.randn(n, device=device).to(dtype)
         b = torch.randn(n, device=device).to(dtype)
@@ -71,22 +68,20 @@ def run(args):
         traffic = 3 * n * elem
 
         def bench(fn):
-            ms, _ = time_ms(fn, device, reps=args.reps)
-            return ms, peak_extra_bytes(fn, device) / 2**20
+            ms, ms_min = time_ms(fn, device, reps=args.reps)
+            return ms, ms_min, peak_extra_bytes(fn, device)
 
-        ceiling_ms, ceiling_mem = bench(lambda: a.lerp_(b, W))
-        ceiling_out_ms, _ = bench(lambda: torch.lerp(a, b, W, out=out))
+        ceilings = {"lerp_": bench(lambda: a.lerp_(b, W)), "lerp(out=)": bench(lambda: torch.lerp(a, b, W, out=out))}
 
-        def emit(op, impl, backend, ms, mem, torch_ms=None, ceiling=ceiling_ms):
-            out_csv.row(
-                op=op, impl=impl, backend=backend, device=device.type, dtype=str(dtype).replace("torch.", ""),
-                numel=n, ms=f"{ms:.2f}", gbps=f"{traffic / ms / 1e6:.1f}",
-                speedup_vs_torch=f"{torch_ms / ms:.2f}" if torch_ms else "",
-                fraction_of_lerp_ceiling=f"{ceiling / ms:.2f}", extra_mib=f"{mem:.1f}",
-            )
+        def emit(op, impl, backend, timing, torch_ms=None):
+            ceiling = "lerp_" if op in ("lerp_split", "lerp_") else "lerp(out=)"
+            ms, ms_min, extra = timing
+            rows.row(op=op, impl=impl, backend=backend, device=device, dtype=dtype, shape=n, ms=ms, ms_min=ms_min,
+                     reps=args.reps, nbytes=traffic, torch_ms=torch_ms, ceiling=ceiling,
+                     ceiling_ms=ceilings[ceiling][0], extra_bytes=extra)
 
-        emit("ceiling", "torch lerp_ (in place)", "torch", ceiling_ms, ceiling_mem)
-        emit("ceiling", "torch.lerp(out=)", "torch", ceiling_out_ms, 0.0, ceiling=ceiling_out_ms)
+        emit("lerp_", "torch lerp_ (in place)", "torch", ceilings["lerp_"])
+        emit("lerp(out=)", "torch.lerp(out=)", "torch", ceilings["lerp(out=)"])
 
         torch_ms = {}
         for op, fn in (
@@ -94,10 +89,9 @@ def run(args):
             ("slerp_split", lambda: torch_slerp_into(a, b, out, split, W)),
             ("slerp_mutate", lambda: torch_slerp_mutate_into(a, b, out, split, W, SIGMA)),
         ):
-            ms, mem = bench(fn)
-            torch_ms[op] = ms
-            ceiling = ceiling_ms if op == "lerp_split" else ceiling_out_ms
-            emit(op, "best torch", "torch", ms, mem, ceiling=ceiling)
+            timing = bench(fn)
+            torch_ms[op] = timing[0]
+            emit(op, "best torch", "torch", timing)
 
         for backend in kernel_backends(device):
             ours = {
@@ -108,22 +102,15 @@ def run(args):
                 ),
             }
             for op, fn in ours.items():
-                ms, mem = bench(fn)
-                ceiling = ceiling_ms if op == "lerp_split" else ceiling_out_ms
-                emit(op, "m2n2_kernels", backend, ms, mem, torch_ms=torch_ms[op], ceiling=ceiling)
+                emit(op, "m2n2_kernels", backend, bench(fn), torch_ms=torch_ms[op])
         del a, b, out
-    out_csv.close()
+    rows.close()
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--mib", type=int, default=1024, help="size of each buffer in MiB (default 1024)")
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions; the median is reported")
-    p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated, e.g. float32,bfloat16")
-    p.add_argument("--csv", default=None, help="also write the CSV to this file")
+    p = parser(__doc__, dtypes="float32,bfloat16")
+    p.add_argument("--mib", type=int, default=None, help="size of each buffer in MiB (default 1024, 16 with --quick)")
     args = p.parse_args()
-    args.dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     print(f"# build_info: {mk.build_info()}", file=sys.stderr)
     run(args)
 

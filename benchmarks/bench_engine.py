@@ -20,7 +20,6 @@ scoring, replacement and bookkeeping (timed in a separate run).
     python benchmarks/bench_engine.py --quick         # smoke run
 JAX rows need `pip install jax` (the `bench` extra); they are left out without it.
 """
-import argparse
 import math
 import os
 import statistics
@@ -32,7 +31,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
-from _common import CsvOut, _rss_bytes  # noqa: E402
+from _common import CsvOut, _rss_bytes, parser  # noqa: E402
 
 import m2n2  # noqa: E402
 from m2n2.tasks import get_task  # noqa: E402
@@ -111,12 +110,9 @@ def build(args, device):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)  # --reps: rounds; --quick: 64 passes, 1 round
+    p.set_defaults(device="cpu")
     p.add_argument("--passes", type=int, default=2000, help="forward passes per round")
-    p.add_argument("--reps", type=int, default=5, help="rounds")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--csv", default=None)
-    p.add_argument("--quick", action="store_true", help="smoke run: 64 passes, 1 round")
     args = p.parse_args()
     if args.quick:
         args.passes, args.reps = 64, 1

@@ -9,29 +9,25 @@ The targets are each row's argmax, so that "correct" must read every logit (the 
 kernel stops reading a row early once its target is beaten; that never happens here).
 A random 10% of the tokens are masked out (their rows are not read by the kernels).
 
-Columns: ms (median) and ms_min of `--reps` calls, gbps (bytes of logits / median
-time), extra_mb (peak memory beyond the inputs during one call: the caching
-allocator's peak on CUDA, the peak resident set on CPU), speedup_vs_torch
-(torch ms / ms) and time_vs_argmax (ms / argmax ms, "correct" only).
+Columns: benchmarks/_common.py, KERNEL_FIELDS (gbps: bytes of logits / median time;
+time_vs_ceiling: ms / the argmax's ms, "correct" only).
 
     python benchmarks/bench_scores.py [--device cpu|cuda] [--reps 5] [--csv out.csv] [--quick]
+        [--dtypes bfloat16,float32]
 """
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import CsvOut, peak_extra_bytes, time_ms  # noqa: E402
+from _common import KernelRows, kernel_backends, parser, peak_extra_bytes, time_ms  # noqa: E402
 
 import m2n2_kernels as mk  # noqa: E402
-from m2n2_kernels import _backend, reference  # noqa: E402
+from m2n2_kernels import reference  # noqa: E402
 
 CASES = [(8, 512, 32000), (4096, None, 50257)]
 QUICK_CASES = [(4, 64, 32000), (512, None, 50257)]
-DTYPES = [torch.bfloat16, torch.float32]
-FIELDS = ["case", "dtype", "kind", "impl", "ms", "ms_min", "gbps", "extra_mb", "speedup_vs_torch", "time_vs_argmax"]
 
 
 def make_inputs(batch, tokens, vocab, dtype, device):
@@ -41,13 +37,6 @@ def make_inputs(batch, tokens, vocab, dtype, device):
     target = logits.argmax(-1)
     mask = torch.rand(shape[:-1], generator=g, device=device) >= 0.1
     return logits, target, mask
-
-
-def backends(device):
-    if device == "cpu":
-        return ["cpp"]
-    names = ["cpp"] if _backend.cuda_compiled() else []
-    return names + (["triton"] if _backend.triton_importable() else [])
 
 
 def masked_mean(per_token, mask):
@@ -62,52 +51,46 @@ def torch_correct(logits, target, mask):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--csv", default=None, help="also write the rows to this file")
-    parser.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
-    args = parser.parse_args()
-    device = args.device
+    args = parser(__doc__.splitlines()[0], dtypes="bfloat16,float32").parse_args()
+    device = torch.device(args.device)
     print(f"# device={device} threads={torch.get_num_threads()} build={mk.build_info()}", file=sys.stderr)
-    out = CsvOut(FIELDS, args.csv)
+    rows = KernelRows(args.csv)
+    backends = kernel_backends(device)
     for batch, tokens, vocab in QUICK_CASES if args.quick else CASES:
-        case = f"[{batch},{tokens},{vocab}]" if tokens else f"[{batch},{vocab}]"
-        for dtype in DTYPES:
+        shape = (batch, vocab) if tokens is None else (batch, tokens, vocab)
+        for dtype in args.dtypes:
             logits, target, mask = make_inputs(batch, tokens, vocab, dtype, device)
             nbytes = logits.numel() * logits.element_size()
             # Check once that the kernels agree with torch on these inputs.
-            for name in backends(device):
+            for name in backends:
                 got = mk.sample_scores(logits, target, kind="logprob", mask=mask, backend=name)
                 want = reference.sample_scores(logits, target, kind="logprob", mask=mask)
                 torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
                 got = mk.sample_scores(logits, target, kind="correct", mask=mask, backend=name)
                 assert torch.equal(got, torch_correct(logits, target, mask)), name
 
-            def run(kind, impl, fn, torch_ms=None, argmax_ms=None):
+            def run(op, impl, backend, fn, torch_ms=None, argmax_ms=None):
                 ms, ms_min = time_ms(fn, device, reps=args.reps)
-                extra = peak_extra_bytes(fn, device)
-                out.row(
-                    case=case, dtype=str(dtype).replace("torch.", ""), kind=kind, impl=impl,
-                    ms=f"{ms:.3f}", ms_min=f"{ms_min:.3f}", gbps=f"{nbytes / ms / 1e6:.1f}",
-                    extra_mb=f"{extra / 2**20:.1f}",
-                    speedup_vs_torch=f"{torch_ms / ms:.2f}" if torch_ms else "",
-                    time_vs_argmax=f"{ms / argmax_ms:.2f}" if argmax_ms else "",
-                )
+                argmax_ms = ms if op == "argmax" else argmax_ms
+                rows.row(op=op, impl=impl, backend=backend, device=device, dtype=dtype, shape=shape, ms=ms,
+                         ms_min=ms_min, reps=args.reps, nbytes=nbytes, torch_ms=torch_ms,
+                         ceiling="argmax" if argmax_ms else None, ceiling_ms=argmax_ms,
+                         extra_bytes=peak_extra_bytes(fn, device))
                 return ms
 
-            torch_ms = run("logprob", "torch", lambda: reference.sample_scores(logits, target, kind="logprob", mask=mask))
-            for name in backends(device):
-                run("logprob", name, lambda: mk.sample_scores(logits, target, kind="logprob", mask=mask, backend=name), torch_ms)
-            argmax_ms = run("correct", "torch argmax alone", lambda: logits.argmax(-1))
-            torch_ms = run("correct", "torch", lambda: torch_correct(logits, target, mask), argmax_ms=argmax_ms)
-            for name in backends(device):
-                run(
-                    "correct", name, lambda: mk.sample_scores(logits, target, kind="correct", mask=mask, backend=name),
-                    torch_ms, argmax_ms,
-                )
+            torch_ms = run("logprob", "torch", "torch",
+                           lambda: reference.sample_scores(logits, target, kind="logprob", mask=mask))
+            for name in backends:
+                run("logprob", "m2n2_kernels", name,
+                    lambda: mk.sample_scores(logits, target, kind="logprob", mask=mask, backend=name), torch_ms)
+            argmax_ms = run("argmax", "torch argmax alone", "torch", lambda: logits.argmax(-1))
+            torch_ms = run("correct", "torch", "torch", lambda: torch_correct(logits, target, mask), argmax_ms=argmax_ms)
+            for name in backends:
+                run("correct", "m2n2_kernels", name,
+                    lambda: mk.sample_scores(logits, target, kind="correct", mask=mask, backend=name),
+                    torch_ms, argmax_ms)
             del logits, target, mask
-    out.close()
+    rows.close()
 
 
 if __name__ == "__main__":

@@ -4,18 +4,14 @@
     python benchmarks/run_all.py --quick    # small sizes: a smoke run of every script
 """
 import argparse
+import glob
 import os
 import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPTS = {
-    "crossover": "bench_crossover.py",
-    "scores": "bench_scores.py",
-    "niches": "bench_niches.py",
-    "engine": "bench_engine.py",
-}
-QUICK = {"crossover": ["--mib", "16"], "scores": ["--quick"], "niches": ["--quick"], "engine": ["--quick"]}
+# Every bench_<name>.py, found by name: a new op family's script joins by existing.
+SCRIPTS = {os.path.basename(p)[len("bench_"):-len(".py")]: p for p in sorted(glob.glob(os.path.join(HERE, "bench_*.py")))}
 
 
 def main():
@@ -27,7 +23,7 @@ def main():
     failed = []
     for name, script in SCRIPTS.items():
         csv = os.path.join(args.out, f"{name}.csv")
-        cmd = [sys.executable, os.path.join(HERE, script), "--csv", csv] + (QUICK[name] if args.quick else []) + extra
+        cmd = [sys.executable, script, "--csv", csv] + (["--quick"] if args.quick else []) + extra
         print(f"# {' '.join(cmd)}", file=sys.stderr, flush=True)
         if subprocess.call(cmd) != 0:
             failed.append(name)

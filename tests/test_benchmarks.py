@@ -1,5 +1,6 @@
 """The benchmark scripts run (smoke sizes) and write the CSV rows they promise."""
 import csv
+import glob
 import os
 import subprocess
 import sys
@@ -9,20 +10,26 @@ import pytest
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
-@pytest.mark.parametrize(
-    "script,args,ops",
-    [
-        ("bench_crossover.py", ["--mib", "2", "--reps", "1"], {"ceiling", "lerp_split", "slerp_split", "slerp_mutate"}),
-        ("bench_scores.py", ["--quick", "--reps", "1"], None),
-        ("bench_niches.py", ["--quick", "--reps", "1"], {"sum0", "stats_row", "fitness", "matrix"}),
-        ("bench_engine.py", ["--quick"], {"engine", "phase"}),
-    ],
-)
-def test_benchmark_script_writes_csv(tmp_path, script, args, ops):
+# What each script must report, beyond the shared columns; a script not listed here
+# (a new op family) is still run and checked against the shared schema.
+OPS = {
+    "bench_crossover.py": {"lerp_", "lerp_split", "slerp_split", "slerp_mutate"},
+    "bench_scores.py": {"logprob", "correct", "argmax"},
+    "bench_niches.py": {"sum0", "stats_row", "fitness", "matrix"},
+}
+SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(BENCH, "bench_*.py")))
+KERNEL_FIELDS = [
+    "op", "impl", "backend", "device", "dtype", "shape", "ms", "ms_min", "reps", "gbps",
+    "speedup_vs_torch", "ceiling", "time_vs_ceiling", "extra_mib",
+]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_script_writes_csv(tmp_path, script):
     out = tmp_path / "out.csv"
     env = dict(os.environ, TRITON_INTERPRET="0")  # the scripts time compiled kernels only
     subprocess.run(
-        [sys.executable, os.path.join(BENCH, script), "--device", "cpu", "--csv", str(out)] + args,
+        [sys.executable, os.path.join(BENCH, script), "--device", "cpu", "--csv", str(out), "--quick", "--reps", "1"],
         check=True, env=env, stdout=subprocess.DEVNULL, timeout=600,
     )
     rows = list(csv.DictReader(out.open()))
@@ -36,8 +43,13 @@ def test_benchmark_script_writes_csv(tmp_path, script, args, ops):
         shares = [float(r["share"]) for r in rows if r["op"] == "phase" and r["impl"] == "m2n2"]
         assert len(shares) == 6 and abs(sum(shares) - 1) < 0.01
         return
-    assert any("cpp" in (r.get("backend") or r["impl"]) for r in rows), "no row for the C++ kernels"
-    if ops is not None:
-        assert ops <= {r["op"] for r in rows}
+    assert list(rows[0]) == KERNEL_FIELDS, "the shared CSV schema (benchmarks/_common.py)"
+    assert any(r["backend"] == "cpp" and r["impl"] == "m2n2_kernels" for r in rows), "no row for the C++ kernels"
+    assert OPS.get(script, set()) <= {r["op"] for r in rows}
     for r in rows:
-        assert float(r["ms"]) > 0
+        assert 0 < float(r["ms"]) < 1e5 and float(r["ms_min"]) <= float(r["ms"])
+        assert 0 <= float(r["extra_mib"]) < 4096, r
+        assert float(r["gbps"]) > 0, r
+        for ratio in ("speedup_vs_torch", "time_vs_ceiling"):
+            if r[ratio]:
+                assert 0 < float(r[ratio]) < 1e4, r
