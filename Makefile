@@ -40,21 +40,22 @@ test: build
 bench: build
 	$(PY) benchmarks/run_all.py
 
-# The CUDA kernels' per-thread index logic run on the CPU (no GPU needed) against the
-# C++ kernels, byte for byte: tests/native/crossover_cuda_host_check.cu; the niche
-# statistics kernels against the formulas in fp64: tests/native/niches_cuda_host_check.cu.
+# The CUDA kernels' per-thread logic run on the CPU (no GPU needed): every
+# tests/native/<family>_cuda_host_check.cu, linked with the torch-free CPU kernels
+# (csrc/cpu/*_kernels.cpp) it may compare with byte for byte (crossover), or checked
+# against the formulas in fp64 (niches).
 NVCC ?= $(CUDA_HOME)/bin/nvcc
-HOST_CHECK := build/native/crossover_cuda_host_check
-NICHES_HOST_CHECK := build/native/niches_cuda_host_check
+HOST_CHECKS := $(wildcard tests/native/*_cuda_host_check.cu)
+HOST_CPU_SOURCES := $(wildcard csrc/cpu/*_kernels.cpp) csrc/cpu/isa_clones.cpp
+HOST_FLAGS := -std=c++17 -O2 -Icsrc/include -Icsrc
 cuda-host-check:
 	mkdir -p build/native
-	$(CXX) -std=c++17 -O2 -fopenmp -ffp-contract=off -Icsrc/include -Icsrc -c csrc/cpu/crossover_kernels.cpp -o build/native/crossover_kernels.o
-	$(NVCC) -std=c++17 -O2 -arch=sm_80 --fmad=false -Werror all-warnings -Xcompiler=-ffp-contract=off,-fopenmp,-Wall,-Werror \
-		-Icsrc/include -Icsrc tests/native/crossover_cuda_host_check.cu build/native/crossover_kernels.o -o $(HOST_CHECK) -lgomp
-	./$(HOST_CHECK)
-	$(NVCC) -std=c++17 -O2 -arch=sm_80 --fmad=false -Werror all-warnings -Xcompiler=-ffp-contract=off,-Wall,-Werror \
-		-Icsrc/include -Icsrc tests/native/niches_cuda_host_check.cu -o $(NICHES_HOST_CHECK)
-	./$(NICHES_HOST_CHECK)
+	for f in $(HOST_CPU_SOURCES); do \
+		$(CXX) $(HOST_FLAGS) -ffp-contract=off -fopenmp -c $$f -o build/native/$$(basename $$f .cpp).o || exit 1; done
+	for f in $(HOST_CHECKS); do exe=build/native/$$(basename $$f .cu); \
+		$(NVCC) $(HOST_FLAGS) -arch=sm_80 --fmad=false -Werror all-warnings \
+			-Xcompiler=-ffp-contract=off,-fopenmp,-Wall,-Werror $$f build/native/*.o -o $$exe -lgomp \
+		&& ./$$exe || exit 1; done
 
 clean:
 	rm -rf build m2n2_kernels/*.so

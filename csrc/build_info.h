@@ -7,7 +7,7 @@
 #include <omp.h>
 #endif
 
-#include "cpu/crossover_kernels.h"
+#include "cpu/isa_clones.h"
 
 // Set by setup.py when the CUDA kernels are compiled.
 #ifndef M2N2_CUDA_ARCHS

@@ -1,7 +1,7 @@
-// Argument checks shared by the CPU and CUDA crossover kernels (torch side).
-//
-// The Python API (m2n2_kernels/ops.py) raises precise ValueError/TypeError first;
-// these checks guard direct torch.ops.m2n2 callers, before anything is written.
+// Every check of the crossover ops on the torch side, shared by the CPU and CUDA
+// kernels (csrc/cpu/crossover.cpp, csrc/cuda/crossover.cu), in the words of the
+// Python API's checks (m2n2_kernels/crossover.py, check_op_*): the Python API raises
+// them first; these guard direct torch.ops.m2n2 callers, before anything is written.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -10,77 +10,57 @@
 #include <string>
 #include <vector>
 
+#include "args_common.h"
 #include "m2n2/dtypes.h"
 #include "m2n2/interp.h"
 
 namespace m2n2 {
 
 inline Method parse_method(const std::string& method) {
-  if (method == "lerp") return Method::kLerp;
-  if (method == "slerp") return Method::kSlerp;
-  TORCH_CHECK_VALUE(false, "method must be 'lerp' or 'slerp', got '", method, "'");
+  return parse_choice<Method>(method, "method", {{"lerp", Method::kLerp}, {"slerp", Method::kSlerp}});
 }
 
 inline OmegaMode parse_omega(const std::string& omega) {
-  if (omega == "global") return OmegaMode::kGlobal;
-  if (omega == "segment") return OmegaMode::kSegment;
-  TORCH_CHECK_VALUE(false, "omega must be 'global' or 'segment', got '", omega, "'");
+  return parse_choice<OmegaMode>(omega, "omega", {{"global", OmegaMode::kGlobal}, {"segment", OmegaMode::kSegment}});
 }
 
-inline bool is_float_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+inline Dtype float_dtype(const at::Tensor& t, const std::string& name) {
+  return dtype_of(t, name.c_str(), {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16});
 }
 
-// Checks a, b (and out, when given) as lists of matching contiguous tensors of one
-// floating dtype and one device; returns the total element count.
-inline int64_t check_crossover_lists(at::TensorList a, at::TensorList b, at::TensorList out,
-                                     c10::DeviceType device_type) {
+// a, b (and out, when not empty) hold as many tensors; at each position a[i], b[i]
+// (and out[i]) share a floating dtype and a shape, all on one device of
+// `device_type`, contiguous. Returns the tensors as segments of one vector whose
+// element 0 has global index index_offset (empty tensors left out), and the total
+// element count in `numel`.
+inline std::vector<Segment> crossover_segments(at::TensorList a, at::TensorList b, at::TensorList out,
+                                               c10::DeviceType device_type, int64_t index_offset,
+                                               int64_t* numel) {
   TORCH_CHECK_VALUE(!a.empty(), "a must hold at least one tensor");
-  TORCH_CHECK_VALUE(a.size() == b.size(), "a and b must hold as many tensors (", a.size(), " vs ",
-                    b.size(), ")");
-  TORCH_CHECK_VALUE(out.empty() || out.size() == a.size(), "out must hold as many tensors as a (",
-                    out.size(), " vs ", a.size(), ")");
-  const at::ScalarType dtype = a[0].scalar_type();
+  TORCH_CHECK_VALUE(a.size() == b.size(), "a and b must hold as many tensors, got ", a.size(), " and ", b.size());
+  TORCH_CHECK_VALUE(out.size() == a.size(), "out must hold as many tensors as a, got ", out.size(), " and ",
+                    a.size());
+  float_dtype(a[0], "a[0]");
   const at::Device device = a[0].device();
-  TORCH_CHECK_TYPE(is_float_dtype(dtype), "a must be float32, float64, float16 or bfloat16, got ", dtype);
-  TORCH_CHECK_VALUE(device.type() == device_type, "tensors must be on ", device_type, ", got ", device);
-  int64_t total = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    for (const at::Tensor* t : {&a[i], &b[i], out.empty() ? &a[i] : &out[i]}) {
-      TORCH_CHECK_TYPE(t->scalar_type() == dtype, "all tensors must have dtype ", dtype, ", got ",
-                       t->scalar_type(), " at list position ", i);
-      TORCH_CHECK_VALUE(t->device() == device, "all tensors must be on ", device, ", got ",
-                        t->device(), " at list position ", i);
-      TORCH_CHECK_VALUE(t->is_contiguous(), "tensors must be contiguous (list position ", i, ")");
-      TORCH_CHECK_VALUE(t->numel() == a[i].numel(), "a, b and out must match in numel at list position ",
-                        i, " (", a[i].numel(), " vs ", t->numel(), ")");
-    }
-    total += a[i].numel();
-  }
-  return total;
-}
-
-inline Dtype storage_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return Dtype::kFloat;
-    case at::kDouble: return Dtype::kDouble;
-    case at::kBFloat16: return Dtype::kBFloat16;
-    case at::kHalf: return Dtype::kHalf;
-    default: TORCH_CHECK_TYPE(false, "unsupported dtype ", t);
-  }
-}
-
-// The non-empty tensors of checked lists as segments of one vector from index_offset.
-inline std::vector<Segment> make_segments(at::TensorList a, at::TensorList b, at::TensorList out,
-                                          int64_t index_offset) {
+  TORCH_CHECK_VALUE(device.type() == device_type, "a[0] must be on ", c10::DeviceTypeName(device_type, true),
+                    ", got ", device);
   std::vector<Segment> segments;
   int64_t first = index_offset;
   for (size_t i = 0; i < a.size(); ++i) {
+    const std::string at = where(i, true);
+    const Dtype dtype = float_dtype(a[i], c10::str("a", at));
+    float_dtype(b[i], c10::str("b", at));
+    TORCH_CHECK_VALUE(a[i].device() == device, "a", at, " must be on ", device, " (the device of a[0]), got ",
+                      a[i].device());
+    check_like(b[i], c10::str("b", at), a[i].scalar_type(), a[i].sizes(), device, c10::str(" (as a", at, ")"));
+    check_like(out[i], c10::str("out", at), a[i].scalar_type(), a[i].sizes(), device, c10::str(" (as a", at, ")"));
+    TORCH_CHECK_VALUE(a[i].is_contiguous(), "a", at, " must be contiguous");
     if (a[i].numel() > 0) {
-      segments.push_back({a[i].data_ptr(), b[i].data_ptr(), out[i].data_ptr(), a[i].numel(), first});
+      segments.push_back({a[i].data_ptr(), b[i].data_ptr(), out[i].data_ptr(), a[i].numel(), first, dtype});
     }
     first += a[i].numel();
   }
+  *numel = first - index_offset;
   return segments;
 }
 
@@ -88,8 +68,46 @@ inline std::vector<Segment> make_segments(at::TensorList a, at::TensorList b, at
 // lie past this piece's end.
 inline void check_split(int64_t split, int64_t index_offset, int64_t numel) {
   TORCH_CHECK_VALUE(index_offset >= 0, "index_offset must be >= 0, got ", index_offset);
-  TORCH_CHECK_VALUE(split >= 0 && (index_offset > 0 || split <= numel), "split must lie in [0, ",
-                    numel, "], got ", split);
+  TORCH_CHECK_VALUE(split >= 0 && (index_offset > 0 || split <= numel), "split must lie in [0, ", numel,
+                    "] (the number of elements), got ", split);
+}
+
+// crossover_batch_out: archive [P, n] and out [K, n] of one floating dtype, ia, ib,
+// split int64 [K], w float64 [K], on one device of `device_type`, contiguous. The
+// values of ia, ib and split are not read (on a GPU that would wait for it):
+// check_batch_values does it where they are on the host.
+inline Dtype check_batch(const at::Tensor& archive, const at::Tensor& ia, const at::Tensor& ib,
+                         const at::Tensor& split, const at::Tensor& w, const at::Tensor& out,
+                         c10::DeviceType device_type) {
+  const Dtype dtype = float_dtype(archive, "archive");
+  TORCH_CHECK_VALUE(archive.dim() == 2, "archive must be 2-D (P models x n parameters), got shape ",
+                    shape_str(archive.sizes()));
+  TORCH_CHECK_VALUE(archive.device().type() == device_type, "archive must be on ",
+                    c10::DeviceTypeName(device_type, true), ", got ", archive.device());
+  const int64_t k = out.dim() == 2 ? out.size(0) : -1;
+  check_like(out, "out", archive.scalar_type(), {k, archive.size(1)}, archive.device());
+  check_like(ia, "ia", at::kLong, {k}, archive.device(), " (one per child)");
+  check_like(ib, "ib", at::kLong, {k}, archive.device(), " (one per child)");
+  check_like(split, "split", at::kLong, {k}, archive.device(), " (one per child)");
+  check_like(w, "w", at::kDouble, {k}, archive.device(), " (one per child)");
+  TORCH_CHECK_VALUE(archive.is_contiguous(), "archive must be contiguous");
+  return dtype;
+}
+
+// The values of checked host tensors ia, ib, split: rows of archive, split in [0, n].
+inline void check_batch_values(const at::Tensor& archive, const at::Tensor& ia, const at::Tensor& ib,
+                               const at::Tensor& split) {
+  const int64_t p = archive.size(0);
+  const int64_t n = archive.size(1);
+  const int64_t* pa = ia.data_ptr<int64_t>();
+  const int64_t* pb = ib.data_ptr<int64_t>();
+  const int64_t* ps = split.data_ptr<int64_t>();
+  for (int64_t c = 0; c < ia.numel(); ++c) {
+    TORCH_CHECK_INDEX(pa[c] >= 0 && pa[c] < p, "ia must lie in [0, ", p, ") (rows of archive), got ", pa[c]);
+    TORCH_CHECK_INDEX(pb[c] >= 0 && pb[c] < p, "ib must lie in [0, ", p, ") (rows of archive), got ", pb[c]);
+    TORCH_CHECK_VALUE(ps[c] >= 0 && ps[c] <= n, "split must lie in [0, ", n, "] (the number of elements), got ",
+                      ps[c]);
+  }
 }
 
 }  // namespace m2n2

@@ -62,3 +62,15 @@ def choose(device: torch.device, backend=None) -> str:
                 "(set before m2n2_kernels is imported)"
             )
     return backend
+
+
+def route(device: torch.device, backend=None) -> str:
+    """How an op reaches its kernels: "torch" (reference.py), "triton" (the Triton
+    launcher called directly: CPU tensors under the interpreter, or Triton asked for
+    where CUDA C++ exists), or "op" (torch.ops.m2n2.*: the C++ kernels, or on a
+    build without CUDA C++ the Triton kernels that ops.py registers as the op's CUDA
+    implementation, so that torch.compile sees one op)."""
+    name = choose(device, backend)
+    if name == "cpp" or (name == "triton" and device.type == "cuda" and not cuda_compiled()):
+        return "op"
+    return name

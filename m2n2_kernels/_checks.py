@@ -1,5 +1,12 @@
-"""Argument validation shared by the Python API: every error names the argument
-and says what was expected, and is raised before any output is touched."""
+"""Argument checks shared by every op family of the Python API.
+
+One vocabulary for every message (the C++ checks in csrc/args_common.h print the
+same words): an error names the argument and says what was expected and what it
+got, dtypes as `torch.float32`, shapes as `(3, 5)`, choices as `one of ('a', 'b')`.
+Exception types: TypeError for a wrong type or dtype, IndexError for an index
+outside its range (rows, datapoints, list entries), ValueError for everything else.
+Every check runs before any output is touched.
+"""
 import math
 import operator
 
@@ -8,12 +15,26 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+def shape_str(shape) -> str:
+    return str(tuple(int(s) for s in shape))
+
+
+def dtypes_str(dtypes) -> str:
+    names = [str(d).removeprefix("torch.") for d in dtypes]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
+def where(i, is_list) -> str:
+    """The suffix naming an entry of a list argument ('' for a plain tensor)."""
+    return f"[{i}]" if is_list else ""
+
+
 def as_int(value, name):
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, got bool")
     if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or value.dtype.is_floating_point or value.dtype == torch.bool:
-            raise TypeError(f"{name} must be an integer, got a {value.dtype} tensor of shape {tuple(value.shape)}")
+        if value.numel() != 1 or value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer, got a {value.dtype} tensor of shape {shape_str(value.shape)}")
         return int(value.item())
     try:
         return operator.index(value)
@@ -23,7 +44,7 @@ def as_int(value, name):
 
 def as_finite_float(value, name, *, min_value=None):
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
-        isinstance(value, torch.Tensor) and value.numel() == 1
+        isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex
     ):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
@@ -43,21 +64,44 @@ def as_seed(seed):
 
 
 def choice(value, name, allowed):
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
     return value
 
 
-def check_float_tensor(t, name):
+def check_tensor(t, name, dtypes=None):
+    """t is a tensor (of one of `dtypes`, when given)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{name} must be {dtypes_str(dtypes)}, got {t.dtype}")
+
+
+def check_float_tensor(t, name):
+    check_tensor(t, name, FLOAT_DTYPES)
+
+
+def check_like(t, name, *, dtype=None, shape=None, device=None, contiguous=False, of=""):
+    """t matches what an output (or a companion input) must be; `of` explains where
+    the expectation comes from, e.g. ' (the dtype of S)'."""
+    check_tensor(t, name)
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name} must be {dtype}{of}, got {t.dtype}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {shape_str(shape)}{of}, got {shape_str(t.shape)}")
+    if device is not None and t.device != torch.device(device):
+        raise ValueError(f"{name} must be on {device}{of}, got {t.device}")
+    if contiguous and not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+
+
+def check_range(value, name, lo, hi, what="", error=IndexError):
+    """lo <= value < hi."""
+    if not lo <= value < hi:
+        raise error(f"{name} must lie in [{lo}, {hi}){what}, got {value}")
 
 
 def _byte_span(t):
-    if t.numel() == 0:
-        return None
     start = t.data_ptr()
     extent = sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride())) + 1
     return start, start + extent * t.element_size()
@@ -73,3 +117,12 @@ def overlap(x, y):
         return "full"
     (x0, x1), (y0, y1) = _byte_span(x), _byte_span(y)
     return "partial" if x0 < y1 and y0 < x1 else "none"
+
+
+def check_no_overlap(out, name, inputs):
+    """out shares no memory with any of `inputs` ((tensor or None, name) pairs)."""
+    if torch.compiler.is_compiling():
+        return  # fake tensors have no storage to compare
+    for t, other in inputs:
+        if t is not None and overlap(out, t) != "none":
+            raise ValueError(f"{name} must not overlap {other}")

@@ -1,4 +1,14 @@
-"""Split-point crossover: the Python API (checks, backend choice, dispatch)."""
+"""Split-point crossover: the Python API, and every check of the op family.
+
+Two layers of checks, each written once:
+- `check_op_*` check the ops' canonical arguments (what torch.ops.m2n2.* take: lists
+  of contiguous tensors, checked scalars); they guard the Triton kernels for direct
+  torch.ops callers (ops.py) and run on every call of the API. The C++ kernels
+  check the same in csrc/crossover_args.h, in the same words.
+- the public functions turn what a user passes (a tensor or a list, any layout,
+  Python numbers) into that canonical form, with errors that name the argument.
+Everything is checked before any output is touched.
+"""
 import torch
 
 from . import _backend, _checks, reference
@@ -7,38 +17,43 @@ METHODS = ("lerp", "slerp")
 OMEGAS = ("global", "segment")
 
 
-def _as_list(x, name):
-    if isinstance(x, torch.Tensor):
-        return [x], False
-    if isinstance(x, (list, tuple)):
-        if not x:
-            raise ValueError(f"{name} must not be an empty list")
-        for i, t in enumerate(x):
-            _checks.check_float_tensor(t, f"{name}[{i}]")
-        return list(x), True
-    raise TypeError(f"{name} must be a tensor or a list of tensors, got {type(x).__name__}")
+# ---------------------------------------------------------------------------
+# The ops' canonical arguments.
+# ---------------------------------------------------------------------------
 
 
-def _check_parents(a_list, b_list, a_name="a", b_name="b"):
-    if len(a_list) != len(b_list):
-        raise ValueError(f"{a_name} and {b_name} must hold as many tensors, got {len(a_list)} and {len(b_list)}")
-    first = a_list[0]
-    _checks.check_float_tensor(first, a_name)
-    for i, (x, y) in enumerate(zip(a_list, b_list)):
-        where = f" (list position {i})" if len(a_list) > 1 else ""
-        _checks.check_float_tensor(y, b_name)
-        if x.dtype != first.dtype or y.dtype != first.dtype:
-            raise TypeError(f"{a_name} and {b_name} must share one dtype, got {x.dtype} and {y.dtype}{where}")
-        if x.device != first.device or y.device != first.device:
-            raise ValueError(f"{a_name} and {b_name} must be on one device, got {x.device} and {y.device}{where}")
-        if x.shape != y.shape:
-            raise ValueError(
-                f"{a_name} and {b_name} must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}{where}"
-            )
-    return sum(t.numel() for t in a_list)
+def check_op_lists(a, b, out=None, *, is_list=True, contiguous=True):
+    """a, b (and out) hold as many tensors; at each position a[i], b[i] (and out[i])
+    share dtype (floating), shape and device, one device for all. Returns the total
+    element count."""
+    if len(a) == 0:
+        raise ValueError("a must hold at least one tensor")
+    if len(a) != len(b):
+        raise ValueError(f"a and b must hold as many tensors, got {len(a)} and {len(b)}")
+    if out is not None and len(out) != len(a):
+        raise ValueError(f"out must hold as many tensors as a, got {len(out)} and {len(a)}")
+    _checks.check_float_tensor(a[0], "a" + _checks.where(0, is_list))
+    device = a[0].device
+    total = 0
+    for i, x in enumerate(a):
+        at = _checks.where(i, is_list)
+        _checks.check_float_tensor(x, "a" + at)
+        _checks.check_float_tensor(b[i], "b" + at)
+        if x.device != device:
+            raise ValueError(f"a{at} must be on {device} (the device of a{_checks.where(0, is_list)}), got {x.device}")
+        _checks.check_like(b[i], "b" + at, dtype=x.dtype, shape=x.shape, device=device, of=f" (as a{at})")
+        if out is not None:
+            _checks.check_like(out[i], "out" + at, dtype=x.dtype, shape=x.shape, device=device, of=f" (as a{at})")
+        if contiguous:
+            for t, name in ((x, "a"), (b[i], "b")) + (((out[i], "out"),) if out is not None else ()):
+                if not t.is_contiguous():
+                    raise ValueError(f"{name}{at} must be contiguous")
+        total += x.numel()
+    return total
 
 
-def _check_scalars(n, split, w, method, omega, noise_std, seed, index_offset):
+def check_op_scalars(n, split, w, method, omega, noise_std, seed, index_offset):
+    """The scalars of split_interpolate, as the op takes them (seed as int64 bits)."""
     index_offset = _checks.as_int(index_offset, "index_offset")
     if index_offset < 0:
         raise ValueError(f"index_offset must be >= 0, got {index_offset}")
@@ -56,29 +71,55 @@ def _check_scalars(n, split, w, method, omega, noise_std, seed, index_offset):
     )
 
 
-def _check_out(out_list, a_list, b_list):
-    """`out` must match a, be contiguous, and either be exactly a (or b) or not
-    overlap them at all."""
-    if len(out_list) != len(a_list):
-        raise ValueError(f"out must hold as many tensors as a, got {len(out_list)} and {len(a_list)}")
+def check_op_batch(archive, ia, ib, split, w, out, method, omega):
+    """crossover_batch_out's tensors: shapes, dtypes and devices (values are checked
+    by the API, which may read them; a kernel must not wait for the device)."""
+    _checks.check_float_tensor(archive, "archive")
+    if archive.dim() != 2:
+        raise ValueError(f"archive must be 2-D (P models x n parameters), got shape {_checks.shape_str(archive.shape)}")
+    _checks.check_tensor(out, "out")
+    k = out.shape[0] if out.dim() == 2 else -1
+    _checks.check_like(out, "out", dtype=archive.dtype, shape=(k, archive.shape[1]), device=archive.device,
+                       contiguous=True)
+    for name, t, dtype in (("ia", ia, torch.int64), ("ib", ib, torch.int64), ("split", split, torch.int64),
+                           ("w", w, torch.float64)):
+        _checks.check_like(t, name, dtype=dtype, shape=(k,), device=archive.device, of=" (one per child)")
+    if not archive.is_contiguous():
+        raise ValueError("archive must be contiguous")
+    _checks.choice(method, "method", METHODS)
+    _checks.choice(omega, "omega", OMEGAS)
+
+
+# ---------------------------------------------------------------------------
+# The public API.
+# ---------------------------------------------------------------------------
+
+
+def _as_list(x, name):
+    if isinstance(x, torch.Tensor):
+        return [x], False
+    if isinstance(x, (list, tuple)):
+        if not x:
+            raise ValueError(f"{name} must not be an empty list")
+        for i, t in enumerate(x):
+            _checks.check_float_tensor(t, f"{name}[{i}]")
+        return list(x), True
+    raise TypeError(f"{name} must be a tensor or a list of tensors, got {type(x).__name__}")
+
+
+def _out_role(out_list, a_list, b_list, is_list):
+    """'a' or 'b' when out is exactly that input (in place), 'none' when it overlaps
+    neither; anything between is refused."""
     role = None
     for i, (o, x, y) in enumerate(zip(out_list, a_list, b_list)):
-        _checks.check_float_tensor(o, "out")
-        if o.dtype != x.dtype:
-            raise TypeError(f"out must have dtype {x.dtype}, got {o.dtype}")
-        if o.device != x.device:
-            raise ValueError(f"out must be on {x.device}, got {o.device}")
-        if o.shape != x.shape:
-            raise ValueError(f"out must have shape {tuple(x.shape)}, got {tuple(o.shape)}")
-        if not o.is_contiguous():
-            raise ValueError("out must be contiguous")
         if torch.compiler.is_compiling():
             continue  # fake tensors have no storage to compare
+        at = _checks.where(i, is_list)
         here = []
         for other, name in ((x, "a"), (y, "b")):
             ov = _checks.overlap(o, other)
             if ov == "partial":
-                raise ValueError(f"out partly overlaps {name}: it must be exactly {name} or not overlap it")
+                raise ValueError(f"out{at} partly overlaps {name}{at}: it must be exactly {name}{at} or not overlap it")
             if ov == "full":
                 here.append(name)
         # any other out tensor overlapping this input partly is caught by its own check
@@ -95,9 +136,9 @@ def _contiguous(ts):
 
 
 def _run(a_list, b_list, out_list, role, split, w, method, omega, noise_std, seed, stream, index_offset, backend):
-    device = a_list[0].device
-    name = _backend.choose(device, backend)
-    if name == "torch":
+    route = _backend.route(a_list[0].device, backend)
+    args = (split, w, method, omega, noise_std, seed, stream, index_offset)
+    if route == "torch":
         child = reference.split_interpolate(
             a_list, b_list, split, w, method=method, omega=omega, noise_std=noise_std, seed=seed,
             stream=stream, index_offset=index_offset,
@@ -105,16 +146,11 @@ def _run(a_list, b_list, out_list, role, split, w, method, omega, noise_std, see
         with torch.no_grad():
             for o, c in zip(out_list, child):
                 o.copy_(c)
-        return
-    if name == "triton":
+    elif route == "triton":
         from .triton import crossover as triton_crossover
 
-        triton_crossover.split_interpolate_out(
-            a_list, b_list, out_list, split, w, method, omega, noise_std, seed, stream, index_offset
-        )
-        return
-    args = (split, w, method, omega, noise_std, seed, stream, index_offset)
-    if role == "a":
+        triton_crossover.split_interpolate_out(a_list, b_list, out_list, *args)
+    elif role == "a":
         torch.ops.m2n2.split_interpolate_(out_list, b_list, *args, True)
     elif role == "b":
         torch.ops.m2n2.split_interpolate_(out_list, a_list, *args, False)
@@ -142,16 +178,20 @@ def split_interpolate(
     whole vectors for omega="global", per side of the split for "segment");
     optional fused mutation `noise_std` * N(0, 1) keyed by (seed, element index).
     `a` and `b` may be lists of tensors, taken in order as one long vector (one
-    split over the whole model); the result is then a list. `out` may be a new
-    tensor (list), or exactly `a` or `b` for an in-place update.
+    split over the whole model); the result is then a list. a[i] and b[i] share a
+    dtype, which may change along the list (bf16 weights beside fp32 norms): each
+    piece is computed in its own compute type and keeps its dtype. `out` may be a
+    new tensor (list), or exactly `a` or `b` for an in-place update.
     `index_offset` is the global index of element 0, for a buffer that is one
     piece of a longer vector streamed in pieces: it moves the split and the noise,
     while the slerp angle is still taken over the tensors given.
     """
     a_list, is_list = _as_list(a, "a")
-    b_list, _ = _as_list(b, "b")
-    n = _check_parents(a_list, b_list)
-    split, w, method, omega, noise_std, seed, index_offset = _check_scalars(
+    b_list, b_is_list = _as_list(b, "b")
+    if b_is_list != is_list:
+        raise TypeError("b must be a list exactly when a is a list")
+    n = check_op_lists(a_list, b_list, is_list=is_list, contiguous=False)
+    split, w, method, omega, noise_std, seed, index_offset = check_op_scalars(
         n, split, w, method, omega, noise_std, seed, index_offset
     )
     if out is None:
@@ -161,7 +201,11 @@ def split_interpolate(
         out_list, out_is_list = _as_list(out, "out")
         if out_is_list != is_list:
             raise TypeError("out must be a list exactly when a is a list")
-        role = _check_out(out_list, a_list, b_list)
+        check_op_lists(a_list, b_list, out_list, is_list=is_list, contiguous=False)
+        for i, o in enumerate(out_list):
+            if not o.is_contiguous():
+                raise ValueError(f"out{_checks.where(i, is_list)} must be contiguous")
+        role = _out_role(out_list, a_list, b_list, is_list)
     if n > 0:
         _run(
             _contiguous(a_list), _contiguous(b_list), out_list, role, split, w, method, omega,
@@ -174,12 +218,19 @@ def split_interpolate_(a, b, split, w, **kwargs):
     """In-place `split_interpolate` into `a` (a tensor, or a list of tensors); returns `a`."""
     if "out" in kwargs:
         raise TypeError("split_interpolate_ writes into a; use split_interpolate(out=...) instead")
-    a_list, _ = _as_list(a, "a")
+    a_list, is_list = _as_list(a, "a")
     for i, t in enumerate(a_list):
         if not t.is_contiguous():
-            raise ValueError(f"a must be contiguous to be updated in place (list position {i})")
+            raise ValueError(f"a{_checks.where(i, is_list)} must be contiguous to be updated in place")
     split_interpolate(a, b, split, w, out=a, **kwargs)
     return a
+
+
+def _index_vector(v, name, device):
+    t = v if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=torch.int64 if len(v) == 0 else None)
+    if t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name} must be a 1-D integer tensor or sequence, got {t.dtype} of shape {_checks.shape_str(t.shape)}")
+    return t.to(device=device, dtype=torch.int64).contiguous()
 
 
 def crossover_batch(
@@ -201,70 +252,52 @@ def crossover_batch(
     Returns (or fills) a K x n tensor."""
     _checks.check_float_tensor(archive, "archive")
     if archive.dim() != 2:
-        raise ValueError(f"archive must be 2-D (P models x n parameters), got shape {tuple(archive.shape)}")
+        raise ValueError(f"archive must be 2-D (P models x n parameters), got shape {_checks.shape_str(archive.shape)}")
     p, n = archive.shape
     device = archive.device
-    idx = {}
-    for name, v in (("ia", ia), ("ib", ib), ("split", split)):
-        t = torch.as_tensor(v, device=device)
-        if t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
-            raise TypeError(f"{name} must be a 1-D integer tensor or sequence, got {t.dtype} of shape {tuple(t.shape)}")
-        idx[name] = t.to(torch.int64)
-    wt = torch.as_tensor(w, device=device)
-    if wt.dim() != 1 or not (wt.dtype.is_floating_point or wt.dtype in (torch.int64, torch.int32)):
-        raise TypeError(f"w must be a 1-D float tensor or sequence, got {wt.dtype} of shape {tuple(wt.shape)}")
-    wt = wt.to(torch.float64)
-    k = idx["ia"].numel()
-    for name, t in (("ib", idx["ib"]), ("split", idx["split"]), ("w", wt)):
+    ia, ib, split = (_index_vector(v, name, device) for v, name in ((ia, "ia"), (ib, "ib"), (split, "split")))
+    wt = w if isinstance(w, torch.Tensor) else torch.as_tensor(w, dtype=torch.float64)
+    if wt.dim() != 1 or wt.dtype.is_complex or wt.dtype == torch.bool:
+        raise TypeError(f"w must be a 1-D real tensor or sequence, got {wt.dtype} of shape {_checks.shape_str(wt.shape)}")
+    wt = wt.to(device=device, dtype=torch.float64).contiguous()
+    k = ia.numel()
+    for name, t in (("ib", ib), ("split", split), ("w", wt)):
         if t.numel() != k:
             raise ValueError(f"{name} must have length {k} (the length of ia), got {t.numel()}")
     method = _checks.choice(method, "method", METHODS)
     omega = _checks.choice(omega, "omega", OMEGAS)
     noise_std = _checks.as_finite_float(noise_std, "noise_std", min_value=0.0)
     seed = _checks.as_seed(seed)
-    if k > 0 and not torch.compiler.is_compiling():
-        for name in ("ia", "ib"):
-            t = idx[name]
-            if int(t.min()) < 0 or int(t.max()) >= p:
-                raise ValueError(f"{name} must lie in [0, {p}) (rows of archive), got values in [{int(t.min())}, {int(t.max())}]")
-        s = idx["split"]
-        if int(s.min()) < 0 or int(s.max()) > n:
-            raise ValueError(f"split must lie in [0, {n}], got values in [{int(s.min())}, {int(s.max())}]")
+    if k > 0 and not torch.compiler.is_compiling():  # values: one host sync on a GPU
+        for name, t in (("ia", ia), ("ib", ib)):
+            lo, hi = int(t.min()), int(t.max())
+            if lo < 0 or hi >= p:
+                bad = lo if lo < 0 else hi
+                raise IndexError(f"{name} must lie in [0, {p}) (rows of archive), got {bad}")
+        lo, hi = int(split.min()), int(split.max())
+        if lo < 0 or hi > n:
+            raise ValueError(f"split must lie in [0, {n}] (the number of elements), got {lo if lo < 0 else hi}")
         if not bool(torch.isfinite(wt).all()):
             raise ValueError("w must be finite")
     if out is None:
         out = torch.empty((k, n), dtype=archive.dtype, device=device)
     else:
-        _checks.check_float_tensor(out, "out")
-        if out.shape != (k, n) or out.dtype != archive.dtype or out.device != device:
-            raise ValueError(
-                f"out must be a {archive.dtype} tensor of shape {(k, n)} on {device}, got "
-                f"{out.dtype} {tuple(out.shape)} on {out.device}"
-            )
-        if not out.is_contiguous():
-            raise ValueError("out must be contiguous")
-        if not torch.compiler.is_compiling() and _checks.overlap(out, archive) != "none":
-            raise ValueError("out must not overlap archive")
+        _checks.check_like(out, "out", dtype=archive.dtype, shape=(k, n), device=device, contiguous=True)
+        _checks.check_no_overlap(out, "out", ((archive, "archive"),))
     if k == 0 or n == 0:
         return out
     archive = archive if archive.is_contiguous() else archive.contiguous()
-    name = _backend.choose(device, backend)
-    if name == "torch":
+    args = (archive, ia, ib, split, wt, out, method, omega, noise_std, seed)
+    route = _backend.route(device, backend)
+    if route == "torch":
         with torch.no_grad():
-            out.copy_(
-                reference.crossover_batch(
-                    archive, idx["ia"], idx["ib"], idx["split"], wt, method=method, omega=omega,
-                    noise_std=noise_std, seed=seed,
-                )
-            )
-    elif name == "triton":
+            out.copy_(reference.crossover_batch(
+                archive, ia, ib, split, wt, method=method, omega=omega, noise_std=noise_std, seed=seed,
+            ))
+    elif route == "triton":
         from .triton import crossover as triton_crossover
 
-        triton_crossover.crossover_batch_out(
-            archive, idx["ia"], idx["ib"], idx["split"], wt, out, method, omega, noise_std, seed
-        )
+        triton_crossover.crossover_batch_out(*args)
     else:
-        torch.ops.m2n2.crossover_batch_out(
-            archive, idx["ia"], idx["ib"], idx["split"], wt, out, method, omega, noise_std, seed
-        )
+        torch.ops.m2n2.crossover_batch_out(*args)
     return out

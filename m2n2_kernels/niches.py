@@ -5,6 +5,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import _backend, _checks, reference
+from ._values import raise_if_non_finite
 
 SCORE_DTYPES = (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MODES = ("none", "row", "matrix")
@@ -19,30 +20,65 @@ class NicheStats(NamedTuple):
     attraction: Optional[torch.Tensor]
 
 
-def _check_scores(S):
-    if not isinstance(S, torch.Tensor):
-        raise TypeError(f"S must be a torch.Tensor, got {type(S).__name__}")
-    if S.dtype not in SCORE_DTYPES:
-        raise TypeError(f"S must be bool, uint8, float16, bfloat16, float32 or float64, got {S.dtype}")
+# ---------------------------------------------------------------------------
+# The op's canonical arguments (csrc/niches_args.h checks the same, in the same words).
+# ---------------------------------------------------------------------------
+
+
+def check_op_args(S, child, capacity, alpha, eps, parent, attraction_mode, z, fitness, attraction):
+    """niche_stats_out's arguments: S 2-D with contiguous, non-overlapping rows; child
+    (mode "none" only) and capacity (float64) contiguous [D]; outputs of the compute
+    dtype and their shapes. Values (finiteness, 0/1 of uint8) are not read here."""
+    _checks.check_tensor(S, "S", SCORE_DTYPES)
     if S.dim() != 2:
-        raise ValueError(f"S must be 2-D [N models, D datapoints], got shape {tuple(S.shape)}")
-    if S.dtype == torch.uint8 and S.numel() > 0 and not torch.compiler.is_compiling():
-        if int(S.max()) > 1:  # a reduction: no N x D temporary
-            i, j = (int(k) for k in (S > 1).nonzero()[0])
-            raise ValueError(f"S[{i}, {j}] = {int(S[i, j])}: uint8 scores must be 0 or 1 (use a float S otherwise)")
+        raise ValueError(f"S must be 2-D [N models, D datapoints], got shape {_checks.shape_str(S.shape)}")
+    rows, cols = S.shape
+    if not (S.stride(1) == 1 or cols <= 1):
+        raise ValueError("S's rows must be contiguous (stride 1 along D)")
+    if rows > 1 and S.stride(0) < cols:
+        raise ValueError("S's rows must not overlap")
+    _checks.as_finite_float(alpha, "alpha")
+    _checks.as_finite_float(eps, "eps", min_value=0.0)
+    _checks.choice(attraction_mode, "attraction_mode", MODES)
+    if attraction_mode == "row":
+        _checks.check_range(_checks.as_int(parent, "parent"), "parent", 0, rows, " (a row of S)")
+    if child is not None:
+        if attraction_mode != "none":
+            raise ValueError("child is only counted with attraction_mode 'none'")
+        _checks.check_like(child, "child", dtype=S.dtype, shape=(cols,), device=S.device, contiguous=True,
+                           of=" (as a row of S)")
+    if capacity is not None:
+        _checks.check_like(capacity, "capacity", dtype=torch.float64, shape=(cols,), device=S.device,
+                           contiguous=True, of=" (one per column of S)")
+    out_dtype = reference.niche_compute_dtype(S.dtype)
+    att_shape = {"none": (0,), "row": (rows,), "matrix": (rows, rows)}[attraction_mode]
+    for t, name, shape in ((z, "z", (cols,)), (fitness, "fitness", (rows + (child is not None),)),
+                           (attraction, "attraction", att_shape)):
+        _checks.check_like(t, name, dtype=out_dtype, shape=shape, device=S.device, contiguous=True)
+    return rows, cols
 
 
-def _check_capacity(capacity, S):
+# ---------------------------------------------------------------------------
+# The public API: canonical form, then the op.
+# ---------------------------------------------------------------------------
+
+
+def _check_uint8_scores(t, name):
+    if t.dtype == torch.uint8 and t.numel() > 0 and not torch.compiler.is_compiling():
+        if int(t.max()) > 1:  # a reduction: no N x D temporary
+            pos = tuple(int(k) for k in (t > 1).nonzero()[0])
+            raise ValueError(
+                f"{name}{list(pos)} = {int(t[pos])}: uint8 scores must be 0 or 1 (use a float S otherwise)"
+            )
+
+
+def _canonical_capacity(capacity, S):
     if capacity is None:
         return None
-    if not isinstance(capacity, torch.Tensor):
-        raise TypeError(f"capacity must be a torch.Tensor or None, got {type(capacity).__name__}")
+    _checks.check_tensor(capacity, "capacity")
     if capacity.dtype == torch.bool or capacity.dtype.is_complex:
         raise TypeError(f"capacity must hold real numbers, got {capacity.dtype}")
-    if capacity.shape != (S.shape[1],):
-        raise ValueError(f"capacity must have shape ({S.shape[1]},) (one value per column of S), got {tuple(capacity.shape)}")
-    if capacity.device != S.device:
-        raise ValueError(f"capacity must be on {S.device} (the device of S), got {capacity.device}")
+    _checks.check_like(capacity, "capacity", shape=(S.shape[1],), device=S.device, of=" (one per column of S)")
     capacity = capacity.to(torch.float64).contiguous()
     if capacity.numel() > 0 and not torch.compiler.is_compiling():
         bad = ~torch.isfinite(capacity) | (capacity < 0)
@@ -52,91 +88,53 @@ def _check_capacity(capacity, S):
     return capacity
 
 
-def _check_child(child, S):
-    if not isinstance(child, torch.Tensor):
-        raise TypeError(f"child must be a torch.Tensor, got {type(child).__name__}")
-    if child.dtype != S.dtype:
-        raise TypeError(f"child must be {S.dtype} (the dtype of S), got {child.dtype}")
-    if child.shape != (S.shape[1],):
-        raise ValueError(f"child must have shape ({S.shape[1]},) (one score per column of S), got {tuple(child.shape)}")
-    if child.device != S.device:
-        raise ValueError(f"child must be on {S.device} (the device of S), got {child.device}")
-    if child.dtype == torch.uint8 and child.numel() > 0 and not torch.compiler.is_compiling():
-        if int(child.max()) > 1:
-            j = int((child > 1).nonzero()[0, 0])
-            raise ValueError(f"child[{j}] = {int(child[j])}: uint8 scores must be 0 or 1")
-    return child.contiguous()
-
-
-def _check_parent(parent, rows):
-    parent = _checks.as_int(parent, "parent")
-    if not 0 <= parent < rows:
-        raise IndexError(f"parent must lie in [0, {rows}) (a row of S), got {parent}")
-    return parent
-
-
-def raise_if_non_finite(S, child, z):
-    """A NaN or inf score makes its column's z non-finite: find the first such column,
-    then the score itself, and raise (the message of csrc/niches_args.h)."""
-    bad = ~torch.isfinite(z)
-    if not bool(bad.any()):
-        return
-    j = int(bad.nonzero()[0, 0])
-    column = S[:, j]
-    rows = (~torch.isfinite(column)).nonzero()
-    if rows.numel() > 0:
-        i = int(rows[0, 0])
-        raise ValueError(f"S[{i}, {j}] = {float(column[i])}: scores must be finite")
-    raise ValueError(f"child[{j}] = {float(child[j])}: scores must be finite")
-
-
 def _canonical(S):
-    """S with contiguous rows (a row-major view is used as is; anything else is copied)."""
-    if S.shape[1] > 1 and S.stride(1) != 1:
+    """S with contiguous rows that do not overlap (a row-major view is used as is;
+    anything else, a transposed or expanded S, is copied)."""
+    rows, cols = S.shape
+    if (cols > 1 and S.stride(1) != 1) or (rows > 1 and S.stride(0) < cols):
         S = S.contiguous()
     return S
 
 
 def _run(S, *, alpha, capacity, eps, parent, mode, child, backend):
     """The op in canonical form on the chosen backend: (z, fitness, attraction)."""
-    _check_scores(S)
-    alpha = _checks.as_finite_float(alpha, "alpha")
-    eps = _checks.as_finite_float(eps, "eps", min_value=0.0)
-    capacity = _check_capacity(capacity, S)
+    _checks.check_tensor(S, "S", SCORE_DTYPES)
+    if S.dim() != 2:
+        raise ValueError(f"S must be 2-D [N models, D datapoints], got shape {_checks.shape_str(S.shape)}")
     rows, cols = S.shape
-    if mode == "row":
-        parent = _check_parent(parent, rows)
-    else:
-        parent = -1
     if mode == "matrix" and rows == 0:
         raise ValueError("S has no rows (N = 0): there is no attraction matrix to compute")
+    _check_uint8_scores(S, "S")
+    capacity = _canonical_capacity(capacity, S)
     if child is not None:
-        child = _check_child(child, S)
+        _checks.check_like(child, "child", dtype=S.dtype, shape=(cols,), device=S.device, of=" (as a row of S)")
+        _check_uint8_scores(child, "child")
+        child = child.contiguous()
     S = _canonical(S)
     out_dtype = reference.niche_compute_dtype(S.dtype)
-    fit_rows = rows + (child is not None)
-    att_shape = {"none": (0,), "row": (rows,), "matrix": (rows, rows)}[mode]
-
-    name = _backend.choose(S.device, backend)
-    if name == "triton" and S.device.type == "cuda" and not _backend.cuda_compiled():
-        name = "cpp"  # the op's CUDA kernel is the Triton one (ops.py): opaque to torch.compile
-    if name == "torch":
-        z, fit, att = reference.niche_stats(
+    z = torch.empty(cols, dtype=out_dtype, device=S.device)
+    fit = torch.empty(rows + (child is not None), dtype=out_dtype, device=S.device)
+    att = torch.empty({"none": (0,), "row": (rows,), "matrix": (rows, rows)}[mode], dtype=out_dtype, device=S.device)
+    check_op_args(S, child, capacity, alpha, eps, -1 if parent is None else parent, mode, z, fit, att)
+    alpha = _checks.as_finite_float(alpha, "alpha")
+    eps = _checks.as_finite_float(eps, "eps", min_value=0.0)
+    parent = _checks.as_int(parent, "parent") if mode == "row" else -1
+    route = _backend.route(S.device, backend)
+    if route == "torch":
+        rz, rfit, ratt = reference.niche_stats(
             S, alpha=alpha, capacity=capacity, eps=eps, parent=parent, mode=mode, child=child
         )
         if not torch.compiler.is_compiling():
-            raise_if_non_finite(S, child, z)
-        return z, fit, (torch.empty(0, dtype=out_dtype, device=S.device) if att is None else att)
-
-    z = torch.empty(cols, dtype=out_dtype, device=S.device)
-    fit = torch.empty(fit_rows, dtype=out_dtype, device=S.device)
-    att = torch.empty(att_shape, dtype=out_dtype, device=S.device)
-    if name == "triton":
+            raise_if_non_finite(S, child, rz)
+        return rz, rfit, att if ratt is None else ratt
+    args = (S, child, capacity, alpha, eps, parent, mode, z, fit, att)
+    if route == "triton":
         from .triton import niches as triton_niches
 
-        triton_niches.niche_stats_out(S, child, capacity, alpha, eps, parent, mode, z, fit, att)
+        triton_niches.niche_stats_out(*args)
     else:
-        torch.ops.m2n2.niche_stats_out(S, child, capacity, alpha, eps, parent, mode, z, fit, att)
+        torch.ops.m2n2.niche_stats_out(*args)
     return z, fit, att
 
 

@@ -2,12 +2,16 @@
 
 - fake (meta) kernels, so every op traces under torch.compile and FakeTensorMode;
 - where this build has no CUDA C++ kernels, the Triton kernels are registered as
-  the ops' CUDA implementation, so torch.ops.m2n2.* works on any GPU.
-The user-facing API is in crossover.py (and the other op-family modules).
+  the ops' CUDA implementation, so torch.ops.m2n2.* works on any GPU; each first
+  runs the op family's checks of the canonical arguments (the `check_op_*`
+  functions of crossover.py, niches.py, scores.py), as the C++ kernels do theirs.
+The user-facing API is in crossover.py, niches.py and scores.py.
 """
 import torch
 
-from . import _backend
+from . import _backend, crossover, niches, scores
+
+# ---- split-point crossover (m2n2_kernels/crossover.py) ----
 
 
 @torch.library.register_fake("m2n2::split_interpolate_out")
@@ -25,35 +29,24 @@ def _crossover_batch_out_fake(archive, ia, ib, split, w, out, method, omega, noi
     return None
 
 
-def _check_direct_crossover_call(a, b, out, split, method, omega, index_offset):
-    """The checks the C++ kernels make (crossover_args.h), for direct torch.ops
-    callers reaching the Triton kernels: nothing is launched on bad input."""
-    from . import crossover
-
-    n = crossover._check_parents(list(a), list(b))
-    crossover._check_scalars(n, split, 0.0, method, omega, 0.0, 0, index_offset)
-    for i, (o, x) in enumerate(zip(out, a)):
-        if o.dtype != x.dtype or o.shape != x.shape or o.device != x.device or not o.is_contiguous():
-            raise ValueError(f"out[{i}] must be a contiguous {x.dtype} tensor of shape {tuple(x.shape)} on {x.device}")
-    if len(out) != len(a) or not all(t.is_contiguous() for t in list(a) + list(b)):
-        raise ValueError("a, b and out must be lists of equal length of contiguous tensors")
-
-
-def _register_triton_crossover():
+def triton_split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset):
     from .triton import crossover as tc
 
-    def out_of_place(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset):
-        _check_direct_crossover_call(a, b, out, split, method, omega, index_offset)
-        tc.split_interpolate_out(list(a), list(b), list(out), split, w, method, omega, noise_std, seed, stream, index_offset)
+    n = crossover.check_op_lists(list(a), list(b), list(out))
+    crossover.check_op_scalars(n, split, w, method, omega, noise_std, 0, index_offset)
+    tc.split_interpolate_out(list(a), list(b), list(out), split, w, method, omega, noise_std, seed, stream, index_offset)
 
-    def inplace(self, other, split, w, method, omega, noise_std, seed, stream, index_offset, self_is_a):
-        a, b = (self, other) if self_is_a else (other, self)
-        out_of_place(a, b, self, split, w, method, omega, noise_std, seed, stream, index_offset)
 
-    torch.library.impl("m2n2::split_interpolate_out", "CUDA")(out_of_place)
+def triton_split_interpolate_(self, other, split, w, method, omega, noise_std, seed, stream, index_offset, self_is_a):
+    a, b = (self, other) if self_is_a else (other, self)
+    triton_split_interpolate_out(a, b, self, split, w, method, omega, noise_std, seed, stream, index_offset)
 
-    torch.library.impl("m2n2::split_interpolate_", "CUDA")(inplace)
-    torch.library.impl("m2n2::crossover_batch_out", "CUDA")(tc.crossover_batch_out)
+
+def triton_crossover_batch_out(archive, ia, ib, split, w, out, method, omega, noise_std, seed):
+    from .triton import crossover as tc
+
+    crossover.check_op_batch(archive, ia, ib, split, w, out, method, omega)
+    tc.crossover_batch_out(archive, ia, ib, split, w, out, method, omega, noise_std, seed)
 
 
 # ---- per-sample score gathering (m2n2_kernels/scores.py) ----
@@ -64,10 +57,11 @@ def _sample_scores_out_fake(logits, target, mask, ignore_index, kind, reduce, ou
     return None
 
 
-def _register_triton_scores():
+def triton_sample_scores_out(logits, target, mask, ignore_index, kind, reduce, out, out_index):
     from .triton import scores as ts
 
-    torch.library.impl("m2n2::sample_scores_out", "CUDA")(ts.sample_scores_out)
+    scores.check_op_args(logits, target, mask, ignore_index, kind, reduce, out, out_index)
+    ts.sample_scores_out(logits, target, mask, ignore_index, kind, reduce, out, out_index)
 
 
 # ---- niche statistics (m2n2_kernels/niches.py) ----
@@ -78,16 +72,33 @@ def _niche_stats_out_fake(S, child, capacity, alpha, eps, parent, attraction_mod
     return None
 
 
-def _register_triton_niches():
+def triton_niche_stats_out(S, child, capacity, alpha, eps, parent, attraction_mode, z, fitness, attraction):
     from .triton import niches as tn
 
-    torch.library.impl("m2n2::niche_stats_out", "CUDA")(tn.niche_stats_out)
+    niches.check_op_args(S, child, capacity, alpha, eps, parent, attraction_mode, z, fitness, attraction)
+    tn.niche_stats_out(S, child, capacity, alpha, eps, parent, attraction_mode, z, fitness, attraction)
 
 
-# Without CUDA C++ kernels, the Triton ones are the ops' CUDA implementation.
+_TRITON_IMPLS = {
+    "split_interpolate_out": triton_split_interpolate_out,
+    "split_interpolate_": triton_split_interpolate_,
+    "crossover_batch_out": triton_crossover_batch_out,
+    "sample_scores_out": triton_sample_scores_out,
+    "niche_stats_out": triton_niche_stats_out,
+}
+
+
+def register_triton_kernels():
+    """The Triton kernels as the ops' CUDA implementation (used where CUDA C++ was not
+    compiled; tests call the wrappers on CPU tensors under the interpreter)."""
+    from .triton import crossover as _tc, niches as _tn, scores as _ts  # noqa: F401  (fail here if triton is too old)
+
+    for op, impl in _TRITON_IMPLS.items():
+        torch.library.impl(f"m2n2::{op}", "CUDA")(impl)
+
+
 if not _backend.cuda_compiled() and _backend.triton_importable():
-    for _register in (_register_triton_crossover, _register_triton_scores, _register_triton_niches):
-        try:
-            _register()
-        except ImportError:  # the Triton kernels need a newer triton than the one installed
-            pass
+    try:
+        register_triton_kernels()
+    except ImportError:  # the Triton kernels need a newer triton than the one installed
+        pass

@@ -134,34 +134,36 @@ def split_interpolate(
     t_i = w where index_offset + i < split, else 1 - w; lerp or slerp (angle over the
     whole vectors for omega="global", per side for "segment"); element maths in
     fp32 (fp64 for fp64), then + noise_std * z(seed, stream, index_offset + i).
-    Returns a new tensor (or list of tensors) in the dtype of a.
+    Returns a new tensor (or list of tensors) in the dtype of a (each piece of a
+    list in its own dtype and compute type: a list may mix dtypes).
     """
     is_list = isinstance(a, (list, tuple))
     a_list = list(a) if is_list else [a]
     b_list = list(b) if is_list else [b]
-    flat_a = torch.cat([t.reshape(-1) for t in a_list]) if a_list else torch.empty(0)
-    flat_b = torch.cat([t.reshape(-1) for t in b_list]) if b_list else torch.empty(0)
-    n = flat_a.numel()
+    n = sum(t.numel() for t in a_list)
     local_split = min(max(split - index_offset, 0), n)
-    sums = split_sums(flat_a, flat_b, local_split) if method == "slerp" else None
+    sums = None
+    if method == "slerp":  # the angle over the whole vector, whatever the pieces' dtypes
+        mixed = len({t.dtype for t in a_list}) > 1
+        flat = [torch.cat([t.reshape(-1).double() if mixed else t.reshape(-1) for t in ts]) for ts in (a_list, b_list)]
+        sums = split_sums(flat[0], flat[1], local_split)
     (ca0, cb0), (ca1, cb1) = split_coefs(method, omega, sums, w)
-    cdt = _compute_dtype(flat_a.dtype)
-    x, y = flat_a.to(cdt), flat_b.to(cdt)
-    child = torch.empty_like(x)
-    # Python floats become scalars of the tensor's dtype: fl(ca * a) + fl(cb * b).
-    child[:local_split] = x[:local_split] * ca0 + y[:local_split] * cb0
-    child[local_split:] = x[local_split:] * ca1 + y[local_split:] * cb1
-    if noise_std != 0.0 and n > 0:
-        index = torch.arange(n, dtype=torch.int64, device=flat_a.device) + index_offset
-        child = child + normal_noise(seed, stream, index).to(cdt) * noise_std
-    child = child.to(flat_a.dtype)
-    if not is_list:
-        return child.view_as(a)
     pieces, start = [], 0
-    for t in a_list:
-        pieces.append(child[start : start + t.numel()].view_as(t))
-        start += t.numel()
-    return pieces
+    for ta, tb in zip(a_list, b_list):
+        # Each piece in the compute type of its own dtype (a list may mix dtypes).
+        cdt = _compute_dtype(ta.dtype)
+        x, y = ta.reshape(-1).to(cdt), tb.reshape(-1).to(cdt)
+        cut = min(max(local_split - start, 0), x.numel())
+        child = torch.empty_like(x)
+        # Python floats become scalars of the tensor's dtype: fl(ca * a) + fl(cb * b).
+        child[:cut] = x[:cut] * ca0 + y[:cut] * cb0
+        child[cut:] = x[cut:] * ca1 + y[cut:] * cb1
+        if noise_std != 0.0 and x.numel() > 0:
+            index = torch.arange(x.numel(), dtype=torch.int64, device=x.device) + (index_offset + start)
+            child = child + normal_noise(seed, stream, index).to(cdt) * noise_std
+        pieces.append(child.to(ta.dtype).view_as(ta))
+        start += x.numel()
+    return pieces if is_list else pieces[0]
 
 
 def crossover_batch(archive, ia, ib, split, w, *, method="slerp", omega="global", noise_std=0.0, seed=0):

@@ -2,6 +2,7 @@
 import torch
 
 from . import _backend, _checks, reference
+from ._values import check_targets_and_index
 
 KINDS = reference.SCORE_KINDS
 REDUCES = reference.SCORE_REDUCES
@@ -12,6 +13,55 @@ ZERO_ONE_OUT_DTYPES = (torch.bool, torch.uint8)
 
 def _is_integer_dtype(dtype):
     return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
+# ---------------------------------------------------------------------------
+# The op's canonical arguments (csrc/scores_args.h checks the same, in the same words).
+# ---------------------------------------------------------------------------
+
+
+def check_op_args(logits, target, mask, ignore_index, kind, reduce, out, out_index):
+    """sample_scores_out's arguments: logits [B, T, V] with a contiguous last
+    dimension, target [B, T] int64, mask [B, T] bool or None, out 1-D, out_index [B]
+    int64 or None. Values (targets, out_index) are not read here."""
+    _checks.choice(kind, "kind", KINDS)
+    _checks.choice(reduce, "reduce", REDUCES)
+    if reduce == "all" and kind != "correct":
+        raise ValueError("reduce='all' (exact match) needs kind='correct'")
+    _checks.check_tensor(logits, "logits", LOGITS_DTYPES)
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be 3-D [B, T, V], got shape {_checks.shape_str(logits.shape)}")
+    batch, tokens, vocab = logits.shape
+    if not 1 <= vocab < 2**31:
+        raise ValueError(f"logits' last dimension (V, the number of classes) must lie in [1, 2**31), got {vocab}")
+    if logits.stride(2) != 1 and vocab > 1:
+        raise ValueError("logits' last dimension must be contiguous")
+    _checks.check_like(target, "target", dtype=torch.int64, shape=(batch, tokens), device=logits.device,
+                       contiguous=True)
+    _checks.as_int(ignore_index, "ignore_index")
+    if mask is not None:
+        _checks.check_like(mask, "mask", dtype=torch.bool, shape=(batch, tokens), device=logits.device,
+                           contiguous=True, of=" (as target)")
+    _checks.check_tensor(out, "out", FLOAT_OUT_DTYPES + ZERO_ONE_OUT_DTYPES)
+    if out.dtype in ZERO_ONE_OUT_DTYPES and not _zero_one(kind, reduce, tokens):
+        raise TypeError(
+            f"out may be {out.dtype} only for 0/1 scores (kind='correct' with one token per sample or "
+            f"reduce='all'); kind={kind!r}, reduce={reduce!r} needs a float out"
+        )
+    if out.dim() != 1:
+        raise ValueError(f"out must be 1-D (e.g. a row S[i] of a score matrix), got shape {_checks.shape_str(out.shape)}")
+    _checks.check_like(out, "out", device=logits.device)
+    if out_index is None:
+        if out.shape[0] != batch:
+            raise ValueError(f"out must have {batch} elements (one per sample) without out_index, got {out.shape[0]}")
+    else:
+        _checks.check_like(out_index, "out_index", dtype=torch.int64, shape=(batch,), device=logits.device,
+                           contiguous=True, of=" (one index per sample)")
+
+
+# ---------------------------------------------------------------------------
+# The public API: canonical form, then the op.
+# ---------------------------------------------------------------------------
 
 
 def _check_logits(logits):
@@ -80,7 +130,10 @@ def _check_out(out, out_index, logits, batch, tokens, kind, reduce):
         if out.shape[0] != batch:
             raise ValueError(f"out must have {batch} elements (one per sample) without out_index, got {out.shape[0]}")
         return None
-    index = torch.as_tensor(out_index, device=out.device) if not isinstance(out_index, torch.Tensor) else out_index
+    if isinstance(out_index, torch.Tensor):
+        index = out_index
+    else:  # an empty sequence holds integers too (torch would infer float32)
+        index = torch.as_tensor(out_index, device=out.device, dtype=None if len(out_index) else torch.int64)
     if not _is_integer_dtype(index.dtype):
         raise TypeError(f"out_index must hold integers (datapoint indices), got {index.dtype}")
     if index.shape != (batch,):
@@ -88,31 +141,6 @@ def _check_out(out, out_index, logits, batch, tokens, kind, reduce):
     if index.device != out.device:
         raise ValueError(f"out_index must be on {out.device} (the device of out), got {index.device}")
     return index
-
-
-def _check_no_overlap(out, inputs):
-    if torch.compiler.is_compiling():
-        return  # fake tensors have no storage to compare
-    for t, name in inputs:
-        if t is not None and _checks.overlap(out, t) != "none":
-            raise ValueError(f"out must not overlap {name}")
-
-
-def check_values(target, mask, vocab, ignore_index, out_index, out_size):
-    """Value checks of the torch and Triton paths (the C++ kernels do their own):
-    valid targets in [0, V), out_index in [0, len(out)). One host sync on a GPU."""
-    valid = reference.token_valid(target, mask, ignore_index)
-    bad = valid & ((target < 0) | (target >= vocab))
-    if bool(bad.any()):
-        pos = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(
-            f"target{list(pos)} = {int(target[pos])} lies outside [0, {vocab}) and is not ignore_index ({ignore_index})"
-        )
-    if out_index is not None and out_index.numel() > 0:
-        bad = (out_index < 0) | (out_index >= out_size)
-        if bool(bad.any()):
-            b = int(bad.nonzero()[0, 0])
-            raise ValueError(f"out_index[{b}] = {int(out_index[b])} lies outside [0, {out_size}) (the elements of out)")
 
 
 def sample_scores(
@@ -169,7 +197,7 @@ def sample_scores(
     if out is None:
         out = torch.empty(batch, dtype=torch.float32, device=logits.device)
     else:
-        _check_no_overlap(out, ((logits, "logits"), (target, "target"), (mask, "mask"), (index, "out_index")))
+        _checks.check_no_overlap(out, "out", ((logits, "logits"), (target, "target"), (mask, "mask"), (index, "out_index")))
     if batch == 0:
         return out
 
@@ -182,12 +210,12 @@ def sample_scores(
     mask2 = None if mask is None else mask.reshape(batch, tokens).to(torch.bool).contiguous()
     index = None if index is None else index.to(torch.int64).contiguous()
 
-    name = _backend.choose(logits.device, backend)
-    if name == "triton" and logits.device.type == "cuda" and not _backend.cuda_compiled():
-        name = "cpp"  # the op's CUDA kernel is the Triton one (ops.py): opaque to torch.compile
-    if name == "torch":
+    args = (logits3, target2, mask2, ignore_index, kind, reduce, out, index)
+    check_op_args(*args)
+    route = _backend.route(logits.device, backend)
+    if route == "torch":
         if not torch.compiler.is_compiling():
-            check_values(target2, mask2, logits3.shape[-1], ignore_index, index, out.shape[0])
+            check_targets_and_index(target2, mask2, logits3.shape[-1], ignore_index, index, out.shape[0])
         scores = reference.sample_scores(
             logits3, target2, kind=kind, mask=mask2, ignore_index=ignore_index, reduce=reduce
         )
@@ -196,10 +224,10 @@ def sample_scores(
                 out.copy_(scores)
             else:
                 out.index_copy_(0, index, scores.to(out.dtype))
-    elif name == "triton":
+    elif route == "triton":
         from .triton import scores as triton_scores
 
-        triton_scores.sample_scores_out(logits3, target2, mask2, ignore_index, kind, reduce, out, index)
+        triton_scores.sample_scores_out(*args)
     else:
-        torch.ops.m2n2.sample_scores_out(logits3, target2, mask2, ignore_index, kind, reduce, out, index)
+        torch.ops.m2n2.sample_scores_out(*args)
     return out

@@ -169,6 +169,34 @@ def test_multi_tensor_equals_concatenation(device, backend, method, omega):
 
 
 @pytest.mark.parametrize("device,backend", device_backend_params())
+@pytest.mark.parametrize("method,omega", METHODS)
+def test_mixed_dtype_list(device, backend, method, omega):
+    # A checkpoint as it is: bf16 weights beside fp32 norms (and fp16, fp64 pieces).
+    # One split and one angle over the whole list; each piece in its own dtype.
+    dtypes = [torch.bfloat16, torch.float32, torch.float16, torch.float64, torch.float32]
+    shapes = [(33, 5), (7,), (0,), (1000,), (3, 3)]
+    g = torch.Generator().manual_seed(4)
+    a = [torch.randn(s, generator=g).to(device, d) for s, d in zip(shapes, dtypes)]
+    b = [torch.randn(s, generator=g).to(device, d) for s, d in zip(shapes, dtypes)]
+    n = sum(t.numel() for t in a)
+    for split in (0, 170, n):
+        kwargs = dict(method=method, omega=omega, noise_std=0.01, seed=3)
+        got = mk.split_interpolate(a, b, split, 0.3, backend=backend, **kwargs)
+        want = reference.split_interpolate([t.cpu() for t in a], [t.cpu() for t in b], split, 0.3, **kwargs)
+        for x, y, d in zip(got, want, dtypes):
+            assert x.dtype == d
+            tol = tolerances(d)  # the noise's fp32 log/sin/cos differ in their last bits
+            torch.testing.assert_close(x.cpu(), y, rtol=max(tol["rtol"], 1e-5), atol=max(tol["atol"], 1e-6))
+        if method == "lerp":  # no angle: each piece alone, at its global offset, bit for bit
+            start = 0
+            for i, (x, y) in enumerate(zip(a, b)):
+                cut = split if start > 0 else min(split, x.numel())
+                alone = mk.split_interpolate(x, y, cut, 0.3, backend=backend, index_offset=start, **kwargs)
+                assert torch.equal(alone, got[i])
+                start += x.numel()
+
+
+@pytest.mark.parametrize("device,backend", device_backend_params())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("noise_std", [0.0, 0.02])
 def test_batch_equals_loop(device, backend, dtype, noise_std):
@@ -257,9 +285,9 @@ def _bad_calls():
     return [
         (TypeError, r"a\[0\] must be a torch.Tensor", lambda: mk.split_interpolate([1, 2], b, 1, 0.5)),
         (TypeError, "a must be a tensor or a list", lambda: mk.split_interpolate("a", b, 1, 0.5)),
-        (ValueError, "same shape", lambda: mk.split_interpolate(a, torch.randn(11), 1, 0.5)),
-        (ValueError, "same shape", lambda: mk.split_interpolate(a, torch.randn(2, 5), 1, 0.5)),
-        (TypeError, "dtype", lambda: mk.split_interpolate(a, b.double(), 1, 0.5)),
+        (ValueError, r"b must have shape \(10,\) \(as a\), got \(11,\)", lambda: mk.split_interpolate(a, torch.randn(11), 1, 0.5)),
+        (ValueError, r"b must have shape \(10,\) \(as a\), got \(2, 5\)", lambda: mk.split_interpolate(a, torch.randn(2, 5), 1, 0.5)),
+        (TypeError, r"b must be torch.float32 \(as a\), got torch.float64", lambda: mk.split_interpolate(a, b.double(), 1, 0.5)),
         (TypeError, "a must be float32", lambda: mk.split_interpolate(a.int(), b.int(), 1, 0.5)),
         (TypeError, "a must be float32", lambda: mk.split_interpolate(a.bool(), b.bool(), 1, 0.5)),
         (ValueError, "split must lie in", lambda: mk.split_interpolate(a, b, 11, 0.5)),
@@ -275,13 +303,13 @@ def _bad_calls():
         (ValueError, "seed must lie", lambda: mk.split_interpolate(a, b, 1, 0.5, seed=-1)),
         (ValueError, "out must be contiguous", lambda: mk.split_interpolate(a, b, 1, 0.5, out=torch.empty(20)[::2])),
         (ValueError, "out partly overlaps a", lambda: mk.split_interpolate(a[:-1], b[:-1], 1, 0.5, out=a[1:])),
-        (ValueError, "out must have shape", lambda: mk.split_interpolate(a, b, 1, 0.5, out=torch.empty(9))),
-        (TypeError, "out must have dtype", lambda: mk.split_interpolate(a, b, 1, 0.5, out=torch.empty(10, dtype=torch.float64))),
+        (ValueError, r"out must have shape \(10,\) \(as a\), got \(9,\)", lambda: mk.split_interpolate(a, b, 1, 0.5, out=torch.empty(9))),
+        (TypeError, r"out must be torch.float32 \(as a\), got torch.float64", lambda: mk.split_interpolate(a, b, 1, 0.5, out=torch.empty(10, dtype=torch.float64))),
         (ValueError, "as many tensors", lambda: mk.split_interpolate([a, a], [b], 1, 0.5)),
         (ValueError, "a must be contiguous", lambda: mk.split_interpolate_(torch.randn(20)[::2], b, 1, 0.5)),
-        (ValueError, "ia must lie in", lambda: mk.crossover_batch(torch.randn(3, 10), [0, 3], [1, 1], [1, 1], [0.5, 0.5])),
+        (IndexError, r"ia must lie in \[0, 3\) \(rows of archive\), got 3", lambda: mk.crossover_batch(torch.randn(3, 10), [0, 3], [1, 1], [1, 1], [0.5, 0.5])),
         (ValueError, "split must lie in", lambda: mk.crossover_batch(torch.randn(3, 10), [0], [1], [11], [0.5])),
-        (ValueError, "w must have length", lambda: mk.crossover_batch(torch.randn(3, 10), [0], [1], [1], [0.5, 0.2])),
+        (ValueError, r"w must have length 1 \(the length of ia\), got 2", lambda: mk.crossover_batch(torch.randn(3, 10), [0], [1], [1], [0.5, 0.2])),
         (ValueError, "archive must be 2-D", lambda: mk.crossover_batch(torch.randn(10), [0], [0], [1], [0.5])),
         (ValueError, "out must not overlap archive", lambda: mk.crossover_batch(
             archive, [0], [1], [1], [0.5], out=archive[2:])),
@@ -308,10 +336,10 @@ def test_bad_input_leaves_output_untouched():
 def test_device_mismatch_is_rejected():
     if not torch.cuda.is_available():
         meta = torch.empty(10, device="meta")
-        with pytest.raises(ValueError, match="one device"):
+        with pytest.raises(ValueError, match=r"b must be on cpu \(as a\), got meta"):
             mk.split_interpolate(torch.randn(10), meta, 1, 0.5)
     else:
-        with pytest.raises(ValueError, match="one device"):
+        with pytest.raises(ValueError, match=r"b must be on cpu \(as a\), got cuda:0"):
             mk.split_interpolate(torch.randn(10), torch.randn(10, device="cuda"), 1, 0.5)
 
 

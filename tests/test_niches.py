@@ -354,15 +354,15 @@ def test_direct_op_checks():
         op(S, None, None, 1.0, 0.0, 0, "column", z, fit, row)
     with pytest.raises(IndexError, match="parent must lie"):
         op(S, None, None, 1.0, 0.0, 3, "row", z, fit, row)
-    with pytest.raises(TypeError, match="capacity must be float64"):
+    with pytest.raises(TypeError, match=r"capacity must be torch.float64 \(one per column of S\), got torch.float32"):
         op(S, None, torch.ones(5), 1.0, 0.0, 0, "row", z, fit, row)
     with pytest.raises(ValueError, match="fitness must have shape"):
         op(S, None, None, 1.0, 0.0, 0, "row", z, torch.empty(4), row)
     with pytest.raises(ValueError, match="attraction must have shape"):
         op(S, None, None, 1.0, 0.0, 0, "matrix", z, fit, row)
-    with pytest.raises(TypeError, match="z must be Float"):
+    with pytest.raises(TypeError, match="z must be torch.float32"):
         op(S, None, None, 1.0, 0.0, 0, "row", z.double(), fit, row)
-    with pytest.raises(ValueError, match="eps must be finite and >= 0"):
+    with pytest.raises(ValueError, match=r"eps must be >= 0.0, got -1.0"):
         op(S, None, None, 1.0, -1.0, 0, "row", z, fit, row)
     bad = S.clone()
     bad[2, 1] = float("nan")

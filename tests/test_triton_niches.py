@@ -84,31 +84,34 @@ def test_bf16_pieces_are_exact():
 
 
 def test_direct_call_checks():
-    # The words of csrc/niches_args.h, for torch.ops callers that reach the Triton
-    # function on CUDA (ops.py registers it where CUDA C++ was not compiled).
+    # torch.ops callers that reach the Triton kernels on CUDA (ops.py registers them
+    # where CUDA C++ was not compiled) get the checks of niches.check_op_args, in the
+    # words of csrc/niches_args.h (tests/test_op_contract.py compares the two).
+    from m2n2_kernels import ops
+
     S = make_scores(3, 5, torch.float32, DEVICE)
-    f = tn().niche_stats_out
+    f = ops.triton_niche_stats_out
     e = dict(device=DEVICE)
     z, fit, row = torch.empty(5, **e), torch.empty(3, **e), torch.empty(3, **e)
     names = ("S", "child", "capacity", "alpha", "eps", "parent", "mode", "z", "fitness", "attraction")
     good = dict(zip(names, (S, None, None, 1.0, 0.0, 0, "row", z, fit, row)))
     with_child = dict(mode="none", fitness=torch.empty(4, **e), attraction=torch.empty(0, **e))
     cases = [
-        (ValueError, r"S must be 2-D \[N, D\], got shape \[5\]", dict(S=S[0])),
-        (TypeError, "S must be bool, uint8, float16, bfloat16, float32 or float64, got Int", dict(S=S.int())),
+        (ValueError, r"S must be 2-D \[N models, D datapoints\], got shape \(5,\)", dict(S=S[0])),
+        (TypeError, "S must be bool, uint8, float16, bfloat16, float32 or float64, got torch.int32", dict(S=S.int())),
         (ValueError, r"S's rows must be contiguous", dict(S=S.t().contiguous().t())),
         (ValueError, "alpha must be finite, got nan", dict(alpha=float("nan"))),
-        (ValueError, "eps must be finite and >= 0, got -1", dict(eps=-1.0)),
-        (ValueError, "mode must be 'none', 'row' or 'matrix', got 'column'", dict(mode="column")),
-        (IndexError, r"parent must lie in \[0, 3\), got 3", dict(parent=3)),
-        (ValueError, "a child row is only counted with mode 'none'", dict(child=S[0])),
-        (TypeError, r"child must be Float \(the dtype of S\), got Double", dict(child=S[0].double(), **with_child)),
-        (ValueError, r"child must have shape \[5\], got \[4\]", dict(child=S[0, :4], **with_child)),
-        (TypeError, "capacity must be float64, got Float", dict(capacity=torch.ones(5, **e))),
-        (ValueError, r"capacity must have shape \[5\], got \[4\]", dict(capacity=torch.ones(4, **e).double())),
-        (TypeError, "z must be Float, got Double", dict(z=z.double())),
-        (ValueError, r"fitness must have shape \[3\], got \[4\]", dict(fitness=torch.empty(4, **e))),
-        (ValueError, r"attraction must have shape \[3, 3\], got \[3\]", dict(mode="matrix")),
+        (ValueError, r"eps must be >= 0.0, got -1.0", dict(eps=-1.0)),
+        (ValueError, r"attraction_mode must be one of \('none', 'row', 'matrix'\), got 'column'", dict(mode="column")),
+        (IndexError, r"parent must lie in \[0, 3\) \(a row of S\), got 3", dict(parent=3)),
+        (ValueError, "child is only counted with attraction_mode 'none'", dict(child=S[0])),
+        (TypeError, r"child must be torch.float32 \(as a row of S\), got torch.float64", dict(child=S[0].double(), **with_child)),
+        (ValueError, r"child must have shape \(5,\) \(as a row of S\), got \(4,\)", dict(child=S[0, :4], **with_child)),
+        (TypeError, r"capacity must be torch.float64 \(one per column of S\), got torch.float32", dict(capacity=torch.ones(5, **e))),
+        (ValueError, r"capacity must have shape \(5,\)", dict(capacity=torch.ones(4, **e).double())),
+        (TypeError, "z must be torch.float32, got torch.float64", dict(z=z.double())),
+        (ValueError, r"fitness must have shape \(3,\), got \(4,\)", dict(fitness=torch.empty(4, **e))),
+        (ValueError, r"attraction must have shape \(3, 3\), got \(3,\)", dict(mode="matrix")),
         (ValueError, "attraction must be contiguous", dict(mode="matrix", attraction=torch.empty(3, 3, **e).t())),
     ]
     for error, message, changes in cases:

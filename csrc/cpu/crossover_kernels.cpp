@@ -136,8 +136,37 @@ int64_t side_cut(const Segment& seg, const Chunk& c, int64_t split) {
   return std::max(c.begin, std::min(c.end, local));
 }
 
+// dot, |a|^2, |b|^2 of each side of the cut, for one chunk (6 doubles).
 template <class T>
-SplitSums split_sums_typed(const std::vector<Segment>& segments, int64_t split) {
+void chunk_sums(const Segment& seg, const Chunk& c, int64_t cut, double* partial) {
+  const T* a = static_cast<const T*>(seg.a);
+  const T* b = static_cast<const T*>(seg.b);
+  range_sums(a + c.begin, b + c.begin, cut - c.begin, partial);
+  range_sums(a + cut, b + cut, c.end - cut, partial + 3);
+}
+
+// The child of one chunk, in the compute type of its segment's storage type.
+template <class T>
+void chunk_interp(const Segment& seg, const Chunk& c, int64_t cut, const SplitCoefs& coefs, double noise_std,
+                  uint64_t seed, uint64_t stream) {
+  using C = compute_t<T>;
+  const T* a = static_cast<const T*>(seg.a);
+  const T* b = static_cast<const T*>(seg.b);
+  T* out = static_cast<T*>(seg.out);
+  const uint64_t first = uint64_t(seg.first_index);
+  if (cut > c.begin) {
+    interp_range(a + c.begin, b + c.begin, out + c.begin, cut - c.begin, C(coefs.ca[0]), C(coefs.cb[0]),
+                 C(noise_std), seed, stream, first + uint64_t(c.begin));
+  }
+  if (c.end > cut) {
+    interp_range(a + cut, b + cut, out + cut, c.end - cut, C(coefs.ca[1]), C(coefs.cb[1]), C(noise_std), seed,
+                 stream, first + uint64_t(cut));
+  }
+}
+
+}  // namespace
+
+SplitSums split_sums(const std::vector<Segment>& segments, int64_t split) {
   const std::vector<Chunk> chunks = make_chunks(segments);
   const int64_t nchunks = int64_t(chunks.size());
   std::vector<double> partial(size_t(nchunks) * 6, 0.0);
@@ -145,11 +174,7 @@ SplitSums split_sums_typed(const std::vector<Segment>& segments, int64_t split) 
   for (int64_t k = 0; k < nchunks; ++k) {
     const Chunk& c = chunks[k];
     const Segment& seg = segments[c.segment];
-    const T* a = static_cast<const T*>(seg.a);
-    const T* b = static_cast<const T*>(seg.b);
-    const int64_t cut = side_cut(seg, c, split);
-    range_sums(a + c.begin, b + c.begin, cut - c.begin, &partial[6 * k]);
-    range_sums(a + cut, b + cut, c.end - cut, &partial[6 * k + 3]);
+    M2N2_DISPATCH_FLOAT(seg.dtype, chunk_sums, seg, c, side_cut(seg, c, split), &partial[6 * k])
   }
   SplitSums sums{};
   for (int64_t k = 0; k < nchunks; ++k) {  // fixed order: independent of threads
@@ -162,66 +187,17 @@ SplitSums split_sums_typed(const std::vector<Segment>& segments, int64_t split) 
   return sums;
 }
 
-template <class T>
-void split_interp_typed(const std::vector<Segment>& segments, int64_t split, const SplitCoefs& coefs,
-                        double noise_std, uint64_t seed, uint64_t stream) {
-  using C = compute_t<T>;
+void split_interp(const std::vector<Segment>& segments, int64_t split, const SplitCoefs& coefs,
+                  double noise_std, uint64_t seed, uint64_t stream) {
   const std::vector<Chunk> chunks = make_chunks(segments);
   const int64_t nchunks = int64_t(chunks.size());
-  const C ca[2] = {C(coefs.ca[0]), C(coefs.ca[1])};
-  const C cb[2] = {C(coefs.cb[0]), C(coefs.cb[1])};
-  const C sigma = C(noise_std);
 #pragma omp parallel for schedule(static) if (nchunks > 1)
   for (int64_t k = 0; k < nchunks; ++k) {
     const Chunk& c = chunks[k];
     const Segment& seg = segments[c.segment];
-    const T* a = static_cast<const T*>(seg.a);
-    const T* b = static_cast<const T*>(seg.b);
-    T* out = static_cast<T*>(seg.out);
-    const int64_t cut = side_cut(seg, c, split);
-    const uint64_t first = uint64_t(seg.first_index);
-    if (cut > c.begin) {
-      interp_range(a + c.begin, b + c.begin, out + c.begin, cut - c.begin, ca[0], cb[0], sigma, seed,
-                   stream, first + uint64_t(c.begin));
-    }
-    if (c.end > cut) {
-      interp_range(a + cut, b + cut, out + cut, c.end - cut, ca[1], cb[1], sigma, seed, stream,
-                   first + uint64_t(cut));
-    }
+    M2N2_DISPATCH_FLOAT(seg.dtype, chunk_interp, seg, c, side_cut(seg, c, split), coefs, noise_std, seed,
+                        stream)
   }
-}
-
-}  // namespace
-
-SplitSums split_sums(Dtype dtype, const std::vector<Segment>& segments, int64_t split) {
-  switch (dtype) {
-    case Dtype::kFloat: return split_sums_typed<float>(segments, split);
-    case Dtype::kDouble: return split_sums_typed<double>(segments, split);
-    case Dtype::kBFloat16: return split_sums_typed<bf16_t>(segments, split);
-    case Dtype::kHalf: return split_sums_typed<half_t>(segments, split);
-  }
-  return SplitSums{};
-}
-
-void split_interp(Dtype dtype, const std::vector<Segment>& segments, int64_t split,
-                  const SplitCoefs& coefs, double noise_std, uint64_t seed, uint64_t stream) {
-  switch (dtype) {
-    case Dtype::kFloat: return split_interp_typed<float>(segments, split, coefs, noise_std, seed, stream);
-    case Dtype::kDouble: return split_interp_typed<double>(segments, split, coefs, noise_std, seed, stream);
-    case Dtype::kBFloat16: return split_interp_typed<bf16_t>(segments, split, coefs, noise_std, seed, stream);
-    case Dtype::kHalf: return split_interp_typed<half_t>(segments, split, coefs, noise_std, seed, stream);
-  }
-}
-
-const char* isa_in_use() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) return "x86-64-v4 (AVX-512)";
-  if (__builtin_cpu_supports("x86-64-v3")) return "x86-64-v3 (AVX2+FMA)";
-  return "x86-64 (SSE2)";
-#else
-  return "generic";
-#endif
 }
 
 }  // namespace m2n2::cpu

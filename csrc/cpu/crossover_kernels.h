@@ -17,13 +17,11 @@ using m2n2::Dtype;
 using m2n2::Segment;
 
 // dot, |a|^2, |b|^2 on each side of the split (fp64 partials of blocked sums).
-SplitSums split_sums(Dtype dtype, const std::vector<Segment>& segments, int64_t split);
+SplitSums split_sums(const std::vector<Segment>& segments, int64_t split);
 
-// out = ca[side] a + cb[side] b (+ noise_std * z(seed, stream, index)).
-void split_interp(Dtype dtype, const std::vector<Segment>& segments, int64_t split,
-                  const SplitCoefs& coefs, double noise_std, uint64_t seed, uint64_t stream);
-
-// Which instruction set the runtime dispatch picked on this CPU ("avx512", ...).
-const char* isa_in_use();
+// out = ca[side] a + cb[side] b (+ noise_std * z(seed, stream, index)), each segment
+// in the compute type of its own dtype.
+void split_interp(const std::vector<Segment>& segments, int64_t split, const SplitCoefs& coefs,
+                  double noise_std, uint64_t seed, uint64_t stream);
 
 }  // namespace m2n2::cpu

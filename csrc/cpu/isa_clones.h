@@ -17,3 +17,10 @@
 #define M2N2_CLONES
 #define M2N2_POPCOUNT_CLONES
 #endif
+
+namespace m2n2::cpu {
+
+// The instruction set the loader's dispatch picks on this CPU, e.g. "x86-64-v4 (AVX-512)".
+const char* isa_in_use();
+
+}  // namespace m2n2::cpu

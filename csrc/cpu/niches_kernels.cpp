@@ -147,11 +147,12 @@ M2N2_STATS_CLONE(stats_double, double)
 void stats_dispatch(const NichesProblem& p, int64_t c0, int64_t c1, int64_t block, double* z, double* u,
                     ChunkSums& out) {
   switch (p.type) {
-    case NicheScore::kBinary: return stats_binary(p, c0, c1, block, z, u, out);
-    case NicheScore::kHalf: return stats_half(p, c0, c1, block, z, u, out);
-    case NicheScore::kBFloat16: return stats_bf16(p, c0, c1, block, z, u, out);
-    case NicheScore::kFloat: return stats_float(p, c0, c1, block, z, u, out);
-    case NicheScore::kDouble: return stats_double(p, c0, c1, block, z, u, out);
+    case Dtype::kUInt8: return stats_binary(p, c0, c1, block, z, u, out);
+    case Dtype::kHalf: return stats_half(p, c0, c1, block, z, u, out);
+    case Dtype::kBFloat16: return stats_bf16(p, c0, c1, block, z, u, out);
+    case Dtype::kFloat: return stats_float(p, c0, c1, block, z, u, out);
+    case Dtype::kDouble: return stats_double(p, c0, c1, block, z, u, out);
+    default: break;  // refused by the argument checks
   }
 }
 
@@ -159,11 +160,12 @@ double score_at(const NichesProblem& p, int64_t row, int64_t col) {
   const int64_t k = row < p.rows ? row * p.row_stride + col : col;
   const void* base = row < p.rows ? p.scores : p.child;
   switch (p.type) {
-    case NicheScore::kBinary: return score_value(static_cast<const uint8_t*>(base)[k]);
-    case NicheScore::kHalf: return score_value(static_cast<const half_t*>(base)[k]);
-    case NicheScore::kBFloat16: return score_value(static_cast<const bf16_t*>(base)[k]);
-    case NicheScore::kFloat: return score_value(static_cast<const float*>(base)[k]);
-    case NicheScore::kDouble: return score_value(static_cast<const double*>(base)[k]);
+    case Dtype::kUInt8: return score_value(static_cast<const uint8_t*>(base)[k]);
+    case Dtype::kHalf: return score_value(static_cast<const half_t*>(base)[k]);
+    case Dtype::kBFloat16: return score_value(static_cast<const bf16_t*>(base)[k]);
+    case Dtype::kFloat: return score_value(static_cast<const float*>(base)[k]);
+    case Dtype::kDouble: return score_value(static_cast<const double*>(base)[k]);
+    default: break;  // refused by the argument checks
   }
   return 0.0;
 }
@@ -273,18 +275,19 @@ M2N2_CLONES void tile_row_double(const double* X, int64_t lenp, int64_t a0, int6
 void scale_row_dispatch(const NichesProblem& p, const double* u, int64_t i, int64_t j0, int64_t len, int64_t lenp,
                         void* x) {
   switch (p.type) {
-    case NicheScore::kBinary: return scale_row_binary(p, u, i, j0, len, lenp, static_cast<float*>(x));
-    case NicheScore::kHalf: return scale_row_half(p, u, i, j0, len, lenp, static_cast<float*>(x));
-    case NicheScore::kBFloat16: return scale_row_bf16(p, u, i, j0, len, lenp, static_cast<float*>(x));
-    case NicheScore::kFloat: return scale_row_float(p, u, i, j0, len, lenp, static_cast<float*>(x));
-    case NicheScore::kDouble: return scale_row_double(p, u, i, j0, len, lenp, static_cast<double*>(x));
+    case Dtype::kUInt8: return scale_row_binary(p, u, i, j0, len, lenp, static_cast<float*>(x));
+    case Dtype::kHalf: return scale_row_half(p, u, i, j0, len, lenp, static_cast<float*>(x));
+    case Dtype::kBFloat16: return scale_row_bf16(p, u, i, j0, len, lenp, static_cast<float*>(x));
+    case Dtype::kFloat: return scale_row_float(p, u, i, j0, len, lenp, static_cast<float*>(x));
+    case Dtype::kDouble: return scale_row_double(p, u, i, j0, len, lenp, static_cast<double*>(x));
+    default: break;  // refused by the argument checks
   }
 }
 
 // Column blocks of X (all rows, about 1 MiB: it stays in L2) one after another; the
 // tile rows of a block in parallel. Each A[a, b] adds its block sums in block order.
 void attraction_matrix_tiled(const NichesProblem& p, const double* u, double* A) {
-  const bool dbl = p.type == NicheScore::kDouble;
+  const bool dbl = p.type == Dtype::kDouble;
   const int64_t elem = dbl ? 8 : 4;
   const int64_t L = 64 / elem;  // elements of one 512-bit vector
   const int64_t n = p.rows;
@@ -484,7 +487,7 @@ NonFiniteScore niche_stats(const NichesProblem& p) {
   const int64_t n = p.rows, d = p.cols, fit_rows = fitness_rows(p);
   const bool want_row = p.mode == AttractionMode::kRow;
   std::vector<double> z(d), u(d);
-  const int64_t block = stats_block_cols(fit_rows, niche_score_bytes(p.type));
+  const int64_t block = stats_block_cols(fit_rows, dtype_bytes(p.type));
   const int64_t blocks = (d + block - 1) / block;
   const int64_t chunks = std::min(blocks, kMaxChunks);
   std::vector<double> fit_part(std::max<int64_t>(1, chunks) * fit_rows, 0.0);
@@ -531,7 +534,7 @@ NonFiniteScore niche_stats(const NichesProblem& p) {
     write(total.data(), n, p.attraction);
   } else if (p.mode == AttractionMode::kMatrix) {
     std::vector<double> A(n * n, 0.0);
-    const bool done = p.type == NicheScore::kBinary && n > 1 && attraction_matrix_bits(p, z.data(), u.data(), A.data());
+    const bool done = p.type == Dtype::kUInt8 && n > 1 && attraction_matrix_bits(p, z.data(), u.data(), A.data());
     if (!done) attraction_matrix_tiled(p, u.data(), A.data());
     write(A.data(), n * n, p.attraction);
   }

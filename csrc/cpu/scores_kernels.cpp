@@ -180,9 +180,10 @@ int64_t first_bad_out_index(const ScoresProblem& p) {
 void sample_scores(const ScoresProblem& p) {
   if (p.batch == 0) return;
   switch (p.dtype) {
-    case LogitsType::kFloat: return sample_scores_typed<float>(p);
-    case LogitsType::kBFloat16: return sample_scores_typed<bf16_t>(p);
-    case LogitsType::kHalf: return sample_scores_typed<half_t>(p);
+    case Dtype::kFloat: return sample_scores_typed<float>(p);
+    case Dtype::kBFloat16: return sample_scores_typed<bf16_t>(p);
+    case Dtype::kHalf: return sample_scores_typed<half_t>(p);
+    default: break;  // refused by the argument checks
   }
 }
 

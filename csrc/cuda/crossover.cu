@@ -10,6 +10,7 @@
 
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../crossover_args.h"
@@ -29,27 +30,40 @@ void split_interpolate_out_cuda(at::TensorList a, at::TensorList b, at::TensorLi
                                 double noise_std, int64_t seed, int64_t stream, int64_t index_offset) {
   const Method m = parse_method(std::string(method));
   const OmegaMode o = parse_omega(std::string(omega));
-  const int64_t n = check_crossover_lists(a, b, out, c10::DeviceType::CUDA);
+  int64_t n = 0;
+  const std::vector<Segment> segments = crossover_segments(a, b, out, c10::DeviceType::CUDA, index_offset, &n);
   check_split(split, index_offset, n);
-  const std::vector<Segment> segments = make_segments(a, b, out, index_offset);
   if (segments.empty()) return;
 
   const c10::cuda::CUDAGuard guard(a[0].device());
   const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream();
-  const Dtype dtype = storage_dtype(a[0].scalar_type());
-  const gpu::LaunchPlan plan =
-      gpu::plan_launches(segments, gpu::unit_elems(dtype), gpu::block_budget(a[0].device().index()));
+  // A launch plan per dtype present (a list may mix bf16 weights and fp32 norms); the
+  // partial sums of all plans go to one workspace, added up in a fixed order.
+  std::vector<std::pair<Dtype, cuda::LaunchPlan>> plans;
+  for (Dtype dtype : {Dtype::kFloat, Dtype::kDouble, Dtype::kBFloat16, Dtype::kHalf}) {
+    std::vector<Segment> group;
+    for (const Segment& s : segments) {
+      if (s.dtype == dtype) group.push_back(s);
+    }
+    if (!group.empty()) {
+      plans.emplace_back(dtype, cuda::plan_launches(group, cuda::unit_elems(dtype), cuda::block_budget(a[0].device().index())));
+    }
+  }
 
-  gpu::CoefSource coefs{};
+  cuda::CoefSource coefs{};
   at::Tensor coef_buffer;
   if (m == Method::kSlerp) {
-    const at::Tensor partials = workspace(6 * plan.total_blocks, a[0]);
+    int64_t total_blocks = 0;
+    for (const auto& p : plans) total_blocks += p.second.total_blocks;
+    const at::Tensor partials = workspace(6 * total_blocks, a[0]);
     coef_buffer = workspace(4, a[0]);
-    gpu::launch_list_sums(dtype, plan, split, partials.data_ptr<double>(), cuda_stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    gpu::launch_coefs(partials.data_ptr<double>(), plan.total_blocks, 1, m, o, nullptr, w,
-                      coef_buffer.data_ptr<double>(), cuda_stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    int64_t first_block = 0;
+    for (const auto& p : plans) {
+      C10_CUDA_CHECK(cuda::launch_list_sums(p.first, p.second, split, partials.data_ptr<double>() + 6 * first_block, cuda_stream));
+      first_block += p.second.total_blocks;
+    }
+    C10_CUDA_CHECK(cuda::launch_coefs(partials.data_ptr<double>(), total_blocks, 1, m, o, nullptr, w,
+                      coef_buffer.data_ptr<double>(), cuda_stream));
     coefs.device = coef_buffer.data_ptr<double>();
   } else {  // lerp: the coefficients depend on w alone
     const SplitCoefs c = split_coefs(m, o, SplitSums{}, w);
@@ -58,9 +72,10 @@ void split_interpolate_out_cuda(at::TensorList a, at::TensorList b, at::TensorLi
     coefs.host[2] = c.ca[1];
     coefs.host[3] = c.cb[1];
   }
-  gpu::launch_list_interp(dtype, plan, split, coefs, noise_std, uint64_t(seed), uint64_t(stream),
-                          cuda_stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  for (const auto& p : plans) {
+    C10_CUDA_CHECK(cuda::launch_list_interp(p.first, p.second, split, coefs, noise_std, uint64_t(seed), uint64_t(stream),
+                            cuda_stream));
+  }
 }
 
 void split_interpolate_inplace_cuda(at::TensorList self, at::TensorList other, int64_t split, double w,
@@ -78,49 +93,27 @@ void crossover_batch_out_cuda(const at::Tensor& archive, const at::Tensor& ia, c
                               const at::Tensor& split, const at::Tensor& w, const at::Tensor& out,
                               c10::string_view method, c10::string_view omega, double noise_std,
                               int64_t seed) {
+  const Dtype dtype = check_batch(archive, ia, ib, split, w, out, c10::DeviceType::CUDA);
   const Method m = parse_method(std::string(method));
   const OmegaMode o = parse_omega(std::string(omega));
-  TORCH_CHECK_VALUE(archive.dim() == 2 && out.dim() == 2, "archive and out must be 2-D");
-  TORCH_CHECK_TYPE(is_float_dtype(archive.scalar_type()),
-                   "archive must be float32, float64, float16 or bfloat16, got ", archive.scalar_type());
-  TORCH_CHECK_TYPE(out.scalar_type() == archive.scalar_type(), "out must have dtype ", archive.scalar_type(),
-                   ", got ", out.scalar_type());
-  TORCH_CHECK_VALUE(archive.is_cuda() && out.device() == archive.device(),
-                    "archive and out must be on one CUDA device, got ", archive.device(), " and ",
-                    out.device());
-  TORCH_CHECK_VALUE(archive.is_contiguous() && out.is_contiguous(), "archive and out must be contiguous");
   const int64_t k = out.size(0);
   const int64_t n = archive.size(1);
-  TORCH_CHECK_VALUE(out.size(1) == n, "out must have ", n, " columns (as archive), got ", out.size(1));
-  for (const at::Tensor* t : {&ia, &ib, &split}) {
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kLong, "ia, ib and split must be int64");
-    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == k, "ia, ib, split and w must have length ", k);
-  }
-  TORCH_CHECK_TYPE(w.scalar_type() == at::kDouble, "w must be float64");
-  TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == k, "ia, ib, split and w must have length ", k);
-  for (const at::Tensor* t : {&ia, &ib, &split, &w}) {
-    TORCH_CHECK_VALUE(t->device() == archive.device(), "ia, ib, split and w must be on ", archive.device(),
-                      ", got ", t->device());
-  }
   TORCH_CHECK_VALUE(k <= std::numeric_limits<int32_t>::max(), "at most 2^31 - 1 children, got ", k);
   if (k == 0 || n == 0) return;
 
   const c10::cuda::CUDAGuard guard(archive.device());
   const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream();
-  const Dtype dtype = storage_dtype(archive.scalar_type());
-  const at::Tensor ia_c = ia.contiguous(), ib_c = ib.contiguous(), split_c = split.contiguous();
-  const at::Tensor w_c = w.contiguous();
-  gpu::BatchArgs args{};
+  cuda::BatchArgs args{};
   args.archive = archive.data_ptr();
   args.out = out.data_ptr();
   args.rows = archive.size(0);
   args.n = n;
   args.children = k;
-  args.ia = ia_c.data_ptr<int64_t>();
-  args.ib = ib_c.data_ptr<int64_t>();
-  args.split = split_c.data_ptr<int64_t>();
-  const gpu::BatchShape shape =
-      gpu::batch_shape(n, k, gpu::unit_elems(dtype), gpu::block_budget(archive.device().index()));
+  args.ia = ia.data_ptr<int64_t>();
+  args.ib = ib.data_ptr<int64_t>();
+  args.split = split.data_ptr<int64_t>();
+  const cuda::BatchShape shape =
+      cuda::batch_shape(n, k, cuda::unit_elems(dtype), cuda::block_budget(archive.device().index()));
 
   const at::Tensor coefs = workspace(4 * k, archive);
   at::Tensor partials;
@@ -128,15 +121,12 @@ void crossover_batch_out_cuda(const at::Tensor& archive, const at::Tensor& ia, c
   if (m == Method::kSlerp) {
     blocks_per_child = shape.blocks_x;
     partials = workspace(6 * k * blocks_per_child, archive);
-    gpu::launch_batch_sums(dtype, args, shape, partials.data_ptr<double>(), cuda_stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    C10_CUDA_CHECK(cuda::launch_batch_sums(dtype, args, shape, partials.data_ptr<double>(), cuda_stream));
   }
-  gpu::launch_coefs(partials.defined() ? partials.data_ptr<double>() : nullptr, blocks_per_child, k, m, o,
-                    w_c.data_ptr<double>(), 0.0, coefs.data_ptr<double>(), cuda_stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  gpu::launch_batch_interp(dtype, args, shape, coefs.data_ptr<double>(), noise_std, uint64_t(seed),
-                           cuda_stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  C10_CUDA_CHECK(cuda::launch_coefs(partials.defined() ? partials.data_ptr<double>() : nullptr, blocks_per_child, k, m, o,
+                    w.data_ptr<double>(), 0.0, coefs.data_ptr<double>(), cuda_stream));
+  C10_CUDA_CHECK(cuda::launch_batch_interp(dtype, args, shape, coefs.data_ptr<double>(), noise_std, uint64_t(seed),
+                           cuda_stream));
 }
 
 }  // namespace

@@ -34,7 +34,6 @@
 namespace m2n2 {
 namespace {
 
-constexpr int64_t kNone = -1;  // all bits set: what atomicMin leaves when no column is bad
 
 // Called with the first column j whose z is not finite: finds the score and raises
 // (always).
@@ -60,7 +59,7 @@ void raise_bad_column(const NichesProblem& p, const at::Tensor& S, const std::op
 void attraction_matrix_gemm(const NichesProblem& p, const at::Tensor& u, const at::Tensor& attraction,
                             cudaStream_t stream) {
   const int64_t n = p.rows;
-  int64_t chunk = (niche_gpu::kGemmChunkElems / n) / 64 * 64;
+  int64_t chunk = (cuda::kGemmChunkElems / n) / 64 * 64;
   chunk = chunk < 64 ? 64 : chunk;
   chunk = chunk < p.cols ? chunk : p.cols;
   const at::TensorOptions bf16 = attraction.options().dtype(at::kBFloat16);
@@ -70,7 +69,7 @@ void attraction_matrix_gemm(const NichesProblem& p, const at::Tensor& u, const a
   at::Tensor out = attraction;  // written by the first chunk, added to by the others
   for (int64_t lo = 0; lo < p.cols; lo += chunk) {
     const int64_t c = p.cols - lo < chunk ? p.cols - lo : chunk;
-    C10_CUDA_CHECK(niche_gpu::launch_pack_binary(p, u.data_ptr<float>(), lo, c,
+    C10_CUDA_CHECK(cuda::launch_pack_binary(p, u.data_ptr<float>(), lo, c,
                                                  static_cast<bf16_t*>(xbuf.data_ptr()),
                                                  static_cast<bf16_t*>(ybuf.data_ptr()), stream));
     const at::Tensor x = xbuf.narrow(0, 0, n * 3 * c).view({n, 3 * c});
@@ -98,22 +97,22 @@ void niche_stats_out_cuda(const at::Tensor& S, const std::optional<at::Tensor>& 
     return;
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const niche_gpu::NichesPlan plan = niche_gpu::plan_niches(p);
+  const cuda::NichesPlan plan = cuda::plan_niches(p);
   const at::TensorOptions doubles = S.options().dtype(at::kDouble);
   auto scratch = [&](int64_t count) { return at::empty({count > 0 ? count : 1}, doubles); };
 
   // 1. z, the weights u, the first non-finite column.
   const at::Tensor u = at::empty({p.cols}, S.options().dtype(p.out_double ? at::kDouble : at::kFloat));
-  const at::Tensor zpart = scratch(niche_gpu::z_partial_doubles(p, plan));
-  const bool binary = p.type == NicheScore::kBinary;
+  const at::Tensor zpart = scratch(cuda::z_partial_doubles(p, plan));
+  const bool binary = p.type == Dtype::kUInt8;
   at::Tensor first_bad;
-  if (!binary) first_bad = at::full({1}, kNone, S.options().dtype(at::kLong));
-  C10_CUDA_CHECK(niche_gpu::launch_column_sums(
+  if (!binary) first_bad = at::full({1}, cuda::kNoIndex, S.options().dtype(at::kLong));
+  C10_CUDA_CHECK(cuda::launch_column_sums(
       p, plan, u.data_ptr(), zpart.data_ptr<double>(),
       binary ? nullptr : reinterpret_cast<unsigned long long*>(first_bad.data_ptr<int64_t>()), stream));
   if (!binary) {
     const int64_t j = first_bad.item<int64_t>();  // the one host sync of the op
-    if (j != kNone) {
+    if (j != cuda::kNoIndex) {
       raise_bad_column(p, S, child, j);
       return;  // (not reached: raise_bad_column always throws)
     }
@@ -121,8 +120,8 @@ void niche_stats_out_cuda(const at::Tensor& S, const std::optional<at::Tensor>& 
 
   // 2. fitness (and the attraction row).
   if (plan.fit_rows > 0) {
-    const at::Tensor part = scratch(niche_gpu::row_partial_doubles(plan));
-    C10_CUDA_CHECK(niche_gpu::launch_row_sums(p, plan, u.data_ptr(), part.data_ptr<double>(), stream));
+    const at::Tensor part = scratch(cuda::row_partial_doubles(plan));
+    C10_CUDA_CHECK(cuda::launch_row_sums(p, plan, u.data_ptr(), part.data_ptr<double>(), stream));
   }
 
   // 3. the attraction matrix.
@@ -130,8 +129,8 @@ void niche_stats_out_cuda(const at::Tensor& S, const std::optional<at::Tensor>& 
     if (plan.gemm) {
       attraction_matrix_gemm(p, u, attraction, stream);
     } else {
-      const at::Tensor part = scratch(niche_gpu::matrix_partial_doubles(p, plan));
-      C10_CUDA_CHECK(niche_gpu::launch_attraction_matrix(p, plan, u.data_ptr(), part.data_ptr<double>(), stream));
+      const at::Tensor part = scratch(cuda::matrix_partial_doubles(p, plan));
+      C10_CUDA_CHECK(cuda::launch_attraction_matrix(p, plan, u.data_ptr(), part.data_ptr<double>(), stream));
     }
   }
 }

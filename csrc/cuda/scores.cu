@@ -18,18 +18,17 @@
 namespace m2n2 {
 namespace {
 
-constexpr int64_t kNone = -1;  // all bits set: what atomicMin leaves when nothing is bad
 
 void check_values(const ScoresProblem& p, const at::Tensor& target, const std::optional<at::Tensor>& out_index,
                   cudaStream_t stream) {
-  at::Tensor first_bad = at::full({2}, kNone, target.options());
+  at::Tensor first_bad = at::full({2}, cuda::kNoIndex, target.options());
   C10_CUDA_CHECK(cuda::launch_find_bad_indices(
       p, reinterpret_cast<unsigned long long*>(first_bad.data_ptr<int64_t>()), stream));
   const at::Tensor host = first_bad.cpu();  // the one host sync of the op
   const int64_t row = host.data_ptr<int64_t>()[0];
   const int64_t b = host.data_ptr<int64_t>()[1];
-  if (row != kNone) raise_bad_target(p, row, target.reshape(-1)[row].item<int64_t>());
-  if (b != kNone) raise_bad_out_index(p, b, (*out_index)[b].item<int64_t>());
+  if (row != cuda::kNoIndex) raise_bad_target(p, row, target.reshape(-1)[row].item<int64_t>());
+  if (b != cuda::kNoIndex) raise_bad_out_index(p, b, (*out_index)[b].item<int64_t>());
 }
 
 void sample_scores_out_cuda(const at::Tensor& logits, const at::Tensor& target,

@@ -16,7 +16,6 @@ Indices are int64 throughout; every kernel takes `block_offset`, the first block
 it handles (0 in normal use), so that a test can run only the last blocks of a
 vector longer than 2**32 elements.
 """
-import contextlib
 import itertools
 import struct
 
@@ -25,6 +24,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
+from ._utils import MAX_GRID_Y, i64, on_device
 from .philox import normals_block
 
 # Elements per program. The reduction reads two inputs and writes 48 bytes per
@@ -33,8 +33,6 @@ SUM_BLOCK = 4096
 SUM_WARPS = 8
 INTERP_BLOCK = 2048
 INTERP_WARPS = 4
-# CUDA limits grid dimension y (children of a batch) to 65535.
-_MAX_GRID_Y = 65535
 
 _MASK32 = 0xFFFFFFFF
 
@@ -52,15 +50,6 @@ def _compute_dtype(dtype):
 # ---------------------------------------------------------------------------
 # Device helpers.
 # ---------------------------------------------------------------------------
-
-
-@triton.jit
-def _i64(x):
-    # Scalar int arguments arrive as i32 or i64 (or constexpr 1): widen once. The
-    # addition repairs the Triton 3.8 interpreter, which holds an int argument in
-    # [2**31, 2**32) as uint32 data under an int64 type, so that a later >> would
-    # shift a negative int32 (on the GPU it folds away).
-    return tl.cast(x, tl.int64) + tl.full([], 0, tl.int64)
 
 
 @triton.jit
@@ -161,9 +150,9 @@ def _interp_block(
 
 @triton.jit
 def _split_sums_kernel(a_ptr, b_ptr, part_ptr, n, local_split, part_base, block_offset, BLOCK: tl.constexpr):
-    block = _i64(block_offset) + tl.program_id(0).to(tl.int64)
-    d0, a0, b0, d1, a1, b1 = _side_sums_block(a_ptr, b_ptr, _i64(n), _i64(local_split), block, BLOCK)
-    _store_sums(part_ptr, _i64(part_base) + block - _i64(block_offset), d0, a0, b0, d1, a1, b1)
+    block = i64(block_offset) + tl.program_id(0).to(tl.int64)
+    d0, a0, b0, d1, a1, b1 = _side_sums_block(a_ptr, b_ptr, i64(n), i64(local_split), block, BLOCK)
+    _store_sums(part_ptr, i64(part_base) + block - i64(block_offset), d0, a0, b0, d1, a1, b1)
 
 
 @triton.jit
@@ -172,7 +161,7 @@ def _split_interp_kernel(
     first_index, block_offset, BLOCK: tl.constexpr, CDT: tl.constexpr, LERP: tl.constexpr,
     NOISE: tl.constexpr, PHASE: tl.constexpr,
 ):
-    block = _i64(block_offset) + tl.program_id(0).to(tl.int64)
+    block = i64(block_offset) + tl.program_id(0).to(tl.int64)
     if LERP:
         ca0, cb0, ca1, cb1 = _lerp_coefs(_f64_from_bits(w_bits))
     else:  # slerp: computed on the device from the reduction
@@ -181,9 +170,9 @@ def _split_interp_kernel(
         ca1 = tl.load(coef_ptr + 2)
         cb1 = tl.load(coef_ptr + 3)
     _interp_block(
-        a_ptr, b_ptr, out_ptr, _i64(n), _i64(local_split), ca0, cb0, ca1, cb1, _f64_from_bits(sigma_bits),
+        a_ptr, b_ptr, out_ptr, i64(n), i64(local_split), ca0, cb0, ca1, cb1, _f64_from_bits(sigma_bits),
         tl.cast(seed_lo, tl.uint32), tl.cast(seed_hi, tl.uint32), tl.cast(stream_lo, tl.uint32),
-        tl.cast(stream_hi, tl.uint32), _i64(first_index), block, BLOCK, CDT, NOISE, PHASE,
+        tl.cast(stream_hi, tl.uint32), i64(first_index), block, BLOCK, CDT, NOISE, PHASE,
     )
 
 
@@ -197,13 +186,13 @@ def _batch_sums_kernel(
     archive_ptr, ia_ptr, ib_ptr, split_ptr, part_ptr, n, blocks_per_row, child_base, block_offset,
     BLOCK: tl.constexpr,
 ):
-    n = _i64(n)
-    block = _i64(block_offset) + tl.program_id(0).to(tl.int64)
-    k = _i64(child_base) + tl.program_id(1).to(tl.int64)
+    n = i64(n)
+    block = i64(block_offset) + tl.program_id(0).to(tl.int64)
+    k = i64(child_base) + tl.program_id(1).to(tl.int64)
     a_row = archive_ptr + tl.load(ia_ptr + k) * n
     b_row = archive_ptr + tl.load(ib_ptr + k) * n
     d0, a0, b0, d1, a1, b1 = _side_sums_block(a_row, b_row, n, tl.load(split_ptr + k), block, BLOCK)
-    row = k * _i64(blocks_per_row) + block - _i64(block_offset)
+    row = k * i64(blocks_per_row) + block - i64(block_offset)
     _store_sums(part_ptr, row, d0, a0, b0, d1, a1, b1)
 
 
@@ -212,9 +201,9 @@ def _batch_interp_kernel(
     archive_ptr, ia_ptr, ib_ptr, split_ptr, w_ptr, coef_ptr, out_ptr, n, sigma_bits, seed_lo, seed_hi,
     child_base, block_offset, BLOCK: tl.constexpr, CDT: tl.constexpr, LERP: tl.constexpr, NOISE: tl.constexpr,
 ):
-    n = _i64(n)
-    block = _i64(block_offset) + tl.program_id(0).to(tl.int64)
-    k = _i64(child_base) + tl.program_id(1).to(tl.int64)
+    n = i64(n)
+    block = i64(block_offset) + tl.program_id(0).to(tl.int64)
+    k = i64(child_base) + tl.program_id(1).to(tl.int64)
     if LERP:
         ca0, cb0, ca1, cb1 = _lerp_coefs(tl.load(w_ptr + k))
     else:
@@ -266,24 +255,20 @@ def _launch_opts(warps):
     return {"num_warps": warps, "enable_fp_fusion": False}
 
 
-def _on(device):
-    # Triton launches on the current CUDA device: make it the tensors' one.
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset):
     """out = split_interpolate(a, b, ...) for lists of contiguous tensors taken in
-    order as one vector whose element 0 has global index `index_offset`. out[i] may
-    be a[i] or b[i]: every element is read before it is written, by one program."""
+    order as one vector whose element 0 has global index `index_offset` (a[i], b[i]
+    and out[i] share a dtype, which may differ from one i to the next). out[i] may
+    be a[i] or b[i]: every element is read before it is written, by one program.
+    Arguments already checked (m2n2_kernels/crossover.py)."""
     numels = [t.numel() for t in a]
     if sum(numels) == 0:
         return
-    with _on(a[0].device):
+    with on_device(a[0].device):
         _split_interpolate(a, b, out, numels, split, w, method, omega, noise_std, seed, stream, index_offset)
 
 
 def _split_interpolate(a, b, out, numels, split, w, method, omega, noise_std, seed, stream, index_offset):
-    cdt = _compute_dtype(a[0].dtype)
     seed &= 2**64 - 1
     stream &= 2**64 - 1
     starts = [0, *itertools.accumulate(numels)][:-1]
@@ -313,7 +298,7 @@ def _split_interpolate(a, b, out, numels, split, w, method, omega, noise_std, se
             x, y, o, o if coefs is None else coefs,  # coef_ptr is not read for lerp
             _double_bits(w), m, cut, _double_bits(noise_std), seed & _MASK32, seed >> 32,
             stream & _MASK32, stream >> 32, first, 0,
-            BLOCK=INTERP_BLOCK, CDT=cdt, LERP=lerp, NOISE=noise, PHASE=phase, **_launch_opts(INTERP_WARPS),
+            BLOCK=INTERP_BLOCK, CDT=_compute_dtype(x.dtype), LERP=lerp, NOISE=noise, PHASE=phase, **_launch_opts(INTERP_WARPS),
         )
 
 
@@ -324,7 +309,7 @@ def crossover_batch_out(archive, ia, ib, split, w, out, method, omega, noise_std
     k_total, n = out.shape
     if k_total == 0 or n == 0:
         return
-    with _on(archive.device):
+    with on_device(archive.device):
         _crossover_batch(archive, ia, ib, split, w, out, k_total, n, method, omega, noise_std, seed)
 
 
@@ -337,13 +322,13 @@ def _crossover_batch(archive, ia, ib, split, w, out, k_total, n, method, omega, 
     if not lerp:
         blocks = triton.cdiv(n, SUM_BLOCK)
         part = torch.empty((k_total, blocks, 6), dtype=torch.float64, device=archive.device)
-        for base in range(0, k_total, _MAX_GRID_Y):
-            _batch_sums_kernel[(blocks, min(_MAX_GRID_Y, k_total - base))](
+        for base in range(0, k_total, MAX_GRID_Y):
+            _batch_sums_kernel[(blocks, min(MAX_GRID_Y, k_total - base))](
                 archive, ia, ib, split, part, n, blocks, base, 0, BLOCK=SUM_BLOCK, **_launch_opts(SUM_WARPS),
             )
         coefs = _slerp_coefs(part.sum(dim=1).view(k_total, 2, 3), w, 1 - w, omega)
-    for base in range(0, k_total, _MAX_GRID_Y):
-        _batch_interp_kernel[(triton.cdiv(n, INTERP_BLOCK), min(_MAX_GRID_Y, k_total - base))](
+    for base in range(0, k_total, MAX_GRID_Y):
+        _batch_interp_kernel[(triton.cdiv(n, INTERP_BLOCK), min(MAX_GRID_Y, k_total - base))](
             archive, ia, ib, split, w, w if coefs is None else coefs,  # coef_ptr is not read for lerp
             out, n, _double_bits(noise_std),
             seed & _MASK32, seed >> 32, base, 0,

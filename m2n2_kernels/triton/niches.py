@@ -25,36 +25,22 @@ Three kernels, every reduction in a fixed order (no atomics: bitwise reproducibl
      the chunks in fp64.
 Indices are int64 (row strides past 2**31 elements).
 """
-import contextlib
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-from .. import _backend
-
-MODES = ("none", "row", "matrix")
+from .._values import raise_if_non_finite
+from ._utils import MAX_GRID_Y, i64, interpreting, on_device
 
 # Grid sizing: programs wanted per SM before the columns are split across programs
 # (GPU). None: derived from the device. Tests set it to exercise the split paths.
 PROGRAMS_PER_SM = 4
 _TARGET_PROGRAMS = None
-# CUDA limits grid dimensions y and z to 65535.
-_MAX_GRID_Y = 65535
 
 
 # ---------------------------------------------------------------------------
 # Device helpers.
 # ---------------------------------------------------------------------------
-
-
-@triton.jit
-def _i64(x):
-    # Scalar int arguments arrive as i32 or i64 (or constexpr 1): widen once (the
-    # addition repairs the Triton interpreter's uint32 data for ints in [2**31, 2**32);
-    # see crossover.py).
-    return tl.cast(x, tl.int64) + tl.full([], 0, tl.int64)
 
 
 @triton.jit
@@ -77,14 +63,14 @@ def _column_sums_kernel(
     s_ptr, child_ptr, out_ptr, rows, cols, row_stride, rows_per_split, out_split_stride,
     HAS_CHILD: tl.constexpr, BINARY: tl.constexpr, BR: tl.constexpr, BD: tl.constexpr,
 ):
-    rows = _i64(rows)
-    cols = _i64(cols)
-    row_stride = _i64(row_stride)
+    rows = i64(rows)
+    cols = i64(cols)
+    row_stride = i64(row_stride)
     split = tl.program_id(1).to(tl.int64)
     c = tl.program_id(0).to(tl.int64) * BD + tl.arange(0, BD).to(tl.int64)
     cmask = c < cols
-    r_lo = split * _i64(rows_per_split)
-    r_hi = tl.minimum(r_lo + _i64(rows_per_split), rows)
+    r_lo = split * i64(rows_per_split)
+    r_hi = tl.minimum(r_lo + i64(rows_per_split), rows)
     if BINARY:
         acc = tl.zeros([BR, BD], dtype=tl.int32)
     else:
@@ -101,7 +87,7 @@ def _column_sums_kernel(
     if HAS_CHILD:  # counted once, by the first row slice
         xc = tl.load(child_ptr + c, mask=cmask & (split == 0), other=0)
         z += _score(xc, BINARY, tl.float64)
-    tl.store(out_ptr + split * _i64(out_split_stride) + c, z.to(out_ptr.dtype.element_ty), mask=cmask)
+    tl.store(out_ptr + split * i64(out_split_stride) + c, z.to(out_ptr.dtype.element_ty), mask=cmask)
 
 
 # ---------------------------------------------------------------------------
@@ -115,14 +101,14 @@ def _row_sums_kernel(
     ROW_ATT: tl.constexpr, BINARY: tl.constexpr, CDT: tl.constexpr,
     BR: tl.constexpr, BJ: tl.constexpr, FOLD: tl.constexpr,
 ):
-    rows = _i64(rows)
-    cols = _i64(cols)
-    row_stride = _i64(row_stride)
+    rows = i64(rows)
+    cols = i64(cols)
+    row_stride = i64(row_stride)
     split = tl.program_id(1).to(tl.int64)
     r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR).to(tl.int64)
     rmask = r < rows
-    j_lo = split * _i64(slice_cols)
-    j_hi = tl.minimum(j_lo + _i64(slice_cols), cols)
+    j_lo = split * i64(slice_cols)
+    j_hi = tl.minimum(j_lo + i64(slice_cols), cols)
     fit = tl.zeros([BR], dtype=tl.float64)
     att = tl.zeros([BR], dtype=tl.float64)
     row_base = s_ptr + r[:, None] * row_stride
@@ -141,7 +127,7 @@ def _row_sums_kernel(
         fit += tl.sum(acc_f, axis=1).to(tl.float64)
         if ROW_ATT:
             att += tl.sum(acc_a, axis=1).to(tl.float64)
-    out = split * _i64(out_split_stride) + r
+    out = split * i64(out_split_stride) + r
     tl.store(fit_ptr + out, fit.to(fit_ptr.dtype.element_ty), mask=rmask)
     if ROW_ATT:
         tl.store(att_ptr + out, att.to(att_ptr.dtype.element_ty), mask=rmask)
@@ -158,17 +144,17 @@ def _matrix_kernel(
     BINARY: tl.constexpr, CDT: tl.constexpr, BA: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr,
     FOLD: tl.constexpr,
 ):
-    rows = _i64(rows)
-    cols = _i64(cols)
-    row_stride = _i64(row_stride)
+    rows = i64(rows)
+    cols = i64(cols)
+    row_stride = i64(row_stride)
     tile = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1).to(tl.int64)
-    a = (tile // _i64(b_blocks)) * BA + tl.arange(0, BA).to(tl.int64)
-    b = (tile % _i64(b_blocks)) * BB + tl.arange(0, BB).to(tl.int64)
+    a = (tile // i64(b_blocks)) * BA + tl.arange(0, BA).to(tl.int64)
+    b = (tile % i64(b_blocks)) * BB + tl.arange(0, BB).to(tl.int64)
     amask = a < rows
     bmask = b < rows
-    j_lo = split * _i64(slice_cols)
-    j_hi = tl.minimum(j_lo + _i64(slice_cols), cols)
+    j_lo = split * i64(slice_cols)
+    j_hi = tl.minimum(j_lo + i64(slice_cols), cols)
     total = tl.zeros([BA, BB], dtype=tl.float64)
     for j0 in range(j_lo, j_hi, BJ * FOLD):
         acc = tl.zeros([BA, BB], dtype=CDT)
@@ -183,7 +169,7 @@ def _matrix_kernel(
             gain = tl.maximum(xb[None, :, :] - xa[:, None, :], 0.0) * u[None, None, :]
             acc += tl.sum(gain, axis=2)
         total += acc.to(tl.float64)
-    out = out_ptr + split * _i64(out_split_stride) + a[:, None] * rows + b[None, :]
+    out = out_ptr + split * i64(out_split_stride) + a[:, None] * rows + b[None, :]
     tl.store(out, total.to(out_ptr.dtype.element_ty), mask=amask[:, None] & bmask[None, :])
 
 
@@ -196,17 +182,17 @@ def _matrix_binary_dot_kernel(
     pieces u_k of u (pieces_ptr [3, cols], smallest first), each product exact.
     OPT, the operand type: bf16 (tensor cores); fp32 under the interpreter, which
     holds bf16 as raw bits (its dot would multiply the bits): the same exact values."""
-    rows = _i64(rows)
-    cols = _i64(cols)
-    row_stride = _i64(row_stride)
+    rows = i64(rows)
+    cols = i64(cols)
+    row_stride = i64(row_stride)
     tile = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1).to(tl.int64)
-    a = (tile // _i64(b_blocks)) * BA + tl.arange(0, BA).to(tl.int64)
-    b = (tile % _i64(b_blocks)) * BB + tl.arange(0, BB).to(tl.int64)
+    a = (tile // i64(b_blocks)) * BA + tl.arange(0, BA).to(tl.int64)
+    b = (tile % i64(b_blocks)) * BB + tl.arange(0, BB).to(tl.int64)
     amask = a < rows
     bmask = b < rows
-    j_lo = split * _i64(slice_cols)
-    j_hi = tl.minimum(j_lo + _i64(slice_cols), cols)
+    j_lo = split * i64(slice_cols)
+    j_hi = tl.minimum(j_lo + i64(slice_cols), cols)
     total = tl.zeros([BA, BB], dtype=tl.float64)
     for j0 in range(j_lo, j_hi, BJ):
         c = j0 + tl.arange(0, BJ).to(tl.int64)
@@ -224,95 +210,8 @@ def _matrix_binary_dot_kernel(
             else:
                 acc = tl.dot(ak, bt, acc)
         total += acc.to(tl.float64)
-    out = out_ptr + split * _i64(out_split_stride) + a[:, None] * rows + b[None, :]
+    out = out_ptr + split * i64(out_split_stride) + a[:, None] * rows + b[None, :]
     tl.store(out, total.to(out_ptr.dtype.element_ty), mask=amask[:, None] & bmask[None, :])
-
-
-# ---------------------------------------------------------------------------
-# Argument checks for direct torch.ops callers (csrc/niches_args.h, same wording).
-# ---------------------------------------------------------------------------
-
-_CPP_DTYPE_NAMES = {
-    torch.bool: "Bool", torch.uint8: "Byte", torch.int8: "Char", torch.int16: "Short", torch.int32: "Int",
-    torch.int64: "Long", torch.float16: "Half", torch.bfloat16: "BFloat16", torch.float32: "Float",
-    torch.float64: "Double", torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
-}
-_SCORE_DTYPES = (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _dt(dtype):
-    return _CPP_DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
-
-
-def _shape(t):
-    return str(list(t.shape))
-
-
-def _num(x):
-    return f"{x:g}"  # as a C++ ostream prints a double
-
-
-def _check_output(t, name, dtype, shape, S):
-    if t.dtype != dtype:
-        raise TypeError(f"{name} must be {_dt(dtype)}, got {_dt(t.dtype)}")
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {list(shape)}, got {_shape(t)}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous")
-    if t.device != S.device:
-        raise ValueError(f"{name} must be on {S.device}, got {t.device}")
-
-
-def check_args(S, child, capacity, alpha, eps, parent, mode, z, fitness, attraction):
-    """The checks of make_niches_problem (csrc/niches_args.h), in its order and words;
-    values (finiteness of S, 0/1 of uint8) are not read. Returns (rows, cols, row_stride)."""
-    if S.dim() != 2:
-        raise ValueError(f"S must be 2-D [N, D], got shape {_shape(S)}")
-    expected = "cpu" if S.device.type == "cpu" and _backend.triton_interpreting() else "cuda"
-    if S.device.type != expected:
-        raise ValueError(f"S must be on {expected}, got {S.device}")
-    if S.dtype not in _SCORE_DTYPES:
-        raise TypeError(f"S must be bool, uint8, float16, bfloat16, float32 or float64, got {_dt(S.dtype)}")
-    rows, cols = S.shape
-    if not (S.stride(1) == 1 or cols <= 1):
-        raise ValueError("S's rows must be contiguous (stride 1 along D)")
-    row_stride = cols if rows <= 1 else S.stride(0)
-    if row_stride < cols:
-        raise ValueError("S's rows must not overlap")
-    if not math.isfinite(alpha):
-        raise ValueError(f"alpha must be finite, got {_num(alpha)}")
-    if not (math.isfinite(eps) and eps >= 0.0):
-        raise ValueError(f"eps must be finite and >= 0, got {_num(eps)}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be 'none', 'row' or 'matrix', got '{mode}'")
-    if mode == "row" and not 0 <= parent < rows:
-        raise IndexError(f"parent must lie in [0, {rows}), got {parent}")
-    if child is not None:
-        if mode != "none":
-            raise ValueError("a child row is only counted with mode 'none'")
-        if child.dtype != S.dtype:
-            raise TypeError(f"child must be {_dt(S.dtype)} (the dtype of S), got {_dt(child.dtype)}")
-        if child.dim() != 1 or child.shape[0] != cols:
-            raise ValueError(f"child must have shape [{cols}], got {_shape(child)}")
-        if not child.is_contiguous():
-            raise ValueError("child must be contiguous")
-        if child.device != S.device:
-            raise ValueError(f"child must be on {S.device}, got {child.device}")
-    if capacity is not None:
-        if capacity.dtype != torch.float64:
-            raise TypeError(f"capacity must be float64, got {_dt(capacity.dtype)}")
-        if capacity.dim() != 1 or capacity.shape[0] != cols:
-            raise ValueError(f"capacity must have shape [{cols}], got {_shape(capacity)}")
-        if not capacity.is_contiguous():
-            raise ValueError("capacity must be contiguous")
-        if capacity.device != S.device:
-            raise ValueError(f"capacity must be on {S.device}, got {capacity.device}")
-    out_dtype = torch.float64 if S.dtype == torch.float64 else torch.float32
-    _check_output(z, "z", out_dtype, (cols,), S)
-    _check_output(fitness, "fitness", out_dtype, (rows + (child is not None),), S)
-    att_shape = {"none": (0,), "row": (rows,), "matrix": (rows, rows)}[mode]
-    _check_output(attraction, "attraction", out_dtype, att_shape, S)
-    return rows, cols, row_stride
 
 
 # ---------------------------------------------------------------------------
@@ -320,19 +219,10 @@ def check_args(S, child, capacity, alpha, eps, parent, mode, z, fitness, attract
 # ---------------------------------------------------------------------------
 
 
-def _on(device):
-    # Triton launches on the current CUDA device: make it the tensors' one.
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def _interpreting(device):
-    return device.type == "cpu"
-
-
 def _target_programs(device):
     if _TARGET_PROGRAMS is not None:
         return _TARGET_PROGRAMS
-    if _interpreting(device):
+    if interpreting(device):
         return 1  # programs run one after another: as few as possible
     return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
 
@@ -341,7 +231,7 @@ def _split(programs, length, chunk, target):
     """(splits, per_split): cut `length` into pieces of whole chunks so that
     programs * splits reaches `target` (at most 65535 pieces)."""
     want = 1 if programs >= target else min(triton.cdiv(target, max(programs, 1)), triton.cdiv(length, chunk))
-    want = max(1, min(want, _MAX_GRID_Y))
+    want = max(1, min(want, MAX_GRID_Y))
     per = triton.cdiv(triton.cdiv(length, want), chunk) * chunk
     return triton.cdiv(length, per), per
 
@@ -349,7 +239,7 @@ def _split(programs, length, chunk, target):
 def _cfg(device, double):
     """Block sizes: large tiles for the interpreter (few, cheap numpy steps), register-
     sized ones on the GPU."""
-    if _interpreting(device):
+    if interpreting(device):
         return dict(
             k1=dict(BR=16, BD=512), k2=dict(BR=64, BJ=128, FOLD=2), k3=dict(BA=32, BB=32, BJ=32, FOLD=4),
             k3dot=dict(BA=32, BB=32, BJ=64), w1=1, w2=1, w3=1, w3dot=1,
@@ -377,15 +267,16 @@ def _bf16_pieces(u):
 
 def niche_stats_out(S, child, capacity, alpha, eps, parent, attraction_mode, z, fitness, attraction):
     """torch.ops.m2n2.niche_stats_out in Triton: z [D], fitness [N (+1 with a child)]
-    and attraction ([0], [N] or [N, N]) written in place. Arguments are checked as
-    the C++ op checks them (nothing is launched on bad input); a non-finite score
+    and attraction ([0], [N] or [N, N]) written in place. Arguments in the op's
+    canonical form, already checked (m2n2_kernels/niches.py); a non-finite score
     raises ValueError naming it before fitness or attraction is written."""
-    mode = attraction_mode
-    alpha = float(alpha)
-    eps = float(eps)
-    rows, cols, row_stride = check_args(S, child, capacity, alpha, eps, parent, mode, z, fitness, attraction)
-    with _on(S.device):
-        _niche_stats(S, child, capacity, alpha, eps, parent, mode, z, fitness, attraction, rows, cols, row_stride)
+    rows, cols = S.shape
+    row_stride = cols if rows <= 1 else S.stride(0)
+    with on_device(S.device):
+        _niche_stats(
+            S, child, capacity, float(alpha), float(eps), parent, attraction_mode, z, fitness, attraction,
+            rows, cols, row_stride,
+        )
 
 
 def _niche_stats(S, child, capacity, alpha, eps, parent, mode, z, fitness, attraction, rows, cols, row_stride):
@@ -415,8 +306,6 @@ def _niche_stats(S, child, capacity, alpha, eps, parent, mode, z, fitness, attra
     )
     if splits > 1:
         z.copy_(zout.sum(0))
-    from ..niches import raise_if_non_finite
-
     raise_if_non_finite(S, child, z)
     zz = z.to(torch.float64)
     zhat = torch.where(zz != 0, zz, 1.0).pow(alpha) + eps
@@ -450,7 +339,7 @@ def _niche_stats(S, child, capacity, alpha, eps, parent, mode, z, fitness, attra
 
     # 3. the attraction matrix.
     if mode == "matrix" and rows > 0:
-        dot = binary and (not _interpreting(device) or _USE_DOT_IN_INTERPRETER)
+        dot = binary and (not interpreting(device) or _USE_DOT_IN_INTERPRETER)
         k3 = cfg["k3dot"] if dot else cfg["k3"]
         a_blocks = triton.cdiv(rows, k3["BA"])
         b_blocks = triton.cdiv(rows, k3["BB"])
@@ -460,8 +349,8 @@ def _niche_stats(S, child, capacity, alpha, eps, parent, mode, z, fitness, attra
         if dot:
             _matrix_binary_dot_kernel[(tiles, splits)](
                 Sv, _bf16_pieces(u), out, rows, cols, row_stride, per, rows * rows, b_blocks,
-                OPT=tl.float32 if _interpreting(device) else tl.bfloat16,
-                F32_OPERANDS=_interpreting(device), **k3, num_warps=cfg["w3dot"],
+                OPT=tl.float32 if interpreting(device) else tl.bfloat16,
+                F32_OPERANDS=interpreting(device), **k3, num_warps=cfg["w3dot"],
             )
         else:
             _matrix_kernel[(tiles, splits)](

@@ -11,6 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .._values import check_targets_and_index
+from ._utils import interpreting, on_device
+
 KIND_CODES = {"correct": 0, "logprob": 1, "prob": 2}
 REDUCE_CODES = {"mean": 0, "sum": 1, "all": 2}
 
@@ -106,18 +109,19 @@ def _block(n, cap):
 
 
 def sample_scores_out(logits, target, mask, ignore_index, kind, reduce, out, out_index):
-    """torch.ops.m2n2.sample_scores_out in Triton (same canonical arguments)."""
-    if logits.dim() != 3 or logits.shape[-1] < 1 or (logits.stride(-1) != 1 and logits.shape[-1] > 1):
-        raise ValueError("logits must be [B, T, V] with V >= 1 and a contiguous last dimension")
-    if reduce == "all" and kind != "correct":
-        raise ValueError("reduce='all' (exact match) needs kind='correct'")
-    from ..scores import check_values
-
+    """torch.ops.m2n2.sample_scores_out in Triton. Arguments in the op's canonical
+    form, already checked (m2n2_kernels/scores.py); targets and out_index are
+    checked here, in one pass, before out is written."""
     batch, tokens, vocab = logits.shape
-    check_values(target, mask, vocab, ignore_index, out_index, out.shape[0])
+    check_targets_and_index(target, mask, vocab, ignore_index, out_index, out.shape[0])
     if batch == 0:
         return
-    interpreting = logits.device.type == "cpu"
+    with on_device(logits.device):
+        _sample_scores(logits, target, mask, ignore_index, kind, reduce, out, out_index, batch, tokens, vocab)
+
+
+def _sample_scores(logits, target, mask, ignore_index, kind, reduce, out, out_index, batch, tokens, vocab):
+    interp = interpreting(logits.device)
     # bool out: store 0/1 bytes through a uint8 view (Triton's i1 pointers are bytes too).
     out_view = out.view(torch.uint8) if out.dtype == torch.bool else out
     token = torch.empty(batch * tokens, dtype=torch.float32, device=logits.device)
@@ -127,14 +131,14 @@ def sample_scores_out(logits, target, mask, ignore_index, kind, reduce, out, out
             logits, target, mask if mask is not None else dummy, token, tokens, vocab,
             logits.stride(0), logits.stride(1), ignore_index,
             KIND=KIND_CODES[kind], HAS_MASK=mask is not None,
-            BLOCK_V=_block(vocab, 16384 if interpreting else 2048),
-            num_warps=1 if interpreting else (4 if vocab <= 4096 else 8),
+            BLOCK_V=_block(vocab, 16384 if interp else 2048),
+            num_warps=1 if interp else (4 if vocab <= 4096 else 8),
         )
     _sample_reduce_kernel[(batch,)](
         token, target, mask if mask is not None else dummy, out_view,
         out_index if out_index is not None else dummy, tokens, vocab, out.stride(0), ignore_index,
         REDUCE=REDUCE_CODES[reduce], HAS_MASK=mask is not None, HAS_INDEX=out_index is not None,
         OUT_F64=out.dtype == torch.float64,
-        BLOCK_T=_block(tokens, 256), num_warps=1 if interpreting else 4,
+        BLOCK_T=_block(tokens, 256), num_warps=1 if interp else 4,
     )
 

@@ -18,6 +18,7 @@
 #include "cuda/kernels/crossover.cuh"
 
 using namespace m2n2;
+namespace kernels = m2n2::cuda;  // (plain `cuda::` would be ambiguous with libcu++'s ::cuda)
 
 namespace {
 
@@ -34,22 +35,22 @@ template <class T>
 struct Names;
 template <>
 struct Names<float> {
-  static constexpr cpu::Dtype cpu = cpu::Dtype::kFloat;
+  static constexpr Dtype cpu = Dtype::kFloat;
   static constexpr const char* name = "fp32";
 };
 template <>
 struct Names<double> {
-  static constexpr cpu::Dtype cpu = cpu::Dtype::kDouble;
+  static constexpr Dtype cpu = Dtype::kDouble;
   static constexpr const char* name = "fp64";
 };
 template <>
 struct Names<bf16_t> {
-  static constexpr cpu::Dtype cpu = cpu::Dtype::kBFloat16;
+  static constexpr Dtype cpu = Dtype::kBFloat16;
   static constexpr const char* name = "bf16";
 };
 template <>
 struct Names<half_t> {
-  static constexpr cpu::Dtype cpu = cpu::Dtype::kHalf;
+  static constexpr Dtype cpu = Dtype::kHalf;
   static constexpr const char* name = "fp16";
 };
 
@@ -72,24 +73,24 @@ void fill_random(T* p, int64_t n, std::mt19937_64& rng) {
 
 // Runs the list kernels' per-thread bodies for every block and thread of the plan.
 template <class T>
-void emulate_list_interp(const gpu::LaunchPlan& plan, int64_t split, const double c4[4], double sigma,
+void emulate_list_interp(const kernels::LaunchPlan& plan, int64_t split, const double c4[4], double sigma,
                          uint64_t seed, uint64_t stream) {
   using C = compute_t<T>;
   const bool noise = C(sigma) != C(0);
-  for (const gpu::SegmentTable& table : plan.tables) {
+  for (const kernels::SegmentTable& table : plan.tables) {
     for (int32_t block = 0; block < table.block_begin[table.count]; ++block) {
-      for (int32_t thread = 0; thread < gpu::kThreads; ++thread) {
-        const gpu::SegmentWork w = gpu::segment_work(table, block, thread);
+      for (int32_t thread = 0; thread < kernels::kThreads; ++thread) {
+        const kernels::SegmentWork w = kernels::segment_work(table, block, thread);
         const T* a = static_cast<const T*>(w.seg.a);
         const T* b = static_cast<const T*>(w.seg.b);
         T* out = static_cast<T*>(w.seg.out);
-        const int64_t cut = gpu::local_cut(split, w.seg.first_index, w.seg.numel);
-        const auto coefs = gpu::interp_coefs<C>(c4, sigma);
+        const int64_t cut = kernels::local_cut(split, w.seg.first_index, w.seg.numel);
+        const auto coefs = kernels::interp_coefs<C>(c4, sigma);
         const int64_t n = w.seg.numel, first = w.seg.first_index;
         if (noise) {
-          gpu::interp_range<T, true>(a, b, out, n, first, cut, coefs, seed, stream, w.tid, w.stride);
+          kernels::interp_range<T, true>(a, b, out, n, first, cut, coefs, seed, stream, w.tid, w.stride);
         } else {
-          gpu::interp_range<T, false>(a, b, out, n, first, cut, coefs, seed, stream, w.tid, w.stride);
+          kernels::interp_range<T, false>(a, b, out, n, first, cut, coefs, seed, stream, w.tid, w.stride);
         }
       }
     }
@@ -99,17 +100,17 @@ void emulate_list_interp(const gpu::LaunchPlan& plan, int64_t split, const doubl
 // The sums pass: per-thread sums, per-block totals (in thread order; the device uses a
 // tree), then the partials in order.
 template <class T>
-SplitSums emulate_list_sums(const gpu::LaunchPlan& plan, int64_t split) {
+SplitSums emulate_list_sums(const kernels::LaunchPlan& plan, int64_t split) {
   std::vector<double> partials(size_t(6 * plan.total_blocks), 0.0);
   for (size_t i = 0; i < plan.tables.size(); ++i) {
-    const gpu::SegmentTable& table = plan.tables[i];
+    const kernels::SegmentTable& table = plan.tables[i];
     for (int32_t block = 0; block < table.block_begin[table.count]; ++block) {
       double* row = &partials[size_t(6 * (plan.first_block[i] + block))];
-      for (int32_t thread = 0; thread < gpu::kThreads; ++thread) {
-        const gpu::SegmentWork w = gpu::segment_work(table, block, thread);
-        gpu::SideSums s;
-        gpu::accumulate_sums(static_cast<const T*>(w.seg.a), static_cast<const T*>(w.seg.b), w.seg.numel,
-                             gpu::local_cut(split, w.seg.first_index, w.seg.numel), w.tid, w.stride, s);
+      for (int32_t thread = 0; thread < kernels::kThreads; ++thread) {
+        const kernels::SegmentWork w = kernels::segment_work(table, block, thread);
+        kernels::SideSums s;
+        kernels::accumulate_sums(static_cast<const T*>(w.seg.a), static_cast<const T*>(w.seg.b), w.seg.numel,
+                             kernels::local_cut(split, w.seg.first_index, w.seg.numel), w.tid, w.stride, s);
         const double v[6] = {s.dot0, s.aa0, s.bb0, s.dot1, s.aa1, s.bb1};
         for (int q = 0; q < 6; ++q) row[q] += v[q];
       }
@@ -128,9 +129,9 @@ SplitSums emulate_list_sums(const gpu::LaunchPlan& plan, int64_t split) {
 
 // Plain fp64 sums over the concatenated segments.
 template <class T>
-SplitSums direct_sums(const std::vector<gpu::Segment>& segs, int64_t split) {
+SplitSums direct_sums(const std::vector<kernels::Segment>& segs, int64_t split) {
   SplitSums s{};
-  for (const gpu::Segment& g : segs) {
+  for (const kernels::Segment& g : segs) {
     for (int64_t i = 0; i < g.numel; ++i) {
       const double x = double(to_compute(static_cast<const T*>(g.a)[i]));
       const double y = double(to_compute(static_cast<const T*>(g.b)[i]));
@@ -151,7 +152,7 @@ template <class T>
 void check_list(const std::vector<int64_t>& sizes, const std::vector<int>& shifts, int64_t split,
                 int64_t index_offset, double sigma, bool in_place, int budget, std::mt19937_64& rng) {
   std::vector<Buffer<T>> a, b, out_cpu, out_gpu;
-  std::vector<gpu::Segment> gpu_segs;
+  std::vector<kernels::Segment> gpu_segs;
   std::vector<cpu::Segment> cpu_segs;
   int64_t first = index_offset;
   for (size_t j = 0; j < sizes.size(); ++j) {
@@ -172,12 +173,12 @@ void check_list(const std::vector<int64_t>& sizes, const std::vector<int>& shift
       std::memset(out_gpu[j].data, 0xFF, size_t(n) * sizeof(T));  // NaN: unwritten elements show
     }
     if (n > 0) {
-      gpu_segs.push_back({in_place ? out_gpu[j].data : a[j].data, b[j].data, out_gpu[j].data, n, first});
-      cpu_segs.push_back({a[j].data, b[j].data, out_cpu[j].data, n, first});
+      gpu_segs.push_back({in_place ? out_gpu[j].data : a[j].data, b[j].data, out_gpu[j].data, n, first, Names<T>::cpu});
+      cpu_segs.push_back({a[j].data, b[j].data, out_cpu[j].data, n, first, Names<T>::cpu});
     }
     first += n;
   }
-  const gpu::LaunchPlan plan = gpu::plan_launches(gpu_segs, gpu::Unit<T>::kSize, budget);
+  const kernels::LaunchPlan plan = kernels::plan_launches(gpu_segs, kernels::Unit<T>::kSize, budget);
 
   // Sums before the element pass (which may overwrite a).
   const SplitSums emulated = emulate_list_sums<T>(plan, split);
@@ -193,7 +194,7 @@ void check_list(const std::vector<int64_t>& sizes, const std::vector<int>& shift
   const SplitCoefs coefs = split_coefs(Method::kSlerp, OmegaMode::kSegment, direct, 0.3);
   const double c4[4] = {coefs.ca[0], coefs.cb[0], coefs.ca[1], coefs.cb[1]};
   const uint64_t seed = 0x123456789ABCDEFull, stream = 3;
-  cpu::split_interp(Names<T>::cpu, cpu_segs, split, coefs, sigma, seed, stream);
+  cpu::split_interp(cpu_segs, split, coefs, sigma, seed, stream);
   emulate_list_interp<T>(plan, split, c4, sigma, seed, stream);
 
   for (size_t j = 0; j < sizes.size(); ++j) {
@@ -223,28 +224,28 @@ void check_batch(int64_t p, int64_t n, int budget, double sigma, std::mt19937_64
   const int64_t k_count = int64_t(ia.size());
   Buffer<T> out_gpu(k_count * n, 0), out_cpu(k_count * n, 0);
   std::memset(out_gpu.data, 0xFF, size_t(k_count * n) * sizeof(T));
-  const gpu::BatchShape shape = gpu::batch_shape(n, k_count, gpu::Unit<T>::kSize, budget);
+  const kernels::BatchShape shape = kernels::batch_shape(n, k_count, kernels::Unit<T>::kSize, budget);
   const uint64_t seed = 99;
   for (int64_t k = 0; k < k_count; ++k) {
     const T* a = archive.data + ia[k] * n;
     const T* b = archive.data + ib[k] * n;
-    const gpu::Segment seg{a, b, nullptr, n, 0};
+    const kernels::Segment seg{a, b, nullptr, n, 0, Names<T>::cpu};
     const SplitSums sums = direct_sums<T>({seg}, split[k]);
     const SplitCoefs coefs = split_coefs(Method::kSlerp, OmegaMode::kGlobal, sums, 0.1 * double(k + 1));
     const double c4[4] = {coefs.ca[0], coefs.cb[0], coefs.ca[1], coefs.cb[1]};
-    cpu::split_interp(Names<T>::cpu, {{a, b, out_cpu.data + k * n, n, 0}}, split[k], coefs, sigma, seed,
+    cpu::split_interp({{a, b, out_cpu.data + k * n, n, 0, Names<T>::cpu}}, split[k], coefs, sigma, seed,
                       uint64_t(k));
     // The body of batch_interp_kernel for every (blockIdx.x, threadIdx.x) of child k.
     for (int bx = 0; bx < shape.blocks_x; ++bx) {
-      for (int t = 0; t < gpu::kThreads; ++t) {
-        const int64_t tid = int64_t(bx) * gpu::kThreads + t;
-        const int64_t stride = int64_t(shape.blocks_x) * gpu::kThreads;
-        const auto c = gpu::interp_coefs<C>(c4, sigma);
+      for (int t = 0; t < kernels::kThreads; ++t) {
+        const int64_t tid = int64_t(bx) * kernels::kThreads + t;
+        const int64_t stride = int64_t(shape.blocks_x) * kernels::kThreads;
+        const auto c = kernels::interp_coefs<C>(c4, sigma);
         T* out = out_gpu.data + k * n;
         if (C(sigma) != C(0)) {
-          gpu::interp_range<T, true>(a, b, out, n, 0, split[k], c, seed, uint64_t(k), tid, stride);
+          kernels::interp_range<T, true>(a, b, out, n, 0, split[k], c, seed, uint64_t(k), tid, stride);
         } else {
-          gpu::interp_range<T, false>(a, b, out, n, 0, split[k], c, seed, uint64_t(k), tid, stride);
+          kernels::interp_range<T, false>(a, b, out, n, 0, split[k], c, seed, uint64_t(k), tid, stride);
         }
       }
     }
@@ -293,28 +294,28 @@ void check_dtype(std::mt19937_64& rng) {
 }
 
 void check_plan() {
-  std::vector<gpu::Segment> segs;
+  std::vector<kernels::Segment> segs;
   std::mt19937_64 rng(5);
   std::uniform_int_distribution<int64_t> size(1, 1 << 20);
   for (int j = 0; j < 291; ++j) segs.push_back({nullptr, nullptr, nullptr, size(rng), 0});
   const int budget = 1056;
-  const gpu::LaunchPlan plan = gpu::plan_launches(segs, 8, budget);
-  expect(plan.tables.size() == (291 + gpu::kMaxSegments - 1) / gpu::kMaxSegments, "plan: launch count");
+  const kernels::LaunchPlan plan = kernels::plan_launches(segs, 8, budget);
+  expect(plan.tables.size() == (291 + kernels::kMaxSegments - 1) / kernels::kMaxSegments, "plan: launch count");
   int64_t blocks = 0;
   for (size_t i = 0; i < plan.tables.size(); ++i) {
-    const gpu::SegmentTable& t = plan.tables[i];
+    const kernels::SegmentTable& t = plan.tables[i];
     expect(plan.first_block[i] == blocks, "plan: first_block");
     expect(t.block_begin[0] == 0 && t.block_begin[t.count] <= budget + t.count, "plan: blocks per launch");
     for (int s = 0; s < t.count; ++s) {
       const int64_t nb = t.block_begin[s + 1] - t.block_begin[s];
-      expect(nb >= 1 && nb <= gpu::blocks_wanted(t.seg[s].numel, 8), "plan: blocks per segment");
+      expect(nb >= 1 && nb <= kernels::blocks_wanted(t.seg[s].numel, 8), "plan: blocks per segment");
     }
     blocks += t.block_begin[t.count];
   }
   expect(blocks == plan.total_blocks, "plan: total");
-  const gpu::BatchShape shape = gpu::batch_shape(1 << 20, 100000, 4, budget);
+  const kernels::BatchShape shape = kernels::batch_shape(1 << 20, 100000, 4, budget);
   expect(shape.blocks_x == 1 && shape.blocks_y == 65535, "batch shape: many children");
-  const gpu::BatchShape one = gpu::batch_shape(1 << 30, 1, 4, budget);
+  const kernels::BatchShape one = kernels::batch_shape(1 << 30, 1, 4, budget);
   expect(one.blocks_x == budget && one.blocks_y == 1, "batch shape: one large child");
 }
 

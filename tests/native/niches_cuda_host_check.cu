@@ -22,7 +22,8 @@
 #include "cuda/kernels/niches.cuh"
 
 using namespace m2n2;
-using namespace m2n2::niche_gpu;
+namespace kernels = m2n2::cuda;  // (plain `cuda::` would be ambiguous with libcu++'s ::cuda)
+using namespace m2n2::cuda;
 
 namespace {
 
@@ -43,31 +44,31 @@ template <class T>
 struct Traits;
 template <>
 struct Traits<uint8_t> {
-  static constexpr NicheScore type = NicheScore::kBinary;
+  static constexpr Dtype type = Dtype::kUInt8;
   static constexpr const char* name = "binary";
   static uint8_t make(double x) { return x >= 0.5 ? 1 : 0; }
 };
 template <>
 struct Traits<half_t> {
-  static constexpr NicheScore type = NicheScore::kHalf;
+  static constexpr Dtype type = Dtype::kHalf;
   static constexpr const char* name = "fp16";
   static half_t make(double x) { return from_compute<half_t>(float(x)); }
 };
 template <>
 struct Traits<bf16_t> {
-  static constexpr NicheScore type = NicheScore::kBFloat16;
+  static constexpr Dtype type = Dtype::kBFloat16;
   static constexpr const char* name = "bf16";
   static bf16_t make(double x) { return from_compute<bf16_t>(float(x)); }
 };
 template <>
 struct Traits<float> {
-  static constexpr NicheScore type = NicheScore::kFloat;
+  static constexpr Dtype type = Dtype::kFloat;
   static constexpr const char* name = "fp32";
   static float make(double x) { return float(x); }
 };
 template <>
 struct Traits<double> {
-  static constexpr NicheScore type = NicheScore::kDouble;
+  static constexpr Dtype type = Dtype::kDouble;
   static constexpr const char* name = "fp64";
   static double make(double x) { return x; }
 };
@@ -402,7 +403,7 @@ int main() {
   // The plan: scratch bounds and coverage of the shapes above.
   {
     NichesProblem p{};
-    p.type = NicheScore::kFloat;
+    p.type = Dtype::kFloat;
     p.rows = 4000;
     p.cols = 10000000;
     p.row_stride = p.cols;

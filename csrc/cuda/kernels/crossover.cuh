@@ -21,7 +21,8 @@
 // Usage (csrc/cuda/crossover.cu): plan_launches (or batch_shape); device workspaces of
 // 6 doubles per planned block (the partials; slerp only) and 4 per child (the
 // coefficients); then launch_list_sums, launch_coefs, launch_list_interp (or the
-// launch_batch_* pair around launch_coefs); check cudaGetLastError() afterwards.
+// launch_batch_* pair around launch_coefs); each returns cudaGetLastError()
+// (the launch contract of common.cuh).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -33,23 +34,17 @@
 #include <cstdint>
 #include <vector>
 
+#include "common.cuh"
 #include "m2n2/dtypes.h"
 #include "m2n2/interp.h"
 #include "m2n2/philox.h"
 
-#if defined(__CUDA_ARCH__)
-#define M2N2_UNROLL _Pragma("unroll")
-#else
-#define M2N2_UNROLL
-#endif
-
-namespace m2n2::gpu {
+namespace m2n2::cuda {
 
 using m2n2::Dtype;
 using m2n2::Segment;
 
-constexpr int kThreads = 256;    // threads per block, every kernel
-constexpr int kMaxSegments = 32;  // segments per launch: the table stays under 1.5 KB
+constexpr int kMaxSegments = 32;  // segments per launch: the table stays under 2 KB
 
 // ---------------------------------------------------------------------------
 // 16-byte vector access. The element maths is done on "units": whole 16-byte
@@ -467,7 +462,6 @@ inline int block_budget(int device) {
   return std::max(1, sms) * std::max(1, threads / kThreads);
 }
 
-inline int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
 
 // Blocks worth giving a buffer of numel elements: one unit per thread at most.
 inline int64_t blocks_wanted(int64_t numel, int unit) {
@@ -564,46 +558,42 @@ void launch_batch_interp_t(const BatchArgs& args, BatchShape shape, const double
   }
 }
 
-#define M2N2_DISPATCH_DTYPE(dtype, launcher, ...)                           \
-  switch (dtype) {                                                          \
-    case Dtype::kFloat: launcher<float>(__VA_ARGS__); break;                \
-    case Dtype::kDouble: launcher<double>(__VA_ARGS__); break;              \
-    case Dtype::kBFloat16: launcher<bf16_t>(__VA_ARGS__); break;            \
-    case Dtype::kHalf: launcher<half_t>(__VA_ARGS__); break;                \
-  }
-
 // Pass 1 of a list op (slerp): partials[6 plan.total_blocks].
-inline void launch_list_sums(Dtype dtype, const LaunchPlan& plan, int64_t split, double* partials,
+inline cudaError_t launch_list_sums(Dtype dtype, const LaunchPlan& plan, int64_t split, double* partials,
                              cudaStream_t stream) {
-  M2N2_DISPATCH_DTYPE(dtype, launch_list_sums_t, plan, split, partials, stream)
+  M2N2_DISPATCH_FLOAT(dtype, launch_list_sums_t, plan, split, partials, stream)
+  return cudaGetLastError();
 }
 
 // Pass 2: coefs[4 children] from partials (blocks_per_child rows per child; 0 for lerp).
-inline void launch_coefs(const double* partials, int64_t blocks_per_child, int64_t children,
+inline cudaError_t launch_coefs(const double* partials, int64_t blocks_per_child, int64_t children,
                          Method method, OmegaMode mode, const double* w_per_child, double w,
                          double* coefs, cudaStream_t stream) {
   coefs_kernel<kThreads><<<unsigned(children), kThreads, 0, stream>>>(
       partials, blocks_per_child, method, mode, w_per_child, w, coefs);
+  return cudaGetLastError();
 }
 
 // Pass 3 of a list op; stream_id keys the noise (the schema's `stream`).
-inline void launch_list_interp(Dtype dtype, const LaunchPlan& plan, int64_t split, const CoefSource& coefs,
+inline cudaError_t launch_list_interp(Dtype dtype, const LaunchPlan& plan, int64_t split, const CoefSource& coefs,
                                double noise_std, uint64_t seed, uint64_t stream_id, cudaStream_t stream) {
-  M2N2_DISPATCH_DTYPE(dtype, launch_list_interp_t, plan, split, coefs, noise_std, seed, stream_id, stream)
+  M2N2_DISPATCH_FLOAT(dtype, launch_list_interp_t, plan, split, coefs, noise_std, seed, stream_id, stream)
+  return cudaGetLastError();
 }
 
 // Pass 1 of the batched op (slerp): partials[6 K shape.blocks_x].
-inline void launch_batch_sums(Dtype dtype, const BatchArgs& args, BatchShape shape, double* partials,
+inline cudaError_t launch_batch_sums(Dtype dtype, const BatchArgs& args, BatchShape shape, double* partials,
                               cudaStream_t stream) {
-  M2N2_DISPATCH_DTYPE(dtype, launch_batch_sums_t, args, shape, partials, stream)
+  M2N2_DISPATCH_FLOAT(dtype, launch_batch_sums_t, args, shape, partials, stream)
+  return cudaGetLastError();
 }
 
 // Pass 3 of the batched op: child k's noise uses stream k, index offset 0.
-inline void launch_batch_interp(Dtype dtype, const BatchArgs& args, BatchShape shape, const double* coefs,
+inline cudaError_t launch_batch_interp(Dtype dtype, const BatchArgs& args, BatchShape shape, const double* coefs,
                                 double noise_std, uint64_t seed, cudaStream_t stream) {
-  M2N2_DISPATCH_DTYPE(dtype, launch_batch_interp_t, args, shape, coefs, noise_std, seed, stream)
+  M2N2_DISPATCH_FLOAT(dtype, launch_batch_interp_t, args, shape, coefs, noise_std, seed, stream)
+  return cudaGetLastError();
 }
 
-#undef M2N2_DISPATCH_DTYPE
 
-}  // namespace m2n2::gpu
+}  // namespace m2n2::cuda

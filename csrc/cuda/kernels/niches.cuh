@@ -42,18 +42,12 @@
 #include <cstring>
 #include <type_traits>
 
+#include "common.cuh"
 #include "m2n2/dtypes.h"
 #include "m2n2/niches.h"
 
-#if defined(__CUDA_ARCH__)
-#define M2N2_NICHE_UNROLL _Pragma("unroll")
-#else
-#define M2N2_NICHE_UNROLL
-#endif
+namespace m2n2::cuda {
 
-namespace m2n2::niche_gpu {
-
-constexpr int kThreads = 256;             // threads per block, every kernel
 constexpr int64_t kBusyBlocks = 2048;     // blocks that keep every SM of a large GPU busy
 constexpr int64_t kBusyThreads = 1 << 17;  // threads that do the same for the column sums
 constexpr int64_t kMinSliceRows = 64;     // rows per slice of the column sums, at least
@@ -68,7 +62,6 @@ constexpr int64_t kMinSplitChunks = 8;    // chunks per matrix split, at least
 constexpr int64_t kMaxMatrixPartials = 1 << 20;  // doubles of split partials (or 4 N^2)
 constexpr int64_t kGemmMinRows = 128;     // 0/1 scores from this N on: tensor-core GEMMs
 constexpr int64_t kGemmChunkElems = 1 << 21;  // N x chunk elements per GEMM operand
-constexpr int64_t kMaxGrid = 65535;       // blocks per launch (grid-stride beyond)
 
 template <class T>
 using acc_t = compute_t<T>;  // fp32, fp64 for fp64 S (uint8_t: fp32)
@@ -93,13 +86,9 @@ struct NichesPlan {
   bool gemm;       // 0/1 scores, large N: the glue's GEMM path instead of the kernel
 };
 
-M2N2_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-M2N2_HD int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-M2N2_HD int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-
 inline NichesPlan plan_niches(const NichesProblem& p) {
   NichesPlan plan{};
-  const size_t bytes = size_t(niche_score_bytes(p.type));
+  const size_t bytes = size_t(dtype_bytes(p.type));
   const bool aligned = reinterpret_cast<uintptr_t>(p.scores) % 16 == 0 &&
                        (p.rows <= 1 || (uint64_t(p.row_stride) * bytes) % 16 == 0) &&
                        (p.child == nullptr || reinterpret_cast<uintptr_t>(p.child) % 16 == 0);
@@ -137,7 +126,7 @@ inline NichesPlan plan_niches(const NichesProblem& p) {
   plan.tiles = ceil_div(p.rows, plan.tile);
   plan.splits = 1;
   plan.split_cols = ceil_div(p.cols, kChunk) * kChunk;
-  plan.gemm = p.mode == AttractionMode::kMatrix && p.type == NicheScore::kBinary && p.rows >= kGemmMinRows;
+  plan.gemm = p.mode == AttractionMode::kMatrix && p.type == Dtype::kUInt8 && p.rows >= kGemmMinRows;
   if (p.mode == AttractionMode::kMatrix && p.rows > 0 && p.cols > 0) {
     const int64_t chunks = ceil_div(p.cols, kChunk);
     int64_t splits = ceil_div(kBusyBlocks, plan.tiles * plan.tiles);
@@ -177,7 +166,7 @@ M2N2_HD void load_scores(const T* ptr, acc_t<T>* v) {
 #else
     memcpy(e, ptr, sizeof(e));
 #endif
-    M2N2_NICHE_UNROLL
+    M2N2_UNROLL
     for (int i = 0; i < V; ++i) v[i] = score_value(e[i]);
   }
 }
@@ -186,10 +175,10 @@ M2N2_HD void load_scores(const T* ptr, acc_t<T>* v) {
 template <class A, int V>
 M2N2_HD void load_weights(const A* ptr, A* v) {
   if constexpr (V == 1 || (V * sizeof(A)) % 16 != 0) {
-    M2N2_NICHE_UNROLL
+    M2N2_UNROLL
     for (int i = 0; i < V; ++i) v[i] = ptr[i];
   } else {
-    M2N2_NICHE_UNROLL
+    M2N2_UNROLL
     for (int q = 0; q < int(V * sizeof(A) / 16); ++q) {
 #if defined(__CUDA_ARCH__)
       const uint4 raw = __ldg(reinterpret_cast<const uint4*>(ptr) + q);
@@ -208,7 +197,7 @@ M2N2_HD void load_row_vec(const T* row, int64_t j0, int64_t cols, acc_t<T>* v) {
   if (j0 + V <= cols) {
     load_scores<T, V>(row + j0, v);
   } else {
-    M2N2_NICHE_UNROLL
+    M2N2_UNROLL
     for (int i = 0; i < V; ++i) v[i] = j0 + i < cols ? score_value(row[j0 + i]) : acc_t<T>(0);
   }
 }
@@ -240,7 +229,7 @@ M2N2_HD void column_sums_unit(const NichesProblem& p, int64_t g, int64_t r0, int
   using C = colsum_t<T>;
   const T* base = static_cast<const T*>(p.scores);
   const int64_t j0 = g * V;
-  M2N2_NICHE_UNROLL
+  M2N2_UNROLL
   for (int i = 0; i < V; ++i) acc[i] = C(0);
   if (j0 + V <= p.cols) {
 #if defined(__CUDA_ARCH__)
@@ -249,12 +238,12 @@ M2N2_HD void column_sums_unit(const NichesProblem& p, int64_t g, int64_t r0, int
     for (int64_t r = r0; r < r1; ++r) {
       acc_t<T> v[V];
       load_scores<T, V>(base + r * p.row_stride + j0, v);
-      M2N2_NICHE_UNROLL
+      M2N2_UNROLL
       for (int i = 0; i < V; ++i) acc[i] += C(v[i]);
     }
   } else {
     for (int64_t r = r0; r < r1; ++r) {
-      M2N2_NICHE_UNROLL
+      M2N2_UNROLL
       for (int i = 0; i < V; ++i) {
         if (j0 + i < p.cols) acc[i] += C(score_value(base[r * p.row_stride + j0 + i]));
       }
@@ -292,7 +281,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t r1 = min64(p.rows, r0 + plan.slice_rows);
     colsum_t<T> acc[V];
     column_sums_unit<T, V>(p, g, r0, r1, acc);
-    M2N2_NICHE_UNROLL
+    M2N2_UNROLL
     for (int i = 0; i < V; ++i) {
       const int64_t j = g * V + i;
       if (j >= p.cols) break;
@@ -337,7 +326,7 @@ template <class A>
 struct RowSumsAdd {
   M2N2_HD RowSums<A> operator()(const RowSums<A>& x, const RowSums<A>& y) const {
     RowSums<A> s;
-    M2N2_NICHE_UNROLL
+    M2N2_UNROLL
     for (int r = 0; r < kRowGroup; ++r) {
       s.fit[r] = x.fit[r] + y.fit[r];
       s.att[r] = x.att[r] + y.att[r];
@@ -368,7 +357,7 @@ M2N2_HD void row_sums_thread(const NichesProblem& p, const NichesPlan& plan, con
                              int64_t tid, int64_t threads, RowSums<acc_t<T>>& s) {
   using A = acc_t<T>;
   constexpr bool kBinary = std::is_same<T, uint8_t>::value;
-  M2N2_NICHE_UNROLL
+  M2N2_UNROLL
   for (int r = 0; r < kRowGroup; ++r) {
     s.fit[r] = A(0);
     s.att[r] = A(0);
@@ -382,7 +371,7 @@ M2N2_HD void row_sums_thread(const NichesProblem& p, const NichesPlan& plan, con
     if (j0 + V <= p.cols) {
       load_weights<A, V>(u + j0, uv);
     } else {
-      M2N2_NICHE_UNROLL
+      M2N2_UNROLL
       for (int i = 0; i < V; ++i) uv[i] = j0 + i < p.cols ? u[j0 + i] : A(0);
     }
     if constexpr (kAtt) {
@@ -390,16 +379,16 @@ M2N2_HD void row_sums_thread(const NichesProblem& p, const NichesPlan& plan, con
       if constexpr (kBinary) {
         // 0/1 scores: u max(s - q, 0) = (u (1 - q)) s exactly; pv becomes u (1 - q),
         // which keeps one array of V values fewer alive across the rows.
-        M2N2_NICHE_UNROLL
+        M2N2_UNROLL
         for (int i = 0; i < V; ++i) pv[i] = uv[i] * (A(1) - pv[i]);
       }
     }
-    M2N2_NICHE_UNROLL
+    M2N2_UNROLL
     for (int r = 0; r < kRowGroup; ++r) {
       if (r < nrows) {
         A sv[V];
         load_row_vec<T, V>(score_row<T>(p, w.row0 + r), j0, p.cols, sv);
-        M2N2_NICHE_UNROLL
+        M2N2_UNROLL
         for (int i = 0; i < V; ++i) {
           s.fit[r] += uv[i] * sv[i];
           if constexpr (kAtt && kBinary) {
@@ -499,7 +488,7 @@ M2N2_HD void stage_chunk(const NichesProblem& p, const acc_t<T>* u, const Matrix
                          MatrixStage<acc_t<T>, kTile>& st) {
   using A = acc_t<T>;
   const T* base = static_cast<const T*>(p.scores);
-  M2N2_NICHE_UNROLL
+  M2N2_UNROLL
   for (int e = tid; e < kTile * kChunk; e += kThreads) {
     const int row = e / kChunk;
     const int col = e % kChunk;  // consecutive threads: consecutive columns (coalesced)
@@ -521,19 +510,19 @@ M2N2_HD void chunk_products(const MatrixStage<A, kTile>& st, int tid, A (&acc)[k
   constexpr int kPer = kTile / kSide;
   const int ty = tid / kSide;
   const int tx = tid % kSide;
-  M2N2_NICHE_UNROLL
+  M2N2_UNROLL
   for (int kk = 0; kk < kChunk; ++kk) {
     const A uk = st.u[kk];
     A av[kPer];
     A bv[kPer];
-    M2N2_NICHE_UNROLL
+    M2N2_UNROLL
     for (int i = 0; i < kPer; ++i) {
       av[i] = st.a[kk][ty + kSide * i];
       bv[i] = st.b[kk][tx + kSide * i];
     }
-    M2N2_NICHE_UNROLL
+    M2N2_UNROLL
     for (int i = 0; i < kPer; ++i) {
-      M2N2_NICHE_UNROLL
+      M2N2_UNROLL
       for (int jj = 0; jj < kPer; ++jj) {
         const A d = bv[jj] - av[i];
         acc[i][jj] += uk * (d > A(0) ? d : A(0));
@@ -549,10 +538,10 @@ M2N2_HD void store_matrix_tile(const NichesProblem& p, const NichesPlan& plan, c
   constexpr int kPer = kTile / kSide;
   const int ty = tid / kSide;
   const int tx = tid % kSide;
-  M2N2_NICHE_UNROLL
+  M2N2_UNROLL
   for (int i = 0; i < kPer; ++i) {
     const int64_t a = w.a0 + ty + kSide * i;
-    M2N2_NICHE_UNROLL
+    M2N2_UNROLL
     for (int jj = 0; jj < kPer; ++jj) {
       const int64_t b = w.b0 + tx + kSide * jj;
       if (a < p.rows && b < p.rows) {
@@ -741,11 +730,12 @@ template <class Op>
 cudaError_t dispatch_type(const NichesProblem& p, const NichesPlan& plan, const Op& op) {
   const bool vec = plan.vec > 1;
   switch (p.type) {
-    case NicheScore::kBinary: return vec ? op.template run<uint8_t, 16>() : op.template run<uint8_t, 1>();
-    case NicheScore::kHalf: return vec ? op.template run<half_t, 8>() : op.template run<half_t, 1>();
-    case NicheScore::kBFloat16: return vec ? op.template run<bf16_t, 8>() : op.template run<bf16_t, 1>();
-    case NicheScore::kFloat: return vec ? op.template run<float, 4>() : op.template run<float, 1>();
-    case NicheScore::kDouble: return vec ? op.template run<double, 2>() : op.template run<double, 1>();
+    case Dtype::kUInt8: return vec ? op.template run<uint8_t, 16>() : op.template run<uint8_t, 1>();
+    case Dtype::kHalf: return vec ? op.template run<half_t, 8>() : op.template run<half_t, 1>();
+    case Dtype::kBFloat16: return vec ? op.template run<bf16_t, 8>() : op.template run<bf16_t, 1>();
+    case Dtype::kFloat: return vec ? op.template run<float, 4>() : op.template run<float, 1>();
+    case Dtype::kDouble: return vec ? op.template run<double, 2>() : op.template run<double, 1>();
+    default: break;  // refused by the argument checks
   }
   return cudaErrorInvalidValue;
 }
@@ -822,4 +812,4 @@ inline cudaError_t launch_pack_binary(const NichesProblem& p, const float* u, in
   return cudaGetLastError();
 }
 
-}  // namespace m2n2::niche_gpu
+}  // namespace m2n2::cuda

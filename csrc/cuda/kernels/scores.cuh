@@ -24,12 +24,11 @@
 #include <cstring>
 #include <type_traits>
 
+#include "common.cuh"
 #include "m2n2/scores.h"
 
 namespace m2n2::cuda {
 
-constexpr int kBlockThreads = 256;
-constexpr int kWarp = 32;
 constexpr int64_t kWarpRowMaxVocab = 2048;  // above: one block of 256 threads per row
 constexpr int64_t kMinSliceLen = 16384;      // logits per block when rows are sliced
 constexpr int64_t kBusyUnits = 2048;         // blocks that keep every SM busy
@@ -137,10 +136,10 @@ struct SoftmaxMergeOp {
 
 // One unit = (row, slice), handled by kThreadsPerRow threads (a warp, or the block).
 template <class T, int kThreadsPerRow, bool kCorrect>
-__global__ void __launch_bounds__(kBlockThreads)
+__global__ void __launch_bounds__(kThreads)
     row_states_kernel(ScoresProblem p, ScoresPlan plan, SoftmaxState* softmax, uint8_t* beaten) {
-  static_assert(kThreadsPerRow == kWarp || kThreadsPerRow == kBlockThreads, "a warp or the block per row");
-  constexpr int kRowsPerBlock = kBlockThreads / kThreadsPerRow;
+  static_assert(kThreadsPerRow == kWarp || kThreadsPerRow == kThreads, "a warp or the block per row");
+  constexpr int kRowsPerBlock = kThreads / kThreadsPerRow;
   const int lane = int(threadIdx.x) % kThreadsPerRow;
   const int group = int(threadIdx.x) / kThreadsPerRow;
   const int64_t unit = int64_t(blockIdx.x) * kRowsPerBlock + group;
@@ -191,7 +190,7 @@ __global__ void __launch_bounds__(kBlockThreads)
       __shared__ typename WarpReduce::TempStorage temp[kRowsPerBlock];
       st = WarpReduce(temp[group]).Reduce(st, SoftmaxMergeOp());
     } else {
-      using BlockReduce = cub::BlockReduce<SoftmaxState, kBlockThreads>;
+      using BlockReduce = cub::BlockReduce<SoftmaxState, kThreads>;
       __shared__ typename BlockReduce::TempStorage temp;
       st = BlockReduce(temp).Reduce(st, SoftmaxMergeOp());
     }
@@ -202,9 +201,9 @@ __global__ void __launch_bounds__(kBlockThreads)
 // ---- 3. samples ----
 
 template <class T>
-__global__ void __launch_bounds__(kBlockThreads)
+__global__ void __launch_bounds__(kThreads)
     finish_samples_kernel(ScoresProblem p, ScoresPlan plan, const SoftmaxState* softmax, const uint8_t* beaten) {
-  const int64_t b = (int64_t(blockIdx.x) * kBlockThreads + threadIdx.x) / kWarp;
+  const int64_t b = (int64_t(blockIdx.x) * kThreads + threadIdx.x) / kWarp;
   const int lane = int(threadIdx.x) % kWarp;
   if (b >= p.batch) return;  // uniform over the warp
   double sum = 0.0;
@@ -246,9 +245,9 @@ inline cudaError_t launch_find_bad_indices(const ScoresProblem& p, unsigned long
                                            cudaStream_t stream) {
   const int64_t n = p.batch * p.tokens > p.batch ? p.batch * p.tokens : p.batch;
   if (n == 0) return cudaSuccess;
-  int64_t blocks = (n + kBlockThreads - 1) / kBlockThreads;
+  int64_t blocks = (n + kThreads - 1) / kThreads;
   blocks = blocks < 1024 ? blocks : 1024;
-  find_bad_indices_kernel<<<unsigned(blocks), kBlockThreads, 0, stream>>>(p, first_bad);
+  find_bad_indices_kernel<<<unsigned(blocks), kThreads, 0, stream>>>(p, first_bad);
   return cudaGetLastError();
 }
 
@@ -261,18 +260,18 @@ cudaError_t launch_scores_typed(const ScoresProblem& p, const ScoresPlan& plan, 
   if (units > 0) {
     const bool correct = p.kind == ScoreKind::kCorrect;
     if (plan.warp_per_row) {
-      const int64_t blocks = (units + kBlockThreads / kWarp - 1) / (kBlockThreads / kWarp);
+      const int64_t blocks = (units + kThreads / kWarp - 1) / (kThreads / kWarp);
       auto kernel = correct ? row_states_kernel<T, kWarp, true> : row_states_kernel<T, kWarp, false>;
-      kernel<<<unsigned(blocks), kBlockThreads, 0, stream>>>(p, plan, softmax, beaten);
+      kernel<<<unsigned(blocks), kThreads, 0, stream>>>(p, plan, softmax, beaten);
     } else {
-      auto kernel = correct ? row_states_kernel<T, kBlockThreads, true> : row_states_kernel<T, kBlockThreads, false>;
-      kernel<<<unsigned(units), kBlockThreads, 0, stream>>>(p, plan, softmax, beaten);
+      auto kernel = correct ? row_states_kernel<T, kThreads, true> : row_states_kernel<T, kThreads, false>;
+      kernel<<<unsigned(units), kThreads, 0, stream>>>(p, plan, softmax, beaten);
     }
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  const int64_t blocks = (p.batch + kBlockThreads / kWarp - 1) / (kBlockThreads / kWarp);
-  finish_samples_kernel<T><<<unsigned(blocks), kBlockThreads, 0, stream>>>(p, plan, softmax, beaten);
+  const int64_t blocks = (p.batch + kThreads / kWarp - 1) / (kThreads / kWarp);
+  finish_samples_kernel<T><<<unsigned(blocks), kThreads, 0, stream>>>(p, plan, softmax, beaten);
   return cudaGetLastError();
 }
 
@@ -281,9 +280,10 @@ inline cudaError_t launch_sample_scores(const ScoresProblem& p, const ScoresPlan
                                         cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
   switch (p.dtype) {
-    case LogitsType::kFloat: return launch_scores_typed<float>(p, plan, states, stream);
-    case LogitsType::kBFloat16: return launch_scores_typed<bf16_t>(p, plan, states, stream);
-    case LogitsType::kHalf: return launch_scores_typed<half_t>(p, plan, states, stream);
+    case Dtype::kFloat: return launch_scores_typed<float>(p, plan, states, stream);
+    case Dtype::kBFloat16: return launch_scores_typed<bf16_t>(p, plan, states, stream);
+    case Dtype::kHalf: return launch_scores_typed<half_t>(p, plan, states, stream);
+    default: break;  // refused by the argument checks
   }
   return cudaErrorInvalidValue;
 }

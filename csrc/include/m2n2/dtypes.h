@@ -9,8 +9,36 @@
 
 namespace m2n2 {
 
-// The storage dtypes every op supports, for code that knows the dtype at run time.
-enum class Dtype { kFloat, kDouble, kBFloat16, kHalf };
+// Every storage dtype of every op, for code that knows the dtype at run time (one
+// enum for the whole library; csrc/args_common.h maps torch's dtypes onto it). 0/1
+// scores stored in bytes (bool or uint8) are kUInt8 to the niche kernels; kBool is
+// kept apart where a value is written (a bool holds exactly 0 or 1).
+enum class Dtype : int { kFloat, kDouble, kBFloat16, kHalf, kBool, kUInt8 };
+
+// Bytes of one element.
+M2N2_HD int64_t dtype_bytes(Dtype t) {
+  switch (t) {
+    case Dtype::kDouble: return 8;
+    case Dtype::kFloat: return 4;
+    case Dtype::kBFloat16:
+    case Dtype::kHalf: return 2;
+    case Dtype::kBool:
+    case Dtype::kUInt8: return 1;
+  }
+  return 1;
+}
+
+// The one dispatch on the floating storage types: fn<T>(args...) with T = float,
+// double, bf16_t or half_t for `dtype`; any other dtype does nothing (the argument
+// checks refuse it first). Usable in host and device code.
+#define M2N2_DISPATCH_FLOAT(dtype, fn, ...)                         \
+  switch (dtype) {                                                  \
+    case ::m2n2::Dtype::kFloat: fn<float>(__VA_ARGS__); break;       \
+    case ::m2n2::Dtype::kDouble: fn<double>(__VA_ARGS__); break;     \
+    case ::m2n2::Dtype::kBFloat16: fn<::m2n2::bf16_t>(__VA_ARGS__); break; \
+    case ::m2n2::Dtype::kHalf: fn<::m2n2::half_t>(__VA_ARGS__); break;     \
+    default: break;                                                 \
+  }
 
 struct bf16_t {
   uint16_t bits;

@@ -11,6 +11,7 @@
 #include <math.h>
 
 #include "m2n2/common.h"
+#include "m2n2/dtypes.h"
 
 namespace m2n2 {
 
@@ -30,13 +31,15 @@ struct SplitCoefs {
 };
 
 // One contiguous buffer of a child: a model given as a list of tensors is a list of
-// segments forming one long vector (one split, one angle over all of them).
+// segments forming one long vector (one split, one angle over all of them). a, b and
+// out of a segment share its dtype; segments may differ (bf16 weights, fp32 norms).
 struct Segment {
   const void* a;
   const void* b;
   void* out;
   int64_t numel;
   int64_t first_index;  // global index (index_offset included) of element 0
+  Dtype dtype;          // kFloat, kDouble, kBFloat16 or kHalf
 };
 
 constexpr double kSlerpMinSin = 1e-6;

@@ -14,16 +14,13 @@
 
 namespace m2n2 {
 
-// Storage of S. bool and uint8 both hold 0/1 scores (the Python API checks uint8).
-enum class NicheScore : int { kBinary = 0, kHalf = 1, kBFloat16 = 2, kFloat = 3, kDouble = 4 };
-
 // What the attraction output holds: nothing, the row A[parent, :], or all of A.
 enum class AttractionMode : int { kNone = 0, kRow = 1, kMatrix = 2 };
 
 // One call, on raw pointers (host or device memory alike).
 struct NichesProblem {
   const void* scores;  // S [rows, cols]: S(i, j) at i * row_stride + j elements
-  NicheScore type;
+  Dtype type;          // kUInt8 (0/1 bytes: bool or uint8 S), kHalf, kBFloat16, kFloat, kDouble
   int64_t rows;        // N
   int64_t cols;        // D
   int64_t row_stride;  // >= cols
@@ -41,18 +38,6 @@ struct NichesProblem {
 };
 
 M2N2_HD int64_t fitness_rows(const NichesProblem& p) { return p.rows + (p.child != nullptr ? 1 : 0); }
-
-// Bytes of one stored score.
-M2N2_HD int64_t niche_score_bytes(NicheScore t) {
-  switch (t) {
-    case NicheScore::kBinary: return 1;
-    case NicheScore::kHalf:
-    case NicheScore::kBFloat16: return 2;
-    case NicheScore::kFloat: return 4;
-    case NicheScore::kDouble: return 8;
-  }
-  return 1;
-}
 
 // u_j from z_j. pow(x, 1) == x and pow(x, 0) == 1 exactly (IEEE 754), so alpha = 1
 // and alpha = 0 (the GA baseline: every datapoint weighs c_j / (1 + eps)) need no

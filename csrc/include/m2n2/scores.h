@@ -22,15 +22,11 @@ namespace m2n2 {
 
 enum class ScoreKind : int { kCorrect = 0, kLogprob = 1, kProb = 2 };
 enum class ScoreReduce : int { kMean = 0, kSum = 1, kAll = 2 };
-// Storage types a score can be written into.
-enum class ScoreOut : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3, kBool = 4, kUInt8 = 5 };
-
-enum class LogitsType : int { kFloat = 0, kBFloat16 = 1, kHalf = 2 };
 
 // One call, on raw pointers (host or device memory alike).
 struct ScoresProblem {
   const void* logits;  // [B, T, V]: logit (b, t, v) at b * stride_b + t * stride_t + v
-  LogitsType dtype;
+  Dtype dtype;  // kFloat, kBFloat16 or kHalf
   int64_t batch;   // B
   int64_t tokens;  // T
   int64_t vocab;   // V >= 1
@@ -42,7 +38,7 @@ struct ScoresProblem {
   ScoreKind kind;
   ScoreReduce reduce;
   void* out;  // 1-D: out[k] at k * out_stride elements
-  ScoreOut out_type;
+  Dtype out_type;  // any: a score is written in out's dtype
   int64_t out_stride;
   int64_t out_size;            // elements of out
   const int64_t* out_index;    // [B] contiguous, or null: sample b goes to out[b]
@@ -167,14 +163,14 @@ M2N2_HD double sample_value(ScoreReduce reduce, SampleSum acc) {
 // Writes one score into out[pos] (pos in elements). Scores go through fp32 on their way
 // to a 16-bit type (round to nearest even, as torch's .to()), and are 0 or 1 whenever
 // out is bool or uint8 (the Python API only allows those for 0/1 scores).
-M2N2_HD void store_score(void* out, int64_t pos, ScoreOut type, double v) {
+M2N2_HD void store_score(void* out, int64_t pos, Dtype type, double v) {
   switch (type) {
-    case ScoreOut::kFloat: static_cast<float*>(out)[pos] = float(v); break;
-    case ScoreOut::kDouble: static_cast<double*>(out)[pos] = v; break;
-    case ScoreOut::kHalf: static_cast<half_t*>(out)[pos] = from_compute<half_t>(float(v)); break;
-    case ScoreOut::kBFloat16: static_cast<bf16_t*>(out)[pos] = from_compute<bf16_t>(float(v)); break;
-    case ScoreOut::kBool: static_cast<uint8_t*>(out)[pos] = v != 0.0 ? 1 : 0; break;
-    case ScoreOut::kUInt8: static_cast<uint8_t*>(out)[pos] = uint8_t(v); break;
+    case Dtype::kFloat: static_cast<float*>(out)[pos] = float(v); break;
+    case Dtype::kDouble: static_cast<double*>(out)[pos] = v; break;
+    case Dtype::kHalf: static_cast<half_t*>(out)[pos] = from_compute<half_t>(float(v)); break;
+    case Dtype::kBFloat16: static_cast<bf16_t*>(out)[pos] = from_compute<bf16_t>(float(v)); break;
+    case Dtype::kBool: static_cast<uint8_t*>(out)[pos] = v != 0.0 ? 1 : 0; break;
+    case Dtype::kUInt8: static_cast<uint8_t*>(out)[pos] = uint8_t(v); break;
   }
 }
 

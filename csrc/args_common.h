@@ -1,0 +1,118 @@
+// Argument-check vocabulary shared by every op's checks (torch side), so that a
+// direct torch.ops.m2n2 caller reads the same words as a user of the Python API
+// (m2n2_kernels/_checks.py): dtypes as `torch.float32`, shapes as `(3, 5)`, choices
+// as `one of ('a', 'b')`. TORCH_CHECK_TYPE -> TypeError, TORCH_CHECK_INDEX ->
+// IndexError (an index outside its range), TORCH_CHECK_VALUE -> ValueError.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <initializer_list>
+#include <sstream>
+#include <string>
+#include <utility>
+
+#include "m2n2/dtypes.h"
+
+namespace m2n2 {
+
+// "torch.float32", as Python prints a dtype.
+inline std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kBool: return "torch.bool";
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    default: return c10::str("torch.", t);
+  }
+}
+
+// "(3, 5)", "(5,)" or "()", as Python prints a shape tuple.
+inline std::string shape_str(at::IntArrayRef shape) {
+  std::ostringstream s;
+  s << "(";
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << (shape.size() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+// The library's Dtype of a torch dtype; `allowed` lists the ones this argument takes
+// (their names, in the order given, make the message).
+inline Dtype dtype_of(const at::Tensor& t, const char* name, std::initializer_list<at::ScalarType> allowed) {
+  std::string names;
+  size_t i = 0;
+  for (at::ScalarType a : allowed) {
+    if (a == t.scalar_type()) {
+      switch (a) {
+        case at::kFloat: return Dtype::kFloat;
+        case at::kDouble: return Dtype::kDouble;
+        case at::kBFloat16: return Dtype::kBFloat16;
+        case at::kHalf: return Dtype::kHalf;
+        case at::kBool: return Dtype::kBool;
+        case at::kByte: return Dtype::kUInt8;
+        default: break;
+      }
+    }
+    names += c10::str(i == 0 ? "" : (i + 1 == allowed.size() ? " or " : ", "), dtype_name(a).substr(6));
+    ++i;
+  }
+  TORCH_CHECK_TYPE(false, name, " must be ", names, ", got ", dtype_name(t.scalar_type()));
+}
+
+// The value of a string argument among `choices` (pairs of name and value).
+template <class E>
+E parse_choice(const std::string& value, const char* name, std::initializer_list<std::pair<const char*, E>> choices) {
+  std::ostringstream names;
+  bool first = true;
+  for (const auto& c : choices) {
+    if (value == c.first) return c.second;
+    names << (first ? "'" : ", '") << c.first << "'";
+    first = false;
+  }
+  TORCH_CHECK_VALUE(false, name, " must be one of (", names.str(), "), got '", value, "'");
+}
+
+// t has the given dtype, shape and device and is contiguous; `of` says where the
+// expectation comes from (" (as a[1])").
+inline void check_like(const at::Tensor& t, const std::string& name, at::ScalarType dtype, at::IntArrayRef shape,
+                       const at::Device& device, const std::string& of = "") {
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, name, " must be ", dtype_name(dtype), of, ", got ",
+                   dtype_name(t.scalar_type()));
+  TORCH_CHECK_VALUE(t.sizes() == shape, name, " must have shape ", shape_str(shape), of, ", got ",
+                    shape_str(t.sizes()));
+  TORCH_CHECK_VALUE(t.device() == device, name, " must be on ", device, of, ", got ", t.device());
+  TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous");
+}
+
+// A double as Python's repr prints it: the shortest digits that read back exactly,
+// "-1.0" rather than "-1", "nan", "inf".
+inline std::string py_float(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  char buf[32];
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof(buf), "%.*g", precision, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  std::string s = buf;
+  if (s.find_first_of(".eni") == std::string::npos) s += ".0";
+  return s;
+}
+
+// "[i]" for entry i of a list argument, "" for a plain tensor.
+// (c10::str rather than string operator+: GCC 12 at -O3 warns falsely on the latter.)
+inline std::string where(size_t i, bool is_list) { return is_list ? c10::str("[", i, "]") : std::string(); }
+
+}  // namespace m2n2

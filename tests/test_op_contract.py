@@ -1,0 +1,178 @@
+"""One contract per op, in one vocabulary.
+
+Every torch.ops.m2n2 op is checked twice by design: by the C++ kernels (csrc/*_args.h,
+for direct callers of the CPU and CUDA kernels) and by the Python layer
+(m2n2_kernels/<family>.py, check_op_*, which guards the Triton kernels and runs on
+every API call). Here the same bad canonical arguments go to both, and the two
+must raise the same exception type with the same message.
+"""
+import pytest
+import torch
+
+import m2n2_kernels  # noqa: F401  (registers the ops)
+from m2n2_kernels import _checks, crossover, niches, scores
+
+OP = torch.ops.m2n2
+
+
+def _crossover_cases():
+    a, b, out = torch.randn(6), torch.randn(6), torch.empty(6)
+    bf = torch.randn(4, dtype=torch.bfloat16)
+    args = dict(split=2, w=0.3, method="slerp", omega="global", noise_std=0.0, seed=0, stream=0, index_offset=0)
+
+    def call(a_, b_, out_, **kw):
+        return ("split_interpolate_out", ([*a_], [*b_], [*out_], *{**args, **kw}.values()))
+
+    return [
+        call([a], [b, b], [out]),
+        call([a], [b], [out, out]),
+        call([a.long()], [b], [out]),
+        call([a], [b.double()], [out]),
+        call([a], [b[:5]], [out]),
+        call([a, bf], [b, bf.float()], [out, torch.empty_like(bf)]),
+        call([a, bf], [b, bf], [out, torch.empty(4)]),
+        call([a], [b], [torch.empty(12)[::2]]),
+        call([torch.randn(12)[::2]], [b], [out]),
+        call([a], [b], [out], method="cubic"),
+        call([a], [b], [out], omega="local"),
+        call([a], [b], [out], split=7),
+        call([a], [b], [out], split=-1),
+        call([a], [b], [out], index_offset=-1),
+    ]
+
+
+def _batch_cases():
+    archive, out = torch.randn(3, 5), torch.empty(2, 5)
+    i64 = dict(dtype=torch.int64)
+    ia, ib, split, w = torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([1, 4]), torch.tensor([0.2, 0.7], dtype=torch.float64)
+
+    def call(**kw):
+        v = dict(archive=archive, ia=ia, ib=ib, split=split, w=w, out=out, method="lerp", omega="global",
+                 noise_std=0.0, seed=0) | kw
+        return ("crossover_batch_out", tuple(v.values()))
+
+    return [
+        call(archive=archive.long()),
+        call(archive=archive[0]),
+        call(out=out.double()),
+        call(out=torch.empty(2, 4)),
+        call(ia=ia.int()),
+        call(ib=torch.tensor([1, 2, 0])),
+        call(split=split.double()),
+        call(w=w.float()),
+        call(out=torch.empty(5, 2).t()),
+        call(archive=torch.randn(5, 3).t()),
+        call(method="cubic"),
+        call(ia=torch.arange(2, **i64) + 2),  # values: refused by the C++ kernels; see below
+    ]
+
+
+def _niches_cases():
+    S = torch.rand(3, 5)
+    z, fit, row = torch.empty(5), torch.empty(3), torch.empty(3)
+
+    def call(**kw):
+        v = dict(S=S, child=None, capacity=None, alpha=1.0, eps=0.0, parent=0, mode="row", z=z, fitness=fit,
+                 attraction=row) | kw
+        return ("niche_stats_out", tuple(v.values()))
+
+    none = dict(mode="none", fitness=torch.empty(4), attraction=torch.empty(0))
+    return [
+        call(S=S[0]),
+        call(S=S.int()),
+        call(S=S.t().contiguous().t()),
+        call(S=torch.rand(1, 5).expand(3, 5)),
+        call(alpha=float("nan")),
+        call(eps=float("inf")),
+        call(eps=-1.0),
+        call(mode="column"),
+        call(parent=3),
+        call(parent=-1),
+        call(child=S[0]),
+        call(child=S[0].double(), **none),
+        call(child=S[0, :4], **none),
+        call(capacity=torch.ones(5)),
+        call(capacity=torch.ones(4, dtype=torch.float64)),
+        call(z=z.double()),
+        call(fitness=torch.empty(4)),
+        call(mode="matrix"),
+        call(mode="matrix", attraction=torch.empty(3, 3).t()),
+    ]
+
+
+def _scores_cases():
+    logits, target, out = torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.int64), torch.empty(2)
+
+    def call(**kw):
+        v = dict(logits=logits, target=target, mask=None, ignore_index=-100, kind="correct", reduce="mean",
+                 out=out, out_index=None) | kw
+        return ("sample_scores_out", tuple(v.values()))
+
+    return [
+        call(kind="top5"),
+        call(reduce="max"),
+        call(kind="prob", reduce="all"),
+        call(logits=logits.double()),
+        call(logits=logits[0]),
+        call(logits=torch.randn(2, 3, 0)),
+        call(logits=torch.randn(2, 3, 4).transpose(1, 2)),
+        call(target=target.int()),
+        call(target=target[:, :2]),
+        call(mask=torch.ones(2, 3, dtype=torch.uint8)),
+        call(mask=torch.ones(2, 2, dtype=torch.bool)),
+        call(out=out.long()),
+        call(out=torch.empty(2, dtype=torch.bool)),
+        call(out=torch.empty(2, 1)),
+        call(out=torch.empty(3)),
+        call(out=torch.empty(5), out_index=torch.tensor([0, 1], dtype=torch.int32)),
+        call(out=torch.empty(5), out_index=torch.tensor([0, 1, 2])),
+    ]
+
+
+_PYTHON_CHECKS = {
+    "split_interpolate_out": lambda a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset: (
+        crossover.check_op_scalars(crossover.check_op_lists(a, b, out), split, w, method, omega, noise_std, 0, index_offset)
+    ),
+    "crossover_batch_out": lambda archive, ia, ib, split, w, out, method, omega, noise_std, seed: (
+        crossover.check_op_batch(archive, ia, ib, split, w, out, method, omega)
+    ),
+    "niche_stats_out": niches.check_op_args,
+    "sample_scores_out": scores.check_op_args,
+}
+
+CASES = _crossover_cases() + _batch_cases()[:-1] + _niches_cases() + _scores_cases()
+
+
+def _error(fn):
+    try:
+        fn()
+    except (TypeError, ValueError, IndexError) as e:
+        return type(e), str(e).splitlines()[0]
+    return None, None
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{op}-{i}" for i, (op, _) in enumerate(CASES)])
+def test_cpp_and_python_checks_say_the_same(case):
+    op, args = CASES[case]
+    cpp = _error(lambda: getattr(OP, op)(*args))
+    py = _error(lambda: _PYTHON_CHECKS[op](*args))
+    assert cpp[0] is not None, f"the C++ kernels accepted a bad call of {op}"
+    assert py == cpp
+
+
+def test_batch_index_values_are_index_errors():
+    # The C++ CPU kernels read ia/ib (on the host); the API reads them on any device.
+    archive = torch.randn(3, 5)
+    args = (archive, torch.tensor([0, 3]), torch.tensor([1, 1]), torch.tensor([1, 1]),
+            torch.tensor([0.5, 0.5], dtype=torch.float64), torch.empty(2, 5), "lerp", "global", 0.0, 0)
+    with pytest.raises(IndexError, match=r"ia must lie in \[0, 3\) \(rows of archive\), got 3"):
+        OP.crossover_batch_out(*args)
+    with pytest.raises(IndexError, match=r"ia must lie in \[0, 3\) \(rows of archive\), got 3"):
+        m2n2_kernels.crossover_batch(archive, [0, 3], [1, 1], [1, 1], [0.5, 0.5])
+
+
+def test_vocabulary():
+    assert _checks.shape_str((5,)) == "(5,)" and _checks.shape_str(()) == "()"
+    assert _checks.dtypes_str((torch.float32, torch.bfloat16)) == "float32 or bfloat16"
+    with pytest.raises(ValueError, match=r"method must be one of \('lerp', 'slerp'\), got 'x'"):
+        _checks.choice("x", "method", ("lerp", "slerp"))
