@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <initializer_list>
 #include <sstream>
+#include <string_view>
 #include <string>
 #include <utility>
 
@@ -49,35 +50,39 @@ inline std::string shape_str(at::IntArrayRef shape) {
 }
 
 // The library's Dtype of a torch dtype; `allowed` lists the ones this argument takes
-// (their names, in the order given, make the message).
-inline Dtype dtype_of(const at::Tensor& t, const char* name, std::initializer_list<at::ScalarType> allowed) {
-  std::string names;
+// (their names, in the order given, make the message: built only on failure).
+inline Dtype dtype_of(const at::Tensor& t, std::string_view name, std::initializer_list<at::ScalarType> allowed) {
+  const at::ScalarType st = t.scalar_type();
+  for (at::ScalarType a : allowed) {
+    if (a != st) continue;
+    switch (a) {
+      case at::kFloat: return Dtype::kFloat;
+      case at::kDouble: return Dtype::kDouble;
+      case at::kBFloat16: return Dtype::kBFloat16;
+      case at::kHalf: return Dtype::kHalf;
+      case at::kBool: return Dtype::kBool;
+      case at::kByte: return Dtype::kUInt8;
+      default: break;
+    }
+  }
+  std::ostringstream names;
   size_t i = 0;
   for (at::ScalarType a : allowed) {
-    if (a == t.scalar_type()) {
-      switch (a) {
-        case at::kFloat: return Dtype::kFloat;
-        case at::kDouble: return Dtype::kDouble;
-        case at::kBFloat16: return Dtype::kBFloat16;
-        case at::kHalf: return Dtype::kHalf;
-        case at::kBool: return Dtype::kBool;
-        case at::kByte: return Dtype::kUInt8;
-        default: break;
-      }
-    }
-    names += c10::str(i == 0 ? "" : (i + 1 == allowed.size() ? " or " : ", "), dtype_name(a).substr(6));
+    names << (i == 0 ? "" : (i + 1 == allowed.size() ? " or " : ", ")) << dtype_name(a).substr(6);
     ++i;
   }
-  TORCH_CHECK_TYPE(false, name, " must be ", names, ", got ", dtype_name(t.scalar_type()));
+  TORCH_CHECK_TYPE(false, name, " must be ", names.str(), ", got ", dtype_name(st));
 }
 
 // The value of a string argument among `choices` (pairs of name and value).
 template <class E>
-E parse_choice(const std::string& value, const char* name, std::initializer_list<std::pair<const char*, E>> choices) {
+E parse_choice(const std::string& value, std::string_view name, std::initializer_list<std::pair<const char*, E>> choices) {
+  for (const auto& c : choices) {
+    if (value == c.first) return c.second;
+  }
   std::ostringstream names;
   bool first = true;
   for (const auto& c : choices) {
-    if (value == c.first) return c.second;
     names << (first ? "'" : ", '") << c.first << "'";
     first = false;
   }
@@ -86,8 +91,8 @@ E parse_choice(const std::string& value, const char* name, std::initializer_list
 
 // t has the given dtype, shape and device and is contiguous; `of` says where the
 // expectation comes from (" (as a[1])").
-inline void check_like(const at::Tensor& t, const std::string& name, at::ScalarType dtype, at::IntArrayRef shape,
-                       const at::Device& device, const std::string& of = "") {
+inline void check_like(const at::Tensor& t, std::string_view name, at::ScalarType dtype, at::IntArrayRef shape,
+                       const at::Device& device, std::string_view of = "") {
   TORCH_CHECK_TYPE(t.scalar_type() == dtype, name, " must be ", dtype_name(dtype), of, ", got ",
                    dtype_name(t.scalar_type()));
   TORCH_CHECK_VALUE(t.sizes() == shape, name, " must have shape ", shape_str(shape), of, ", got ",

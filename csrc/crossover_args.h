@@ -24,8 +24,27 @@ inline OmegaMode parse_omega(const std::string& omega) {
   return parse_choice<OmegaMode>(omega, "omega", {{"global", OmegaMode::kGlobal}, {"segment", OmegaMode::kSegment}});
 }
 
-inline Dtype float_dtype(const at::Tensor& t, const std::string& name) {
-  return dtype_of(t, name.c_str(), {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16});
+inline Dtype float_dtype(const at::Tensor& t, std::string_view name) {
+  return dtype_of(t, name, {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16});
+}
+
+inline bool is_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// The checks of list position i, in order, each with its message (run only when the
+// fast test in crossover_segments failed, so the names are built on failure alone).
+[[noreturn]] inline void explain_bad_entry(at::TensorList a, at::TensorList b, at::TensorList out, size_t i,
+                                           const at::Device& device) {
+  const std::string at = where(i, true);
+  float_dtype(a[i], c10::str("a", at));
+  float_dtype(b[i], c10::str("b", at));
+  TORCH_CHECK_VALUE(a[i].device() == device, "a", at, " must be on ", device, " (the device of a[0]), got ",
+                    a[i].device());
+  check_like(b[i], c10::str("b", at), a[i].scalar_type(), a[i].sizes(), device, c10::str(" (as a", at, ")"));
+  check_like(out[i], c10::str("out", at), a[i].scalar_type(), a[i].sizes(), device, c10::str(" (as a", at, ")"));
+  TORCH_CHECK_VALUE(a[i].is_contiguous(), "a", at, " must be contiguous");
+  TORCH_CHECK(false, "crossover_segments: list position ", i, " failed a check that explain_bad_entry missed");
 }
 
 // a, b (and out, when not empty) hold as many tensors; at each position a[i], b[i]
@@ -45,20 +64,19 @@ inline std::vector<Segment> crossover_segments(at::TensorList a, at::TensorList 
   TORCH_CHECK_VALUE(device.type() == device_type, "a[0] must be on ", c10::DeviceTypeName(device_type, true),
                     ", got ", device);
   std::vector<Segment> segments;
+  segments.reserve(a.size());
   int64_t first = index_offset;
   for (size_t i = 0; i < a.size(); ++i) {
-    const std::string at = where(i, true);
-    const Dtype dtype = float_dtype(a[i], c10::str("a", at));
-    float_dtype(b[i], c10::str("b", at));
-    TORCH_CHECK_VALUE(a[i].device() == device, "a", at, " must be on ", device, " (the device of a[0]), got ",
-                      a[i].device());
-    check_like(b[i], c10::str("b", at), a[i].scalar_type(), a[i].sizes(), device, c10::str(" (as a", at, ")"));
-    check_like(out[i], c10::str("out", at), a[i].scalar_type(), a[i].sizes(), device, c10::str(" (as a", at, ")"));
-    TORCH_CHECK_VALUE(a[i].is_contiguous(), "a", at, " must be contiguous");
-    if (a[i].numel() > 0) {
-      segments.push_back({a[i].data_ptr(), b[i].data_ptr(), out[i].data_ptr(), a[i].numel(), first, dtype});
+    const at::Tensor &x = a[i], &y = b[i], &o = out[i];
+    const at::ScalarType st = x.scalar_type();
+    const bool ok = is_float(st) && y.scalar_type() == st && o.scalar_type() == st && x.device() == device &&
+                    y.device() == device && o.device() == device && y.sizes() == x.sizes() &&
+                    o.sizes() == x.sizes() && x.is_contiguous() && y.is_contiguous() && o.is_contiguous();
+    if (!ok) explain_bad_entry(a, b, out, i, device);
+    if (x.numel() > 0) {
+      segments.push_back({x.data_ptr(), y.data_ptr(), o.data_ptr(), x.numel(), first, float_dtype(x, "a")});
     }
-    first += a[i].numel();
+    first += x.numel();
   }
   *numel = first - index_offset;
   return segments;

@@ -87,18 +87,19 @@ def check_like(t, name, *, dtype=None, shape=None, device=None, contiguous=False
     check_tensor(t, name)
     if dtype is not None and t.dtype != dtype:
         raise TypeError(f"{name} must be {dtype}{of}, got {t.dtype}")
-    if shape is not None and tuple(t.shape) != tuple(shape):
+    if shape is not None and t.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {shape_str(shape)}{of}, got {shape_str(t.shape)}")
-    if device is not None and t.device != torch.device(device):
+    if device is not None and t.device != device:
         raise ValueError(f"{name} must be on {device}{of}, got {t.device}")
     if contiguous and not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous")
 
 
 def check_range(value, name, lo, hi, what="", error=IndexError):
-    """lo <= value < hi."""
+    """lo <= value < hi; returns value."""
     if not lo <= value < hi:
         raise error(f"{name} must lie in [{lo}, {hi}){what}, got {value}")
+    return value
 
 
 def _byte_span(t):

@@ -35,21 +35,38 @@ def check_op_lists(a, b, out=None, *, is_list=True, contiguous=True):
     _checks.check_float_tensor(a[0], "a" + _checks.where(0, is_list))
     device = a[0].device
     total = 0
+    Tensor, floats = torch.Tensor, _checks.FLOAT_DTYPES
     for i, x in enumerate(a):
-        at = _checks.where(i, is_list)
-        _checks.check_float_tensor(x, "a" + at)
-        _checks.check_float_tensor(b[i], "b" + at)
-        if x.device != device:
-            raise ValueError(f"a{at} must be on {device} (the device of a{_checks.where(0, is_list)}), got {x.device}")
-        _checks.check_like(b[i], "b" + at, dtype=x.dtype, shape=x.shape, device=device, of=f" (as a{at})")
-        if out is not None:
-            _checks.check_like(out[i], "out" + at, dtype=x.dtype, shape=x.shape, device=device, of=f" (as a{at})")
-        if contiguous:
-            for t, name in ((x, "a"), (b[i], "b")) + (((out[i], "out"),) if out is not None else ()):
-                if not t.is_contiguous():
-                    raise ValueError(f"{name}{at} must be contiguous")
+        # A fast test per position; the messages are built only when it fails.
+        y = b[i]
+        o = y if out is None else out[i]
+        ok = (
+            isinstance(x, Tensor) and isinstance(y, Tensor) and isinstance(o, Tensor) and x.dtype in floats
+            and y.dtype == x.dtype and o.dtype == x.dtype and x.device == device and y.device == device
+            and o.device == device and y.shape == x.shape and o.shape == x.shape
+            and (not contiguous or (x.is_contiguous() and y.is_contiguous() and o.is_contiguous()))
+        )
+        if not ok:
+            _explain_bad_entry(a, b, out, i, device, is_list, contiguous)
         total += x.numel()
     return total
+
+
+def _explain_bad_entry(a, b, out, i, device, is_list, contiguous):
+    """The checks of list position i, in order, each with its message."""
+    x, at = a[i], _checks.where(i, is_list)
+    _checks.check_float_tensor(x, "a" + at)
+    _checks.check_float_tensor(b[i], "b" + at)
+    if x.device != device:
+        raise ValueError(f"a{at} must be on {device} (the device of a{_checks.where(0, is_list)}), got {x.device}")
+    _checks.check_like(b[i], "b" + at, dtype=x.dtype, shape=x.shape, device=device, of=f" (as a{at})")
+    if out is not None:
+        _checks.check_like(out[i], "out" + at, dtype=x.dtype, shape=x.shape, device=device, of=f" (as a{at})")
+    if contiguous:
+        for t, name in ((x, "a"), (b[i], "b")) + (((out[i], "out"),) if out is not None else ()):
+            if not t.is_contiguous():
+                raise ValueError(f"{name}{at} must be contiguous")
+    raise AssertionError(f"check_op_lists: list position {i} failed a check that no message explains")
 
 
 def check_op_scalars(n, split, w, method, omega, noise_std, seed, index_offset):

@@ -116,11 +116,12 @@ def _run(S, *, alpha, capacity, eps, parent, mode, child, backend):
     z = torch.empty(cols, dtype=out_dtype, device=S.device)
     fit = torch.empty(rows + (child is not None), dtype=out_dtype, device=S.device)
     att = torch.empty({"none": (0,), "row": (rows,), "matrix": (rows, rows)}[mode], dtype=out_dtype, device=S.device)
-    check_op_args(S, child, capacity, alpha, eps, -1 if parent is None else parent, mode, z, fit, att)
     alpha = _checks.as_finite_float(alpha, "alpha")
     eps = _checks.as_finite_float(eps, "eps", min_value=0.0)
-    parent = _checks.as_int(parent, "parent") if mode == "row" else -1
+    parent = _checks.check_range(_checks.as_int(parent, "parent"), "parent", 0, rows, " (a row of S)") if mode == "row" else -1
     route = _backend.route(S.device, backend)
+    if route != "op":  # the C++ kernels check the same, in the same words (csrc/niches_args.h)
+        check_op_args(S, child, capacity, alpha, eps, parent, mode, z, fit, att)
     if route == "torch":
         rz, rfit, ratt = reference.niche_stats(
             S, alpha=alpha, capacity=capacity, eps=eps, parent=parent, mode=mode, child=child
