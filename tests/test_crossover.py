@@ -265,6 +265,15 @@ def test_indices_past_2_pow_32(device, backend):
     assert torch.isfinite(head).all() and len(set(head.tolist())) == 3
 
 
+def test_in_place_list_starting_with_an_empty_tensor():
+    # An empty tensor is never written, so it does not decide whether out is a or b.
+    a = [torch.randn(0), torch.randn(5)]
+    b = [torch.randn(0), torch.randn(5)]
+    want = mk.split_interpolate(a, b, 2, 0.3)
+    assert mk.split_interpolate_(a, b, 2, 0.3) is a
+    assert torch.equal(a[1], want[1])
+
+
 def test_empty_is_a_no_op():
     for dtype in DTYPES:
         e = torch.empty(0, dtype=dtype)
