@@ -40,13 +40,14 @@ void split_interpolate_out_cuda(at::TensorList a, at::TensorList b, at::TensorLi
   // A launch plan per dtype present (a list may mix bf16 weights and fp32 norms); the
   // partial sums of all plans go to one workspace, added up in a fixed order.
   std::vector<std::pair<Dtype, cuda::LaunchPlan>> plans;
+  const int budget = cuda::block_budget(a[0].device().index());
   for (Dtype dtype : {Dtype::kFloat, Dtype::kDouble, Dtype::kBFloat16, Dtype::kHalf}) {
     std::vector<Segment> group;
     for (const Segment& s : segments) {
       if (s.dtype == dtype) group.push_back(s);
     }
     if (!group.empty()) {
-      plans.emplace_back(dtype, cuda::plan_launches(group, cuda::unit_elems(dtype), cuda::block_budget(a[0].device().index())));
+      plans.emplace_back(dtype, cuda::plan_launches(group, cuda::unit_elems(dtype), budget));
     }
   }
 

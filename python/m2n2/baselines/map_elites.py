@@ -30,23 +30,27 @@ def cell_of(odd_accuracy, even_accuracy):
     return i * GRID + j
 
 
-def descriptor_weights(odd):
-    """[D, 3] 0/1 columns (odd images, even images, all images): scores @ it counts
-    each model's right answers on each, in one product (counts below 2**24 are exact
-    in fp32)."""
-    odd = odd.to(torch.float32)
-    return torch.stack([odd, 1 - odd, torch.ones_like(odd)], dim=1)
+class Descriptors:
+    """(odd-digit accuracy, even-digit accuracy, overall accuracy) of each row of bool
+    scores [K, D], for the mask of images with an odd label. The [D, 3] 0/1 matrix
+    (odd images, even images, all images) and the three image counts are made once:
+    each call is one product, scores @ it, that counts each model's right answers
+    (counts below 2**24 are exact in fp32), divided in fp64 on the host."""
+
+    def __init__(self, odd):
+        w = odd.to(torch.float32)
+        self.weights = torch.stack([w, 1 - w, torch.ones_like(w)], dim=1)
+        n_odd = int(odd.sum())
+        self.sizes = [max(1, n_odd), max(1, odd.numel() - n_odd), odd.numel()]
+
+    def __call__(self, scores):
+        counts = (scores.to(self.weights.dtype) @ self.weights).tolist()
+        return tuple([row[k] / self.sizes[k] for row in counts] for k in range(3))
 
 
-def descriptors(scores, odd, weights=None):
-    """(odd-digit accuracy, even-digit accuracy, overall accuracy) of each row of
-    bool scores [K, D], given the mask of images with an odd label (and, to save
-    rebuilding it each step, its descriptor_weights)."""
-    weights = descriptor_weights(odd) if weights is None else weights
-    counts = (scores.to(weights.dtype) @ weights).tolist()
-    n_odd = int(odd.sum())
-    n = [max(1, n_odd), max(1, odd.numel() - n_odd), scores.shape[1]]
-    return tuple([row[k] / n[k] for row in counts] for k in range(3))
+def descriptors(scores, odd):
+    """Descriptors(odd)(scores), for a single use."""
+    return Descriptors(odd)(scores)
 
 
 class Grid:
@@ -95,8 +99,7 @@ def run_map_elites(task, config, *, progress=None, **_):
     start = task.init(generator)
     grid = Grid(start.shape[1], start.dtype, task.device)
     slot = GRID * GRID
-    odd = task.odd_mask
-    weights = descriptor_weights(odd)
+    describe = Descriptors(task.odd_mask)
     curve = Curve(task, config.log_every)
     tested = {}
 
@@ -111,7 +114,7 @@ def run_map_elites(task, config, *, progress=None, **_):
 
     for model in start:  # the starting models go in as children do
         grid.params[slot].copy_(model)
-        o, e, q = descriptors(task.evaluate(grid.params[slot : slot + 1]), odd, weights)
+        o, e, q = describe(task.evaluate(grid.params[slot : slot + 1]))
         grid.offer(cell_of(o[0], e[0]), q[0], slot)
     log_point()
     curve.point()
@@ -131,7 +134,7 @@ def run_map_elites(task, config, *, progress=None, **_):
                 grid.params[:slot], ia, ib, cut, w, noise_std=config.mutation_std,
                 seed=step_seed(config.seed, step), out=grid.params[slot:],
             )
-            o, e, q = descriptors(task.evaluate(grid.params[slot:]), odd, weights)
+            o, e, q = describe(task.evaluate(grid.params[slot:]))
             grid.offer(cell_of(o[0], e[0]), q[0], slot)
             step += 1
             before = curve.passes
