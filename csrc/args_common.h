@@ -8,14 +8,18 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <initializer_list>
 #include <sstream>
 #include <string_view>
 #include <string>
+#include <tuple>
 #include <utility>
+#include <vector>
 
 #include "m2n2/dtypes.h"
 
@@ -114,6 +118,95 @@ inline std::string py_float(double v) {
   std::string s = buf;
   if (s.find_first_of(".eni") == std::string::npos) s += ".0";
   return s;
+}
+
+// A tensor of a call, named as the Python API names it: `arg` alone, or arg[index]
+// for an entry of a list argument (index >= 0). The name is built only for a message.
+struct NamedTensor {
+  const at::Tensor* tensor;
+  const char* arg;
+  int64_t index = -1;
+};
+
+namespace detail {
+
+inline std::string tensor_name(const NamedTensor& t) {
+  return t.index < 0 ? std::string(t.arg) : c10::str(t.arg, "[", t.index, "]");
+}
+
+inline bool counts(const at::Tensor* t) { return t != nullptr && t->defined() && t->numel() > 0 && !t->is_meta(); }
+
+// The bytes [first, last) that t's elements span (an interleaved view spans the gaps
+// too, as in torch's own overlap checks).
+inline std::pair<uintptr_t, uintptr_t> byte_span(const at::Tensor& t) {
+  int64_t extent = 1;
+  for (int64_t d = 0; d < t.dim(); ++d) extent += (t.size(d) - 1) * std::abs(t.stride(d));
+  const uintptr_t first = reinterpret_cast<uintptr_t>(t.data_ptr());
+  return {first, first + uintptr_t(extent) * uintptr_t(t.element_size())};
+}
+
+inline bool spans_meet(const at::Tensor& x, const at::Tensor& y) {
+  if (x.device() != y.device()) return false;
+  const auto [x0, x1] = byte_span(x);
+  const auto [y0, y1] = byte_span(y);
+  return x0 < y1 && y0 < x1;
+}
+
+}  // namespace detail
+
+// No written tensor shares memory with any other tensor of the call: ValueError
+// "<written> must not overlap <other>" for the first written tensor (in order) that
+// meets another, naming the first it meets (the reads in order, then the other
+// written tensors). The caller leaves out reads a kernel may alias (the input an
+// in-place output exactly is). A sort and a sweep decide; names only on failure.
+// m2n2_kernels/_checks.py, check_disjoint, is the same in Python.
+inline void check_disjoint(const std::vector<NamedTensor>& written, const std::vector<NamedTensor>& read) {
+  struct Span {
+    int device_type, device_index;
+    uintptr_t lo, hi;
+    bool written;
+  };
+  std::vector<Span> spans;
+  spans.reserve(written.size() + read.size());
+  bool any_written = false;
+  for (const auto* group : {&written, &read}) {
+    for (const NamedTensor& t : *group) {
+      if (!detail::counts(t.tensor)) continue;
+      const auto [lo, hi] = detail::byte_span(*t.tensor);
+      const at::Device d = t.tensor->device();
+      spans.push_back({int(d.type()), int(d.has_index() ? d.index() : 0), lo, hi, group == &written});
+      any_written |= group == &written;
+    }
+  }
+  if (!any_written) return;
+  std::sort(spans.begin(), spans.end(), [](const Span& x, const Span& y) {
+    return std::tie(x.device_type, x.device_index, x.lo) < std::tie(y.device_type, y.device_index, y.lo);
+  });
+  bool clash = false;
+  uintptr_t end_any = 0, end_written = 0;
+  for (size_t k = 0; k < spans.size() && !clash; ++k) {
+    const Span& s = spans[k];
+    if (k > 0 && (s.device_type != spans[k - 1].device_type || s.device_index != spans[k - 1].device_index)) {
+      end_any = end_written = 0;
+    }
+    clash = s.lo < (s.written ? end_any : end_written);
+    end_any = std::max(end_any, s.hi);
+    if (s.written) end_written = std::max(end_written, s.hi);
+  }
+  if (!clash) return;
+  for (size_t k = 0; k < written.size(); ++k) {
+    if (!detail::counts(written[k].tensor)) continue;
+    const at::Tensor& w = *written[k].tensor;
+    for (const NamedTensor& t : read) {
+      TORCH_CHECK_VALUE(!detail::counts(t.tensor) || !detail::spans_meet(w, *t.tensor), detail::tensor_name(written[k]),
+                        " must not overlap ", detail::tensor_name(t));
+    }
+    for (size_t j = 0; j < written.size(); ++j) {
+      TORCH_CHECK_VALUE(j == k || !detail::counts(written[j].tensor) || !detail::spans_meet(w, *written[j].tensor),
+                        detail::tensor_name(written[k]), " must not overlap ", detail::tensor_name(written[j]));
+    }
+  }
+  TORCH_CHECK(false, "check_disjoint: a clash that no pair explains");
 }
 
 // "[i]" for entry i of a list argument, "" for a plain tensor.

@@ -82,6 +82,38 @@ inline std::vector<Segment> crossover_segments(at::TensorList a, at::TensorList 
   return segments;
 }
 
+// Which input the output of a split_interpolate call is: none (out is written, a and
+// b are read), a or b (in place: out is exactly that list).
+enum class Written { kOut, kA, kB };
+
+inline bool same_tensor(const at::Tensor& x, const at::Tensor& y) {
+  return x.data_ptr() == y.data_ptr() && x.sizes() == y.sizes() && x.strides() == y.strides() &&
+         x.scalar_type() == y.scalar_type() && x.device() == y.device();
+}
+
+// The written tensors share memory with no other tensor of the call, except that
+// out[i] may be exactly a[i] or b[i] (the kernels read both before writing element by
+// element). `written` says which list out is, for the messages.
+// (crossover.py, check_op_aliasing.)
+inline void check_crossover_aliasing(at::TensorList a, at::TensorList b, at::TensorList out, Written written) {
+  std::vector<NamedTensor> w, r;
+  w.reserve(out.size());
+  r.reserve(a.size() + b.size());
+  const char* out_name = written == Written::kOut ? "out" : (written == Written::kA ? "a" : "b");
+  for (size_t i = 0; i < out.size(); ++i) w.push_back({&out[i], out_name, int64_t(i)});
+  const at::TensorList lists[2] = {a, b};
+  const Written roles[2] = {Written::kA, Written::kB};
+  const char* names[2] = {"a", "b"};
+  for (int k = 0; k < 2; ++k) {
+    if (written == roles[k]) continue;  // in place: out is this list
+    for (size_t i = 0; i < lists[k].size(); ++i) {
+      if (same_tensor(lists[k][i], out[i])) continue;
+      r.push_back({&lists[k][i], names[k], int64_t(i)});
+    }
+  }
+  check_disjoint(w, r);
+}
+
 // With index_offset > 0 the buffer is one piece of a longer vector, whose split may
 // lie past this piece's end.
 inline void check_split(int64_t split, int64_t index_offset, int64_t numel) {
@@ -109,6 +141,8 @@ inline Dtype check_batch(const at::Tensor& archive, const at::Tensor& ia, const 
   check_like(split, "split", at::kLong, {k}, archive.device(), " (one per child)");
   check_like(w, "w", at::kDouble, {k}, archive.device(), " (one per child)");
   TORCH_CHECK_VALUE(archive.is_contiguous(), "archive must be contiguous");
+  check_disjoint({{&out, "out"}},
+                 {{&archive, "archive"}, {&ia, "ia"}, {&ib, "ib"}, {&split, "split"}, {&w, "w"}});
   return dtype;
 }
 

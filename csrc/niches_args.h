@@ -60,6 +60,7 @@ inline NichesProblem make_niches_problem(const at::Tensor& S, const std::optiona
     TORCH_CHECK_VALUE(p.mode == AttractionMode::kNone, "child is only counted with attraction_mode 'none'");
     check_like(*child, "child", S.scalar_type(), {p.cols}, S.device(), " (as a row of S)");
     p.child = child->data_ptr();
+    p.has_child = true;
   }
   if (capacity.has_value()) {
     check_like(*capacity, "capacity", at::kDouble, {p.cols}, S.device(), " (one per column of S)");
@@ -79,15 +80,25 @@ inline NichesProblem make_niches_problem(const at::Tensor& S, const std::optiona
       break;
   }
   p.attraction = p.mode == AttractionMode::kNone ? nullptr : attraction.data_ptr();
+  check_disjoint({{&z, "z"}, {&fitness, "fitness"}, {&attraction, "attraction"}},
+                 {{&S, "S"}, {child ? &*child : nullptr, "child"}, {capacity ? &*capacity : nullptr, "capacity"}});
   return p;
 }
 
-// The error for a non-finite score found at (row, col); row == rows means the child.
-inline void raise_non_finite_score(const NichesProblem& p, int64_t row, int64_t col, double value) {
-  if (row == p.rows) {
-    TORCH_CHECK_VALUE(false, "child[", col, "] = ", py_float(value), ": scores must be finite");
-  }
-  TORCH_CHECK_VALUE(false, "S[", row, ", ", col, "] = ", py_float(value), ": scores must be finite");
+// The error for a bad score (NaN, infinite or negative) found at (row, col); row ==
+// rows means the child. Scores are resources shared among the models that earn them
+// (z_j sums them), so they must be finite and >= 0 (m2n2_kernels/_values.py says the
+// same).
+[[noreturn]] inline void raise_bad_score(const NichesProblem& p, int64_t row, int64_t col, double value) {
+  const std::string at = row == p.rows ? c10::str("child[", col, "]") : c10::str("S[", row, ", ", col, "]");
+  TORCH_CHECK_VALUE(!std::isfinite(value), at, " = ", py_float(value),
+                    ": scores must be >= 0 (log-probabilities are not: use sample_scores(kind='prob'))");
+  TORCH_CHECK_VALUE(false, at, " = ", py_float(value), ": scores must be finite");
+}
+
+// Every score of column j is good but their sum is not finite (fp64 S near 1e308).
+[[noreturn]] inline void raise_column_overflow(int64_t j) {
+  TORCH_CHECK_VALUE(false, "z[", j, "] (the sum of column ", j, " of S) is not finite: scores must be finite");
 }
 
 }  // namespace m2n2

@@ -81,6 +81,8 @@ inline ScoresProblem make_scores_problem(const at::Tensor& logits, const at::Ten
     TORCH_CHECK_VALUE(p.out_size == p.batch, "out must have ", p.batch,
                       " elements (one per sample) without out_index, got ", p.out_size);
   }
+  check_disjoint({{&out, "out"}}, {{&logits, "logits"}, {&target, "target"}, {mask ? &*mask : nullptr, "mask"},
+                                   {out_index ? &*out_index : nullptr, "out_index"}});
   return p;
 }
 

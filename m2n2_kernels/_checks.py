@@ -42,6 +42,33 @@ def as_int(value, name):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def as_int64(value, name):
+    """An integer the ops take as int64 (a larger Python int is refused by name here,
+    rather than by the dispatcher without one)."""
+    value = as_int(value, name)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{name} must fit in int64 ([-2**63, 2**63 - 1]), got {value}")
+    return value
+
+
+def as_tensor(values, name, error, dtype=None):
+    """torch.as_tensor of a Python sequence, with errors that name the argument: an
+    int past int64 raises `error` at its position; an empty sequence is int64 (torch
+    would infer float32) unless `dtype` says otherwise."""
+    if not isinstance(values, (list, tuple, range)) and not hasattr(values, "__array__"):
+        raise TypeError(f"{name} must be a tensor or a sequence of numbers, got {type(values).__name__}")
+    try:
+        return torch.as_tensor(values, dtype=dtype or (torch.int64 if len(values) == 0 else None))
+    except (RuntimeError, OverflowError, TypeError, ValueError) as e:
+        for i, v in enumerate(values):
+            if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
+                raise error(f"{name}[{i}] = {v} does not fit in int64") from None
+        raise TypeError(f"{name} must hold numbers: {e}") from None
+
+
 def as_finite_float(value, name, *, min_value=None):
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
         isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex
@@ -108,22 +135,68 @@ def _byte_span(t):
     return start, start + extent * t.element_size()
 
 
+def _spans_meet(x, y):
+    """x and y (non-empty) touch a common byte of one device's memory (by byte span:
+    an interleaved view counts as overlapping, as torch's own overlap checks do)."""
+    if x.device != y.device or x.device.type == "meta":
+        return False
+    (x0, x1), (y0, y1) = _byte_span(x), _byte_span(y)
+    return x0 < y1 and y0 < x1
+
+
 def overlap(x, y):
     """'none', 'full' (the very same elements in the same layout) or 'partial'."""
-    if x.numel() == 0 or y.numel() == 0:
+    if x.numel() == 0 or y.numel() == 0 or x.device.type == "meta" or y.device.type == "meta":
         return "none"
-    if x.untyped_storage().data_ptr() != y.untyped_storage().data_ptr():
-        return "none"
-    if (x.data_ptr(), x.shape, x.stride(), x.dtype) == (y.data_ptr(), y.shape, y.stride(), y.dtype):
+    if (x.data_ptr(), x.shape, x.stride(), x.dtype, x.device) == (y.data_ptr(), y.shape, y.stride(), y.dtype, y.device):
         return "full"
-    (x0, x1), (y0, y1) = _byte_span(x), _byte_span(y)
-    return "partial" if x0 < y1 and y0 < x1 else "none"
+    return "partial" if _spans_meet(x, y) else "none"
+
+
+def check_disjoint(written, read):
+    """No written tensor shares memory with any other tensor of the call.
+
+    written, read: sequences of (tensor or None, name). Raises ValueError
+    "<written> must not overlap <other>" for the first written tensor (in order) that
+    meets another, naming the first it meets (the reads in order, then the other
+    written tensors). The caller leaves out the reads a kernel may alias, such as the
+    input that an in-place output is exactly. csrc/args_common.h, check_disjoint,
+    does the same in the same words. A sort and a sweep find whether anything
+    clashes; the names are looked for only then.
+    """
+    if torch.compiler.is_compiling():
+        return  # fake tensors have no storage to compare
+    spans = []
+    for is_written, group in ((True, written), (False, read)):
+        for t, _ in group:
+            if t is not None and t.numel() > 0 and t.device.type != "meta":
+                lo, hi = _byte_span(t)
+                spans.append((t.device.type, t.device.index or 0, lo, hi, is_written))
+    if not any(s[4] for s in spans):
+        return
+    spans.sort(key=lambda s: s[:3])
+    clash, place, end_any, end_written = False, None, 0, 0
+    for dev_type, dev_index, lo, hi, is_written in spans:
+        if (dev_type, dev_index) != place:
+            place, end_any, end_written = (dev_type, dev_index), 0, 0
+        if lo < (end_any if is_written else end_written):
+            clash = True
+            break
+        end_any = max(end_any, hi)
+        if is_written:
+            end_written = max(end_written, hi)
+    if not clash:
+        return
+    others = [(t, name, -1) for t, name in read] + [(t, name, k) for k, (t, name) in enumerate(written)]
+    for k, (w, wname) in enumerate(written):
+        if w is None or w.numel() == 0:
+            continue
+        for t, name, j in others:
+            if j != k and t is not None and t.numel() > 0 and _spans_meet(w, t):
+                raise ValueError(f"{wname} must not overlap {name}")
+    raise AssertionError("check_disjoint: a clash that no pair explains")
 
 
 def check_no_overlap(out, name, inputs):
     """out shares no memory with any of `inputs` ((tensor or None, name) pairs)."""
-    if torch.compiler.is_compiling():
-        return  # fake tensors have no storage to compare
-    for t, other in inputs:
-        if t is not None and overlap(out, t) != "none":
-            raise ValueError(f"{name} must not overlap {other}")
+    check_disjoint(((out, name),), inputs)

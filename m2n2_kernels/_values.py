@@ -1,24 +1,42 @@
 """Checks that read the data, for the torch and Triton paths (the C++ kernels find
 the same faults in the pass that reads the data, and raise the same messages:
 csrc/niches_args.h, csrc/scores_args.h). Each costs one host sync on a GPU."""
+import math
+
 import torch
 
 from . import reference
 
 
-def raise_if_non_finite(S, child, z):
-    """A NaN or inf score makes its column's z non-finite: find the first such column,
-    then the score itself, and raise."""
+NEGATIVE_SCORE_HINT = "scores must be >= 0 (log-probabilities are not: use sample_scores(kind='prob'))"
+
+
+def raise_if_bad_scores(S, child, z, *, find_negative=False):
+    """Scores must be finite and >= 0 (they are resources shared among the models that
+    earn them; z_j sums them). A NaN or inf score makes its column's z non-finite, and
+    the Triton kernel makes z NaN for a negative score too; with find_negative (the
+    torch reference, whose z is a plain sum) negative scores are looked for here.
+    Raises for the first bad column, at its first bad score (the rows, then the child),
+    in the words of csrc/niches_args.h."""
     bad = ~torch.isfinite(z)
+    if find_negative and S.dtype.is_floating_point and S.numel() > 0:
+        bad |= S.amin(0) < 0
+        if child is not None:
+            bad |= child < 0
     if not bool(bad.any()):
         return
     j = int(bad.nonzero()[0, 0])
-    column = S[:, j]
-    rows = (~torch.isfinite(column)).nonzero()
-    if rows.numel() > 0:
-        i = int(rows[0, 0])
-        raise ValueError(f"S[{i}, {j}] = {float(column[i])}: scores must be finite")
-    raise ValueError(f"child[{j}] = {float(child[j])}: scores must be finite")
+    for name, column in (("S", S[:, j]), ("child", None if child is None else child[j : j + 1])):
+        if column is None:
+            continue
+        rows = (~torch.isfinite(column) | (column < 0)).nonzero()
+        if rows.numel() > 0:
+            i = int(rows[0, 0])
+            value = float(column[i])
+            at = f"S[{i}, {j}]" if name == "S" else f"child[{j}]"
+            reason = "scores must be finite" if not math.isfinite(value) else NEGATIVE_SCORE_HINT
+            raise ValueError(f"{at} = {value}: {reason}")
+    raise ValueError(f"z[{j}] (the sum of column {j} of S) is not finite: scores must be finite")
 
 
 def check_targets_and_index(target, mask, vocab, ignore_index, out_index, out_size):

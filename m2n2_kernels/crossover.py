@@ -69,14 +69,32 @@ def _explain_bad_entry(a, b, out, i, device, is_list, contiguous):
     raise AssertionError(f"check_op_lists: list position {i} failed a check that no message explains")
 
 
+def check_op_aliasing(a, b, out, role, *, is_list=True):
+    """The written tensors share memory with no other tensor of the call, except that
+    out[i] may be exactly a[i] or b[i] (the kernels read both before writing element
+    by element). role: which list out is ('a' or 'b' in place, else 'none'), so that
+    a message names what the caller passed."""
+    if torch.compiler.is_compiling():
+        return  # fake tensors have no storage to compare
+
+    def reads(ts, name):
+        return [(t, name + _checks.where(i, is_list)) for i, (t, o) in enumerate(zip(ts, out))
+                if _checks.overlap(t, o) != "full"]
+
+    written = [(o, ("out" if role == "none" else role) + _checks.where(i, is_list)) for i, o in enumerate(out)]
+    read = (reads(a, "a") if role != "a" else []) + (reads(b, "b") if role != "b" else [])
+    _checks.check_disjoint(written, read)
+
+
 def check_op_scalars(n, split, w, method, omega, noise_std, seed, index_offset):
     """The scalars of split_interpolate, as the op takes them (seed as int64 bits)."""
-    index_offset = _checks.as_int(index_offset, "index_offset")
+    index_offset = _checks.as_int64(index_offset, "index_offset")
     if index_offset < 0:
         raise ValueError(f"index_offset must be >= 0, got {index_offset}")
     split = _checks.as_int(split, "split")
     if split < 0 or (index_offset == 0 and split > n):
         raise ValueError(f"split must lie in [0, {n}] (the number of elements), got {split}")
+    split = _checks.as_int64(split, "split")  # past the end of a piece of a longer vector
     return (
         split,
         _checks.as_finite_float(w, "w"),
@@ -103,6 +121,7 @@ def check_op_batch(archive, ia, ib, split, w, out, method, omega):
         _checks.check_like(t, name, dtype=dtype, shape=(k,), device=archive.device, of=" (one per child)")
     if not archive.is_contiguous():
         raise ValueError("archive must be contiguous")
+    _checks.check_disjoint(((out, "out"),), ((archive, "archive"), (ia, "ia"), (ib, "ib"), (split, "split"), (w, "w")))
     _checks.choice(method, "method", METHODS)
     _checks.choice(omega, "omega", OMEGAS)
 
@@ -125,12 +144,16 @@ def _as_list(x, name):
 
 
 def _out_role(out_list, a_list, b_list, is_list):
-    """'a' or 'b' when out is exactly that input (in place), 'none' when it overlaps
-    neither; anything between is refused."""
-    role = None
+    """'a' or 'b' when out is exactly that input (in place: the in-place op), else
+    'none' (the out op, which also takes an out[i] that is exactly a[i] or b[i]).
+    An out[i] that partly overlaps a[i] or b[i] is refused here, in those words."""
+    tags = set()
     for i, (o, x, y) in enumerate(zip(out_list, a_list, b_list)):
-        if torch.compiler.is_compiling() or o.numel() == 0:
-            continue  # fake tensors have no storage to compare; empty ones are never written
+        if torch.compiler.is_compiling():  # fake tensors have no storage: identity decides
+            tags.add("a" if o is x else ("b" if o is y else "none"))
+            continue
+        if o.numel() == 0:
+            continue  # never written
         at = _checks.where(i, is_list)
         here = []
         for other, name in ((x, "a"), (y, "b")):
@@ -139,13 +162,8 @@ def _out_role(out_list, a_list, b_list, is_list):
                 raise ValueError(f"out{at} partly overlaps {name}{at}: it must be exactly {name}{at} or not overlap it")
             if ov == "full":
                 here.append(name)
-        # any other out tensor overlapping this input partly is caught by its own check
-        tag = "a" if "a" in here else ("b" if here else "none")
-        if role is None:
-            role = tag
-        elif role != tag:
-            raise ValueError("out must be all of a, all of b, or fresh tensors, not a mix")
-    return role or "none"
+        tags.add("a" if "a" in here else ("b" if here else "none"))
+    return tags.pop() if len(tags) == 1 else "none"
 
 
 def _contiguous(ts):
@@ -223,6 +241,7 @@ def split_interpolate(
             if not o.is_contiguous():
                 raise ValueError(f"out{_checks.where(i, is_list)} must be contiguous")
         role = _out_role(out_list, a_list, b_list, is_list)
+        check_op_aliasing(a_list, b_list, out_list, role, is_list=is_list)
     if n > 0:
         _run(
             _contiguous(a_list), _contiguous(b_list), out_list, role, split, w, method, omega,
@@ -243,8 +262,8 @@ def split_interpolate_(a, b, split, w, **kwargs):
     return a
 
 
-def _index_vector(v, name, device):
-    t = v if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=torch.int64 if len(v) == 0 else None)
+def _index_vector(v, name, device, error):
+    t = v if isinstance(v, torch.Tensor) else _checks.as_tensor(v, name, error)
     if t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
         raise TypeError(f"{name} must be a 1-D integer tensor or sequence, got {t.dtype} of shape {_checks.shape_str(t.shape)}")
     return t.to(device=device, dtype=torch.int64).contiguous()
@@ -272,8 +291,9 @@ def crossover_batch(
         raise ValueError(f"archive must be 2-D (P models x n parameters), got shape {_checks.shape_str(archive.shape)}")
     p, n = archive.shape
     device = archive.device
-    ia, ib, split = (_index_vector(v, name, device) for v, name in ((ia, "ia"), (ib, "ib"), (split, "split")))
-    wt = w if isinstance(w, torch.Tensor) else torch.as_tensor(w, dtype=torch.float64)
+    ia, ib, split = (_index_vector(v, name, device, error)
+                     for v, name, error in ((ia, "ia", IndexError), (ib, "ib", IndexError), (split, "split", ValueError)))
+    wt = w if isinstance(w, torch.Tensor) else _checks.as_tensor(w, "w", ValueError, dtype=torch.float64)
     if wt.dim() != 1 or wt.dtype.is_complex or wt.dtype == torch.bool:
         raise TypeError(f"w must be a 1-D real tensor or sequence, got {wt.dtype} of shape {_checks.shape_str(wt.shape)}")
     wt = wt.to(device=device, dtype=torch.float64).contiguous()
@@ -300,7 +320,8 @@ def crossover_batch(
         out = torch.empty((k, n), dtype=archive.dtype, device=device)
     else:
         _checks.check_like(out, "out", dtype=archive.dtype, shape=(k, n), device=device, contiguous=True)
-        _checks.check_no_overlap(out, "out", ((archive, "archive"),))
+        _checks.check_disjoint(((out, "out"),), ((archive, "archive"), (ia, "ia"), (ib, "ib"), (split, "split"),
+                                                 (wt, "w")))
     if k == 0 or n == 0:
         return out
     archive = archive if archive.is_contiguous() else archive.contiguous()

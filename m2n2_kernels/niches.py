@@ -5,7 +5,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import _backend, _checks, reference
-from ._values import raise_if_non_finite
+from ._values import raise_if_bad_scores
 
 SCORE_DTYPES = (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MODES = ("none", "row", "matrix")
@@ -55,6 +55,8 @@ def check_op_args(S, child, capacity, alpha, eps, parent, attraction_mode, z, fi
     for t, name, shape in ((z, "z", (cols,)), (fitness, "fitness", (rows + (child is not None),)),
                            (attraction, "attraction", att_shape)):
         _checks.check_like(t, name, dtype=out_dtype, shape=shape, device=S.device, contiguous=True)
+    _checks.check_disjoint(((z, "z"), (fitness, "fitness"), (attraction, "attraction")),
+                           ((S, "S"), (child, "child"), (capacity, "capacity")))
     return rows, cols
 
 
@@ -127,7 +129,7 @@ def _run(S, *, alpha, capacity, eps, parent, mode, child, backend):
             S, alpha=alpha, capacity=capacity, eps=eps, parent=parent, mode=mode, child=child
         )
         if not torch.compiler.is_compiling():
-            raise_if_non_finite(S, child, rz)
+            raise_if_bad_scores(S, child, rz, find_negative=True)
         return rz, rfit, att if ratt is None else ratt
     args = (S, child, capacity, alpha, eps, parent, mode, z, fit, att)
     if route == "triton":

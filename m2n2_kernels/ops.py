@@ -30,16 +30,23 @@ def _crossover_batch_out_fake(archive, ia, ib, split, w, out, method, omega, noi
 
 
 def triton_split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset):
-    from .triton import crossover as tc
-
-    n = crossover.check_op_lists(list(a), list(b), list(out))
-    crossover.check_op_scalars(n, split, w, method, omega, noise_std, 0, index_offset)
-    tc.split_interpolate_out(list(a), list(b), list(out), split, w, method, omega, noise_std, seed, stream, index_offset)
+    _triton_split_interpolate(list(a), list(b), list(out), "none", split, w, method, omega, noise_std, seed, stream,
+                              index_offset)
 
 
 def triton_split_interpolate_(self, other, split, w, method, omega, noise_std, seed, stream, index_offset, self_is_a):
     a, b = (self, other) if self_is_a else (other, self)
-    triton_split_interpolate_out(a, b, self, split, w, method, omega, noise_std, seed, stream, index_offset)
+    _triton_split_interpolate(list(a), list(b), list(self), "a" if self_is_a else "b", split, w, method, omega,
+                              noise_std, seed, stream, index_offset)
+
+
+def _triton_split_interpolate(a, b, out, role, split, w, method, omega, noise_std, seed, stream, index_offset):
+    from .triton import crossover as tc
+
+    n = crossover.check_op_lists(a, b, out)
+    crossover.check_op_aliasing(a, b, out, role)
+    crossover.check_op_scalars(n, split, w, method, omega, noise_std, 0, index_offset)
+    tc.split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset)
 
 
 def triton_crossover_batch_out(archive, ia, ib, split, w, out, method, omega, noise_std, seed):

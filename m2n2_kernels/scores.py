@@ -38,7 +38,7 @@ def check_op_args(logits, target, mask, ignore_index, kind, reduce, out, out_ind
         raise ValueError("logits' last dimension must be contiguous")
     _checks.check_like(target, "target", dtype=torch.int64, shape=(batch, tokens), device=logits.device,
                        contiguous=True)
-    _checks.as_int(ignore_index, "ignore_index")
+    _checks.as_int64(ignore_index, "ignore_index")
     if mask is not None:
         _checks.check_like(mask, "mask", dtype=torch.bool, shape=(batch, tokens), device=logits.device,
                            contiguous=True, of=" (as target)")
@@ -57,6 +57,8 @@ def check_op_args(logits, target, mask, ignore_index, kind, reduce, out, out_ind
     else:
         _checks.check_like(out_index, "out_index", dtype=torch.int64, shape=(batch,), device=logits.device,
                            contiguous=True, of=" (one index per sample)")
+    _checks.check_disjoint(((out, "out"),), ((logits, "logits"), (target, "target"), (mask, "mask"),
+                                             (out_index, "out_index")))
 
 
 # ---------------------------------------------------------------------------
@@ -132,8 +134,8 @@ def _check_out(out, out_index, logits, batch, tokens, kind, reduce):
         return None
     if isinstance(out_index, torch.Tensor):
         index = out_index
-    else:  # an empty sequence holds integers too (torch would infer float32)
-        index = torch.as_tensor(out_index, device=out.device, dtype=None if len(out_index) else torch.int64)
+    else:
+        index = _checks.as_tensor(out_index, "out_index", IndexError).to(out.device)
     if not _is_integer_dtype(index.dtype):
         raise TypeError(f"out_index must hold integers (datapoint indices), got {index.dtype}")
     if index.shape != (batch,):
@@ -190,7 +192,7 @@ def sample_scores(
     reduce = _checks.choice(reduce, "reduce", REDUCES)
     if reduce == "all" and kind != "correct":
         raise ValueError("reduce='all' (exact match) needs kind='correct'")
-    ignore_index = _checks.as_int(ignore_index, "ignore_index")
+    ignore_index = _checks.as_int64(ignore_index, "ignore_index")
     batch = logits.shape[0]
     tokens = 1 if logits.dim() == 2 else logits.shape[1]
     index = _check_out(out, out_index, logits, batch, tokens, kind, reduce)

@@ -11,13 +11,15 @@
 namespace m2n2 {
 namespace {
 
-void split_interpolate_out_cpu(at::TensorList a, at::TensorList b, at::TensorList out, int64_t split,
-                               double w, c10::string_view method, c10::string_view omega,
-                               double noise_std, int64_t seed, int64_t stream, int64_t index_offset) {
+// out is written (Written::kOut), or is exactly a (kA) or b (kB): in place.
+void split_interpolate_cpu(at::TensorList a, at::TensorList b, at::TensorList out, Written written, int64_t split,
+                           double w, c10::string_view method, c10::string_view omega,
+                           double noise_std, int64_t seed, int64_t stream, int64_t index_offset) {
   const Method m = parse_method(std::string(method));
   const OmegaMode o = parse_omega(std::string(omega));
   int64_t n = 0;
   const std::vector<Segment> segments = crossover_segments(a, b, out, c10::DeviceType::CPU, index_offset, &n);
+  check_crossover_aliasing(a, b, out, written);
   check_split(split, index_offset, n);
   SplitSums sums{};
   if (m == Method::kSlerp) sums = cpu::split_sums(segments, split);
@@ -30,7 +32,14 @@ void split_interpolate_inplace_cpu(at::TensorList self, at::TensorList other, in
                                    int64_t seed, int64_t stream, int64_t index_offset, bool self_is_a) {
   at::TensorList a = self_is_a ? self : other;
   at::TensorList b = self_is_a ? other : self;
-  split_interpolate_out_cpu(a, b, self, split, w, method, omega, noise_std, seed, stream, index_offset);
+  split_interpolate_cpu(a, b, self, self_is_a ? Written::kA : Written::kB, split, w, method, omega, noise_std, seed,
+                        stream, index_offset);
+}
+
+void split_interpolate_out_cpu(at::TensorList a, at::TensorList b, at::TensorList out, int64_t split, double w,
+                                c10::string_view method, c10::string_view omega, double noise_std, int64_t seed,
+                                int64_t stream, int64_t index_offset) {
+  split_interpolate_cpu(a, b, out, Written::kOut, split, w, method, omega, noise_std, seed, stream, index_offset);
 }
 
 void crossover_batch_out_cpu(const at::Tensor& archive, const at::Tensor& ia, const at::Tensor& ib,
@@ -46,8 +55,8 @@ void crossover_batch_out_cpu(const at::Tensor& archive, const at::Tensor& ia, co
   const int64_t* ps = split.data_ptr<int64_t>();
   const double* pw = w.data_ptr<double>();
   for (int64_t c = 0; c < out.size(0); ++c) {
-    split_interpolate_out_cpu({archive[pa[c]]}, {archive[pb[c]]}, {out[c]}, ps[c], pw[c], method, omega,
-                              noise_std, seed, c, 0);
+    split_interpolate_cpu({archive[pa[c]]}, {archive[pb[c]]}, {out[c]}, Written::kOut, ps[c], pw[c], method, omega,
+                          noise_std, seed, c, 0);
   }
 }
 

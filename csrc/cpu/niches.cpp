@@ -1,5 +1,5 @@
 // CPU kernel of niche_stats_out: argument checks, then the torch-free loops of
-// niches_kernels.cpp, which write nothing when S or the child holds a non-finite score.
+// niches_kernels.cpp, which write nothing when S or the child holds a bad score.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -18,8 +18,9 @@ void niche_stats_out_cpu(const at::Tensor& S, const std::optional<at::Tensor>& c
                          const at::Tensor& attraction) {
   const NichesProblem p = make_niches_problem(S, child, capacity, alpha, eps, parent, std::string(mode), z, fitness,
                                               attraction, c10::DeviceType::CPU);
-  const cpu::NonFiniteScore bad = cpu::niche_stats(p);
-  if (bad.row >= 0) raise_non_finite_score(p, bad.row, bad.col, bad.value);
+  const cpu::BadScore bad = cpu::niche_stats(p);
+  if (bad.row == cpu::BadScore::kColumnOverflow) raise_column_overflow(bad.col);
+  if (bad.row != cpu::BadScore::kNoBadScore) raise_bad_score(p, bad.row, bad.col, bad.value);
 }
 
 }  // namespace

@@ -66,26 +66,44 @@ M2N2_HD void stats_columns(const NichesProblem& p, int64_t c0, int64_t c1, int64
   const T* child = static_cast<const T*>(p.child);
   const bool want_row = p.mode == AttractionMode::kRow;
   const int64_t fit_rows = fitness_rows(p);
-  std::vector<C> uloc(block), ploc(want_row ? block : 0), zrows(block);
+  // Scores must be >= 0: 0/1 bytes are; floats are checked in this pass, by the
+  // smallest score of each column (min(0, x) < 0 exactly when x < 0; a NaN leaves it
+  // alone and makes z NaN).
+  constexpr bool kSigned = !std::is_same_v<T, uint8_t>;
+  std::vector<C> uloc(block), ploc(want_row ? block : 0), zrows(block), lows(kSigned ? block : 0);
   for (int64_t b0 = c0; b0 < c1; b0 += block) {
     const int64_t len = std::min(block, c1 - b0);
     double* zb = z + b0;
     std::fill(zb, zb + len, 0.0);
     C* zc = zrows.data();
+    C* lo = lows.data();
+    if constexpr (kSigned) std::fill(lo, lo + len, C(0));
     for (int64_t i0 = 0; i0 < fit_rows; i0 += kZRows) {
       std::fill(zc, zc + len, C(0));
       for (int64_t i = i0; i < std::min(fit_rows, i0 + kZRows); ++i) {
         const T* r = (i < p.rows ? S + i * p.row_stride : child) + b0;
+        if constexpr (kSigned) {
 #pragma omp simd
-        for (int64_t j = 0; j < len; ++j) zc[j] += score_value(r[j]);
+          for (int64_t j = 0; j < len; ++j) {
+            const C x = score_value(r[j]);
+            zc[j] += x;
+            lo[j] = std::min(lo[j], x);
+          }
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < len; ++j) zc[j] += score_value(r[j]);
+        }
       }
 #pragma omp simd
       for (int64_t j = 0; j < len; ++j) zb[j] += double(zc[j]);
     }
-    bool finite = true;
-    for (int64_t j = 0; j < len; ++j) finite &= std::isfinite(zb[j]);
-    if (!finite) {
-      out.bad_col = b0 + int64_t(std::find_if(zb, zb + len, [](double v) { return !std::isfinite(v); }) - zb);
+    // A column holding a non-finite or a negative score: the first one ends the chunk.
+    bool good = true;
+    for (int64_t j = 0; j < len; ++j) good &= std::isfinite(zb[j]) && (!kSigned || lo[j] >= C(0));
+    if (!good) {
+      int64_t j = 0;
+      while (std::isfinite(zb[j]) && (!kSigned || lo[j] >= C(0))) ++j;
+      out.bad_col = b0 + j;
       return;
     }
     if (p.alpha == 1.0 || p.alpha == 0.0) {
@@ -483,7 +501,7 @@ void store(const double* from, int64_t count, void* to) {
 
 }  // namespace
 
-NonFiniteScore niche_stats(const NichesProblem& p) {
+BadScore niche_stats(const NichesProblem& p) {
   const int64_t n = p.rows, d = p.cols, fit_rows = fitness_rows(p);
   const bool want_row = p.mode == AttractionMode::kRow;
   std::vector<double> z(d), u(d);
@@ -508,9 +526,9 @@ NonFiniteScore niche_stats(const NichesProblem& p) {
   if (bad_col < d) {
     for (int64_t i = 0; i < fit_rows; ++i) {
       const double v = score_at(p, i, bad_col);
-      if (!std::isfinite(v)) return {i, bad_col, v};
+      if (!std::isfinite(v) || v < 0.0) return {i, bad_col, v};
     }
-    return {-1, bad_col, 0.0};  // unreachable: a finite column sums to a finite z
+    return {BadScore::kColumnOverflow, bad_col, 0.0};
   }
 
   std::vector<double> total(std::max(fit_rows, want_row ? n : int64_t(0)), 0.0);
@@ -538,7 +556,7 @@ NonFiniteScore niche_stats(const NichesProblem& p) {
     if (!done) attraction_matrix_tiled(p, u.data(), A.data());
     write(A.data(), n * n, p.attraction);
   }
-  return {-1, 0, 0.0};
+  return {BadScore::kNoBadScore, 0, 0.0};
 }
 
 }  // namespace m2n2::cpu

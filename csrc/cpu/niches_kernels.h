@@ -18,16 +18,19 @@
 
 namespace m2n2::cpu {
 
-// Where a non-finite score was found: row == -1 when every score is finite; row == N
-// is the child.
-struct NonFiniteScore {
+// Where a bad score (NaN, infinite or negative) was found: row == N is the child;
+// row == kNoBadScore when every score is good; row == kColumnOverflow when the scores
+// of column col are good but their sum is not finite.
+struct BadScore {
+  static constexpr int64_t kNoBadScore = -1;
+  static constexpr int64_t kColumnOverflow = -2;
   int64_t row;
   int64_t col;
   double value;
 };
 
-// Computes every output of p, or, when S or the child holds a NaN or an infinity,
-// writes nothing and returns its position.
-NonFiniteScore niche_stats(const NichesProblem& p);
+// Computes every output of p, or, when S or the child holds a bad score, writes
+// nothing and returns the first one (lowest column, then lowest row).
+BadScore niche_stats(const NichesProblem& p);
 
 }  // namespace m2n2::cpu

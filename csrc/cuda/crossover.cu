@@ -25,13 +25,15 @@ at::Tensor workspace(int64_t doubles, const at::Tensor& like) {
   return at::empty({doubles}, like.options().dtype(at::kDouble));
 }
 
-void split_interpolate_out_cuda(at::TensorList a, at::TensorList b, at::TensorList out, int64_t split,
-                                double w, c10::string_view method, c10::string_view omega,
-                                double noise_std, int64_t seed, int64_t stream, int64_t index_offset) {
+// out is written (Written::kOut), or is exactly a (kA) or b (kB): in place.
+void split_interpolate_cuda(at::TensorList a, at::TensorList b, at::TensorList out, Written written, int64_t split,
+                            double w, c10::string_view method, c10::string_view omega,
+                            double noise_std, int64_t seed, int64_t stream, int64_t index_offset) {
   const Method m = parse_method(std::string(method));
   const OmegaMode o = parse_omega(std::string(omega));
   int64_t n = 0;
   const std::vector<Segment> segments = crossover_segments(a, b, out, c10::DeviceType::CUDA, index_offset, &n);
+  check_crossover_aliasing(a, b, out, written);
   check_split(split, index_offset, n);
   if (segments.empty()) return;
 
@@ -84,7 +86,14 @@ void split_interpolate_inplace_cuda(at::TensorList self, at::TensorList other, i
                                     int64_t seed, int64_t stream, int64_t index_offset, bool self_is_a) {
   at::TensorList a = self_is_a ? self : other;
   at::TensorList b = self_is_a ? other : self;
-  split_interpolate_out_cuda(a, b, self, split, w, method, omega, noise_std, seed, stream, index_offset);
+  split_interpolate_cuda(a, b, self, self_is_a ? Written::kA : Written::kB, split, w, method, omega, noise_std, seed,
+                        stream, index_offset);
+}
+
+void split_interpolate_out_cuda(at::TensorList a, at::TensorList b, at::TensorList out, int64_t split, double w,
+                                c10::string_view method, c10::string_view omega, double noise_std, int64_t seed,
+                                int64_t stream, int64_t index_offset) {
+  split_interpolate_cuda(a, b, out, Written::kOut, split, w, method, omega, noise_std, seed, stream, index_offset);
 }
 
 // Shapes and dtypes only: the values of ia, ib and split live on the device, and

@@ -35,24 +35,23 @@ namespace m2n2 {
 namespace {
 
 
-// Called with the first column j whose z is not finite: finds the score and raises
-// (always).
+// Called with the first column j holding a bad score (NaN, infinite or negative: its
+// z is made NaN) : finds the score and raises (always).
 void raise_bad_column(const NichesProblem& p, const at::Tensor& S, const std::optional<at::Tensor>& child,
                                    int64_t j) {
   if (p.rows > 0) {
     const at::Tensor column = S.select(1, j);
-    const at::Tensor rows = at::isfinite(column).logical_not().nonzero();
+    const at::Tensor rows = at::isfinite(column).logical_not().logical_or(column < 0).nonzero();
     if (rows.numel() > 0) {
       const int64_t i = rows[0][0].item<int64_t>();
-      raise_non_finite_score(p, i, j, column[i].item<double>());
+      raise_bad_score(p, i, j, column[i].item<double>());
     }
   }
   if (child.has_value()) {
     const double value = (*child)[j].item<double>();
-    if (!std::isfinite(value)) raise_non_finite_score(p, p.rows, j, value);
+    if (!std::isfinite(value) || value < 0.0) raise_bad_score(p, p.rows, j, value);
   }
-  // Every score of the column is finite but their sum overflowed (fp64 S near 1e308).
-  TORCH_CHECK_VALUE(false, "z[", j, "] (the sum of column ", j, " of S) is not finite: scores must be finite");
+  raise_column_overflow(j);
 }
 
 // A = (1 - S) diag(u) S^T for 0/1 scores, on the tensor cores (see the top of the file).

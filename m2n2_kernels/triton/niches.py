@@ -6,7 +6,7 @@ Three kernels, every reduction in a fixed order (no atomics: bitwise reproducibl
    [BR rows, BD columns]; int32 counts for 0/1 scores (exact), fp64 otherwise. The
    child row is added by the first row slice. Row slices, when there are several,
    write fp64 partials that torch sums over the slice axis.
-   Then one host sync (raise_if_non_finite), and the weights
+   Then one host sync (raise_if_bad_scores), and the weights
    u_j = c_j / ((z_j if z_j != 0 else 1) ** alpha + eps) in fp64 in torch on the
    D-vector, rounded to the compute dtype (fp32, fp64 for fp64 S).
 2. fitness and (mode "row") the attraction row in one read of S: one program per
@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._values import raise_if_non_finite
+from .._values import raise_if_bad_scores
 from ._utils import MAX_GRID_Y, i64, interpreting, on_device
 
 # Grid sizing: programs wanted per SM before the columns are split across programs
@@ -71,10 +71,13 @@ def _column_sums_kernel(
     cmask = c < cols
     r_lo = split * i64(rows_per_split)
     r_hi = tl.minimum(r_lo + i64(rows_per_split), rows)
+    # A negative score makes its column's sum NaN, as a NaN score does: the host's one
+    # check of z finds both (scores must be finite and >= 0; 0/1 bytes always are).
     if BINARY:
         acc = tl.zeros([BR, BD], dtype=tl.int32)
     else:
         acc = tl.zeros([BR, BD], dtype=tl.float64)
+        low = tl.zeros([BR, BD], dtype=tl.float64)
     for r0 in range(r_lo, r_hi, BR):
         r = r0 + tl.arange(0, BR).to(tl.int64)
         m = (r < r_hi)[:, None] & cmask[None, :]
@@ -83,10 +86,15 @@ def _column_sums_kernel(
             acc += (x != 0).to(tl.int32)
         else:
             acc += x.to(tl.float64)
+            low = tl.where(x < 0, x.to(tl.float64), low)
     z = tl.sum(acc, axis=0).to(tl.float64)
     if HAS_CHILD:  # counted once, by the first row slice
-        xc = tl.load(child_ptr + c, mask=cmask & (split == 0), other=0)
-        z += _score(xc, BINARY, tl.float64)
+        xc = _score(tl.load(child_ptr + c, mask=cmask & (split == 0), other=0), BINARY, tl.float64)
+        z += xc
+        if not BINARY:
+            z = tl.where(xc < 0, float("nan"), z)
+    if not BINARY:
+        z = tl.where(tl.min(low, axis=0) < 0, float("nan"), z)
     tl.store(out_ptr + split * i64(out_split_stride) + c, z.to(out_ptr.dtype.element_ty), mask=cmask)
 
 
@@ -306,7 +314,7 @@ def _niche_stats(S, child, capacity, alpha, eps, parent, mode, z, fitness, attra
     )
     if splits > 1:
         z.copy_(zout.sum(0))
-    raise_if_non_finite(S, child, z)
+    raise_if_bad_scores(S, child, z)
     zz = z.to(torch.float64)
     zhat = torch.where(zz != 0, zz, 1.0).pow(alpha) + eps
     u = ((capacity if capacity is not None else 1.0) / zhat).to(cdt)

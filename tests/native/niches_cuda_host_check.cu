@@ -265,6 +265,7 @@ void run_case(const Case& c, std::mt19937_64& rng, int64_t nan_at = -1) {
   p.cols = c.cols;
   p.row_stride = stride;
   p.child = c.child ? child.data : nullptr;
+  p.has_child = c.child;
   p.capacity = c.capacity ? cap.data() : nullptr;
   p.alpha = c.alpha;
   p.eps = c.eps;

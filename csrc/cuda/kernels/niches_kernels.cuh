@@ -91,13 +91,20 @@ M2N2_HD void store_out(const NichesProblem& p, void* out, int64_t i, double v) {
 template <class T>
 using colsum_t = typename std::conditional<std::is_same<T, uint8_t>::value, uint32_t, double>::type;
 
+// A negative score makes its column's sum NaN, as a NaN score does: the caller's one
+// check of z finds both (scores must be finite and >= 0; 0/1 bytes always are).
 template <class T, int V>
 M2N2_HD void column_sums_unit(const NichesProblem& p, int64_t g, int64_t r0, int64_t r1, colsum_t<T>* acc) {
   using C = colsum_t<T>;
+  constexpr bool kSigned = !std::is_same<T, uint8_t>::value;
   const T* base = static_cast<const T*>(p.scores);
   const int64_t j0 = g * V;
+  acc_t<T> low[V];  // the smallest score of each column (a NaN leaves it alone)
   M2N2_UNROLL
-  for (int i = 0; i < V; ++i) acc[i] = C(0);
+  for (int i = 0; i < V; ++i) {
+    acc[i] = C(0);
+    low[i] = acc_t<T>(0);
+  }
   if (j0 + V <= p.cols) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll 4
@@ -106,23 +113,39 @@ M2N2_HD void column_sums_unit(const NichesProblem& p, int64_t g, int64_t r0, int
       acc_t<T> v[V];
       load_scores<T, V>(base + r * p.row_stride + j0, v);
       M2N2_UNROLL
-      for (int i = 0; i < V; ++i) acc[i] += C(v[i]);
+      for (int i = 0; i < V; ++i) {
+        acc[i] += C(v[i]);
+        if constexpr (kSigned) low[i] = v[i] < low[i] ? v[i] : low[i];
+      }
     }
   } else {
     for (int64_t r = r0; r < r1; ++r) {
       M2N2_UNROLL
       for (int i = 0; i < V; ++i) {
-        if (j0 + i < p.cols) acc[i] += C(score_value(base[r * p.row_stride + j0 + i]));
+        if (j0 + i < p.cols) {
+          const acc_t<T> x = score_value(base[r * p.row_stride + j0 + i]);
+          acc[i] += C(x);
+          if constexpr (kSigned) low[i] = x < low[i] ? x : low[i];
+        }
       }
+    }
+  }
+  if constexpr (kSigned) {
+    M2N2_UNROLL
+    for (int i = 0; i < V; ++i) {
+      if (low[i] < acc_t<T>(0)) acc[i] = C(NAN);
     }
   }
 }
 
 // z_j from the sum of the rows: adds the child, writes z[j] and u[j]; true when z_j is
-// not finite (a NaN or inf score in column j, or an fp64 overflow).
+// not finite (a NaN, inf or negative score in column j, or an fp64 overflow).
 template <class T>
 M2N2_HD bool finish_column(const NichesProblem& p, int64_t j, double z, acc_t<T>* u) {
-  if (p.child != nullptr) z += double(score_value(static_cast<const T*>(p.child)[j]));
+  if (p.has_child) {
+    const double c = double(score_value(static_cast<const T*>(p.child)[j]));
+    z = c < 0.0 ? double(NAN) : z + c;
+  }
   store_out(p, p.z, j, z);
   const double c = p.capacity != nullptr ? p.capacity[j] : 1.0;
   u[j] = acc_t<T>(niche_weight(z, c, p.alpha, p.eps));

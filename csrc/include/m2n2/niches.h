@@ -24,7 +24,8 @@ struct NichesProblem {
   int64_t rows;        // N
   int64_t cols;        // D
   int64_t row_stride;  // >= cols
-  const void* child;   // [cols] contiguous, same type as S, or null: row N of z and fitness
+  const void* child;   // [cols] contiguous, same type as S: row N of z and fitness (has_child)
+  bool has_child;      // (with D = 0, child is counted though its pointer may be null)
   const double* capacity;  // [cols] contiguous, or null: c_j = 1
   double alpha;
   double eps;
@@ -33,11 +34,11 @@ struct NichesProblem {
   // Outputs, float32 or (out_double) float64, contiguous.
   bool out_double;
   void* z;           // [cols]
-  void* fitness;     // [rows + (child != null)]
+  void* fitness;     // [rows + has_child]
   void* attraction;  // [rows] (kRow), [rows, rows] (kMatrix), or null (kNone)
 };
 
-M2N2_HD int64_t fitness_rows(const NichesProblem& p) { return p.rows + (p.child != nullptr ? 1 : 0); }
+M2N2_HD int64_t fitness_rows(const NichesProblem& p) { return p.rows + (p.has_child ? 1 : 0); }
 
 // u_j from z_j. pow(x, 1) == x and pow(x, 0) == 1 exactly (IEEE 754), so alpha = 1
 // and alpha = 0 (the GA baseline: every datapoint weighs c_j / (1 + eps)) need no
