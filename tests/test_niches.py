@@ -98,7 +98,7 @@ def test_reference_streams_over_columns(monkeypatch):
 # ---- every backend against the reference ----
 
 
-@pytest.mark.parametrize("device,backend", device_backend_params())
+@pytest.mark.parametrize("device,backend", device_backend_params(with_torch=False))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n,d", SHAPES)
 def test_matches_reference(device, backend, dtype, n, d):

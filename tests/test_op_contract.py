@@ -18,6 +18,7 @@ OP = torch.ops.m2n2
 def _crossover_cases():
     a, b, out = torch.randn(6), torch.randn(6), torch.empty(6)
     bf = torch.randn(4, dtype=torch.bfloat16)
+    buf, x, y = torch.randn(12), torch.randn(6), torch.randn(6)
     args = dict(split=2, w=0.3, method="slerp", omega="global", noise_std=0.0, seed=0, stream=0, index_offset=0)
 
     def call(a_, b_, out_, **kw):
@@ -38,12 +39,21 @@ def _crossover_cases():
         call([a], [b], [out], split=7),
         call([a], [b], [out], split=-1),
         call([a], [b], [out], index_offset=-1),
+        # aliasing: a written tensor meets another tensor of the call
+        call([a], [b], [a[1:]]),
+        call([a, buf[:4]], [b, bf.float()], [buf[2:8], torch.empty(4)]),
+        call([a, bf.float()], [b, buf[:4]], [torch.empty(6), buf[2:6]]),
+        call([a, b], [b, a], [out, out]),
+        ("split_interpolate_", ([x, y], [y, x], *args.values(), True)),
+        ("split_interpolate_", ([buf[:6], buf[3:9]], [x, y], *args.values(), False)),
+        call([buf[:6], buf[3:9]], [x, y], [torch.empty(6), torch.empty(6)], split=13),  # reads may overlap each other
     ]
 
 
 def _batch_cases():
     archive, out = torch.randn(3, 5), torch.empty(2, 5)
     i64 = dict(dtype=torch.int64)
+    big = torch.randn(5, 5)
     ia, ib, split, w = torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([1, 4]), torch.tensor([0.2, 0.7], dtype=torch.float64)
 
     def call(**kw):
@@ -63,6 +73,9 @@ def _batch_cases():
         call(out=torch.empty(5, 2).t()),
         call(archive=torch.randn(5, 3).t()),
         call(method="cubic"),
+        call(ia=out.view(-1)[:4].view(torch.int64)),
+        call(w=out.view(-1)[4:8].view(torch.float64)),
+        call(archive=big[:3], out=big[2:4]),
         call(ia=torch.arange(2, **i64) + 2),  # values: refused by the C++ kernels; see below
     ]
 
@@ -70,6 +83,7 @@ def _batch_cases():
 def _niches_cases():
     S = torch.rand(3, 5)
     z, fit, row = torch.empty(5), torch.empty(3), torch.empty(3)
+    cap = torch.ones(5, dtype=torch.float64)
 
     def call(**kw):
         v = dict(S=S, child=None, capacity=None, alpha=1.0, eps=0.0, parent=0, mode="row", z=z, fitness=fit,
@@ -97,6 +111,9 @@ def _niches_cases():
         call(fitness=torch.empty(4)),
         call(mode="matrix"),
         call(mode="matrix", attraction=torch.empty(3, 3).t()),
+        call(z=S[1]),
+        call(attraction=fit),
+        call(capacity=cap, z=cap.view(torch.float32)[:5]),
     ]
 
 
@@ -126,12 +143,30 @@ def _scores_cases():
         call(out=torch.empty(3)),
         call(out=torch.empty(5), out_index=torch.tensor([0, 1], dtype=torch.int32)),
         call(out=torch.empty(5), out_index=torch.tensor([0, 1, 2])),
+        call(out=logits.view(-1)[3:5]),
+        call(out=target.view(-1)[:1].view(torch.float32)),
     ]
+
+
+def _python_out_checks(a, b, out, split, w, method, omega, noise_std, index_offset):
+    n = crossover.check_op_lists(a, b, out)
+    crossover.check_op_aliasing(a, b, out, "none")
+    crossover.check_op_scalars(n, split, w, method, omega, noise_std, 0, index_offset)
+
+
+def _python_inplace_checks(self, other, self_is_a, split, w, method, omega, noise_std, index_offset):
+    a, b = (self, other) if self_is_a else (other, self)
+    n = crossover.check_op_lists(a, b, self)
+    crossover.check_op_aliasing(a, b, self, "a" if self_is_a else "b")
+    crossover.check_op_scalars(n, split, w, method, omega, noise_std, 0, index_offset)
 
 
 _PYTHON_CHECKS = {
     "split_interpolate_out": lambda a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset: (
-        crossover.check_op_scalars(crossover.check_op_lists(a, b, out), split, w, method, omega, noise_std, 0, index_offset)
+        _python_out_checks(a, b, out, split, w, method, omega, noise_std, index_offset)
+    ),
+    "split_interpolate_": lambda self, other, split, w, method, omega, noise_std, seed, stream, index_offset, self_is_a: (
+        _python_inplace_checks(self, other, self_is_a, split, w, method, omega, noise_std, index_offset)
     ),
     "crossover_batch_out": lambda archive, ia, ib, split, w, out, method, omega, noise_std, seed: (
         crossover.check_op_batch(archive, ia, ib, split, w, out, method, omega)
