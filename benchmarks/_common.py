@@ -102,6 +102,12 @@ def dtype_name(dtype):
     return str(dtype).removeprefix("torch.")
 
 
+def _fixed(x):
+    """Two decimals, or three significant digits below 0.1 (a slow baseline's rate
+    must not print as 0.00)."""
+    return f"{x:.2f}" if abs(x) >= 0.1 else f"{x:.3g}"
+
+
 class KernelRows:
     """CSV rows of KERNEL_FIELDS, formatted alike in every script."""
 
@@ -114,9 +120,9 @@ class KernelRows:
             op=op, impl=impl, backend=backend, device=torch.device(device).type, dtype=dtype_name(dtype),
             shape="x".join(str(int(s)) for s in shape) if isinstance(shape, (tuple, list)) else str(shape),
             ms=f"{ms:.3f}", ms_min="" if ms_min is None else f"{ms_min:.3f}", reps=reps,
-            gbps="" if nbytes is None else f"{nbytes / ms / 1e6:.2f}",
-            speedup_vs_torch="" if torch_ms is None else f"{torch_ms / ms:.2f}",
-            ceiling=ceiling or "", time_vs_ceiling="" if ceiling_ms is None else f"{ms / ceiling_ms:.2f}",
+            gbps="" if nbytes is None else _fixed(nbytes / ms / 1e6),
+            speedup_vs_torch="" if torch_ms is None else _fixed(torch_ms / ms),
+            ceiling=ceiling or "", time_vs_ceiling="" if ceiling_ms is None else _fixed(ms / ceiling_ms),
             extra_mib=f"{extra_bytes / 2**20:.1f}",
         )
 

@@ -118,6 +118,9 @@ inline void check_crossover_aliasing(at::TensorList a, at::TensorList b, at::Ten
 // lie past this piece's end.
 inline void check_split(int64_t split, int64_t index_offset, int64_t numel) {
   TORCH_CHECK_VALUE(index_offset >= 0, "index_offset must be >= 0, got ", index_offset);
+  // The noise is keyed by global indices, int64 everywhere.
+  TORCH_CHECK_VALUE(uint64_t(index_offset) + uint64_t(numel) <= (uint64_t(1) << 63), "index_offset must be <= 2**63 - ",
+                    numel, " (global indices must fit in int64), got ", index_offset);
   TORCH_CHECK_VALUE(split >= 0 && (index_offset > 0 || split <= numel), "split must lie in [0, ", numel,
                     "] (the number of elements), got ", split);
 }

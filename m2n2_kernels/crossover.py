@@ -88,9 +88,11 @@ def check_op_aliasing(a, b, out, role, *, is_list=True):
 
 def check_op_scalars(n, split, w, method, omega, noise_std, seed, index_offset):
     """The scalars of split_interpolate, as the op takes them (seed as int64 bits)."""
-    index_offset = _checks.as_int64(index_offset, "index_offset")
+    index_offset = _checks.as_int(index_offset, "index_offset")
     if index_offset < 0:
         raise ValueError(f"index_offset must be >= 0, got {index_offset}")
+    if index_offset > 2**63 - n:  # the noise is keyed by global indices, int64 everywhere
+        raise ValueError(f"index_offset must be <= 2**63 - {n} (global indices must fit in int64), got {index_offset}")
     split = _checks.as_int(split, "split")
     if split < 0 or (index_offset == 0 and split > n):
         raise ValueError(f"split must lie in [0, {n}] (the number of elements), got {split}")

@@ -1,55 +1,269 @@
-"""The benchmark scripts run (smoke sizes) and write the CSV rows they promise."""
+"""The benchmark scripts run (smoke sizes) and write the CSV rows they promise, with sane values.
+
+Each script is run once (--quick --reps 1, as before); the checks read its CSV:
+- the shared schema (benchmarks/_common.py KERNEL_FIELDS) and, per row, the identifying
+  columns (op, impl, backend, device, dtype, shape) well formed and non-empty;
+- the numbers finite and in range: 0 < ms_min <= ms, 1 <= reps <= --reps, gbps > 0,
+  0 <= extra_mib below a generous multiple of the inputs' size, ratios > 0;
+- the numbers consistent with each other, up to the rounding of the CSV's decimals:
+  gbps = the bytes the op must move (from shape and dtype) / ms, speedup_vs_torch =
+  the ms of a torch row of the same case / ms, time_vs_ceiling = ms / the ceiling row's ms;
+- every op and impl a script claims (its docstring) present in every case it covers,
+  our kernels once per backend (cpp on CPU).
+bench_engine.py has its own columns, checked the same way.
+"""
 import csv
 import glob
+import importlib.util
+import math
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+REPS = 1
+OURS = "m2n2_kernels"
+OUR_BACKENDS = {"cpp"}  # on CPU tensors (the Triton interpreter is never timed)
+EVERY = None  # an impl claimed for every dtype of its script
 
-
-# What each script must report, beyond the shared columns; a script not listed here
-# (a new op family) is still run and checked against the shared schema.
-OPS = {
-    "bench_crossover.py": {"lerp_", "lerp_split", "slerp_split", "slerp_mutate"},
-    "bench_scores.py": {"logprob", "correct", "argmax"},
-    "bench_niches.py": {"sum0", "stats_row", "fitness", "matrix"},
+# What each script must report, beyond the shared columns: its dtypes (the default of
+# --dtypes), the bytes an op must move per byte of its input (gbps), and per op the impls
+# it claims, each for every dtype or for some only. A script not listed here (a new op
+# family) is still run and checked against the shared schema and value ranges.
+CLAIMS = {
+    "bench_crossover.py": dict(
+        dtypes={"float32", "bfloat16"},
+        traffic=3,  # read a and b, write the child; shape = elements per buffer
+        inputs=2,  # a and b
+        ops={
+            "lerp_": {"torch lerp_ (in place)": EVERY},
+            "lerp(out=)": {"torch.lerp(out=)": EVERY},
+            "lerp_split": {"best torch": EVERY, OURS: EVERY},
+            "slerp_split": {"best torch": EVERY, OURS: EVERY},
+            "slerp_mutate": {"best torch": EVERY, OURS: EVERY},
+        },
+    ),
+    "bench_scores.py": dict(
+        dtypes={"float32", "bfloat16"},
+        traffic=1,  # the logits, read once
+        inputs=1,
+        ops={
+            "logprob": {"torch": EVERY, OURS: EVERY},
+            "argmax": {"torch argmax alone": EVERY},
+            "correct": {"torch": EVERY, OURS: EVERY},
+        },
+    ),
+    "bench_niches.py": dict(
+        dtypes={"bool", "float32"},
+        traffic=1,  # S, read once
+        inputs=1,
+        ops={
+            "sum0": {"torch S.sum(0)": EVERY},
+            "stats_row": {"torch chunked (reference.py)": EVERY, OURS: EVERY},
+            "fitness": {"torch chunked (reference.py)": EVERY, OURS: EVERY},
+            "matrix": {"torch chunked (reference.py)": EVERY, "torch GEMM identity": {"bool"}, OURS: EVERY},
+        },
+    ),
 }
 SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(BENCH, "bench_*.py")))
 KERNEL_FIELDS = [
     "op", "impl", "backend", "device", "dtype", "shape", "ms", "ms_min", "reps", "gbps",
     "speedup_vs_torch", "ceiling", "time_vs_ceiling", "extra_mib",
 ]
+# Half a unit of the last decimal the CSV writes (benchmarks/_common.py KernelRows).
+MS_HALF = 0.0005  # ms, ms_min: 3 decimals
+RATIO_HALF = 0.005  # gbps, speedup_vs_torch, time_vs_ceiling: 2 decimals
+MAX_EXTRA_MIB = 64 * 1024
+
+
+def run_script(tmp_path, script):
+    out = tmp_path / "out.csv"
+    env = dict(os.environ, TRITON_INTERPRET="0")  # the scripts time compiled kernels only
+    subprocess.run(
+        [sys.executable, os.path.join(BENCH, script), "--device", "cpu", "--csv", str(out), "--quick", "--reps",
+         str(REPS)],
+        check=True, env=env, stdout=subprocess.DEVNULL, timeout=600,
+    )
+    with out.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        return reader.fieldnames, rows
+
+
+def number(r, col, *, required=True):
+    """The finite float in column `col` of row r (None when empty and not required)."""
+    v = r[col]
+    if v == "":
+        assert not required, f"{col} is empty: {r}"
+        return None
+    x = float(v)
+    assert math.isfinite(x), f"{col} = {v!r} is not finite: {r}"
+    return x
+
+
+def quotient_range(num, den, half_num, half_den):
+    """The values num/den can take when num and den were each rounded by at most half_*."""
+    lo = max(num - half_num, 0.0) / (den + half_den)
+    hi = (num + half_num) / max(den - half_den, 1e-12)
+    return lo, hi
+
+
+def assert_rounded_in(value, lo, hi, half, what, r):
+    assert lo - half - 1e-9 <= value <= hi + half + 1e-9, f"{what} = {value}, expected in [{lo:.6g}, {hi:.6g}]: {r}"
+
+
+def itemsize(dtype_name):
+    return torch.empty((), dtype=getattr(torch, dtype_name)).element_size()
+
+
+def check_kernel_row(r, claim):
+    for col in ("op", "impl", "backend", "device", "dtype", "shape"):
+        assert r[col].strip(), f"{col} is empty: {r}"
+    assert r["device"] == "cpu", r
+    assert r["backend"] in ("torch", "cpp", "triton"), r
+    assert isinstance(getattr(torch, r["dtype"], None), torch.dtype), f"dtype {r['dtype']!r} is no torch dtype: {r}"
+    assert re.fullmatch(r"[1-9][0-9]*(x[1-9][0-9]*)*", r["shape"]), f"shape {r['shape']!r}: {r}"
+    assert (r["backend"] == "torch") == (r["impl"] != OURS), f"our kernels run on our backends only: {r}"
+
+    ms, ms_min = number(r, "ms"), number(r, "ms_min")
+    assert 0 < ms < 1e5 and 0 < ms_min <= ms, r
+    reps = number(r, "reps")
+    assert reps == int(reps) and 1 <= reps <= REPS, f"reps must lie in [1, --reps = {REPS}]: {r}"
+    if reps == 1:
+        assert ms_min == ms, f"the median of one repetition is its minimum: {r}"
+
+    elements = math.prod(int(s) for s in r["shape"].split("x"))
+    input_bytes = elements * itemsize(r["dtype"]) * (claim["inputs"] if claim else 1)
+    extra = number(r, "extra_mib")
+    # The torch baselines may materialise a few wider copies (bool S.sum(0) accumulates in
+    # int64: 8x), and reference.py's chunked loops work in chunks of 2^22 elements.
+    assert 0 <= extra < min(MAX_EXTRA_MIB, 16 * input_bytes / 2**20 + 64), f"extra_mib: {r}"
+
+    gbps = number(r, "gbps", required=claim is not None)
+    if gbps is not None:
+        assert gbps > 0, f"gbps must be > 0 (the CSV holds 2 decimals: a rate under 0.005 GB/s reads 0.00): {r}"
+        if claim is not None:
+            nbytes = claim["traffic"] * elements * itemsize(r["dtype"])
+            lo, hi = quotient_range(nbytes / 1e6, ms, 0.0, MS_HALF)
+            assert_rounded_in(gbps, lo, hi, RATIO_HALF, "gbps (bytes moved / ms)", r)
+    for ratio in ("speedup_vs_torch", "time_vs_ceiling"):
+        x = number(r, ratio, required=False)
+        if x is not None:
+            assert 0 < x < 1e4, f"{ratio}: {r}"
+    assert bool(r["ceiling"]) == bool(r["time_vs_ceiling"]), f"a ceiling comes with its ratio: {r}"
+
+
+def check_cross_row(rows):
+    """speedup_vs_torch and time_vs_ceiling against the rows they were computed from."""
+    by_case = {}
+    for r in rows:
+        by_case.setdefault((r["dtype"], r["shape"]), []).append(r)
+    for r in rows:
+        case = by_case[(r["dtype"], r["shape"])]
+        ms = float(r["ms"])
+        if r["speedup_vs_torch"]:
+            speedup = float(r["speedup_vs_torch"])
+            torch_rows = [t for t in case if t["op"] == r["op"] and t["backend"] == "torch"]
+            assert torch_rows, f"a speedup with no torch row of the same op and case: {r}"
+            ranges = [quotient_range(float(t["ms"]), ms, MS_HALF, MS_HALF) for t in torch_rows]
+            assert any(lo - RATIO_HALF - 1e-9 <= speedup <= hi + RATIO_HALF + 1e-9 for lo, hi in ranges), \
+                f"speedup_vs_torch {speedup} is no torch row's ms / ms {ms} ({[t['ms'] for t in torch_rows]}): {r}"
+        if r["ceiling"]:
+            name = r["ceiling"]
+            bars = [t for t in case if t["backend"] == "torch" and t["ceiling"] == name
+                    and (t["op"] == name or name in t["impl"])]
+            assert len(bars) == 1, f"ceiling {name!r} must have one row of its own in the case, got {len(bars)}: {r}"
+            bar = bars[0]
+            assert float(bar["time_vs_ceiling"]) == 1.0, f"the ceiling's own row reads 1.00: {bar}"
+            lo, hi = quotient_range(ms, float(bar["ms"]), MS_HALF, MS_HALF)
+            assert_rounded_in(float(r["time_vs_ceiling"]), lo, hi, RATIO_HALF, "time_vs_ceiling (ms / ceiling ms)", r)
+
+
+def check_claims(script, rows, claim):
+    keys = [(r["op"], r["impl"], r["backend"], r["dtype"], r["shape"]) for r in rows]
+    assert len(keys) == len(set(keys)), f"{script}: duplicate rows"
+    assert {r["dtype"] for r in rows} == claim["dtypes"], f"{script}: dtypes"
+    for op, impls in claim["ops"].items():
+        cases = sorted({(r["dtype"], r["shape"]) for r in rows if r["op"] == op})
+        assert {d for d, _ in cases} == claim["dtypes"], f"{script}: op {op} must run for every dtype, got {cases}"
+        for dtype, shape in cases:
+            here = [r for r in rows if r["op"] == op and r["dtype"] == dtype and r["shape"] == shape]
+            for impl, dtypes in impls.items():
+                if dtypes is not EVERY and dtype not in dtypes:
+                    continue
+                backends = sorted(r["backend"] for r in here if r["impl"] == impl)
+                want = sorted(OUR_BACKENDS) if impl == OURS else ["torch"]
+                assert backends == want, f"{script}: {op} / {impl} for {dtype} {shape}: rows on {backends}, want {want}"
+
+
+def check_engine(rows):
+    jax = importlib.util.find_spec("jax") is not None
+    engine = {r["impl"]: r for r in rows if r["op"] == "engine"}
+    assert len(engine) == sum(r["op"] == "engine" for r in rows), "one engine row per impl"
+    want = {"m2n2", "m2n2 K=16", "torch engine (reference.py ops)", "plain-torch engine"}
+    if jax:  # the script leaves the JAX rows out only where jax is missing
+        want |= {"jax reference loop", "jax fused step"}
+    assert want <= set(engine), f"engine rows {sorted(engine)}, want {sorted(want)}"
+    assert {r["op"] for r in rows} == {"engine", "phase"}
+    ratios = {"speedup_vs_jax_reference": "jax reference loop", "speedup_vs_jax_fused": "jax fused step",
+              "speedup_vs_torch_engine": "torch engine (reference.py ops)"}
+    for name, r in engine.items():
+        assert r["device"] == "cpu" and r["phase"] == "", r
+        k = int(r["children_per_step"])
+        assert k == (16 if name == "m2n2 K=16" else 1), r
+        ms = number(r, "ms_per_pass")
+        assert 0 < ms < 1e3, r
+        per_s = number(r, "passes_per_s")
+        assert abs(per_s - 1e3 / ms) <= 0.5 + 1e3 / ms * (0.00005 / ms) + 1e-6, f"passes_per_s = 1000 / ms_per_pass: {r}"
+        assert number(r, "reps") >= 1
+        assert 0 <= number(r, "extra_mib") < MAX_EXTRA_MIB, r
+        for col, ref in ratios.items():
+            if ref == name or ref not in engine:
+                assert r[col] == "", f"{col}: {r}"
+                continue
+            lo, hi = quotient_range(float(engine[ref]["ms_per_pass"]), ms, 0.00005, 0.00005)
+            assert_rounded_in(number(r, col), lo, hi, RATIO_HALF, col, r)
+        if name == "m2n2 K=16":
+            lo, hi = quotient_range(float(engine["m2n2"]["ms_per_pass"]), ms, 0.00005, 0.00005)
+            assert_rounded_in(number(r, "speedup_vs_k1"), lo, hi, RATIO_HALF, "speedup_vs_k1", r)
+        else:
+            assert r["speedup_vs_k1"] == "", r
+    assert float(engine["m2n2"]["speedup_vs_torch_engine"]) > 0
+    phases = ("sampling", "crossover", "forward", "scoring", "replacement", "bookkeeping")
+    for impl, k in (("m2n2", 1), ("m2n2 K=16", 16)):
+        got = [r for r in rows if r["op"] == "phase" and r["impl"] == impl]
+        assert [r["phase"] for r in got] == list(phases), f"{impl} phases"
+        for r in got:
+            assert int(r["children_per_step"]) == k and number(r, "ms_per_pass") >= 0 and number(r, "reps") >= 1, r
+            assert 0 <= number(r, "share") <= 1, r
+        shares = [float(r["share"]) for r in got]
+        assert abs(sum(shares) - 1) < 0.01, f"{impl} phase shares sum to {sum(shares)}"
+        total = sum(float(r["ms_per_pass"]) for r in got)
+        for r in got:  # share = the phase's time / the step's
+            assert abs(float(r["share"]) - float(r["ms_per_pass"]) / total) <= 0.0005 + 6 * 0.00005 / total + 1e-9, r
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_benchmark_script_writes_csv(tmp_path, script):
-    out = tmp_path / "out.csv"
-    env = dict(os.environ, TRITON_INTERPRET="0")  # the scripts time compiled kernels only
-    subprocess.run(
-        [sys.executable, os.path.join(BENCH, script), "--device", "cpu", "--csv", str(out), "--quick", "--reps", "1"],
-        check=True, env=env, stdout=subprocess.DEVNULL, timeout=600,
-    )
-    rows = list(csv.DictReader(out.open()))
+    fields, rows = run_script(tmp_path, script)
     assert rows, f"{script} wrote no rows"
     if script == "bench_engine.py":
-        engine = {r["impl"]: r for r in rows if r["op"] == "engine"}
-        assert {"m2n2", "m2n2 K=16", "torch engine (reference.py ops)", "plain-torch engine"} <= set(engine)
-        for r in engine.values():
-            assert 0 < float(r["ms_per_pass"]) < 1e3 and float(r["passes_per_s"]) > 0
-        assert float(engine["m2n2"]["speedup_vs_torch_engine"]) > 0
-        shares = [float(r["share"]) for r in rows if r["op"] == "phase" and r["impl"] == "m2n2"]
-        assert len(shares) == 6 and abs(sum(shares) - 1) < 0.01
+        check_engine(rows)
         return
-    assert list(rows[0]) == KERNEL_FIELDS, "the shared CSV schema (benchmarks/_common.py)"
-    assert any(r["backend"] == "cpp" and r["impl"] == "m2n2_kernels" for r in rows), "no row for the C++ kernels"
-    assert OPS.get(script, set()) <= {r["op"] for r in rows}
+    sys.path.insert(0, BENCH)
+    try:
+        from _common import KERNEL_FIELDS as shared
+    finally:
+        sys.path.remove(BENCH)
+    assert fields == KERNEL_FIELDS == shared, "the shared CSV schema (benchmarks/_common.py)"
+    assert any(r["backend"] == "cpp" and r["impl"] == OURS for r in rows), "no row for the C++ kernels"
+    claim = CLAIMS.get(script)
     for r in rows:
-        assert 0 < float(r["ms"]) < 1e5 and float(r["ms_min"]) <= float(r["ms"])
-        assert 0 <= float(r["extra_mib"]) < 4096, r
-        assert float(r["gbps"]) > 0, r
-        for ratio in ("speedup_vs_torch", "time_vs_ceiling"):
-            if r[ratio]:
-                assert 0 < float(r[ratio]) < 1e4, r
+        check_kernel_row(r, claim)
+    check_cross_row(rows)
+    if claim is not None:
+        check_claims(script, rows, claim)

@@ -39,6 +39,7 @@ def _crossover_cases():
         call([a], [b], [out], split=7),
         call([a], [b], [out], split=-1),
         call([a], [b], [out], index_offset=-1),
+        call([a], [b], [out], index_offset=2**63 - 5),
         # aliasing: a written tensor meets another tensor of the call
         call([a], [b], [a[1:]]),
         call([a, buf[:4]], [b, bf.float()], [buf[2:8], torch.empty(4)]),
