@@ -131,7 +131,10 @@ def check_range(value, name, lo, hi, what="", error=IndexError):
 
 def _byte_span(t):
     start = t.data_ptr()
-    extent = sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride())) + 1
+    if t.is_contiguous():
+        extent = t.numel()
+    else:
+        extent = sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride())) + 1
     return start, start + extent * t.element_size()
 
 
@@ -144,11 +147,17 @@ def _spans_meet(x, y):
     return x0 < y1 and y0 < x1
 
 
+def same_tensor(x, y):
+    """x and y are the very same elements in the same layout (non-empty)."""
+    return x.numel() > 0 and x.data_ptr() == y.data_ptr() and x.device.type != "meta" and (
+        x.dtype, x.shape, x.stride(), x.device) == (y.dtype, y.shape, y.stride(), y.device)
+
+
 def overlap(x, y):
     """'none', 'full' (the very same elements in the same layout) or 'partial'."""
     if x.numel() == 0 or y.numel() == 0 or x.device.type == "meta" or y.device.type == "meta":
         return "none"
-    if (x.data_ptr(), x.shape, x.stride(), x.dtype, x.device) == (y.data_ptr(), y.shape, y.stride(), y.dtype, y.device):
+    if same_tensor(x, y):
         return "full"
     return "partial" if _spans_meet(x, y) else "none"
 

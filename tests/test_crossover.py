@@ -309,7 +309,7 @@ def _bad_calls():
         (ValueError, "backend must be", lambda: mk.split_interpolate(a, b, 1, 0.5, backend="fortran")),
         (ValueError, "seed must lie", lambda: mk.split_interpolate(a, b, 1, 0.5, seed=-1)),
         (ValueError, "out must be contiguous", lambda: mk.split_interpolate(a, b, 1, 0.5, out=torch.empty(20)[::2])),
-        (ValueError, "out partly overlaps a", lambda: mk.split_interpolate(a[:-1], b[:-1], 1, 0.5, out=a[1:])),
+        (ValueError, "out must not overlap a", lambda: mk.split_interpolate(a[:-1], b[:-1], 1, 0.5, out=a[1:])),
         (ValueError, r"out must have shape \(10,\) \(as a\), got \(9,\)", lambda: mk.split_interpolate(a, b, 1, 0.5, out=torch.empty(9))),
         (TypeError, r"out must be torch.float32 \(as a\), got torch.float64", lambda: mk.split_interpolate(a, b, 1, 0.5, out=torch.empty(10, dtype=torch.float64))),
         (ValueError, "as many tensors", lambda: mk.split_interpolate([a, a], [b], 1, 0.5)),
