@@ -71,6 +71,8 @@ inline ScoresProblem make_scores_problem(const at::Tensor& logits, const at::Ten
   TORCH_CHECK_VALUE(out.dim() == 1, "out must be 1-D (e.g. a row S[i] of a score matrix), got shape ",
                     shape_str(out.sizes()));
   TORCH_CHECK_VALUE(out.device() == logits.device(), "out must be on ", logits.device(), ", got ", out.device());
+  TORCH_CHECK_VALUE(out.stride(0) != 0 || out.size(0) <= 1,
+                    "out's elements must not overlap (an expanded tensor cannot be written)");
   p.out = out.data_ptr();
   p.out_stride = out.stride(0);
   p.out_size = out.size(0);

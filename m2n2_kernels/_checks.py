@@ -54,18 +54,28 @@ def as_int64(value, name):
     return value
 
 
+def int_str(value):
+    """A Python int for a message: its digits, or its size when it has too many."""
+    digits = str(value)
+    return digits if len(digits) <= 24 else f"an integer of {value.bit_length()} bits"
+
+
 def as_tensor(values, name, error, dtype=None):
     """torch.as_tensor of a Python sequence, with errors that name the argument: an
-    int past int64 raises `error` at its position; an empty sequence is int64 (torch
-    would infer float32) unless `dtype` says otherwise."""
+    int past int64 (past the float range for a float dtype) raises `error` at its
+    position; an empty sequence is int64 (torch would infer float32) unless `dtype`
+    says otherwise."""
     if not isinstance(values, (list, tuple, range)) and not hasattr(values, "__array__"):
         raise TypeError(f"{name} must be a tensor or a sequence of numbers, got {type(values).__name__}")
     try:
         return torch.as_tensor(values, dtype=dtype or (torch.int64 if len(values) == 0 else None))
     except (RuntimeError, OverflowError, TypeError, ValueError) as e:
+        floating = dtype is not None and dtype.is_floating_point
         for i, v in enumerate(values):
-            if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
-                raise error(f"{name}[{i}] = {v} does not fit in int64") from None
+            if isinstance(v, int) and not floating and not INT64_MIN <= v <= INT64_MAX:
+                raise error(f"{name}[{i}] = {int_str(v)} does not fit in int64") from None
+            if isinstance(v, int) and floating and abs(v).bit_length() > 1024:
+                raise ValueError(f"{name}[{i}] must be finite, got {int_str(v)}") from None
         raise TypeError(f"{name} must hold numbers: {e}") from None
 
 
@@ -74,7 +84,10 @@ def as_finite_float(value, name, *, min_value=None):
         isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex
     ):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # a Python int past the float range
+        raise ValueError(f"{name} must be finite, got {int_str(value)}") from None
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     if min_value is not None and value < min_value:

@@ -94,6 +94,8 @@ def _canonical(S):
     """S with contiguous rows that do not overlap (a row-major view is used as is;
     anything else, a transposed or expanded S, is copied)."""
     rows, cols = S.shape
+    if S.numel() == 0:
+        return S.new_empty(S.shape)  # contiguous strides (.contiguous() keeps an empty's)
     if (cols > 1 and S.stride(1) != 1) or (rows > 1 and S.stride(0) < cols):
         S = S.contiguous()
     return S

@@ -51,6 +51,8 @@ def check_op_args(logits, target, mask, ignore_index, kind, reduce, out, out_ind
     if out.dim() != 1:
         raise ValueError(f"out must be 1-D (e.g. a row S[i] of a score matrix), got shape {_checks.shape_str(out.shape)}")
     _checks.check_like(out, "out", device=logits.device)
+    if out.stride(0) == 0 and out.shape[0] > 1:
+        raise ValueError("out's elements must not overlap (an expanded tensor cannot be written)")
     if out_index is None:
         if out.shape[0] != batch:
             raise ValueError(f"out must have {batch} elements (one per sample) without out_index, got {out.shape[0]}")
@@ -200,20 +202,22 @@ def sample_scores(
         out = torch.empty(batch, dtype=torch.float32, device=logits.device)
     else:
         _checks.check_no_overlap(out, "out", ((logits, "logits"), (target, "target"), (mask, "mask"), (index, "out_index")))
+    route = _backend.route(logits.device, backend)
     if batch == 0:
         return out
 
     # Canonical form of the op: [B, T, V] logits with a contiguous last dimension,
     # int64 targets, a bool mask, int64 out_index (copies only of the small tensors).
     logits3 = logits.unsqueeze(1) if logits.dim() == 2 else logits
-    if logits3.stride(-1) != 1 and logits3.shape[-1] > 1:
+    if logits3.numel() == 0:
+        logits3 = logits3.new_empty(logits3.shape)  # contiguous strides (.contiguous() keeps an empty's)
+    elif logits3.stride(-1) != 1 and logits3.shape[-1] > 1:
         logits3 = logits3.contiguous()
     target2 = target.reshape(batch, tokens).to(torch.int64).contiguous()
     mask2 = None if mask is None else mask.reshape(batch, tokens).to(torch.bool).contiguous()
     index = None if index is None else index.to(torch.int64).contiguous()
 
     args = (logits3, target2, mask2, ignore_index, kind, reduce, out, index)
-    route = _backend.route(logits.device, backend)
     if route != "op":  # the C++ kernels check the same, in the same words (csrc/scores_args.h)
         check_op_args(*args)
     if route == "torch":
