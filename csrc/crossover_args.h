@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -114,14 +115,25 @@ inline void check_crossover_aliasing(at::TensorList a, at::TensorList b, at::Ten
   check_disjoint(w, r);
 }
 
-// With index_offset > 0 the buffer is one piece of a longer vector, whose split may
-// lie past this piece's end.
-inline void check_split(int64_t split, int64_t index_offset, int64_t numel) {
+// sums (when given): the slerp angle's totals, float64 [2, 3] on the tensors' device.
+inline void check_sums(const std::optional<at::Tensor>& sums, const at::Device& device) {
+  if (sums.has_value()) check_like(*sums, "sums", at::kDouble, {2, 3}, device, " (as interp_sums returns)");
+}
+
+// The sums of a [2, 3] float64 host tensor (row s: dot, |a|^2, |b|^2 of side s).
+inline SplitSums sums_from_host(const at::Tensor& sums) {
+  const double* p = sums.data_ptr<double>();
+  return SplitSums{{p[0], p[3]}, {p[1], p[4]}, {p[2], p[5]}};
+}
+
+// With index_offset > 0, or `piece` (interp_sums, or sums given), the buffer is one
+// piece of a longer vector, whose split may lie past this piece's end.
+inline void check_split(int64_t split, int64_t index_offset, int64_t numel, bool piece = false) {
   TORCH_CHECK_VALUE(index_offset >= 0, "index_offset must be >= 0, got ", index_offset);
   // The noise is keyed by global indices, int64 everywhere.
   TORCH_CHECK_VALUE(uint64_t(index_offset) + uint64_t(numel) <= (uint64_t(1) << 63), "index_offset must be <= 2**63 - ",
                     numel, " (global indices must fit in int64), got ", index_offset);
-  TORCH_CHECK_VALUE(split >= 0 && (index_offset > 0 || split <= numel), "split must lie in [0, ", numel,
+  TORCH_CHECK_VALUE(split >= 0 && (index_offset > 0 || piece || split <= numel), "split must lie in [0, ", numel,
                     "] (the number of elements), got ", split);
 }
 

@@ -11,7 +11,7 @@ import torch
 
 from . import _C  # noqa: F401  (registers torch.ops.m2n2.*)
 from . import ops as _ops_module  # noqa: F401  (fake kernels, Triton fallbacks)
-from .crossover import crossover_batch, split_interpolate, split_interpolate_
+from .crossover import crossover_batch, interp_sums, split_interpolate, split_interpolate_
 from .niches import NicheStats, attraction, fitness, niche_stats, replace_index
 from .scores import sample_scores
 
@@ -23,6 +23,7 @@ __all__ = [
     "build_info",
     "crossover_batch",
     "fitness",
+    "interp_sums",
     "niche_stats",
     "replace_index",
     "sample_scores",

@@ -86,17 +86,32 @@ def check_op_aliasing(a, b, out, role, *, is_list=True):
     _checks.check_disjoint(written, read)
 
 
-def check_op_scalars(n, split, w, method, omega, noise_std, seed, index_offset):
-    """The scalars of split_interpolate, as the op takes them (seed as int64 bits)."""
+def check_op_split(n, split, index_offset, *, piece=False):
+    """split and index_offset for n elements: (split, index_offset). The split may lie
+    past the end when they are one piece of a longer vector: index_offset > 0, or
+    `piece` (interp_sums, or split_interpolate given the whole vector's sums)."""
     index_offset = _checks.as_int(index_offset, "index_offset")
     if index_offset < 0:
         raise ValueError(f"index_offset must be >= 0, got {index_offset}")
     if index_offset > 2**63 - n:  # the noise is keyed by global indices, int64 everywhere
         raise ValueError(f"index_offset must be <= 2**63 - {n} (global indices must fit in int64), got {index_offset}")
     split = _checks.as_int(split, "split")
-    if split < 0 or (index_offset == 0 and split > n):
+    if split < 0 or (index_offset == 0 and not piece and split > n):
         raise ValueError(f"split must lie in [0, {n}] (the number of elements), got {split}")
     split = _checks.as_int64(split, "split")  # past the end of a piece of a longer vector
+    return split, index_offset
+
+
+def check_op_sums(sums, device):
+    """sums (when given): the slerp angle's totals, float64 [2, 3] on `device`."""
+    if sums is not None:
+        _checks.check_like(sums, "sums", dtype=torch.float64, shape=(2, 3), device=device, contiguous=True,
+                           of=" (as interp_sums returns)")
+
+
+def check_op_scalars(n, split, w, method, omega, noise_std, seed, index_offset, *, piece=False):
+    """The scalars of split_interpolate, as the op takes them (seed as int64 bits)."""
+    split, index_offset = check_op_split(n, split, index_offset, piece=piece)
     return (
         split,
         _checks.as_finite_float(w, "w"),
@@ -163,12 +178,12 @@ def _contiguous(ts):
     return [t if t.is_contiguous() else t.contiguous() for t in ts]
 
 
-def _run(a_list, b_list, out_list, role, split, w, method, omega, noise_std, seed, stream, index_offset, route):
+def _run(a_list, b_list, out_list, role, split, w, method, omega, noise_std, seed, stream, index_offset, sums, route):
     args = (split, w, method, omega, noise_std, seed, stream, index_offset)
     if route == "torch":
         child = reference.split_interpolate(
             a_list, b_list, split, w, method=method, omega=omega, noise_std=noise_std, seed=seed,
-            stream=stream, index_offset=index_offset,
+            stream=stream, index_offset=index_offset, sums=sums,
         )
         with torch.no_grad():
             for o, c in zip(out_list, child):
@@ -176,13 +191,13 @@ def _run(a_list, b_list, out_list, role, split, w, method, omega, noise_std, see
     elif route == "triton":
         from .triton import crossover as triton_crossover
 
-        triton_crossover.split_interpolate_out(a_list, b_list, out_list, *args)
+        triton_crossover.split_interpolate_out(a_list, b_list, out_list, *args, sums)
     elif role == "a":
-        torch.ops.m2n2.split_interpolate_(out_list, b_list, *args, True)
+        torch.ops.m2n2.split_interpolate_(out_list, b_list, *args, True, sums)
     elif role == "b":
-        torch.ops.m2n2.split_interpolate_(out_list, a_list, *args, False)
+        torch.ops.m2n2.split_interpolate_(out_list, a_list, *args, False, sums)
     else:
-        torch.ops.m2n2.split_interpolate_out(a_list, b_list, out_list, *args)
+        torch.ops.m2n2.split_interpolate_out(a_list, b_list, out_list, *args, sums)
 
 
 def split_interpolate(
@@ -198,6 +213,7 @@ def split_interpolate(
     out=None,
     backend=None,
     index_offset=0,
+    sums=None,
 ):
     """Child of parents `a` and `b` by split-point interpolation (docs/semantics.md).
 
@@ -211,16 +227,22 @@ def split_interpolate(
     new tensor (list), or exactly `a` or `b` for an in-place update.
     `index_offset` is the global index of element 0, for a buffer that is one
     piece of a longer vector streamed in pieces: it moves the split and the noise,
-    while the slerp angle is still taken over the tensors given.
+    while the slerp angle is taken over the tensors given, unless `sums` gives the
+    whole vector's (float64 [2, 3], the sum of interp_sums over its pieces): then
+    each piece is written in one pass, and the pieces of a streamed or sharded merge
+    are bit for bit the whole vector's child.
     """
     a_list, is_list = _as_list(a, "a")
     b_list, b_is_list = _as_list(b, "b")
     if b_is_list != is_list:
         raise TypeError("b must be a list exactly when a is a list")
     n = check_op_lists(a_list, b_list, is_list=is_list, contiguous=False)
+    # Given the sums, the tensors are one piece of a longer vector (its split may lie
+    # past their end even at index_offset 0).
     split, w, method, omega, noise_std, seed, index_offset = check_op_scalars(
-        n, split, w, method, omega, noise_std, seed, index_offset
+        n, split, w, method, omega, noise_std, seed, index_offset, piece=sums is not None
     )
+    sums = _canonical_sums(sums, a_list[0].device)
     route = _backend.route(a_list[0].device, backend)
     if out is None:
         out_list = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in a_list]
@@ -241,9 +263,45 @@ def split_interpolate(
     if n > 0:
         _run(
             _contiguous(a_list), _contiguous(b_list), out_list, role, split, w, method, omega,
-            noise_std, seed, 0, index_offset, route,
+            noise_std, seed, 0, index_offset, sums, route,
         )
     return out_list if is_list else out_list[0]
+
+
+def _canonical_sums(sums, device):
+    if sums is None:
+        return None
+    _checks.check_tensor(sums, "sums", (torch.float64,))
+    if sums.numel() != 6:
+        raise ValueError(f"sums must hold 6 numbers, shape (2, 3) (as interp_sums returns), got shape "
+                         f"{_checks.shape_str(sums.shape)}")
+    _checks.check_like(sums, "sums", device=device, of=" (the device of a)")
+    return sums.reshape(2, 3).contiguous()
+
+
+def interp_sums(a, b, split, *, index_offset=0, backend=None):
+    """The six sums of the slerp angle over `a`, `b` (tensors, or lists forming one
+    vector whose element 0 has global index `index_offset`): float64 [2, 3], row s =
+    (dot, |a|^2, |b|^2) over the elements on side s of the global `split` (side 0:
+    global index < split). Sums of pieces add up to the whole vector's (up to fp64
+    rounding): phase 1 of a slerp streamed or sharded in pieces; phase 2 passes the
+    totals to split_interpolate(..., sums=) (with torch.distributed: one all_reduce
+    of these six numbers in between). Accumulated in fp64, on a's device."""
+    a_list, is_list = _as_list(a, "a")
+    b_list, b_is_list = _as_list(b, "b")
+    if b_is_list != is_list:
+        raise TypeError("b must be a list exactly when a is a list")
+    n = check_op_lists(a_list, b_list, is_list=is_list, contiguous=False)
+    split, index_offset = check_op_split(n, split, index_offset, piece=True)
+    route = _backend.route(a_list[0].device, backend)
+    a_list, b_list = _contiguous(a_list), _contiguous(b_list)
+    if route == "torch":
+        return reference.interp_sums(a_list, b_list, split, index_offset=index_offset)
+    if route == "triton":
+        from .triton import crossover as triton_crossover
+
+        return triton_crossover.interp_sums(a_list, b_list, split, index_offset)
+    return torch.ops.m2n2.interp_sums(a_list, b_list, split, index_offset)
 
 
 def split_interpolate_(a, b, split, w, **kwargs):

@@ -15,13 +15,19 @@ from . import _backend, crossover, niches, scores
 
 
 @torch.library.register_fake("m2n2::split_interpolate_out")
-def _split_interpolate_out_fake(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset):
+def _split_interpolate_out_fake(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset, sums=None):
     return None
 
 
 @torch.library.register_fake("m2n2::split_interpolate_")
-def _split_interpolate_inplace_fake(self, other, split, w, method, omega, noise_std, seed, stream, index_offset, self_is_a):
+def _split_interpolate_inplace_fake(self, other, split, w, method, omega, noise_std, seed, stream, index_offset,
+                                    self_is_a, sums=None):
     return None
+
+
+@torch.library.register_fake("m2n2::interp_sums")
+def _interp_sums_fake(a, b, split, index_offset):
+    return a[0].new_empty((2, 3), dtype=torch.float64)
 
 
 @torch.library.register_fake("m2n2::crossover_batch_out")
@@ -29,24 +35,35 @@ def _crossover_batch_out_fake(archive, ia, ib, split, w, out, method, omega, noi
     return None
 
 
-def triton_split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset):
+def triton_split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset, sums=None):
     _triton_split_interpolate(list(a), list(b), list(out), "none", split, w, method, omega, noise_std, seed, stream,
-                              index_offset)
+                              index_offset, sums)
 
 
-def triton_split_interpolate_(self, other, split, w, method, omega, noise_std, seed, stream, index_offset, self_is_a):
+def triton_split_interpolate_(self, other, split, w, method, omega, noise_std, seed, stream, index_offset, self_is_a,
+                              sums=None):
     a, b = (self, other) if self_is_a else (other, self)
     _triton_split_interpolate(list(a), list(b), list(self), "a" if self_is_a else "b", split, w, method, omega,
-                              noise_std, seed, stream, index_offset)
+                              noise_std, seed, stream, index_offset, sums)
 
 
-def _triton_split_interpolate(a, b, out, role, split, w, method, omega, noise_std, seed, stream, index_offset):
+def _triton_split_interpolate(a, b, out, role, split, w, method, omega, noise_std, seed, stream, index_offset, sums):
     from .triton import crossover as tc
 
     n = crossover.check_op_lists(a, b, out)
     crossover.check_op_aliasing(a, b, out, role)
-    crossover.check_op_scalars(n, split, w, method, omega, noise_std, 0, index_offset)
-    tc.split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset)
+    crossover.check_op_scalars(n, split, w, method, omega, noise_std, 0, index_offset, piece=sums is not None)
+    crossover.check_op_sums(sums, a[0].device)
+    tc.split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset, sums)
+
+
+def triton_interp_sums(a, b, split, index_offset):
+    from .triton import crossover as tc
+
+    a, b = list(a), list(b)
+    n = crossover.check_op_lists(a, b)
+    crossover.check_op_split(n, split, index_offset, piece=True)
+    return tc.interp_sums(a, b, split, index_offset)
 
 
 def triton_crossover_batch_out(archive, ia, ib, split, w, out, method, omega, noise_std, seed):
@@ -90,6 +107,7 @@ _TRITON_IMPLS = {
     "split_interpolate_out": triton_split_interpolate_out,
     "split_interpolate_": triton_split_interpolate_,
     "crossover_batch_out": triton_crossover_batch_out,
+    "interp_sums": triton_interp_sums,
     "sample_scores_out": triton_sample_scores_out,
     "niche_stats_out": triton_niche_stats_out,
 }

@@ -116,6 +116,25 @@ def split_coefs(method: str, omega: str, sums, w: float):
     return [slerp_coefs(*sums[side], ts[side]) for side in range(2)]
 
 
+def _flat_pair(a_list, b_list):
+    """a and b as one flat vector each (fp64 when the list mixes dtypes)."""
+    mixed = len({t.dtype for t in a_list}) > 1
+    return [torch.cat([t.reshape(-1).double() if mixed else t.reshape(-1) for t in ts]) for ts in (a_list, b_list)]
+
+
+def interp_sums(a, b, split: int, *, index_offset: int = 0):
+    """The six sums of the slerp angle over the piece given (tensors, or lists forming
+    one vector whose element 0 has global index index_offset): float64 [2, 3], row s =
+    (dot, |a|^2, |b|^2) over the elements on side s of the global split (side 0: global
+    index < split). The sums of pieces add up to the whole vector's."""
+    a_list = list(a) if isinstance(a, (list, tuple)) else [a]
+    b_list = list(b) if isinstance(b, (list, tuple)) else [b]
+    n = sum(t.numel() for t in a_list)
+    flat = _flat_pair(a_list, b_list)
+    sums = split_sums(flat[0], flat[1], min(max(split - index_offset, 0), n))
+    return torch.tensor(sums, dtype=torch.float64, device=a_list[0].device)
+
+
 def split_interpolate(
     a,
     b,
@@ -128,6 +147,7 @@ def split_interpolate(
     seed: int = 0,
     stream: int = 0,
     index_offset: int = 0,
+    sums=None,
 ):
     """Child of parents a and b (tensors, or lists of tensors forming one vector).
 
@@ -135,17 +155,19 @@ def split_interpolate(
     whole vectors for omega="global", per side for "segment"); element maths in
     fp32 (fp64 for fp64), then + noise_std * z(seed, stream, index_offset + i).
     Returns a new tensor (or list of tensors) in the dtype of a (each piece of a
-    list in its own dtype and compute type: a list may mix dtypes).
+    list in its own dtype and compute type: a list may mix dtypes). `sums` (float64
+    [2, 3], as interp_sums) replaces the slerp angle's sums over the tensors given: the
+    totals of a longer vector streamed or sharded in pieces.
     """
     is_list = isinstance(a, (list, tuple))
     a_list = list(a) if is_list else [a]
     b_list = list(b) if is_list else [b]
     n = sum(t.numel() for t in a_list)
     local_split = min(max(split - index_offset, 0), n)
-    sums = None
-    if method == "slerp":  # the angle over the whole vector, whatever the pieces' dtypes
-        mixed = len({t.dtype for t in a_list}) > 1
-        flat = [torch.cat([t.reshape(-1).double() if mixed else t.reshape(-1) for t in ts]) for ts in (a_list, b_list)]
+    if method == "slerp" and sums is not None:
+        sums = sums.double().reshape(2, 3).tolist()
+    elif method == "slerp":  # the angle over the whole vector, whatever the pieces' dtypes
+        flat = _flat_pair(a_list, b_list)
         sums = split_sums(flat[0], flat[1], local_split)
     (ca0, cb0), (ca1, cb1) = split_coefs(method, omega, sums, w)
     pieces, start = [], 0

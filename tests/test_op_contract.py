@@ -162,7 +162,12 @@ def _python_inplace_checks(self, other, self_is_a, split, w, method, omega, nois
     crossover.check_op_scalars(n, split, w, method, omega, noise_std, 0, index_offset)
 
 
+def _python_sums_checks(a, b, split, index_offset):
+    crossover.check_op_split(crossover.check_op_lists(a, b), split, index_offset, piece=True)
+
+
 _PYTHON_CHECKS = {
+    "interp_sums": _python_sums_checks,
     "split_interpolate_out": lambda a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset: (
         _python_out_checks(a, b, out, split, w, method, omega, noise_std, index_offset)
     ),
@@ -176,7 +181,20 @@ _PYTHON_CHECKS = {
     "sample_scores_out": scores.check_op_args,
 }
 
-CASES = _crossover_cases() + _batch_cases()[:-1] + _niches_cases() + _scores_cases()
+def _sums_cases():
+    a, b = torch.randn(6), torch.randn(6)
+    return [
+        ("interp_sums", ([a], [b, b], 2, 0)),
+        ("interp_sums", ([a], [b.double()], 2, 0)),
+        ("interp_sums", ([a], [b[:5]], 2, 0)),
+        ("interp_sums", ([a.long()], [b], 2, 0)),
+        ("interp_sums", ([a], [b], -1, 0)),
+        ("interp_sums", ([a], [b], 2, -3)),
+        ("interp_sums", ([a], [b], 2, 2**63 - 2)),
+    ]
+
+
+CASES = _crossover_cases() + _batch_cases()[:-1] + _niches_cases() + _scores_cases() + _sums_cases()
 
 
 def _error(fn):

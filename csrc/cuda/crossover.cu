@@ -26,23 +26,10 @@ at::Tensor workspace(int64_t doubles, const at::Tensor& like) {
 }
 
 // out is written (Written::kOut), or is exactly a (kA) or b (kB): in place.
-void split_interpolate_cuda(at::TensorList a, at::TensorList b, at::TensorList out, Written written, int64_t split,
-                            double w, c10::string_view method, c10::string_view omega,
-                            double noise_std, int64_t seed, int64_t stream, int64_t index_offset) {
-  const Method m = parse_method(std::string(method));
-  const OmegaMode o = parse_omega(std::string(omega));
-  int64_t n = 0;
-  const std::vector<Segment> segments = crossover_segments(a, b, out, c10::DeviceType::CUDA, index_offset, &n);
-  check_crossover_aliasing(a, b, out, written);
-  check_split(split, index_offset, n);
-  if (segments.empty()) return;
-
-  const c10::cuda::CUDAGuard guard(a[0].device());
-  const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream();
-  // A launch plan per dtype present (a list may mix bf16 weights and fp32 norms); the
-  // partial sums of all plans go to one workspace, added up in a fixed order.
+// A launch plan per dtype present (a list may mix bf16 weights and fp32 norms).
+std::vector<std::pair<Dtype, cuda::LaunchPlan>> plans_by_dtype(const std::vector<Segment>& segments, int device) {
   std::vector<std::pair<Dtype, cuda::LaunchPlan>> plans;
-  const int budget = cuda::block_budget(a[0].device().index());
+  const int budget = cuda::block_budget(device);  // queried once per call
   for (Dtype dtype : {Dtype::kFloat, Dtype::kDouble, Dtype::kBFloat16, Dtype::kHalf}) {
     std::vector<Segment> group;
     for (const Segment& s : segments) {
@@ -52,21 +39,54 @@ void split_interpolate_cuda(at::TensorList a, at::TensorList b, at::TensorList o
       plans.emplace_back(dtype, cuda::plan_launches(group, cuda::unit_elems(dtype), budget));
     }
   }
+  return plans;
+}
+
+// The slerp sums of every block of every plan: float64 [blocks, 6], one workspace in
+// a fixed order (so the totals do not depend on the launch).
+at::Tensor list_partials(const std::vector<std::pair<Dtype, cuda::LaunchPlan>>& plans, int64_t split,
+                         const at::Tensor& like, cudaStream_t stream) {
+  int64_t total_blocks = 0;
+  for (const auto& p : plans) total_blocks += p.second.total_blocks;
+  at::Tensor partials = workspace(6 * total_blocks, like).view({total_blocks, 6});
+  int64_t first_block = 0;
+  for (const auto& p : plans) {
+    C10_CUDA_CHECK(
+        cuda::launch_list_sums(p.first, p.second, split, partials.data_ptr<double>() + 6 * first_block, stream));
+    first_block += p.second.total_blocks;
+  }
+  return partials;
+}
+
+void split_interpolate_cuda(at::TensorList a, at::TensorList b, at::TensorList out, Written written, int64_t split,
+                            double w, c10::string_view method, c10::string_view omega,
+                            double noise_std, int64_t seed, int64_t stream, int64_t index_offset,
+                            const std::optional<at::Tensor>& sums) {
+  const Method m = parse_method(std::string(method));
+  const OmegaMode o = parse_omega(std::string(omega));
+  int64_t n = 0;
+  const std::vector<Segment> segments = crossover_segments(a, b, out, c10::DeviceType::CUDA, index_offset, &n);
+  check_crossover_aliasing(a, b, out, written);
+  check_split(split, index_offset, n, sums.has_value());
+  check_sums(sums, a[0].device());
+  if (segments.empty()) return;
+
+  const c10::cuda::CUDAGuard guard(a[0].device());
+  const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream();
+  const std::vector<std::pair<Dtype, cuda::LaunchPlan>> plans = plans_by_dtype(segments, a[0].device().index());
 
   cuda::CoefSource coefs{};
   at::Tensor coef_buffer;
   if (m == Method::kSlerp) {
-    int64_t total_blocks = 0;
-    for (const auto& p : plans) total_blocks += p.second.total_blocks;
-    const at::Tensor partials = workspace(6 * total_blocks, a[0]);
     coef_buffer = workspace(4, a[0]);
-    int64_t first_block = 0;
-    for (const auto& p : plans) {
-      C10_CUDA_CHECK(cuda::launch_list_sums(p.first, p.second, split, partials.data_ptr<double>() + 6 * first_block, cuda_stream));
-      first_block += p.second.total_blocks;
+    if (sums.has_value()) {  // the totals given: one row of "partials"
+      C10_CUDA_CHECK(cuda::launch_coefs(sums->data_ptr<double>(), 1, 1, m, o, nullptr, w,
+                                        coef_buffer.data_ptr<double>(), cuda_stream));
+    } else {
+      const at::Tensor partials = list_partials(plans, split, a[0], cuda_stream);
+      C10_CUDA_CHECK(cuda::launch_coefs(partials.data_ptr<double>(), partials.size(0), 1, m, o, nullptr, w,
+                                        coef_buffer.data_ptr<double>(), cuda_stream));
     }
-    C10_CUDA_CHECK(cuda::launch_coefs(partials.data_ptr<double>(), total_blocks, 1, m, o, nullptr, w,
-                      coef_buffer.data_ptr<double>(), cuda_stream));
     coefs.device = coef_buffer.data_ptr<double>();
   } else {  // lerp: the coefficients depend on w alone
     const SplitCoefs c = split_coefs(m, o, SplitSums{}, w);
@@ -83,17 +103,32 @@ void split_interpolate_cuda(at::TensorList a, at::TensorList b, at::TensorList o
 
 void split_interpolate_inplace_cuda(at::TensorList self, at::TensorList other, int64_t split, double w,
                                     c10::string_view method, c10::string_view omega, double noise_std,
-                                    int64_t seed, int64_t stream, int64_t index_offset, bool self_is_a) {
+                                    int64_t seed, int64_t stream, int64_t index_offset, bool self_is_a,
+                                    const std::optional<at::Tensor>& sums) {
   at::TensorList a = self_is_a ? self : other;
   at::TensorList b = self_is_a ? other : self;
   split_interpolate_cuda(a, b, self, self_is_a ? Written::kA : Written::kB, split, w, method, omega, noise_std, seed,
-                        stream, index_offset);
+                         stream, index_offset, sums);
 }
 
 void split_interpolate_out_cuda(at::TensorList a, at::TensorList b, at::TensorList out, int64_t split, double w,
                                 c10::string_view method, c10::string_view omega, double noise_std, int64_t seed,
-                                int64_t stream, int64_t index_offset) {
-  split_interpolate_cuda(a, b, out, Written::kOut, split, w, method, omega, noise_std, seed, stream, index_offset);
+                                int64_t stream, int64_t index_offset, const std::optional<at::Tensor>& sums) {
+  split_interpolate_cuda(a, b, out, Written::kOut, split, w, method, omega, noise_std, seed, stream, index_offset,
+                         sums);
+}
+
+// The six sums over the piece: the block partials added in a fixed order (at::sum
+// over the rows is deterministic); nothing waits for the device.
+at::Tensor interp_sums_cuda(at::TensorList a, at::TensorList b, int64_t split, int64_t index_offset) {
+  int64_t n = 0;
+  const std::vector<Segment> segments = crossover_segments(a, b, a, c10::DeviceType::CUDA, index_offset, &n);
+  check_split(split, index_offset, n, /*piece=*/true);
+  if (segments.empty()) return at::zeros({2, 3}, a[0].options().dtype(at::kDouble));
+  const c10::cuda::CUDAGuard guard(a[0].device());
+  const cudaStream_t cuda_stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor partials = list_partials(plans_by_dtype(segments, a[0].device().index()), split, a[0], cuda_stream);
+  return partials.sum(0).view({2, 3});
 }
 
 // Shapes and dtypes only: the values of ia, ib and split live on the device, and
@@ -146,4 +181,5 @@ TORCH_LIBRARY_IMPL(m2n2, CUDA, m) {
   m.impl("split_interpolate_out", &m2n2::split_interpolate_out_cuda);
   m.impl("split_interpolate_", &m2n2::split_interpolate_inplace_cuda);
   m.impl("crossover_batch_out", &m2n2::crossover_batch_out_cuda);
+  m.impl("interp_sums", &m2n2::interp_sums_cuda);
 }

@@ -255,38 +255,58 @@ def _launch_opts(warps):
     return {"num_warps": warps, "enable_fp_fusion": False}
 
 
-def split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset):
+def split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset, sums=None):
     """out = split_interpolate(a, b, ...) for lists of contiguous tensors taken in
     order as one vector whose element 0 has global index `index_offset` (a[i], b[i]
     and out[i] share a dtype, which may differ from one i to the next). out[i] may
     be a[i] or b[i]: every element is read before it is written, by one program.
-    Arguments already checked (m2n2_kernels/crossover.py)."""
+    `sums` (float64 [2, 3]) replaces the angle's sums over a and b. Arguments already
+    checked (m2n2_kernels/crossover.py)."""
     numels = [t.numel() for t in a]
     if sum(numels) == 0:
         return
     with on_device(a[0].device):
-        _split_interpolate(a, b, out, numels, split, w, method, omega, noise_std, seed, stream, index_offset)
+        _split_interpolate(a, b, out, numels, split, w, method, omega, noise_std, seed, stream, index_offset, sums)
 
 
-def _split_interpolate(a, b, out, numels, split, w, method, omega, noise_std, seed, stream, index_offset):
+def interp_sums(a, b, split, index_offset):
+    """float64 [2, 3]: (dot, |a|^2, |b|^2) on each side of the global split, over the
+    lists a, b (one vector whose element 0 has global index index_offset)."""
+    numels = [t.numel() for t in a]
+    if sum(numels) == 0:
+        return torch.zeros((2, 3), dtype=torch.float64, device=a[0].device)
+    with on_device(a[0].device):
+        return _list_sums(a, b, numels, _local_splits(numels, split, index_offset))
+
+
+def _local_splits(numels, split, index_offset):
+    starts = [0, *itertools.accumulate(numels)][:-1]
+    return starts, [min(max(split - index_offset - s, 0), m) for s, m in zip(starts, numels)]
+
+
+def _list_sums(a, b, numels, starts_and_splits):
+    """The block partials of every tensor in one workspace, summed in a fixed order."""
+    _, local_splits = starts_and_splits
+    blocks = [triton.cdiv(m, SUM_BLOCK) for m in numels]
+    part = torch.empty((sum(blocks), 6), dtype=torch.float64, device=a[0].device)
+    row = 0
+    for x, y, m, cut, nb in zip(a, b, numels, local_splits, blocks):
+        if nb:
+            _split_sums_kernel[(nb,)](x, y, part, m, cut, row, 0, BLOCK=SUM_BLOCK, **_launch_opts(SUM_WARPS))
+        row += nb
+    return part.sum(dim=0).view(2, 3)
+
+
+def _split_interpolate(a, b, out, numels, split, w, method, omega, noise_std, seed, stream, index_offset, sums):
     seed &= 2**64 - 1
     stream &= 2**64 - 1
-    starts = [0, *itertools.accumulate(numels)][:-1]
-    local_splits = [min(max(split - index_offset - s, 0), m) for s, m in zip(starts, numels)]
+    starts, local_splits = _local_splits(numels, split, index_offset)
     lerp = method == "lerp"
     coefs = None
     if not lerp:
-        blocks = [triton.cdiv(m, SUM_BLOCK) for m in numels]
-        part = torch.empty((sum(blocks), 6), dtype=torch.float64, device=a[0].device)
-        row = 0
-        for x, y, m, cut, nb in zip(a, b, numels, local_splits, blocks):
-            if nb:
-                _split_sums_kernel[(nb,)](
-                    x, y, part, m, cut, row, 0, BLOCK=SUM_BLOCK, **_launch_opts(SUM_WARPS)
-                )
-            row += nb
-        sums = part.sum(dim=0).view(2, 3)
-        coefs = _slerp_coefs(sums, w, 1 - w, omega)
+        if sums is None:
+            sums = _list_sums(a, b, numels, (starts, local_splits))
+        coefs = _slerp_coefs(sums.view(2, 3), w, 1 - w, omega)
     noise = noise_std != 0.0
     for x, y, o, m, cut, start in zip(a, b, out, numels, local_splits, starts):
         if m == 0:
