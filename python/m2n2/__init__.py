@@ -2,6 +2,7 @@
 built on the m2n2_kernels ops. The `m2n2` command runs it (`m2n2 evolve`)."""
 from .archive import Archive
 from .evolve import EvolveConfig, Evolution, Interrupted, step_seed
+from .merge import canonical_order, merge_state_dicts
 from .models import ModuleEvaluator, flatten, load_flat
 from .select import select_parents, select_parents_batch
 
@@ -11,8 +12,10 @@ __all__ = [
     "Evolution",
     "Interrupted",
     "ModuleEvaluator",
+    "canonical_order",
     "flatten",
     "load_flat",
+    "merge_state_dicts",
     "select_parents",
     "select_parents_batch",
     "step_seed",
