@@ -56,6 +56,20 @@ struct ChunkSums {
   int64_t bad_col;     // first column with a non-finite z, or cols
 };
 
+// The first column in [c0, c1) holding a negative score (rows and child), or c1. Only
+// on the error path: it reads the block column by column.
+template <class T>
+int64_t first_negative_column(const NichesProblem& p, int64_t c0, int64_t c1) {
+  const T* S = static_cast<const T*>(p.scores);
+  const T* child = static_cast<const T*>(p.child);
+  for (int64_t j = c0; j < c1; ++j) {
+    for (int64_t i = 0; i < fitness_rows(p); ++i) {
+      if (score_value((i < p.rows ? S + i * p.row_stride : child)[j]) < 0) return j;
+    }
+  }
+  return c1;
+}
+
 // Columns [c0, c1) of S in blocks of `block` columns: z and u into z[], u[] (global
 // column index), fitness and attraction-row partial sums into out.
 template <class T>
@@ -66,44 +80,32 @@ M2N2_HD void stats_columns(const NichesProblem& p, int64_t c0, int64_t c1, int64
   const T* child = static_cast<const T*>(p.child);
   const bool want_row = p.mode == AttractionMode::kRow;
   const int64_t fit_rows = fitness_rows(p);
-  // Scores must be >= 0: 0/1 bytes are; floats are checked in this pass, by the
-  // smallest score of each column (min(0, x) < 0 exactly when x < 0; a NaN leaves it
-  // alone and makes z NaN).
+  // Scores must be finite and >= 0: a NaN or inf makes its column's z non-finite (found
+  // here); a negative score is found by the fitness loop below, as one more register
+  // reduction (a min) over the values it reads anyway. 0/1 bytes are never negative.
   constexpr bool kSigned = !std::is_same_v<T, uint8_t>;
-  std::vector<C> uloc(block), ploc(want_row ? block : 0), zrows(block), lows(kSigned ? block : 0);
+  std::vector<C> uloc(block), ploc(want_row ? block : 0), zrows(block);
   for (int64_t b0 = c0; b0 < c1; b0 += block) {
     const int64_t len = std::min(block, c1 - b0);
     double* zb = z + b0;
     std::fill(zb, zb + len, 0.0);
     C* zc = zrows.data();
-    C* lo = lows.data();
-    if constexpr (kSigned) std::fill(lo, lo + len, C(0));
     for (int64_t i0 = 0; i0 < fit_rows; i0 += kZRows) {
       std::fill(zc, zc + len, C(0));
       for (int64_t i = i0; i < std::min(fit_rows, i0 + kZRows); ++i) {
         const T* r = (i < p.rows ? S + i * p.row_stride : child) + b0;
-        if constexpr (kSigned) {
 #pragma omp simd
-          for (int64_t j = 0; j < len; ++j) {
-            const C x = score_value(r[j]);
-            zc[j] += x;
-            lo[j] = std::min(lo[j], x);
-          }
-        } else {
-#pragma omp simd
-          for (int64_t j = 0; j < len; ++j) zc[j] += score_value(r[j]);
-        }
+        for (int64_t j = 0; j < len; ++j) zc[j] += score_value(r[j]);
       }
 #pragma omp simd
       for (int64_t j = 0; j < len; ++j) zb[j] += double(zc[j]);
     }
-    // A column holding a non-finite or a negative score: the first one ends the chunk.
-    bool good = true;
-    for (int64_t j = 0; j < len; ++j) good &= std::isfinite(zb[j]) && (!kSigned || lo[j] >= C(0));
-    if (!good) {
-      int64_t j = 0;
-      while (std::isfinite(zb[j]) && (!kSigned || lo[j] >= C(0))) ++j;
-      out.bad_col = b0 + j;
+    bool finite = true;
+    for (int64_t j = 0; j < len; ++j) finite &= std::isfinite(zb[j]);
+    if (!finite) {
+      // The first bad column of the block: a non-finite z, or a negative score before it.
+      const int64_t nan_col = b0 + int64_t(std::find_if(zb, zb + len, [](double v) { return !std::isfinite(v); }) - zb);
+      out.bad_col = kSigned ? first_negative_column<T>(p, b0, nan_col) : nan_col;
       return;
     }
     if (p.alpha == 1.0 || p.alpha == 0.0) {
@@ -128,23 +130,35 @@ M2N2_HD void stats_columns(const NichesProblem& p, int64_t c0, int64_t c1, int64
     }
     const C* uw = uloc.data();
     const C* pw = ploc.data();
+    C block_low = 0;  // the smallest score of the block (floats only)
     for (int64_t i = 0; i < fit_rows; ++i) {
       const T* r = (i < p.rows ? S + i * p.row_stride : child) + b0;
       C f = 0;
+      C low = 0;
       if (want_row && i < p.rows) {
         C a = 0;
-#pragma omp simd reduction(+ : f, a)
+#pragma omp simd reduction(+ : f, a) reduction(min : low)
         for (int64_t j = 0; j < len; ++j) {
           const C x = score_value(r[j]);
           f += uw[j] * x;
+          if constexpr (kSigned) low = std::min(low, x);
           a += uw[j] * std::max(x - pw[j], C(0));
         }
         out.attraction[i] += double(a);
       } else {
-#pragma omp simd reduction(+ : f)
-        for (int64_t j = 0; j < len; ++j) f += uw[j] * score_value(r[j]);
+#pragma omp simd reduction(+ : f) reduction(min : low)
+        for (int64_t j = 0; j < len; ++j) {
+          const C x = score_value(r[j]);
+          f += uw[j] * x;
+          if constexpr (kSigned) low = std::min(low, x);
+        }
       }
       out.fitness[i] += double(f);
+      block_low = std::min(block_low, low);
+    }
+    if (block_low < C(0)) {  // a negative score in this block (its partials are dropped)
+      out.bad_col = first_negative_column<T>(p, b0, b0 + len);
+      return;
     }
   }
 }
