@@ -762,3 +762,22 @@ def test_triton_batch_bitwise_equals_cpp(dtype):
     kw = dict(method="lerp", noise_std=0.25, seed=2**63 + 17)
     assert_bitwise(mk.crossover_batch(*args, backend="triton", **kw), mk.crossover_batch(*args, backend="cpp", **kw),
                    "triton vs cpp batch")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_cuda_noise_is_the_cpu_noise(backend, dtype):
+    # philox.h (CUDA C++) and triton/philox.py evaluate Box-Muller with the same
+    # polynomials, without FMA contraction: the GPU's noise is the CPU's, bit for bit,
+    # for a single child and for a batch.
+    n, kw = 2**20 + 3, dict(method="lerp", noise_std=1.0, seed=2**40 + 9, index_offset=2**33 + 1)
+    zero = torch.zeros(n, dtype=dtype)
+    cpu = mk.split_interpolate(zero, zero, 0, 0.0, backend="cpp", **kw)
+    gpu = mk.split_interpolate(zero.cuda(), zero.cuda(), 0, 0.0, backend=backend, **kw)
+    assert torch.equal(gpu.cpu(), cpu)
+    archive = torch.zeros(2, 4099, dtype=dtype)
+    args = ([0, 1, 1], [1, 0, 1], [0, 0, 0], [0.0, 0.0, 0.0])
+    bkw = dict(method="lerp", noise_std=1.0, seed=11)
+    want = mk.crossover_batch(archive, *args, backend="cpp", **bkw)
+    assert torch.equal(mk.crossover_batch(archive.cuda(), *args, backend=backend, **bkw).cpu(), want)
