@@ -166,15 +166,6 @@ def same_tensor(x, y):
         x.dtype, x.shape, x.stride(), x.device) == (y.dtype, y.shape, y.stride(), y.device)
 
 
-def overlap(x, y):
-    """'none', 'full' (the very same elements in the same layout) or 'partial'."""
-    if x.numel() == 0 or y.numel() == 0 or x.device.type == "meta" or y.device.type == "meta":
-        return "none"
-    if same_tensor(x, y):
-        return "full"
-    return "partial" if _spans_meet(x, y) else "none"
-
-
 def check_disjoint(written, read):
     """No written tensor shares memory with any other tensor of the call.
 
