@@ -160,6 +160,15 @@ def _as_list(x, name):
     raise TypeError(f"{name} must be a tensor or a list of tensors, got {type(x).__name__}")
 
 
+def _parent_lists(a, b):
+    """a and b as lists of matching tensors (any layout): (a_list, b_list, is_list, n)."""
+    a_list, is_list = _as_list(a, "a")
+    b_list, b_is_list = _as_list(b, "b")
+    if b_is_list != is_list:
+        raise TypeError("b must be a list exactly when a is a list")
+    return a_list, b_list, is_list, check_op_lists(a_list, b_list, is_list=is_list, contiguous=False)
+
+
 def _out_role(out_list, a_list, b_list, is_list):
     """'a' or 'b' when out is exactly that input (in place: the in-place op), else
     'none' (the out op, which also takes an out[i] that is exactly a[i] or b[i]; any
@@ -232,11 +241,7 @@ def split_interpolate(
     each piece is written in one pass, and the pieces of a streamed or sharded merge
     are bit for bit the whole vector's child.
     """
-    a_list, is_list = _as_list(a, "a")
-    b_list, b_is_list = _as_list(b, "b")
-    if b_is_list != is_list:
-        raise TypeError("b must be a list exactly when a is a list")
-    n = check_op_lists(a_list, b_list, is_list=is_list, contiguous=False)
+    a_list, b_list, is_list, n = _parent_lists(a, b)
     # Given the sums, the tensors are one piece of a longer vector (its split may lie
     # past their end even at index_offset 0).
     split, w, method, omega, noise_std, seed, index_offset = check_op_scalars(
@@ -287,11 +292,7 @@ def interp_sums(a, b, split, *, index_offset=0, backend=None):
     rounding): phase 1 of a slerp streamed or sharded in pieces; phase 2 passes the
     totals to split_interpolate(..., sums=) (with torch.distributed: one all_reduce
     of these six numbers in between). Accumulated in fp64, on a's device."""
-    a_list, is_list = _as_list(a, "a")
-    b_list, b_is_list = _as_list(b, "b")
-    if b_is_list != is_list:
-        raise TypeError("b must be a list exactly when a is a list")
-    n = check_op_lists(a_list, b_list, is_list=is_list, contiguous=False)
+    a_list, b_list, is_list, n = _parent_lists(a, b)
     split, index_offset = check_op_split(n, split, index_offset, piece=True)
     route = _backend.route(a_list[0].device, backend)
     a_list, b_list = _contiguous(a_list), _contiguous(b_list)
