@@ -15,6 +15,7 @@ import torch
 import m2n2_kernels as mk
 
 _NUMBER = re.compile(r"(\d+)")
+MERGE_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)  # what the op computes in
 
 
 def canonical_order(names):
@@ -49,7 +50,19 @@ def resolve_split(split, names, numels):
                     f"got {type(split).__name__}")
 
 
-def _check_same_models(a, b):
+def as_out_dtype(out_dtype):
+    """None, or a torch float dtype the merge can write (given as a dtype or its name)."""
+    if out_dtype is None:
+        return None
+    dt = out_dtype if isinstance(out_dtype, torch.dtype) else getattr(torch, str(out_dtype).replace("torch.", ""), None)
+    if dt not in MERGE_DTYPES:
+        raise ValueError(f"out_dtype must be one of float64, float32, float16, bfloat16, got {out_dtype!r}")
+    return dt
+
+
+def check_same_models(a, b):
+    """a and b (name -> tensor, or anything with .shape and .dtype) hold the same
+    names, shapes and dtypes; the error lists every difference."""
     only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
     if only_a or only_b:
         raise ValueError(f"the models hold different tensors: only in a: {only_a}, only in b: {only_b}")
@@ -85,7 +98,8 @@ def merge_state_dicts(a, b, *, split, w, method="slerp", omega="global", noise_s
     vector (default: canonical_order). Non-floating tensors must be equal in a and b
     and are copied. `out_dtype` casts the merged tensors (each keeps its dtype by
     default). Returns a new dict in a's key order; a and b are not modified."""
-    _check_same_models(a, b)
+    out_dtype = as_out_dtype(out_dtype)
+    check_same_models(a, b)
     names = flat_names(a, order)
     for k in a:
         if not a[k].is_floating_point() and not torch.equal(a[k], b[k]):
