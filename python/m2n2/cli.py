@@ -4,6 +4,7 @@
     m2n2 evolve --task digits --compare --seeds 10
     m2n2 evolve --task digits --pretrained
     m2n2 evolve --resume runs/digits-20261203-101500
+    m2n2 merge A B -o OUT --split 0.5 --w 0.3   # two checkpoints, streamed within a memory budget
 """
 import argparse
 import dataclasses
@@ -130,7 +131,54 @@ def build_parser():
                     "depend on it")
     ev.add_argument("--no-plot", action="store_true", help="do not draw accuracy.png")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_merge_parser(sub)
     return parser
+
+
+def _split_arg(text):
+    """--split: an element index (digits), a fraction (a number with a point or an
+    exponent) or a tensor name (anything else)."""
+    if text.isdigit():
+        return int(text)
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _add_merge_parser(sub):
+    mg = sub.add_parser(
+        "merge",
+        help="merge two checkpoints (safetensors) by split-point interpolation, streamed within a memory budget",
+        description="Merge checkpoints A and B (a .safetensors file each, or Hugging Face model folders) into OUT: "
+        "the split-point interpolation of their flat parameter vectors (floating-point tensors in canonical "
+        "order: names sorted with numbers compared as numbers), bit for bit the in-memory merge, never holding "
+        "more than --memory-budget. OUT has A's layout; it is written under a temporary name and renamed at "
+        "the end.",
+    )
+    mg.add_argument("a", metavar="A", help="first parent: a .safetensors file or a model folder")
+    mg.add_argument("b", metavar="B", help="second parent, with the same tensors as A")
+    mg.add_argument("-o", "--out", required=True, help="the merged checkpoint (a file or folder, as A)")
+    mg.add_argument("--split", required=True, type=_split_arg,
+                    help="where t changes from w to 1 - w: an element index (1000), a fraction of the elements "
+                    "(0.5) or a tensor name (its first element)")
+    mg.add_argument("--w", required=True, type=_number("--w"), help="interpolation weight before the split")
+    mg.add_argument("--method", choices=INTERPOLATIONS, default="slerp", help="slerp (default) or lerp")
+    mg.add_argument("--omega", choices=("global", "segment"), default="global",
+                    help="slerp angle over the whole vectors (default) or per side of the split")
+    mg.add_argument("--noise-std", type=_number("--noise-std", 0.0), default=0.0,
+                    help="Gaussian mutation sigma, keyed by (--seed, element index) (default 0)")
+    mg.add_argument("--seed", type=_positive("--seed", 0), default=0, help="the mutation's seed (default 0)")
+    mg.add_argument("--out-dtype", choices=("float32", "bfloat16", "float16", "float64"), default=None,
+                    help="cast the merged tensors (default: each keeps its dtype)")
+    mg.add_argument("--order", metavar="FILE", default=None,
+                    help="the flat vector's order instead of the canonical one: every floating-point tensor's "
+                    "name, one per line")
+    mg.add_argument("--max-shard-size", default="5GB", help="largest output shard for a folder (default 5GB)")
+    mg.add_argument("--memory-budget", default="1GB", help="most memory the merge's buffers hold (default 1GB)")
+    mg.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    mg.add_argument("--summary", metavar="JSON", default=None, help="also write the summary to this JSON file")
+    mg.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 DEFAULTS = {
@@ -363,12 +411,49 @@ def evolve_command(args):
     return 0
 
 
+def _bytes(n):
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{n} B"
+        n /= 1000
+
+
+def merge_command(args):
+    from .safetensors_io import CheckpointError
+    from .stream_merge import merge_checkpoints
+
+    try:
+        s = merge_checkpoints(
+            args.a, args.b, args.out, split=args.split, w=args.w, method=args.method, omega=args.omega,
+            noise_std=args.noise_std, seed=args.seed, out_dtype=args.out_dtype, order=args.order,
+            max_shard_size=args.max_shard_size, memory_budget=args.memory_budget, force=args.force,
+            progress=not args.quiet,
+        )
+    except (CheckpointError, ValueError, TypeError, FileExistsError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
+    angle = ""
+    if s["angle_degrees"] is not None:
+        angle = ", angle " + " | ".join(f"{a:.2f} deg" for a in s["angle_degrees"])
+    rate = (s["read_bytes"] + s["written_bytes"]) / max(s["seconds"], 1e-9)
+    print(f"merged {s['elements']:,} elements ({s['tensors']} tensors, {s['copied_tensors']} copied) with "
+          f"{s['method']} (omega {s['omega']}{angle}) in {s['seconds']:.1f} s ({_bytes(rate)}/s)")
+    print(f"read {_bytes(s['read_bytes'])}, wrote {_bytes(s['written_bytes'])}; peak memory {_bytes(s['peak_rss_bytes'])} "
+          f"(buffers {_bytes(s['buffer_bytes'])})")
+    print(f"out:     {s['out']} ({', '.join(s['files'])})")
+    if args.summary:
+        report.write_json_atomic(args.summary, s)
+        print(f"summary: {args.summary}")
+    return 0
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "evolve":
             return evolve_command(args)
+        if args.command == "merge":
+            return merge_command(args)
     except UsageError as e:
         print(f"m2n2: error: {e}", file=sys.stderr)
         return 2

@@ -270,7 +270,7 @@ def merge_checkpoints(a, b, out, *, split, w, method="slerp", omega="global", no
     def bar(total, desc):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress,
+        return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1000, disable=not progress,
                     leave=True, dynamic_ncols=True)
 
     def read_chunk(chunk, slot, both=True):
@@ -381,16 +381,15 @@ def _write(ca, cb, out, tmp, layout, info, merge_chunks, copy_chunks, pipe, read
             local = min(at, chunk.offset + chunk.numel)
             mk.split_interpolate(av, bv, local, w, method=method, omega=omega, noise_std=noise_std, seed=seed,
                                  out=av, index_offset=chunk.offset, sums=sums, backend=backend)
-            for p, x in zip(chunk.pieces, av):
+            for p, x, y in zip(chunk.pieces, av, bv):
+                if p.cast_at >= 0:
+                    x = slot[p.cast_at:p.cast_at + p.count * out_dtype.itemsize].view(out_dtype).copy_(x)
                 if not bool(torch.isfinite(x.sum())):  # fast; the exact search only when it is not finite
                     i = _first_nonfinite(x)
                     if i is not None:
-                        y = bv[chunk.pieces.index(p)]
                         raise NonFiniteError(
                             f"the merge of {_element(p.entry, p.start + i)} is {x[i].item()} (B there: {y[i].item()}"
-                            f"; a non-finite input, or a value past the output dtype); OUT was not created")
-                if p.cast_at >= 0:
-                    slot[p.cast_at:p.cast_at + p.count * out_dtype.itemsize].view(out_dtype).copy_(x)
+                            f"): a non-finite input, or a value past the output dtype's range; OUT was not created")
 
         def write(chunk, slot):
             for p in chunk.pieces:
