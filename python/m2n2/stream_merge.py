@@ -237,7 +237,9 @@ def merge_checkpoints(a, b, out, *, split, w, method="slerp", omega="global", no
     split, w, method, omega, noise_std, seed, out_dtype and order as merge_state_dicts
     (`order` may also be a file of names, one per line). `out` has a's layout: a file
     for a file, a folder (shards of at most max_shard_size bytes and an index when
-    there are several, a's other files copied) for a folder. Returns a summary dict.
+    there are several, a's other files copied) for a folder; an existing `out` is
+    refused unless `force`. Returns a summary dict (elements, angle, seconds, bytes
+    read and written, memory).
     """
     t0 = time.perf_counter()
     budget = sio.parse_size(memory_budget, "memory_budget")
@@ -259,93 +261,137 @@ def merge_checkpoints(a, b, out, *, split, w, method="slerp", omega="global", no
     at, w, method, omega, noise_std, seed, _ = _crossover.check_op_scalars(n, at, w, method, omega, noise_std, seed, 0)
     _check_out_path(out, ca.path, cb.path, force)
 
-    slot_bytes = int(budget * BUDGET_SHARE) // SLOTS
-    merge_chunks = plan_chunks(ca.tensors, names, slot_bytes, out_dtype, True)
-    copy_chunks = plan_chunks(ca.tensors, others, slot_bytes, None, False)
-    pipe = _Pipeline(slot_bytes)
-    reader = sio.Reader()
-    slerp = method == "slerp"
-    stats = {"read": 0, "written": 0}
-
-    def bar(total, desc):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1000, disable=not progress,
-                    leave=True, dynamic_ncols=True)
-
-    def read_chunk(chunk, slot, both=True):
-        for p in chunk.pieces:
-            nb = p.count * p.entry.dtype.itemsize
-            reader.read(p.entry, p.start, p.count, slot[p.a_at:p.a_at + nb])
-            if both:
-                reader.read(cb.tensors[p.entry.name], p.start, p.count, slot[p.b_at:p.b_at + nb])
-        stats["read"] += chunk.read_bytes(both)
-
+    job = _StreamMerge(ca, cb, names, others, budget, out_dtype, progress,
+                       dict(w=w, method=method, omega=omega, noise_std=noise_std, seed=seed, backend=backend), at)
     try:
-        # Pass 1: the slerp sums, and the non-floating tensors compared (nothing written).
-        sums = torch.zeros(2, 3, dtype=torch.float64)
-        pass1 = (merge_chunks if slerp else []) + copy_chunks
-
-        def pass1_compute(chunk, slot):
-            av, bv = _views(slot, chunk, "a"), _views(slot, chunk, "b")
-            if not chunk.merge:
-                for p, x, y in zip(chunk.pieces, av, bv):
-                    xb, yb = x.view(torch.uint8), y.view(torch.uint8)
-                    if not torch.equal(xb, yb):
-                        first = int((xb != yb).nonzero()[0]) // x.element_size()
-                        raise ValueError(f"{p.entry.name} is not floating point and differs between A and B "
-                                         f"(first at {_element(p.entry, p.start + first)}): it cannot be merged")
-                return
-            s = mk.interp_sums(av, bv, at, index_offset=chunk.offset, backend=backend)
-            if not bool(torch.isfinite(s).all()):
-                _raise_nonfinite_input(chunk, av, bv)
-            sums.add_(s)
-
-        if pass1:
-            with bar(sum(c.read_bytes() for c in pass1), "pass 1/2: sums" if slerp else "pass 1/2: compare") as pb:
-                pipe.run(pass1, read_chunk, pass1_compute, progress=lambda c: pb.update(c.read_bytes()))
-        if slerp and not bool(torch.isfinite(sums).all()):
-            raise NonFiniteError(f"the slerp sums overflow float64 ({sums.tolist()}): the models' values are too large")
-
-        # Pass 2: write. The layout (every header and offset) is known before the first byte.
-        layout = _output_layout(ca, out, names, others, out_dtype, shard_size)
+        sums = job.pass1()
         info = {"a": os.path.abspath(ca.path), "b": os.path.abspath(cb.path), "split": at, "w": w, "method": method,
                 "omega": omega, "noise_std": noise_std, "seed": seed, "elements": n,
                 "order": "canonical" if order is None else "given",
                 "out_dtype": None if out_dtype is None else str(out_dtype).replace("torch.", ""),
-                "sums": sums.tolist() if slerp else None}
-        tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.m2n2-tmp-{uuid.uuid4().hex[:8]}")
-        try:
-            summary = _write(ca, cb, out, tmp, layout, info, merge_chunks, copy_chunks, pipe, read_chunk, at, w,
-                             method, omega, noise_std, seed, sums if slerp else None, out_dtype, backend, bar, stats,
-                             force)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else (os.path.lexists(tmp) and os.remove(tmp))
-            raise
+                "sums": None if sums is None else sums.tolist()}
+        files = _write_output(job, out, _output_layout(ca, names, others, out_dtype, shard_size), info, sums, force)
     finally:
-        reader.close()
-    summary.update({
-        "elements": n, "tensors": len(names), "copied_tensors": len(others), "method": method, "omega": omega,
-        "angle_degrees": _angles(sums, omega) if slerp else None, "seconds": time.perf_counter() - t0,
-        "read_bytes": stats["read"], "written_bytes": stats["written"], "buffer_bytes": SLOTS * slot_bytes,
-        "peak_rss_bytes": _peak_rss(),
-    })
-    return summary
+        job.reader.close()
+    return {
+        "out": out, "files": files, "elements": n, "tensors": len(names), "copied_tensors": len(others),
+        "method": method, "omega": omega, "angle_degrees": None if sums is None else _angles(sums, omega),
+        "seconds": time.perf_counter() - t0, "read_bytes": job.read_bytes, "written_bytes": job.written_bytes,
+        "buffer_bytes": SLOTS * job.slot_bytes, "peak_rss_bytes": _peak_rss(),
+    }
 
 
-def _raise_nonfinite_input(chunk, av, bv):
-    for role, views in (("A", av), ("B", bv)):
-        for p, x in zip(chunk.pieces, views):
-            i = _first_nonfinite(x)
-            if i is not None:
-                raise NonFiniteError(f"{role} has a non-finite value at {_element(p.entry, p.start + i)}: "
-                                     f"{x[i].item()}; OUT was not created")
-    raise NonFiniteError("the slerp sums overflow float64: the models' values are too large")
+class _StreamMerge:
+    """The two passes over the chunks of one merge, and what they count."""
+
+    def __init__(self, ca, cb, names, others, budget, out_dtype, progress, op_args, split):
+        self.ca, self.cb, self.out_dtype, self.progress = ca, cb, out_dtype, progress
+        self.op_args, self.split = op_args, split
+        self.slot_bytes = int(budget * BUDGET_SHARE) // SLOTS
+        self.merge_chunks = plan_chunks(ca.tensors, names, self.slot_bytes, out_dtype, True)
+        self.copy_chunks = plan_chunks(ca.tensors, others, self.slot_bytes, None, False)
+        self.pipe = _Pipeline(self.slot_bytes)
+        self.reader = sio.Reader()
+        self.read_bytes = self.written_bytes = 0
+        self.sums = None
+
+    def _bar(self, total, desc):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1000, disable=not self.progress,
+                    leave=True, dynamic_ncols=True)
+
+    def _read(self, chunk, slot, both=True):
+        for p in chunk.pieces:
+            nb = p.count * p.entry.dtype.itemsize
+            self.reader.read(p.entry, p.start, p.count, slot[p.a_at:p.a_at + nb])
+            if both:
+                self.reader.read(self.cb.tensors[p.entry.name], p.start, p.count, slot[p.b_at:p.b_at + nb])
+        self.read_bytes += chunk.read_bytes(both)
+
+    # Pass 1: the slerp sums, and the non-floating tensors compared; nothing is written.
+    def pass1(self):
+        """The whole vectors' sums (slerp), None (lerp); raises on a non-finite input
+        or on non-floating tensors that differ."""
+        slerp = self.op_args["method"] == "slerp"
+        self.sums = torch.zeros(2, 3, dtype=torch.float64) if slerp else None
+        chunks = (self.merge_chunks if slerp else []) + self.copy_chunks
+        if chunks:
+            with self._bar(sum(c.read_bytes() for c in chunks), "pass 1/2: sums" if slerp else "pass 1/2: compare") as pb:
+                self.pipe.run(chunks, self._read, self._pass1_chunk, progress=lambda c: pb.update(c.read_bytes()))
+        if slerp and not bool(torch.isfinite(self.sums).all()):
+            raise NonFiniteError(f"the slerp sums overflow float64 ({self.sums.tolist()}): the models' values are too "
+                                 "large; OUT was not created")
+        return self.sums
+
+    def _pass1_chunk(self, chunk, slot):
+        av, bv = _views(slot, chunk, "a"), _views(slot, chunk, "b")
+        if not chunk.merge:
+            for p, x, y in zip(chunk.pieces, av, bv):
+                xb, yb = x.view(torch.uint8), y.view(torch.uint8)
+                if not torch.equal(xb, yb):
+                    first = int((xb != yb).nonzero()[0]) // x.element_size()
+                    raise ValueError(f"{p.entry.name} is not floating point and differs between A and B "
+                                     f"(first at {_element(p.entry, p.start + first)}): it cannot be merged")
+            return
+        s = mk.interp_sums(av, bv, self.split, index_offset=chunk.offset, backend=self.op_args["backend"])
+        if not bool(torch.isfinite(s).all()):
+            for role, views in (("A", av), ("B", bv)):
+                for p, x in zip(chunk.pieces, views):
+                    i = _first_nonfinite(x)
+                    if i is not None:
+                        raise NonFiniteError(f"{role} has a non-finite value at {_element(p.entry, p.start + i)}: "
+                                             f"{x[i].item()}; OUT was not created")
+        self.sums.add_(s)
+
+    # Pass 2: every chunk merged (or copied) and written at its offset.
+    def pass2(self, writer):
+        chunks = self.merge_chunks + self.copy_chunks
+
+        def read(chunk, slot):
+            self._read(chunk, slot, both=chunk.merge)
+
+        def write(chunk, slot):
+            for p, src in zip(chunk.pieces, self._outputs(chunk, slot)):
+                writer.write(p.entry.name, p.start, src)
+                self.written_bytes += src.numel() * src.element_size()
+
+        with self._bar(sum(_pass2_bytes(c, self.out_dtype) for c in chunks), "pass 2/2: merge") as pb:
+            self.pipe.run(chunks, read, self._merge_chunk, write,
+                          progress=lambda c: pb.update(_pass2_bytes(c, self.out_dtype)))
+
+    def _outputs(self, chunk, slot):
+        """The output pieces: over a, or in the cast region when out_dtype differs."""
+        out = []
+        for p in chunk.pieces:
+            if p.cast_at >= 0:
+                out.append(slot[p.cast_at:p.cast_at + p.count * self.out_dtype.itemsize].view(self.out_dtype))
+            else:
+                out.append(slot[p.a_at:p.a_at + p.count * p.entry.dtype.itemsize].view(p.entry.dtype))
+        return out
+
+    def _merge_chunk(self, chunk, slot):
+        if not chunk.merge:
+            return
+        av, bv = _views(slot, chunk, "a"), _views(slot, chunk, "b")
+        # The split clamped to the chunk's end: the same sides, and no "split past the
+        # end" for a first chunk that ends before it.
+        local = min(self.split, chunk.offset + chunk.numel)
+        mk.split_interpolate(av, bv, local, out=av, index_offset=chunk.offset, sums=self.sums, **self.op_args)
+        for p, x, y, o in zip(chunk.pieces, av, bv, self._outputs(chunk, slot)):
+            if p.cast_at >= 0:
+                o.copy_(x)
+            if not bool(torch.isfinite(o.sum())):  # fast; the exact search only when it is not finite
+                i = _first_nonfinite(o)
+                if i is not None:
+                    raise NonFiniteError(
+                        f"the merge of {_element(p.entry, p.start + i)} is {o[i].item()} (B there: {y[i].item()}): a "
+                        f"non-finite input, or a value past the output dtype's range; OUT was not created")
 
 
-def _output_layout(ca, out, names, others, out_dtype, shard_size):
-    """[(file name relative to OUT, [(name, dtype, shape), ...])], and the index's
-    file name (None for a single file)."""
+def _output_layout(ca, names, others, out_dtype, shard_size):
+    """([(file name in OUT, or None for a single file, [(name, dtype, shape), ...])],
+    the index's file name or None)."""
     dtype_of = {k: (out_dtype or ca.tensors[k].dtype) for k in names}
     dtype_of.update({k: ca.tensors[k].dtype for k in others})
     tensors = [(k, dtype_of[k], ca.tensors[k].shape) for k in canonical_order(list(names) + list(others))]
@@ -361,70 +407,45 @@ def _output_layout(ca, out, names, others, out_dtype, shard_size):
     return [(f"{stem}-{i + 1:05d}-of-{total:05d}.safetensors", s) for i, s in enumerate(shards)], index
 
 
-def _write(ca, cb, out, tmp, layout, info, merge_chunks, copy_chunks, pipe, read_chunk, at, w, method, omega,
-           noise_std, seed, sums, out_dtype, backend, bar, stats, force):
+def _write_output(job, out, layout, info, sums, force):
+    """Pass 2 into a temporary file or folder beside OUT, then renamed to OUT; on any
+    error (Ctrl-C included) the temporary is deleted and OUT left as it was."""
     shards, index_name = layout
-    if ca.is_folder:
-        os.mkdir(tmp)
-        files = {os.path.join(tmp, f): ts for f, ts in shards}
-    else:
-        files = {tmp: shards[0][1]}
-    metadata = {"format": "pt", "m2n2_merge": json.dumps(info, separators=(",", ":"))}
-    writer = sio.ShardWriter(files, metadata)
+    ca = job.ca
+    tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.m2n2-tmp-{uuid.uuid4().hex[:8]}")
     try:
-        def compute(chunk, slot):
-            if not chunk.merge:
-                return
-            av, bv = _views(slot, chunk, "a"), _views(slot, chunk, "b")
-            # The split clamped to the chunk's end: the same sides, and no "split past
-            # the end" for a first chunk that ends before it.
-            local = min(at, chunk.offset + chunk.numel)
-            mk.split_interpolate(av, bv, local, w, method=method, omega=omega, noise_std=noise_std, seed=seed,
-                                 out=av, index_offset=chunk.offset, sums=sums, backend=backend)
-            for p, x, y in zip(chunk.pieces, av, bv):
-                if p.cast_at >= 0:
-                    x = slot[p.cast_at:p.cast_at + p.count * out_dtype.itemsize].view(out_dtype).copy_(x)
-                if not bool(torch.isfinite(x.sum())):  # fast; the exact search only when it is not finite
-                    i = _first_nonfinite(x)
-                    if i is not None:
-                        raise NonFiniteError(
-                            f"the merge of {_element(p.entry, p.start + i)} is {x[i].item()} (B there: {y[i].item()}"
-                            f"): a non-finite input, or a value past the output dtype's range; OUT was not created")
-
-        def write(chunk, slot):
-            for p in chunk.pieces:
-                if p.cast_at >= 0:
-                    src = slot[p.cast_at:p.cast_at + p.count * out_dtype.itemsize].view(out_dtype)
-                else:
-                    src = slot[p.a_at:p.a_at + p.count * p.entry.dtype.itemsize].view(p.entry.dtype)
-                writer.write(p.entry.name, p.start, src)
-                stats["written"] += src.numel() * src.element_size()
-
-        chunks = merge_chunks + copy_chunks
-
-        def read(chunk, slot):
-            read_chunk(chunk, slot, both=chunk.merge)
-
-        with bar(sum(_pass2_bytes(c, out_dtype) for c in chunks), "pass 2/2: merge") as pb:
-            pipe.run(chunks, read, compute, write, progress=lambda c: pb.update(_pass2_bytes(c, out_dtype)))
+        if ca.is_folder:
+            os.mkdir(tmp)
+            files = {os.path.join(tmp, f): ts for f, ts in shards}
+        else:
+            files = {tmp: shards[0][1]}
+        writer = sio.ShardWriter(files, {"format": "pt", "m2n2_merge": json.dumps(info, separators=(",", ":"))})
+        try:
+            job.pass2(writer)
+        except BaseException:
+            writer.close(sync=False)
+            raise
         writer.close(sync=True)
+        if ca.is_folder:
+            if index_name:
+                weight_map = {name: f for f, ts in shards for name, _, _ in ts}
+                total_size = sum(math.prod(s) * d.itemsize for _, ts in shards for _, d, s in ts)
+                with open(os.path.join(tmp, index_name), "w") as f:
+                    json.dump({"metadata": {"total_size": total_size, "m2n2_merge": info}, "weight_map": weight_map},
+                              f, indent=2)
+                    f.write("\n")
+            for rel in ca.other_files():
+                dest = os.path.join(tmp, rel)
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                shutil.copy2(os.path.join(ca.path, rel), dest)
+        _replace(tmp, out, force)
     except BaseException:
-        writer.close(sync=False)
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.lexists(tmp):
+            os.remove(tmp)
         raise
-    if ca.is_folder:
-        if index_name:
-            weight_map = {name: f for f, ts in shards for name, _, _ in ts}
-            total_size = sum(math.prod(s) * d.itemsize for _, ts in shards for _, d, s in ts)
-            index = {"metadata": {"total_size": total_size, "m2n2_merge": info}, "weight_map": weight_map}
-            with open(os.path.join(tmp, index_name), "w") as f:
-                json.dump(index, f, indent=2)
-                f.write("\n")
-        for rel in ca.other_files():
-            dest = os.path.join(tmp, rel)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            shutil.copy2(os.path.join(ca.path, rel), dest)
-    _replace(tmp, out, force)
-    return {"out": out, "files": [f or os.path.basename(out) for f, _ in shards] + ([index_name] if index_name else [])}
+    return [f or os.path.basename(out) for f, _ in shards] + ([index_name] if index_name else [])
 
 
 def _replace(tmp, out, force):
@@ -440,5 +461,8 @@ def _replace(tmp, out, force):
         os.rename(out, old)
         os.rename(tmp, out)
         shutil.rmtree(old)
+    elif os.path.isdir(tmp):  # a folder in place of a file
+        os.remove(out)
+        os.rename(tmp, out)
     else:
-        os.replace(tmp, out) if not os.path.isdir(tmp) else (os.remove(out), os.rename(tmp, out))
+        os.replace(tmp, out)
