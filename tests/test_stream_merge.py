@@ -203,6 +203,29 @@ def test_force_replaces_and_refuses_without(tmp_path, folders):
     assert sorted(os.listdir(tmp_path)) == ["OUT"]
 
 
+@pytest.mark.parametrize("out_dtype", [None, torch.float32])
+def test_chunk_plan_past_2_31_elements(out_dtype):
+    """The plan (no data read) of tensors past 2^31 elements: chunks tile the flat
+    vector exactly, with 64-bit offsets, each fitting its slot."""
+    from m2n2.safetensors_io import TensorEntry
+    from m2n2.stream_merge import plan_chunks
+
+    sizes = {"a.big": (2**31 + 7,), "b.odd": (3, 5), "c.big": (2**30 + 1, 3)}
+    entries = {k: TensorEntry(k, torch.bfloat16, s, "x", 0, 0) for k, s in sizes.items()}
+    slot = 64 << 20
+    chunks = plan_chunks(entries, list(sizes), slot, out_dtype, True)
+    flat, covered = 0, {k: 0 for k in sizes}
+    for c in chunks:
+        assert c.offset == flat
+        for p in c.pieces:
+            assert p.start == covered[p.entry.name]
+            covered[p.entry.name] += p.count
+            end = (p.cast_at + p.count * 4) if p.cast_at >= 0 else (p.b_at + p.count * 2)
+            assert 0 <= p.a_at < p.b_at and end <= slot
+        flat += c.numel
+    assert covered == {k: entries[k].numel for k in sizes} and flat == sum(covered.values()) > 2**32
+
+
 # --- failures leave no OUT ---------------------------------------------------------------------
 
 def _no_leftovers(tmp_path, keep=("OUT",)):

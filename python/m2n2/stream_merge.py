@@ -220,11 +220,9 @@ class _Pipeline:
                     progress(chunk)
             for f in list(writes.values()):
                 f.result()
-        finally:
-            for f in (*reads.values(), *writes.values()):
-                f.cancel()
-            reader.shutdown(wait=True)
-            writer.shutdown(wait=True)
+        finally:  # on an error or Ctrl-C: drop what has not started, wait for what has
+            reader.shutdown(wait=True, cancel_futures=True)
+            writer.shutdown(wait=True, cancel_futures=True)
 
 
 def merge_checkpoints(a, b, out, *, split, w, method="slerp", omega="global", noise_std=0.0, seed=0, out_dtype=None,
