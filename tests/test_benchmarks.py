@@ -10,7 +10,10 @@ Each script is run once (--quick --reps 1, as before); the checks read its CSV:
   the ms of a torch row of the same case / ms, time_vs_ceiling = ms / the ceiling row's ms;
 - every op and impl a script claims (its docstring) present in every case it covers,
   our kernels once per backend (cpp on CPU).
-bench_engine.py has its own columns, checked the same way.
+bench_engine.py and bench_merge.py (whole-file merges) have their own columns, checked
+the same way: values in range and consistent with each other, the rows they claim
+present; at smoke sizes no speed target is asserted, only the memory promise (the
+merge's peak within its budget, on inputs over ten times the budget).
 """
 import csv
 import glob
@@ -247,12 +250,76 @@ def check_engine(rows):
             assert abs(float(r["share"]) - float(r["ms_per_pass"]) / total) <= 0.0005 + 6 * 0.00005 / total + 1e-9, r
 
 
+MERGE_FIELDS = [
+    "row", "method", "model_gb", "inputs_gb", "output_gb", "budget_mb", "inputs_vs_budget", "reps", "seconds",
+    "seconds_min", "gbps", "vs_plain_io", "peak_extra_mb", "peak_vs_budget", "peak_vs_model", "within_budget",
+]
+MERGE_ROWS = {"plain-io": "none", "m2n2 slerp": "slerp", "m2n2 lerp": "lerp", "load-everything slerp": "slerp"}
+MERGE_BUDGETED = {"plain-io", "m2n2 slerp", "m2n2 lerp"}
+
+
+def near(value, want, what, r, *, rel=0.0, half=0.0):
+    """value (written rounded: within `half` and a relative `rel`) equals want."""
+    tol = half + rel * abs(want) + 1e-9
+    assert abs(value - want) <= tol, f"{what} = {value}, expected {want:.6g}: {r}"
+
+
+def ratio_written(x):
+    """Half a unit of the last decimal of a ratio written by _common._fixed."""
+    return 0.005 if abs(x) >= 0.1 else 0.0005 * abs(x) + 1e-12
+
+
+def check_merge(fields, rows):
+    assert fields == MERGE_FIELDS, "bench_merge.py's CSV columns (its docstring)"
+    by_row = {r["row"]: r for r in rows}
+    assert len(by_row) == len(rows), "one row per implementation"
+    assert set(MERGE_ROWS) <= set(by_row) <= set(MERGE_ROWS) | {"mergekit slerp"}, sorted(by_row)
+    plain = float(by_row["plain-io"]["seconds"])
+    for name, r in by_row.items():
+        assert r["method"] == MERGE_ROWS.get(name, "slerp"), r
+        model, inputs, output = (number(r, c) for c in ("model_gb", "inputs_gb", "output_gb"))
+        budget_mb = number(r, "budget_mb")
+        assert 0 < model and 0 < budget_mb, r
+        near(inputs, 2 * model, "inputs_gb (A + B)", r, rel=1e-3)
+        near(output, model, "output_gb", r, rel=1e-3)
+        # --quick: the inputs exceed ten times the budget (issue 10's promise is measured).
+        near(number(r, "inputs_vs_budget"), inputs * 1e3 / budget_mb, "inputs_vs_budget", r, rel=2e-3, half=0.005)
+        assert number(r, "inputs_vs_budget") > 10, r
+        assert 1 <= number(r, "reps") <= REPS, r
+        seconds, fastest = number(r, "seconds"), number(r, "seconds_min")
+        assert 0 < fastest <= seconds < 600, r
+        if number(r, "reps") == 1:
+            assert fastest == seconds, r
+        gbps = number(r, "gbps")
+        near(gbps, (inputs + output) / seconds, "gbps ((inputs + output) / seconds)", r, rel=2e-3,
+             half=ratio_written(gbps))
+        vs = number(r, "vs_plain_io")
+        near(vs, plain / seconds, "vs_plain_io (plain-io's seconds / seconds)", r, rel=2e-3, half=ratio_written(vs))
+        peak = number(r, "peak_extra_mb")
+        assert 0 <= peak < 64 * 1024, r
+        # peak_extra_mb is written with one decimal: half of 0.1 MB over the divisor, then the ratio's own rounding.
+        for col, den in (("peak_vs_budget", budget_mb), ("peak_vs_model", model * 1e3)):
+            x = number(r, col)
+            near(x, peak / den, col, r, rel=2e-3, half=0.05 / den + ratio_written(x))
+        if name in MERGE_BUDGETED:
+            assert r["within_budget"] == ("yes" if peak <= budget_mb else "no"), r
+            assert peak <= budget_mb, f"peak memory past the budget: {r}"
+        else:
+            assert r["within_budget"] == "", r
+    assert float(by_row["plain-io"]["vs_plain_io"]) == 1.0, "the ceiling's own row reads 1.00"
+    # Loading everything holds both inputs at least: far more than the budget.
+    assert number(by_row["load-everything slerp"], "peak_vs_model") >= 1, by_row["load-everything slerp"]
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_benchmark_script_writes_csv(tmp_path, script):
     fields, rows = run_script(tmp_path, script)
     assert rows, f"{script} wrote no rows"
     if script == "bench_engine.py":
         check_engine(rows)
+        return
+    if script == "bench_merge.py":
+        check_merge(fields, rows)
         return
     sys.path.insert(0, BENCH)
     try:
