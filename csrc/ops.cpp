@@ -69,6 +69,16 @@ TORCH_LIBRARY(m2n2, m) {
   m.def(
       "niche_stats_out(Tensor S, Tensor? child, Tensor? capacity, float alpha, float eps, int parent, "
       "str attraction_mode, Tensor(a!) z, Tensor(b!) fitness, Tensor(c!) attraction) -> ()");
+
+  // ---- task-vector merges (docs/semantics.md, "Task-vector merges") ----
+  // base: L tensors; models: K x L tensors, model-major (model k's position i is
+  // models[k * L + i]); out: L tensors, each base[i] itself (in place) or fresh.
+  // weights, density: K numbers. sparsify: none | magnitude | random; consensus:
+  // none | sum | count; rescale: none | l1 | density; scope: tensor | global; seed
+  // keys the random sparsification (its 64 bits).
+  m.def(
+      "task_merge_out(Tensor[] base, Tensor[] models, Tensor(a!)[] out, float[] weights, float[] density, "
+      "str sparsify, str consensus, str rescale, bool normalize, float lam, str scope, int seed) -> ()");
 }
 
 // A plain CPython module, so that `import m2n2_kernels._C` loads the library and runs

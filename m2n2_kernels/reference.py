@@ -373,3 +373,141 @@ def replacement_from_fitness(fit):
 def replace_index(S, child, *, alpha=1.0, capacity=None, eps=0.0):
     fit = niche_stats(S, alpha=alpha, capacity=capacity, eps=eps, mode="none", child=child)[1]
     return replacement_from_fitness(fit)
+
+
+# ---------------------------------------------------------------------------
+# Task-vector merges (docs/semantics.md, "Task-vector merges").
+# ---------------------------------------------------------------------------
+
+DARE_STREAM = 0xDA4E000000000000  # Philox stream of model k's DARE draws: DARE_STREAM + k
+RESCALE_MIN = 1e-7  # l1 rescale: 1 where either sum is below this (mergekit's eps)
+DIVISOR_MIN = 1e-8  # without consensus: |sum of weights| below this divides by 1
+
+
+def philox_uniform24(seed: int, stream: int, index: torch.Tensor) -> torch.Tensor:
+    """u(seed, stream, i) in [0, 1): the top 24 bits of Philox word i % 4 of counter
+    (i >> 2, stream), times 2^-24, as float64 (exact)."""
+    seed &= 2**64 - 1
+    stream &= 2**64 - 1
+    group, lane = index >> 2, index & 3
+    zeros = torch.zeros_like(group)
+    c = (group & _MASK32, (group >> 32) & _MASK32, zeros + (stream & _MASK32), zeros + (stream >> 32))
+    words = torch.stack(philox4x32_10(c, (seed & _MASK32, seed >> 32)))
+    word = words.gather(0, lane.reshape(1, -1)).reshape(-1)
+    return (word >> 8).to(torch.float64) * 2.0**-24
+
+
+def _per_model(x, k):
+    return [float(v) for v in (list(x) if isinstance(x, (list, tuple)) else [x] * k)]
+
+
+def _keep_count(rho, n):
+    if n == 0 or rho <= 0:
+        return 0
+    if rho >= 1:
+        return n
+    return max(1, int(rho * n))
+
+
+def _magnitude_mask(d, rho):
+    """Exactly keep-count elements of largest |d|, ties at the threshold lowest index first."""
+    k = _keep_count(rho, d.numel())
+    mask = torch.zeros(d.numel(), dtype=torch.bool, device=d.device)
+    if k:
+        order = torch.sort(d.abs(), descending=True, stable=True).indices
+        mask[order[:k]] = True
+    return mask
+
+
+def _random_mask(rho, model, seed, n, device):
+    if rho >= 1:
+        return torch.ones(n, dtype=torch.bool, device=device)
+    return philox_uniform24(seed, DARE_STREAM + model, torch.arange(n, device=device)) < rho
+
+
+def _rescale(d, mask, rho, rescale, cdt):
+    """s_k of one unit, where the rule keeps some elements but not all (the caller
+    checks): 1/rho ("density") or the l1 ratio."""
+    if rescale is None:
+        return 1.0
+    if rescale == "density":
+        return torch.tensor(1.0 / rho, dtype=torch.float64).to(cdt).item()
+    before = float(d.abs().double().sum())
+    after = float((d.abs() * mask).double().sum())
+    if before < RESCALE_MIN or after < RESCALE_MIN:
+        return 1.0
+    return torch.tensor(before / after, dtype=torch.float64).to(cdt).item()
+
+
+def _partial(sparsify, rho, n):
+    """The sparsification rule keeps some of a unit's n elements but not all."""
+    if sparsify == "magnitude":
+        return 0 < _keep_count(rho, n) < n
+    return sparsify == "random" and 0.0 < rho < 1.0
+
+
+def task_merge(base, models, weights, *, sparsify=None, density=1.0, consensus=None, rescale=None, normalize=False,
+               lam=1.0, scope="tensor", seed=0):
+    """The task-vector merge of `models` onto `base` (tensors, or lists of tensors):
+    see docs/semantics.md. Returns a new tensor (list) in base's dtypes."""
+    is_list = isinstance(base, (list, tuple))
+    base_list = list(base) if is_list else [base]
+    model_lists = [list(m) if is_list else [m] for m in models]
+    K = len(model_lists)
+    w = [float(v) for v in weights]
+    rho = _per_model(density, K)
+    cdts = [_compute_dtype(t.dtype) for t in base_list]
+    # Units: each position (scope "tensor") or the whole list (scope "global"), as
+    # flat vectors in the list's widest compute type.
+    units = [[i] for i in range(len(base_list))] if scope == "tensor" else [list(range(len(base_list)))]
+    factors = [[None] * len(base_list) for _ in range(K)]  # per model, per position: flat e_k
+    for unit in units:
+        cdt = torch.float64 if any(cdts[i] == torch.float64 for i in unit) else torch.float32
+        sizes = [base_list[i].numel() for i in unit]
+        for k in range(K):
+            d = torch.cat([(model_lists[k][i].reshape(-1).to(cdts[i]) - base_list[i].reshape(-1).to(cdts[i])).to(cdt)
+                           for i in unit]) if unit else torch.zeros(0)
+            if sparsify == "magnitude":
+                mask = _magnitude_mask(d, rho[k])
+            elif sparsify == "random":
+                mask = _random_mask(rho[k], k, seed, d.numel(), d.device)
+            else:
+                mask = torch.ones(d.numel(), dtype=torch.bool, device=d.device)
+            s = _rescale(d, mask, rho[k], rescale, cdt) if _partial(sparsify, rho[k], d.numel()) else 1.0
+            start = 0
+            for i, size in zip(unit, sizes):
+                dk = d[start:start + size].to(cdts[i])
+                keep = mask[start:start + size]
+                e = torch.where(keep, (dk * s) * w[k], torch.zeros((), dtype=cdts[i]))
+                factors[k][i] = e
+                start += size
+    out = []
+    for i, b in enumerate(base_list):
+        cdt = cdts[i]
+        e = torch.stack([factors[k][i] for k in range(K)]) if K else torch.zeros(0, b.numel(), dtype=cdt)
+        wk = torch.tensor(w, dtype=cdt).reshape(-1, 1)
+        if consensus is None:
+            x = _ordered_sum(e)
+            dsum = _ordered_sum(wk.expand_as(e))
+            divisor = torch.where(dsum.abs() < DIVISOR_MIN, torch.ones_like(dsum), dsum)
+        else:
+            sign = torch.sign(e)
+            vote = _ordered_sum(e) if consensus == "sum" else _ordered_sum(sign)
+            sigma = torch.where(vote >= 0, 1.0, -1.0).to(cdt)
+            agree = sign == sigma
+            x = _ordered_sum(torch.where(agree, e, torch.zeros((), dtype=cdt)))
+            dsum = _ordered_sum(torch.where(agree, wk.expand_as(e), torch.zeros((), dtype=cdt)))
+            divisor = torch.where(dsum == 0, torch.ones_like(dsum), dsum)
+        if normalize:
+            x = x / divisor
+        x = x * lam
+        out.append((b.reshape(-1).to(cdt) + x).to(b.dtype).reshape(b.shape))
+    return out if is_list else out[0]
+
+
+def _ordered_sum(rows):
+    """Sum over dim 0 in ascending order, rounded after each addition (not pairwise)."""
+    acc = torch.zeros(rows.shape[1:], dtype=rows.dtype, device=rows.device)
+    for r in rows:
+        acc = acc + r
+    return acc

@@ -36,6 +36,26 @@ M2N2_HD float bits_float(uint32_t u) {
 #endif
 }
 
+M2N2_HD uint64_t double_bits(double d) {
+#if defined(__CUDA_ARCH__)
+  return uint64_t(__double_as_longlong(d));
+#else
+  uint64_t u;
+  std::memcpy(&u, &d, sizeof(u));
+  return u;
+#endif
+}
+
+M2N2_HD double bits_double(uint64_t u) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double((long long)u);
+#else
+  double d;
+  std::memcpy(&d, &u, sizeof(d));
+  return d;
+#endif
+}
+
 // a * b + c with two roundings, never contracted into an FMA. The CPU build uses
 // -ffp-contract=off; on the device the _rn intrinsics are never fused. Keeping the
 // rounding identical on every backend lets the tests compare CPU and CUDA results

@@ -1,0 +1,44 @@
+// CPU kernel of the task-vector merge op: the checks of task_merge_args.h, then the
+// torch-free passes of task_merge_kernels.cpp on raw pointers.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../task_merge_args.h"
+#include "task_merge_kernels.h"
+
+namespace m2n2 {
+namespace {
+
+void task_merge_out_cpu(at::TensorList base, at::TensorList models, at::TensorList out, at::ArrayRef<double> weights,
+                        at::ArrayRef<double> density, c10::string_view sparsify, c10::string_view consensus,
+                        c10::string_view rescale, bool normalize, double lam, c10::string_view scope, int64_t seed) {
+  const int64_t K = task_models_count(base, models);
+  cpu::TaskMergeConfig cfg;
+  cfg.weights = task_per_model(weights, K, "weights", false);
+  cfg.density = task_per_model(density, K, "density", true);
+  cfg.sparsify = parse_sparsify(std::string(sparsify));
+  cfg.consensus = parse_consensus(std::string(consensus));
+  cfg.rescale = parse_rescale(std::string(rescale));
+  cfg.global_scope = parse_scope(std::string(scope));
+  TORCH_CHECK_VALUE(std::isfinite(lam), "lam must be finite, got ", py_float(lam));
+  cfg.normalize = normalize;
+  cfg.lam = lam;
+  cfg.seed = uint64_t(seed);
+  const std::vector<Dtype> dtypes = check_task_tensors(base, models, out, K, c10::DeviceType::CPU);
+  std::vector<cpu::TaskTensor> tensors;
+  const size_t L = base.size();
+  for (size_t i = 0; i < L; ++i) {
+    cpu::TaskTensor t{dtypes[i], base[i].data_ptr(), {}, out[i].data_ptr(), base[i].numel()};
+    for (int64_t k = 0; k < K; ++k) t.models.push_back(models[k * L + i].data_ptr());
+    tensors.push_back(std::move(t));
+  }
+  cpu::task_merge(tensors, cfg);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(m2n2, CPU, m) { m.impl("task_merge_out", &task_merge_out_cpu); }
+
+}  // namespace m2n2

@@ -1,0 +1,76 @@
+// Task-vector merges (task arithmetic, TIES, DARE): the per-element maths, torch-free
+// and shared by the CPU and CUDA kernels. docs/semantics.md, "Task-vector merges", is
+// the definition; m2n2_kernels/reference.py (task_merge) the reference.
+#pragma once
+
+#include "m2n2/common.h"
+#include "m2n2/philox.h"
+
+namespace m2n2 {
+
+enum class Sparsify : int { kNone, kMagnitude, kRandom };
+enum class Consensus : int { kNone, kSum, kCount };
+enum class Rescale : int { kNone, kL1, kDensity };
+
+// Philox stream of model k's DARE draws: kDareStream + k (apart from the mutation
+// noise's streams, which count children from 0).
+constexpr uint64_t kDareStream = 0xDA4E000000000000ull;
+constexpr double kRescaleMin = 1e-7;  // l1 rescale: 1 where either sum is below
+constexpr double kDivisorMin = 1e-8;  // no consensus: |sum of weights| below divides by 1
+constexpr int kMaxModels = 64;        // models per call (per-element state lives in registers)
+
+// Ordering key of |d|: for non-negative floats the bit pattern orders as the value.
+M2N2_HD uint32_t magnitude_key(float d) { return float_bits(d) & 0x7FFFFFFFu; }
+M2N2_HD uint64_t magnitude_key(double d) { return double_bits(d) & 0x7FFFFFFFFFFFFFFFull; }
+
+// DARE keeps element i of model k iff u < rho, u = (Philox word i % 4 of counter
+// (i >> 2, stream)) >> 8 times 2^-24; with the integer threshold ceil(rho 2^24)
+// that is draw24 < threshold, exactly.
+M2N2_HD uint32_t dare_threshold(double rho) {
+  if (rho >= 1.0) return 1u << 24;
+  if (rho <= 0.0) return 0u;
+  const double t = rho * 16777216.0;  // exact: a power of two
+  const uint32_t f = uint32_t(t);
+  return double(f) == t ? f : f + 1u;
+}
+
+// The four 24-bit draws of counter group g (elements 4g .. 4g + 3) of one stream.
+M2N2_HD void dare_draws4(uint64_t seed, uint64_t stream, uint64_t group, uint32_t out[4]) {
+  uint32_t c[4] = {uint32_t(group), uint32_t(group >> 32), uint32_t(stream), uint32_t(stream >> 32)};
+  philox4x32_10(c, uint32_t(seed), uint32_t(seed >> 32));
+  for (int j = 0; j < 4; ++j) out[j] = c[j] >> 8;
+}
+
+// The merged value of one element from the K factors e_k (0 where not kept), in the
+// order of the reference: the vote, the agreeing sum and its weights, each summed
+// k = 0, 1, ... from +0 and rounded after every addition (zeros added too, so that
+// the signs of zero match); then / divisor, * lam, + base.
+template <class C>
+M2N2_HD C combine_factors(const C* e, const C* w, int K, Consensus consensus, bool normalize, C lam, C base,
+                          C plain_divisor) {
+  C x = C(0);
+  C divisor = plain_divisor;
+  if (consensus == Consensus::kNone) {
+    for (int k = 0; k < K; ++k) x = x + e[k];
+  } else {
+    C vote = C(0);
+    for (int k = 0; k < K; ++k) {
+      const C s = e[k] > C(0) ? C(1) : (e[k] < C(0) ? C(-1) : C(0));
+      vote = vote + (consensus == Consensus::kSum ? e[k] : s);
+    }
+    const C sigma = vote >= C(0) ? C(1) : C(-1);
+    C dsum = C(0);
+    for (int k = 0; k < K; ++k) {
+      const C s = e[k] > C(0) ? C(1) : (e[k] < C(0) ? C(-1) : C(0));
+      const bool agree = s == sigma;
+      x = x + (agree ? e[k] : C(0));
+      dsum = dsum + (agree ? w[k] : C(0));
+    }
+    divisor = dsum == C(0) ? C(1) : dsum;
+  }
+  if (normalize) x = x / divisor;
+  x = x * lam;
+  return base + x;
+}
+
+}  // namespace m2n2

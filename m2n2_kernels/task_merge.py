@@ -1,0 +1,167 @@
+"""Task-vector merges: task arithmetic, TIES, DARE (docs/semantics.md).
+
+One op, `task_merge`, computes mergekit's generalized task arithmetic in a few
+streaming passes (thresholds or sums, then one fused pass that masks, elects signs,
+mixes and writes); `task_arithmetic`, `ties_merge` and `dare_merge` name its
+settings. Inputs are `base` and K `models`, each a tensor or a list of tensors (a
+whole model in one call; dtypes may differ between list positions).
+"""
+import torch
+
+from . import _backend, _checks, reference
+
+# The op's choices; None in the Python API means "none".
+SPARSIFY = ("none", "magnitude", "random")
+CONSENSUS = ("none", "sum", "count")
+RESCALE = ("none", "l1", "density")
+SCOPES = ("tensor", "global")
+MAX_MODELS = 64  # csrc/include/m2n2/task_merge.h, kMaxModels
+
+
+def _model_lists(base, models):
+    """(base_list, [model_list per model], is_list, n): every model shaped as base."""
+    if isinstance(base, torch.Tensor):
+        base_list, is_list = [base], False
+    elif isinstance(base, (list, tuple)):
+        base_list, is_list = list(base), True
+        if not base_list:
+            raise ValueError("base must hold at least one tensor")
+    else:
+        raise TypeError(f"base must be a tensor or a list of tensors, got {type(base).__name__}")
+    if not isinstance(models, (list, tuple)):
+        raise TypeError(f"models must be a list of K models (tensors, or lists like base), got {type(models).__name__}")
+    if len(models) == 0:
+        raise ValueError("models must hold at least one model (K >= 1), got an empty list")
+    if len(models) > MAX_MODELS:
+        raise ValueError(f"models must hold at most {MAX_MODELS} models, got {len(models)}")
+    lists = []
+    for k, m in enumerate(models):
+        if is_list:
+            if not isinstance(m, (list, tuple)):
+                raise TypeError(f"models[{k}] must be a list of tensors like base, got {type(m).__name__}")
+            if len(m) != len(base_list):
+                raise ValueError(f"models[{k}] must hold as many tensors as base ({len(base_list)}), got {len(m)}")
+            lists.append(list(m))
+        else:
+            if not isinstance(m, torch.Tensor):
+                raise TypeError(f"models[{k}] must be a tensor like base, got {type(m).__name__}")
+            lists.append([m])
+    device = None
+    n = 0
+    for i, b in enumerate(base_list):
+        at = _checks.where(i, is_list)
+        _checks.check_float_tensor(b, "base" + at)
+        device = device or b.device
+        if b.device != device:
+            raise ValueError(f"base{at} must be on {device} (the device of base{_checks.where(0, is_list)}), "
+                             f"got {b.device}")
+        for k, m in enumerate(lists):
+            _checks.check_like(m[i], f"models[{k}]{at}", dtype=b.dtype, shape=b.shape, device=device,
+                               of=f" (as base{at})")
+        n += b.numel()
+    return base_list, lists, is_list, n
+
+
+def _per_model(values, K, name, *, unit_range=False):
+    if isinstance(values, (list, tuple)) or (isinstance(values, torch.Tensor) and values.dim() == 1):
+        vals = list(values)
+        if len(vals) != K:
+            raise ValueError(f"{name} must hold one number per model (K = {K}), got {len(vals)}")
+    else:
+        vals = [values] * K
+    out = []
+    for k, v in enumerate(vals):
+        f = _checks.as_finite_float(v, f"{name}[{k}]")
+        if unit_range and not 0.0 <= f <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {f}")
+        out.append(f)
+    return out
+
+
+def check_op_task_merge(base, models, weights, sparsify, density, consensus, rescale, lam, scope, seed):
+    """Every argument of task_merge, checked before anything is written; returns the
+    canonical form (base_list, model_lists, is_list, n, weights, densities, lam, seed
+    as int64, [sparsify, consensus, rescale] as the op's strings)."""
+    base_list, lists, is_list, n = _model_lists(base, models)
+    K = len(lists)
+    if isinstance(weights, (int, float)) and not isinstance(weights, bool):
+        raise TypeError(f"weights must hold one number per model (K = {K}), got a single number")
+    w = _per_model(weights, K, "weights")
+    rho = _per_model(density, K, "density", unit_range=True)
+    choices = [_checks.choice("none" if v is None else v, name, allowed) for v, name, allowed in (
+        (sparsify, "sparsify", SPARSIFY), (consensus, "consensus", CONSENSUS), (rescale, "rescale", RESCALE))]
+    _checks.choice(scope, "scope", SCOPES)
+    lam = _checks.as_finite_float(lam, "lam")
+    seed = _checks.as_seed(seed)
+    return base_list, lists, is_list, n, w, rho, lam, seed, choices
+
+
+def task_merge(base, models, weights, *, sparsify=None, density=1.0, consensus=None, rescale=None, normalize=False,
+               lam=1.0, scope="tensor", seed=0, out=None, backend=None):
+    """base + lam * merged task vectors (docs/semantics.md, "Task-vector merges").
+
+    `sparsify`: None, "magnitude" (keep each model's max(1, int(density * n)) largest
+    |d_k| per unit: TIES) or "random" (keep each element with probability density,
+    keyed by (seed, model, element): DARE); `density`: one number or one per model;
+    `consensus`: None, "sum" or "count" (TIES' sign election); `rescale`: None, "l1"
+    or "density"; `scope`: "tensor" (each list position is a unit) or "global" (the
+    whole list); `out`: None (a new tensor or list), or base itself (in place).
+    """
+    base_list, lists, is_list, n, w, rho, lam, seed, (sp, cons, resc) = check_op_task_merge(
+        base, models, weights, sparsify, density, consensus, rescale, lam, scope, seed)
+    if out is None:
+        out_list = [torch.empty_like(b, memory_format=torch.contiguous_format) for b in base_list]
+    else:
+        out_list = [out] if not is_list else (list(out) if isinstance(out, (list, tuple)) else None)
+        if out_list is None or len(out_list) != len(base_list) or not all(o is b for o, b in zip(out_list, base_list)):
+            raise ValueError("out must be None or base itself (in place)")
+        for i, o in enumerate(out_list):
+            if not o.is_contiguous():
+                raise ValueError(f"out{_checks.where(i, is_list)} must be contiguous")
+        written = [(o, f"out{_checks.where(i, is_list)}") for i, o in enumerate(out_list)]
+        read = [(m[i], f"models[{k}]{_checks.where(i, is_list)}") for k, m in enumerate(lists)
+                for i in range(len(base_list))]
+        _checks.check_disjoint(written, read)
+    route = _backend.route(base_list[0].device, backend)
+    if route == "op" and base_list[0].device.type == "cpu":
+        flat = [t.contiguous() for m in lists for t in m]
+        torch.ops.m2n2.task_merge_out([b.contiguous() for b in base_list], flat, out_list, w, rho, sp, cons, resc,
+                                      bool(normalize), lam, scope, seed)
+        result = out_list
+    else:
+        # The CUDA and Triton kernels of this op are still to come (issue 14): the
+        # torch reference serves those devices meanwhile.
+        result = reference.task_merge(base_list, lists, w, sparsify=None if sp == "none" else sp, density=rho,
+                                      consensus=None if cons == "none" else cons,
+                                      rescale=None if resc == "none" else resc, normalize=bool(normalize), lam=lam,
+                                      scope=scope, seed=seed % 2**64)
+        if out is not None:
+            for o, r in zip(out_list, result):
+                o.copy_(r)
+            result = out_list
+    return result if is_list else result[0]
+
+
+def task_arithmetic(base, models, weights, *, lam=1.0, normalize=False, out=None, backend=None):
+    """base + lam * sum_k w_k (m_k - base) (divided by sum_k w_k with normalize)."""
+    return task_merge(base, models, weights, lam=lam, normalize=normalize, out=out, backend=backend)
+
+
+def ties_merge(base, models, weights, density, *, scope="tensor", consensus="sum", normalize=True, rescale=None,
+               lam=1.0, out=None, backend=None):
+    """TIES: each model's largest-magnitude deltas (max(1, int(density * n)) per
+    unit, ties kept lowest index first), signs elected per element, the agreeing
+    weighted deltas averaged (normalize) and scaled by lam."""
+    return task_merge(base, models, weights, sparsify="magnitude", density=density, consensus=consensus,
+                      rescale=rescale, normalize=normalize, lam=lam, scope=scope, out=out, backend=backend)
+
+
+def dare_merge(base, models, weights, density, *, seed, consensus=None, rescale="l1", normalize=False, lam=1.0,
+               scope="tensor", out=None, backend=None):
+    """DARE: each delta element kept with probability density (keyed by seed, model
+    and element), rescaled ("l1": the kept delta's L1 norm matched to the full one,
+    as mergekit; "density": divided by density, as the paper); consensus="sum" is
+    DARE-TIES."""
+    return task_merge(base, models, weights, sparsify="random", density=density, consensus=consensus,
+                      rescale=rescale, normalize=normalize, lam=lam, scope=scope, seed=seed, out=out,
+                      backend=backend)
