@@ -91,6 +91,12 @@ def triton_sample_scores_out(logits, target, mask, ignore_index, kind, reduce, o
 # ---- niche statistics (m2n2_kernels/niches.py) ----
 
 
+@torch.library.register_fake("m2n2::task_merge_out")
+def _task_merge_out_fake(base, models, out, weights, density, sparsify, consensus, rescale, normalize, lam, scope,
+                         seed):
+    return None
+
+
 @torch.library.register_fake("m2n2::niche_stats_out")
 def _niche_stats_out_fake(S, child, capacity, alpha, eps, parent, attraction_mode, z, fitness, attraction):
     return None

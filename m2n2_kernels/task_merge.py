@@ -84,7 +84,7 @@ def check_op_task_merge(base, models, weights, sparsify, density, consensus, res
     as int64, [sparsify, consensus, rescale] as the op's strings)."""
     base_list, lists, is_list, n = _model_lists(base, models)
     K = len(lists)
-    if isinstance(weights, (int, float)) and not isinstance(weights, bool):
+    if isinstance(weights, (int, float)) or (isinstance(weights, torch.Tensor) and weights.dim() == 0):
         raise TypeError(f"weights must hold one number per model (K = {K}), got a single number")
     w = _per_model(weights, K, "weights")
     rho = _per_model(density, K, "density", unit_range=True)
@@ -94,6 +94,48 @@ def check_op_task_merge(base, models, weights, sparsify, density, consensus, res
     lam = _checks.as_finite_float(lam, "lam")
     seed = _checks.as_seed(seed)
     return base_list, lists, is_list, n, w, rho, lam, seed, choices
+
+
+def check_op_canonical(base, models, out, weights, density, sparsify, consensus, rescale, normalize, lam, scope,
+                       seed):
+    """The op's own checks on its canonical arguments (models flat, model-major; the
+    choices as strings), in the order and words of csrc/task_merge_args.h: what
+    tests/test_op_contract.py holds the C++ kernels to."""
+    if len(base) == 0:
+        raise ValueError("base must hold at least one tensor")
+    if len(models) == 0:
+        raise ValueError("models must hold at least one model (K >= 1), got an empty list")
+    L = len(base)
+    if len(models) % L:
+        raise ValueError(f"models must hold K x {L} tensors (K models shaped as base), got {len(models)}")
+    K = len(models) // L
+    if K > MAX_MODELS:
+        raise ValueError(f"models must hold at most {MAX_MODELS} models, got {K}")
+    _per_model(list(weights), K, "weights")
+    _per_model(list(density), K, "density", unit_range=True)
+    for value, name, allowed in ((sparsify, "sparsify", SPARSIFY), (consensus, "consensus", CONSENSUS),
+                                 (rescale, "rescale", RESCALE), (scope, "scope", SCOPES)):
+        _checks.choice(value, name, allowed)
+    _checks.as_finite_float(lam, "lam")
+    if len(out) != L:
+        raise ValueError(f"out must hold as many tensors as base, got {len(out)} and {L}")
+    device = base[0].device
+    for i, b in enumerate(base):
+        at = f"[{i}]"
+        _checks.check_float_tensor(b, "base" + at)
+        if b.device != device:
+            raise ValueError(f"base{at} must be on {device} (the device of base[0]), got {b.device}")
+        if not b.is_contiguous():
+            raise ValueError(f"base{at} must be contiguous")
+        for k in range(K):
+            _checks.check_like(models[k * L + i], f"models[{k}]{at}", dtype=b.dtype, shape=b.shape, device=device,
+                               contiguous=True, of=f" (as base{at})")
+        _checks.check_like(out[i], f"out{at}", dtype=b.dtype, shape=b.shape, device=device, contiguous=True,
+                           of=f" (as base{at})")
+    written = [(o, f"out[{i}]") for i, o in enumerate(out)]
+    read = [(b, f"base[{i}]") for i, b in enumerate(base) if not _checks.same_tensor(out[i], b)]
+    read += [(m, f"models[{j}]") for j, m in enumerate(models)]
+    _checks.check_disjoint(written, read)
 
 
 def task_merge(base, models, weights, *, sparsify=None, density=1.0, consensus=None, rescale=None, normalize=False,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import m2n2_kernels  # noqa: F401  (registers the ops)
-from m2n2_kernels import _checks, crossover, niches, scores
+from m2n2_kernels import _checks, crossover, niches, scores, task_merge
 
 OP = torch.ops.m2n2
 
@@ -178,6 +178,7 @@ _PYTHON_CHECKS = {
         crossover.check_op_batch(archive, ia, ib, split, w, out, method, omega)
     ),
     "niche_stats_out": niches.check_op_args,
+    "task_merge_out": task_merge.check_op_canonical,
     "sample_scores_out": scores.check_op_args,
 }
 
@@ -194,7 +195,42 @@ def _sums_cases():
     ]
 
 
-CASES = _crossover_cases() + _batch_cases()[:-1] + _niches_cases() + _scores_cases() + _sums_cases()
+def _task_merge_cases():
+    base, m0, m1, out = torch.randn(6), torch.randn(6), torch.randn(6), torch.empty(6)
+    args = dict(weights=[0.5, 0.5], density=[0.5, 0.5], sparsify="magnitude", consensus="sum", rescale="none",
+                normalize=True, lam=1.0, scope="tensor", seed=0)
+
+    def call(b, ms, o, **kw):
+        return ("task_merge_out", (b, ms, o, *{**args, **kw}.values()))
+
+    buf = torch.randn(12)
+    return [
+        call([], [m0, m1], []),
+        call([base], [], [out]),
+        call([base, base[:3]], [m0, m1, m0], [out, out[:3]]),
+        call([base], [m0] * 65, [out], weights=[1.0] * 65, density=[1.0] * 65),
+        call([base], [m0, m1], [out], weights=[1.0]),
+        call([base], [m0, m1], [out], weights=[1.0, float("nan")]),
+        call([base], [m0, m1], [out], density=[0.5, 1.5]),
+        call([base], [m0, m1], [out], density=[-0.1, 0.5]),
+        call([base], [m0, m1], [out], sparsify="top"),
+        call([base], [m0, m1], [out], consensus="vote"),
+        call([base], [m0, m1], [out], rescale="l2"),
+        call([base], [m0, m1], [out], scope="layer"),
+        call([base], [m0, m1], [out], lam=float("inf")),
+        call([base], [m0, m1], [out, out]),
+        call([base.long()], [m0, m1], [out]),
+        call([base], [m0, m1.double()], [out]),
+        call([base], [m0[:5], m1], [out]),
+        call([base], [m0, torch.randn(12)[::2]], [out]),
+        call([base], [m0, m1], [torch.empty(6, dtype=torch.float64)]),
+        call([base], [m0, m1], [m0]),  # out meets a model
+        call([buf[:6], buf[3:9]], [m0, m1, m0, m1], [buf[:6], buf[3:9]]),  # in place, positions overlapping
+    ]
+
+
+CASES = (_crossover_cases() + _batch_cases()[:-1] + _niches_cases() + _scores_cases() + _sums_cases()
+         + _task_merge_cases())
 
 
 def _error(fn):

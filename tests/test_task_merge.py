@@ -1,0 +1,888 @@
+"""Task-vector merges (docs/semantics.md, "Task-vector merges: task arithmetic, TIES,
+DARE") against values worked out independently in the tests: plain fp64 maths and
+loops written again from the docs, and small cases worked out by hand. reference.py
+is used only for its Philox draws (philox_uniform24, itself checked here against
+Random123's known answers), never as the oracle of a merge.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from m2n2_kernels.reference import DARE_STREAM, philox_uniform24
+from m2n2_kernels.task_merge import dare_merge, task_arithmetic, task_merge, ties_merge
+
+BACKENDS = ["torch", "cpp"]  # CUDA and Triton join when their kernels land
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+# (elements, shape): the awkward sizes, and one 2-D tensor of 17 x 59 = 1003 elements.
+SIZES = [(0, (0,)), (1, (1,)), (7, (7,)), (1003, (17, 59))]
+# Significand bits (implicit one included) and the smallest normal exponent.
+FLOAT_FORMATS = {torch.float16: (11, -14), torch.bfloat16: (8, -126), torch.float32: (24, -126),
+                 torch.float64: (53, -1022)}
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(shape, dtype, seed, scale=1.0):
+    return (scale * torch.randn(shape, generator=gen(seed), dtype=torch.float64)).to(dtype)
+
+
+def ulp(x, dtype):
+    """The spacing of `dtype` at |x| (fp64 array), subnormals included."""
+    p, emin = FLOAT_FORMATS[dtype]
+    _, e = np.frexp(np.abs(x))  # |x| = m 2^e, m in [0.5, 1): exponent e - 1
+    return np.ldexp(1.0, np.maximum(e - 1, emin) - (p - 1))
+
+
+def assert_close_to_fp64(got, want, scale, dtype):
+    """got (dtype) against the exact fp64 result `want`. Compute type fp32 (fp64 for
+    fp64 storage) rounds each step: an error below ~1e-6 (1e-13) times `scale`, the
+    sum of the magnitudes of the terms; a 16-bit result is then rounded once more to
+    its dtype, so it may be one unit in its last place from want."""
+    g = got.double().reshape(-1).numpy()
+    w = want.reshape(-1).numpy()
+    s = scale.reshape(-1).numpy()
+    if dtype == torch.float64:
+        tol = 1e-13 * s + 1e-300
+    elif dtype == torch.float32:
+        tol = 1e-6 * s + 1e-30
+    else:
+        tol = ulp(w, dtype) + 1e-6 * s
+    bad = np.abs(g - w) > tol
+    assert not bad.any(), (f"{int(bad.sum())} of {bad.size} elements off, first at {int(np.argmax(bad))}: "
+                           f"got {g[bad][:4]}, want {w[bad][:4]}, tol {tol[bad][:4]}")
+
+
+def kept_by_magnitude(d, density):
+    """The indices TIES keeps of the fp64 delta vector d: k = max(1, int(density n))
+    (none for density 0 or n = 0, all for density 1) of largest |d|, lowest index
+    first among equal magnitudes. Written with Python's sort on (-|d|, i)."""
+    n = len(d)
+    if n == 0 or density <= 0:
+        k = 0
+    elif density >= 1:
+        k = n
+    else:
+        k = max(1, int(density * n))
+    order = sorted(range(n), key=lambda i: (-abs(d[i]), i))
+    return set(order[:k])
+
+
+def dare_kept(seed, k, n, density):
+    if density >= 1:
+        return [True] * n
+    u = philox_uniform24(seed, DARE_STREAM + k, torch.arange(n, dtype=torch.int64)).tolist()
+    return [x < density for x in u]
+
+
+def merge_oracle(base, models, weights, *, sparsify=None, density=1.0, consensus=None, rescale=None,
+                 normalize=False, lam=1.0, seed=0):
+    """One unit (flat lists of floats), in fp64 with Python loops, from the docs."""
+    n, K = len(base), len(models)
+    rho = list(density) if isinstance(density, (list, tuple)) else [density] * K
+    e = []
+    for k in range(K):
+        d = [models[k][i] - base[i] for i in range(n)]
+        if sparsify == "magnitude":
+            keep = kept_by_magnitude(d, rho[k])
+            kept = [i in keep for i in range(n)]
+        elif sparsify == "random":
+            kept = dare_kept(seed, k, n, rho[k])
+        else:
+            kept = [True] * n
+        # s_k is 1 where the rule keeps every element or none (not where the draws
+        # happen to): magnitude k = n or 0, random rho >= 1 or <= 0.
+        s = 1.0
+        partial = (0 < len(keep) < n) if sparsify == "magnitude" else (sparsify == "random" and 0 < rho[k] < 1)
+        if partial:
+            if rescale == "density":
+                s = 1.0 / rho[k]
+            elif rescale == "l1":
+                before = math.fsum(abs(x) for x in d)
+                after = math.fsum(abs(x) for x, c in zip(d, kept) if c)
+                s = 1.0 if before < 1e-7 or after < 1e-7 else before / after
+        e.append([(d[i] * s) * weights[k] if kept[i] else 0.0 for i in range(n)])
+    out = []
+    for i in range(n):
+        col = [e[k][i] for k in range(K)]
+        if consensus is None:
+            x, D = sum(col), sum(weights)
+            D = 1.0 if abs(D) < 1e-8 else D
+        else:
+            vote = sum(col) if consensus == "sum" else sum((v > 0) - (v < 0) for v in col)
+            sigma = 1 if vote >= 0 else -1
+            agree = [k for k in range(K) if (col[k] > 0 and sigma > 0) or (col[k] < 0 and sigma < 0)]
+            x, D = sum(col[k] for k in agree), sum(weights[k] for k in agree)
+            D = 1.0 if D == 0 else D
+        out.append(base[i] + lam * (x / D if normalize else x))
+    return out
+
+
+def flat(t):
+    return t.double().reshape(-1).tolist()
+
+
+# ---------------------------------------------------------------------------
+# Task arithmetic.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,shape", SIZES, ids=[str(n) for n, _ in SIZES])
+@pytest.mark.parametrize("K", [1, 2, 5])
+@pytest.mark.parametrize("normalize,lam", [(False, 1.0), (False, 0.7), (True, 1.3)])
+def test_task_arithmetic_formula(backend, dtype, n, shape, K, normalize, lam):
+    base = randn(shape, dtype, 1)
+    models = [randn(shape, dtype, 10 + k) for k in range(K)]
+    weights = [0.25 + 0.5 * k for k in range(K)]  # 0.25, 0.75, 1.25, ...
+    got = task_arithmetic(base, models, weights, lam=lam, normalize=normalize, backend=backend)
+    assert got.dtype == dtype and got.shape == base.shape
+    b = base.double()
+    terms = [w * (m.double() - b) for w, m in zip(weights, models)]
+    D = sum(weights) if normalize else 1.0
+    want = b + lam * sum(terms) / D
+    scale = b.abs() + abs(lam) * sum(t.abs() for t in terms) / abs(D)
+    assert_close_to_fp64(got, want, scale, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("weights,D", [
+    ([1.0, -1.0], 1.0),  # sum exactly 0: divided by 1
+    ([1.0, -1.0 + 2.0**-30], 1.0),  # |sum| = 9.3e-10 < 1e-8: divided by 1
+    ([1.0, -1.0 + 2.0**-26], 2.0**-26),  # |sum| = 1.49e-8 >= 1e-8: divided by it
+    ([0.5, 1.5, -4.0], -2.0),
+])
+def test_task_arithmetic_normalize_divisor(backend, weights, D):
+    base = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    models = [base + torch.tensor([1.0, 2.0, -3.0], dtype=torch.float64) * (k + 1) for k in range(len(weights))]
+    got = task_arithmetic(base, models, weights, normalize=True, lam=0.5, backend=backend)
+    x = sum(w * (k + 1) * torch.tensor([1.0, 2.0, -3.0], dtype=torch.float64) for k, w in enumerate(weights))
+    torch.testing.assert_close(got, base + 0.5 * (x / D), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_delta_formed_in_compute_type_not_bf16(backend):
+    # d_k = c(m_k) - c(base) in fp32: with base 1, models 512 and -508 (bf16 values),
+    # d = 511 and -509 (exact in fp32, neither is a bf16 value), x = 2, out = 3.
+    # Formed in bf16 (as mergekit), d = 512 and -508 (ties to even), x = 4, out = 5.
+    base = torch.tensor([1.0], dtype=torch.bfloat16)
+    models = [torch.tensor([512.0], dtype=torch.bfloat16), torch.tensor([-508.0], dtype=torch.bfloat16)]
+    got = task_arithmetic(base, models, [1.0, 1.0], backend=backend)
+    assert got.item() == 3.0
+
+
+# ---------------------------------------------------------------------------
+# TIES: magnitude sparsification.
+# ---------------------------------------------------------------------------
+
+
+def magnitude_densities(n):
+    return sorted({0.0, 1.0 / n if n else 0.5, 0.1, 0.5, 1.0})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.float16], ids=str)
+@pytest.mark.parametrize("n", [0, 1, 7, 1003])
+def test_ties_keeps_exactly_k_largest(backend, dtype, n):
+    # K = 1, weight 1, base 0, normalize off: out = d where kept, 0 elsewhere, and no d
+    # is 0. bf16/fp16 randn values repeat (ties at the threshold).
+    base = torch.zeros(n, dtype=dtype)
+    model = randn(n, dtype, 3)
+    model[model == 0] = 1.0
+    d = flat(model)
+    for density in magnitude_densities(n):
+        got = ties_merge(base, [model], [1.0], density, normalize=False, backend=backend)
+        keep = kept_by_magnitude(d, density)
+        want = torch.tensor([d[i] if i in keep else 0.0 for i in range(n)], dtype=torch.float64).to(dtype)
+        assert got.dtype == dtype
+        assert int((got != base).sum()) == len(keep), density
+        assert torch.equal(got, want), density
+        expected_k = 0 if n == 0 or density == 0 else n if density == 1 else max(1, int(density * n))
+        assert len(keep) == expected_k
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("density", [0.02, 0.1, 0.3, 0.55, 0.9])
+def test_ties_ties_kept_lowest_index_first(backend, dtype, density):
+    # Integer deltas in {-3..3} \ {0} on an integer base: each magnitude occurs ~17
+    # times in 100 elements, so the threshold magnitude is almost always shared.
+    n = 100
+    g = gen(5)
+    base = torch.randint(-4, 5, (n,), generator=g).to(dtype)
+    mag = torch.randint(1, 4, (n,), generator=g)
+    sign = torch.randint(0, 2, (n,), generator=g) * 2 - 1
+    model = base + (mag * sign).to(dtype)
+    got = ties_merge(base, [model], [1.0], density, normalize=False, backend=backend)
+    d = (mag * sign).tolist()
+    k = max(1, int(density * n))
+    # By hand: magnitudes 3, then 2, then 1; within one magnitude, ascending index.
+    order = [i for m in (3, 2, 1) for i in range(n) if abs(d[i]) == m]
+    keep = set(order[:k])
+    want = base.double() + torch.tensor([d[i] if i in keep else 0 for i in range(n)], dtype=torch.float64)
+    assert torch.equal(got, want.to(dtype))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_keep_count_is_int_of_fp64_product(backend):
+    # 0.7 * 10 is 7.0 in fp64 (the stored 0.7 is 0.69999999999999996, so the exact
+    # product's floor would be 6): k = int(density * n) = 7, as mergekit's int().
+    base = torch.zeros(10)
+    model = torch.arange(10, 0, -1, dtype=torch.float32)
+    got = ties_merge(base, [model], [1.0], 0.7, normalize=False, backend=backend)
+    assert int((got != 0).sum()) == int(0.7 * 10) == 7
+    assert torch.equal(got, torch.tensor([10.0, 9, 8, 7, 6, 5, 4, 0, 0, 0]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("trial", range(6))
+def test_ties_random_small_cases(backend, trial):
+    # Several models, per-model densities, both consensus rules, against the fp64 loops.
+    g = gen(100 + trial)
+    n, K = 13, 1 + trial % 4
+    base = torch.randn(n, generator=g, dtype=torch.float64)
+    # Rounded to 1/4: equal magnitudes and zero deltas occur.
+    models = [base + torch.round(4 * torch.randn(n, generator=g, dtype=torch.float64)) / 4 for _ in range(K)]
+    weights = [float(x) for x in torch.rand(K, generator=g, dtype=torch.float64) * 2 - 0.5]
+    density = [float(x) for x in torch.rand(K, generator=g, dtype=torch.float64)]
+    for consensus in ("sum", "count"):
+        for normalize in (False, True):
+            got = ties_merge(base, models, weights, density, consensus=consensus, normalize=normalize, lam=0.9,
+                             backend=backend)
+            want = merge_oracle(flat(base), [flat(m) for m in models], weights, sparsify="magnitude",
+                                density=density, consensus=consensus, normalize=normalize, lam=0.9)
+            torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# TIES: the sign election, worked out by hand.
+# ---------------------------------------------------------------------------
+
+# Six elements, K = 3, weights 1, 2, 0.5, density 1 (every element kept):
+#   d1 = [ 1, -2,  3, 0, -1,  4]      e1 = d1 * 1   = [ 1, -2,  3, 0, -1,  4]
+#   d2 = [ 2,  1, -1, 0, -1, -1]      e2 = d2 * 2   = [ 4,  2, -2, 0, -2, -2]
+#   d3 = [-4,  2, -2, 0,  0, -2]      e3 = d3 * 0.5 = [-2,  1, -1, 0,  0, -1]
+#   sum_k e_k        = [3, 1,  0, 0, -3,  1]
+#   sum_k sign(e_k)  = [1, 1, -1, 0, -2, -1]
+# consensus "sum": sigma = [+, +, +, +, -, +]
+#   0: e1, e2 agree: x = 5, D = 1 + 2 = 3          1: e2, e3: x = 3, D = 2.5
+#   2: sum 0 -> +: e1: x = 3, D = 1                 3: nothing agrees: x = 0, D = 0 -> 1
+#   4: e1, e2 (e3 = 0 never agrees): x = -3, D = 3  5: e1: x = 4, D = 1
+# consensus "count": sigma = [+, +, -, + (0 >= 0), -, -]
+#   0, 1, 3, 4 as above; 2: e2, e3: x = -3, D = 2.5; 5: e2, e3: x = -3, D = 2.5
+D1 = [1.0, -2.0, 3.0, 0.0, -1.0, 4.0]
+D2 = [2.0, 1.0, -1.0, 0.0, -1.0, -1.0]
+D3 = [-4.0, 2.0, -2.0, 0.0, 0.0, -2.0]
+ELECTION_WEIGHTS = [1.0, 2.0, 0.5]
+ELECTION = {
+    "sum": ([5.0, 3.0, 3.0, 0.0, -3.0, 4.0], [3.0, 2.5, 1.0, 1.0, 3.0, 1.0]),
+    "count": ([5.0, 3.0, -3.0, 0.0, -3.0, -3.0], [3.0, 2.5, 2.5, 1.0, 3.0, 2.5]),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("consensus", ["sum", "count"])
+@pytest.mark.parametrize("normalize,lam", [(True, 1.0), (False, 1.0), (True, 0.5), (False, -2.0)])
+def test_sign_election_by_hand(backend, dtype, consensus, normalize, lam):
+    base = torch.tensor([1.0, -1.0, 0.5, 2.0, 0.25, -3.0], dtype=dtype)
+    models = [base + torch.tensor(d, dtype=dtype) for d in (D1, D2, D3)]
+    x, D = ELECTION[consensus]
+    want = [b + lam * (xi / Di if normalize else xi) for b, xi, Di in zip(flat(base), x, D)]
+    tol = dict(rtol=1e-15, atol=1e-15) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-6)
+    got = ties_merge(base, models, ELECTION_WEIGHTS, 1.0, consensus=consensus, normalize=normalize, lam=lam,
+                     backend=backend)
+    torch.testing.assert_close(got.double(), torch.tensor(want, dtype=torch.float64), **tol)
+    # The same election without sparsification.
+    got = task_merge(base, models, ELECTION_WEIGHTS, consensus=consensus, normalize=normalize, lam=lam,
+                     backend=backend)
+    torch.testing.assert_close(got.double(), torch.tensor(want, dtype=torch.float64), **tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_consensus_divisor(backend):
+    base = torch.tensor([0.5], dtype=torch.float64)
+    models = [base + 2.0, base - 3.0]
+    # Weights 1, -1: e = 2, 3, both agree; D = 1 - 1 = 0 becomes 1: out = 0.5 + 5.
+    got = ties_merge(base, models, [1.0, -1.0], 1.0, backend=backend)
+    assert got.item() == 5.5
+    # D = 2^-30, nonzero: with consensus only D = 0 becomes 1, so x is divided by it
+    # (without consensus, |D| < 1e-8 divides by 1).
+    w2 = -1.0 + 2.0**-30
+    x = 2.0 + (-3.0 * w2)
+    got = ties_merge(base, models, [1.0, w2], 1.0, backend=backend)
+    assert got.item() == pytest.approx(0.5 + x / 2.0**-30, rel=1e-15)
+    got = task_arithmetic(base, models, [1.0, w2], normalize=True, backend=backend)
+    assert got.item() == pytest.approx(0.5 + (2.0 - 3.0 * w2), rel=1e-15)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_delta_never_agrees_after_trimming(backend):
+    # TIES trims model 2's smaller delta to 0 (density 0.5 of 2 elements: k = 1);
+    # the trimmed element must not count in the divisor.
+    base = torch.zeros(2, dtype=torch.float64)
+    models = [torch.tensor([4.0, 2.0], dtype=torch.float64), torch.tensor([1.0, 6.0], dtype=torch.float64)]
+    # e1 = [4, 0], e2 = [0, 6]: element 0: x = 4, D = 1; element 1: x = 6, D = 1.
+    got = ties_merge(base, models, [1.0, 1.0], 0.5, backend=backend)
+    assert got.tolist() == [4.0, 6.0]
+
+
+# ---------------------------------------------------------------------------
+# TIES: scope.
+# ---------------------------------------------------------------------------
+
+
+def two_scales(n1=200, n2=300, seed=9):
+    """Tensor 1: |d| in [0.1, 1); tensor 2: |d| in [100, 200): every element of the
+    second is larger than every element of the first."""
+    g = gen(seed)
+    sign = lambda n: torch.randint(0, 2, (n,), generator=g).float() * 2 - 1  # noqa: E731
+    small = (0.1 + 0.9 * torch.rand(n1, generator=g)) * sign(n1)
+    large = (100 + 100 * torch.rand(n2, generator=g)) * sign(n2)
+    return [torch.zeros(n1), torch.zeros(20, 15)], [small, large.reshape(20, 15)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("density,tensor_counts,global_counts", [
+    (0.2, (40, 60), (0, 100)),  # global: k = 100, all from the large tensor
+    (0.7, (140, 210), (50, 300)),  # global: k = 350: all 300 large, the 50 largest small
+    (0.001, (1, 1), (0, 1)),  # max(1, int(...)) per unit
+    (1.0, (200, 300), (200, 300)),
+    (0.0, (0, 0), (0, 0)),
+])
+def test_scope_tensor_vs_global(backend, density, tensor_counts, global_counts):
+    base, model = two_scales()
+    for scope, counts in (("tensor", tensor_counts), ("global", global_counts)):
+        got = ties_merge(base, [model], [1.0], density, scope=scope, normalize=False, backend=backend)
+        assert tuple(int((g != 0).sum()) for g in got) == counts, scope
+        # The kept set, from the docs: per tensor, or over the list as one flat vector.
+        units = [[0], [1]] if scope == "tensor" else [[0, 1]]
+        want = []
+        for unit in units:
+            d = [v for i in unit for v in flat(model[i])]
+            keep = kept_by_magnitude(d, density)
+            want += [d[j] if j in keep else 0.0 for j in range(len(d))]
+        assert torch.equal(torch.cat([g.reshape(-1) for g in got]), torch.tensor(want, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_global_ties_across_tensors_lowest_flat_index(backend):
+    # Every |d| equal: global keeps the first k of the flat list, across tensors.
+    base = [torch.zeros(3), torch.zeros(2, 2), torch.zeros(0), torch.zeros(()), torch.zeros(5)]
+    model = [torch.full_like(b, -2.0) for b in base]
+    n = 13
+    for density in (0.1, 0.3, 0.5, 0.8):
+        k = max(1, int(density * n))
+        got = ties_merge(base, [model], [1.0], density, scope="global", normalize=False, backend=backend)
+        flat_got = torch.cat([g.reshape(-1) for g in got])
+        assert torch.equal(flat_got, torch.tensor([-2.0] * k + [0.0] * (n - k)))
+
+
+# ---------------------------------------------------------------------------
+# DARE.
+# ---------------------------------------------------------------------------
+
+
+def test_philox_uniform24_known_answer():
+    # Random123's philox4x32_10 known answer for counter 0, key 0: words 6627e8d5,
+    # e169c58d, bc57ac4c, 9b00dbd8; u = top 24 bits * 2^-24 (seed 0, stream 0, i 0..3).
+    u = philox_uniform24(0, 0, torch.arange(4)).tolist()
+    assert u == [w / 2**24 for w in (0x6627E8, 0xE169C5, 0xBC57AC, 0x9B00DB)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rescale", [None, "l1", "density"])
+@pytest.mark.parametrize("consensus", [None, "sum"])
+def test_dare_density_one_is_task_arithmetic(backend, dtype, rescale, consensus):
+    base = randn((5, 7), dtype, 1)
+    models = [randn((5, 7), dtype, 2), randn((5, 7), dtype, 3)]
+    got = dare_merge(base, models, [0.3, 0.9], 1.0, seed=4, rescale=rescale, consensus=consensus, lam=0.8,
+                     backend=backend)
+    want = task_merge(base, models, [0.3, 0.9], consensus=consensus, lam=0.8, backend=backend)
+    assert torch.equal(got, want)
+    if consensus is None:
+        assert torch.equal(got, task_arithmetic(base, models, [0.3, 0.9], lam=0.8, backend=backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rescale", [None, "l1"])
+def test_dare_density_zero_is_base(backend, dtype, rescale):
+    base = randn(101, dtype, 1)
+    models = [randn(101, dtype, 2), randn(101, dtype, 3)]
+    for consensus, normalize in ((None, False), (None, True), ("sum", True)):
+        got = dare_merge(base, models, [0.3, 0.9], 0.0, seed=4, rescale=rescale, consensus=consensus,
+                         normalize=normalize, backend=backend)
+        assert torch.equal(got, base)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sparsify", ["random", "magnitude"])
+def test_density_rescale_at_density_zero_is_base(backend, sparsify):
+    # Nothing kept: s = 1 (not 1 / 0), out = base.
+    base, model = torch.zeros(10), torch.ones(10)
+    got = task_merge(base, [model], [1.0], sparsify=sparsify, density=0.0, rescale="density", backend=backend)
+    assert torch.equal(got, base)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n", [0, 1, 7, 1003, 4096 + 5])
+@pytest.mark.parametrize("seed", [0, 12345, 2**64 - 1])
+@pytest.mark.parametrize("density", [0.1, 0.5, 0.93])
+def test_dare_mask_is_philox(backend, n, seed, density):
+    # K = 2: model 0 equals base (a zero delta), model 1 is base + 1, so out - base is
+    # model 1's mask exactly, drawn from stream DARE_STREAM + 1.
+    base = torch.zeros(n)
+    got = dare_merge(base, [base.clone(), torch.ones(n)], [1.0, 1.0], density, seed=seed, rescale=None,
+                     backend=backend)
+    want = philox_uniform24(seed, DARE_STREAM + 1, torch.arange(n)) < density
+    assert torch.equal(got, want.float())
+    # K = 1: model 0's stream.
+    got = dare_merge(base, [torch.ones(n)], [1.0], density, seed=seed, rescale=None, backend=backend)
+    assert torch.equal(got, (philox_uniform24(seed, DARE_STREAM, torch.arange(n)) < density).float())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dare_density_compared_exactly(backend):
+    # u is a multiple of 2^-24; a density 2^-40 above one u keeps that element (u < rho
+    # in exact arithmetic), which rounding rho to fp32 would lose.
+    n, seed = 64, 77
+    u = philox_uniform24(seed, DARE_STREAM, torch.arange(n))
+    j = int(torch.argsort(u)[n // 2])
+    base, model = torch.zeros(n), torch.ones(n)
+    for rho in (u[j].item(), u[j].item() + 2.0**-40, u[j].item() - 2.0**-40):
+        got = dare_merge(base, [model], [1.0], rho, seed=seed, rescale=None, backend=backend)
+        assert torch.equal(got, (u < rho).float()), rho
+        assert bool(got[j]) == (rho > u[j].item())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("density", [0.05, 0.5])
+def test_dare_kept_fraction(backend, density):
+    n = 100_000
+    got = dare_merge(torch.zeros(n), [torch.ones(n)], [1.0], density, seed=2024, rescale=None, backend=backend)
+    frac = float(got.sum()) / n
+    assert abs(frac - density) < 5 * math.sqrt(density * (1 - density) / n)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dare_seeds(backend):
+    base = randn(1000, torch.float32, 1)
+    models = [randn(1000, torch.float32, 2), randn(1000, torch.float32, 3)]
+    run = lambda seed: dare_merge(base, models, [0.5, 0.5], 0.5, seed=seed, backend=backend)  # noqa: E731
+    a = run(1)
+    assert torch.equal(a, run(1))
+    for other in (2, 2**32 + 1, 2**63, 2**64 - 1):
+        assert not torch.equal(a, run(other)), other
+    # Per-model densities: model k's draws depend on k, not on the other model.
+    m1 = dare_merge(base, models, [0.5, 0.5], [0.3, 0.7], seed=5, backend=backend)
+    m2 = dare_merge(base, models, [0.5, 0.5], [0.9, 0.7], seed=5, backend=backend)
+    assert not torch.equal(m1, m2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("density", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_dare_l1_rescale_keeps_l1_norm(backend, density, scope):
+    base = [randn(1000, torch.float64, 1), randn((3, 4), torch.float64, 2)]
+    model = [randn(1000, torch.float64, 3), randn((3, 4), torch.float64, 4)]
+    got = dare_merge(base, [model], [1.0], density, seed=8, rescale="l1", scope=scope, backend=backend)
+    deltas = [(g - b).abs().sum().item() for g, b in zip(got, base)]
+    fulls = [(m - b).abs().sum().item() for m, b in zip(model, base)]
+    if scope == "global":
+        deltas, fulls = [sum(deltas)], [sum(fulls)]
+    for after, before in zip(deltas, fulls):
+        assert after == pytest.approx(before, rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("rescale", ["l1", "density"])
+def test_dare_rescale_values(backend, dtype, rescale):
+    # K = 2, per-model densities, against the fp64 loops.
+    n = 257
+    base = randn(n, dtype, 1)
+    models = [randn(n, dtype, 2), randn(n, dtype, 3, scale=3.0)]
+    got = dare_merge(base, models, [0.7, -0.4], [0.25, 0.6], seed=31, rescale=rescale, lam=1.1, backend=backend)
+    want = torch.tensor(merge_oracle(flat(base), [flat(m) for m in models], [0.7, -0.4], sparsify="random",
+                                     density=[0.25, 0.6], rescale=rescale, lam=1.1, seed=31), dtype=torch.float64)
+    b = base.double()
+    scale = b.abs() + 1.1 * sum(abs(w) / rho * (m.double() - b).abs()
+                                for w, rho, m in zip([0.7, -0.4], [0.25, 0.6], models))
+    assert_close_to_fp64(got, want, scale, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dare_density_rescale_divides_kept(backend):
+    n, rho = 500, 0.4
+    base = torch.zeros(n, dtype=torch.float64)
+    model = randn(n, torch.float64, 6)
+    got = dare_merge(base, [model], [1.0], rho, seed=3, rescale="density", backend=backend)
+    kept = philox_uniform24(3, DARE_STREAM, torch.arange(n)) < rho
+    torch.testing.assert_close(got[kept], model[kept] / rho, rtol=1e-15, atol=0)
+    assert torch.equal(got[~kept], torch.zeros(int((~kept).sum()), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rescale_follows_the_rule_not_the_draws(backend):
+    # A density below 1 whose draws happen to keep every element: the rule keeps some,
+    # so "density" still divides by rho; "l1" gives sum / sum = 1.
+    n, seed = 6, 11
+    u = philox_uniform24(seed, DARE_STREAM, torch.arange(n))
+    rho = u.max().item() + 2.0**-30
+    assert rho < 1
+    base, model = torch.zeros(n, dtype=torch.float64), randn(n, torch.float64, 1)
+    got = dare_merge(base, [model], [1.0], rho, seed=seed, rescale="density", backend=backend)
+    torch.testing.assert_close(got, model / rho, rtol=1e-15, atol=0)
+    assert torch.equal(dare_merge(base, [model], [1.0], rho, seed=seed, rescale="l1", backend=backend), model)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,density,scaled", [
+    (1, 0.5, False),  # k = max(1, int(0.5)) = 1 = n: every element kept, s = 1
+    (3, 0.9, True),  # k = int(2.7) = 2 < 3: s = 1 / 0.9
+    (10, 0.05, True),  # k = max(1, 0) = 1 < 10
+    (10, 1.0, False),
+])
+def test_magnitude_density_rescale(backend, n, density, scaled):
+    base = torch.zeros(n, dtype=torch.float64)
+    model = torch.arange(n, 0, -1, dtype=torch.float64)  # descending: the first k kept
+    k = n if density >= 1 else max(1, int(density * n))
+    got = ties_merge(base, [model], [1.0], density, rescale="density", normalize=False, backend=backend)
+    want = torch.where(torch.arange(n) < k, model / density if scaled else model, base)
+    torch.testing.assert_close(got, want, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_l1_rescale_below_threshold_is_one(backend):
+    # sum |d| = 64 * 1e-9 < 1e-7: s = 1 (the kept deltas are not scaled up).
+    n, seed = 64, 5
+    base = torch.zeros(n, dtype=torch.float64)
+    model = torch.full((n,), 1e-9, dtype=torch.float64)
+    got = dare_merge(base, [model], [1.0], 0.5, seed=seed, rescale="l1", backend=backend)
+    kept = philox_uniform24(seed, DARE_STREAM, torch.arange(n)) < 0.5
+    assert 0 < int(kept.sum()) < n
+    assert torch.equal(got, torch.where(kept, model, base))
+    # Above the threshold (1e-6 each): scaled by n / kept.
+    model = torch.full((n,), 1e-6, dtype=torch.float64)
+    got = dare_merge(base, [model], [1.0], 0.5, seed=seed, rescale="l1", backend=backend)
+    torch.testing.assert_close(got[kept], model[kept] * (n / int(kept.sum())), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dare_ties_by_hand(backend):
+    # DARE-TIES on 8 elements, K = 3, density 0.5, rescale "density" (s = 2), weights
+    # 1, 1, 1, normalize on. The masks come from the Philox draws; the election below
+    # is written out per element.
+    n, seed = 8, 7
+    d = [[3.0, -1.0, 2.0, 4.0, -2.0, 1.0, -3.0, 2.0],
+         [-2.0, 2.0, 1.0, -4.0, -1.0, 2.0, 3.0, -1.0],
+         [1.0, -3.0, -2.0, 1.0, 2.0, -1.0, -1.0, 3.0]]
+    masks = [(philox_uniform24(seed, DARE_STREAM + k, torch.arange(n)) < 0.5).tolist() for k in range(3)]
+    want = []
+    for i in range(n):
+        e = [2.0 * d[k][i] if masks[k][i] else 0.0 for k in range(3)]
+        sigma = 1.0 if sum(e) >= 0 else -1.0
+        agree = [v for v in e if v * sigma > 0]
+        want.append(sum(agree) / (len(agree) or 1))
+    base = torch.zeros(n, dtype=torch.float64)
+    models = [torch.tensor(dk, dtype=torch.float64) for dk in d]
+    got = dare_merge(base, models, [1.0, 1.0, 1.0], 0.5, seed=seed, consensus="sum", rescale="density",
+                     normalize=True, backend=backend)
+    assert got.tolist() == want
+    assert any(not all(m) for m in masks) and any(any(m) for m in masks)  # a real mix
+
+
+# ---------------------------------------------------------------------------
+# Lists.
+# ---------------------------------------------------------------------------
+
+
+def mixed_list(seed):
+    shapes_dtypes = [((5, 3), torch.bfloat16), ((7,), torch.float32), ((2, 2), torch.float64),
+                     ((0,), torch.float32), ((), torch.float64), ((4,), torch.float16)]
+    return [randn(s, dt, seed + i) for i, (s, dt) in enumerate(shapes_dtypes)]
+
+
+MERGES = {
+    "task_arithmetic": dict(),
+    "task_arithmetic_normalized": dict(normalize=True, lam=0.6),
+    "ties": dict(sparsify="magnitude", density=0.4, consensus="sum", normalize=True),
+    "ties_count_global": dict(sparsify="magnitude", density=0.3, consensus="count", scope="global"),
+    "dare": dict(sparsify="random", density=0.5, rescale="l1", seed=3),
+    "dare_density": dict(sparsify="random", density=[0.3, 0.8], rescale="density", seed=2**63 + 5),
+    "dare_ties": dict(sparsify="random", density=0.6, rescale="l1", consensus="sum", normalize=True, seed=9),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("merge", [m for m in MERGES if "global" not in m])
+def test_list_equals_per_tensor_calls(backend, merge):
+    kw = MERGES[merge]
+    base = mixed_list(0)
+    models = [mixed_list(10), mixed_list(20)]
+    got = task_merge(base, models, [0.6, 0.5], backend=backend, **kw)
+    assert isinstance(got, list) and len(got) == len(base)
+    for i, b in enumerate(base):
+        one = task_merge(b, [m[i] for m in models], [0.6, 0.5], backend=backend, **kw)
+        assert got[i].dtype == b.dtype and got[i].shape == b.shape
+        assert torch.equal(got[i], one), i
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("merge", list(MERGES))
+def test_global_list_equals_concatenation(backend, merge):
+    # scope "global": a list is one flat vector (one dtype here, so one compute type).
+    kw = dict(MERGES[merge], scope="global")
+    shapes = [(3, 4), (5,), (0,), (), (2, 1, 9)]
+    base = [randn(s, torch.float32, i) for i, s in enumerate(shapes)]
+    models = [[randn(s, torch.float32, 10 * k + i) for i, s in enumerate(shapes)] for k in (1, 2)]
+    got = task_merge(base, models, [0.6, 0.5], backend=backend, **kw)
+    cat = lambda ts: torch.cat([t.reshape(-1) for t in ts])  # noqa: E731
+    want = task_merge(cat(base), [cat(m) for m in models], [0.6, 0.5], backend=backend, **kw)
+    assert all(g.shape == b.shape and g.dtype == b.dtype for g, b in zip(got, base))
+    if kw.get("rescale") == "l1":  # fp64 sums in another order may move s by one fp32 unit
+        torch.testing.assert_close(cat(got), want, rtol=1e-6, atol=1e-6)
+    else:
+        assert torch.equal(cat(got), want)
+
+
+# ---------------------------------------------------------------------------
+# out=.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("merge", list(MERGES))
+def test_out_is_base_in_place(backend, merge):
+    kw = MERGES[merge]
+    base = randn((6, 11), torch.float32, 0)
+    models = [randn((6, 11), torch.float32, 1), randn((6, 11), torch.float32, 2)]
+    want = task_merge(base, models, [0.6, 0.5], backend=backend, **kw)
+    before = base.clone()
+    got = task_merge(base, models, [0.6, 0.5], out=base, backend=backend, **kw)
+    assert got is base
+    assert torch.equal(base, want) and not torch.equal(base, before)
+    # Lists: every entry written in place.
+    blist = mixed_list(0)
+    mlists = [mixed_list(10), mixed_list(20)]
+    want = task_merge(blist, mlists, [0.6, 0.5], backend=backend, **kw)
+    ids = [id(b) for b in blist]
+    got = task_merge(blist, mlists, [0.6, 0.5], out=blist, backend=backend, **kw)
+    assert [id(g) for g in got] == ids and [id(b) for b in blist] == ids
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_out_in_place_refusals(backend):
+    # In place needs a contiguous base, and no model may share its memory.
+    b = torch.zeros(4, 3).t()
+    with pytest.raises(ValueError, match=r"out must be contiguous"):
+        task_arithmetic(b, [torch.ones(3, 4)], [1.0], out=b, backend=backend)
+    b = torch.zeros(3)
+    with pytest.raises(ValueError, match=r"out must not overlap models\[0\]"):
+        task_arithmetic(b, [b, torch.ones(3)], [1.0, 1.0], out=b, backend=backend)
+    buf = torch.zeros(6)
+    head = buf[:3]
+    with pytest.raises(ValueError, match=r"out must not overlap models\[1\]"):
+        task_arithmetic(head, [torch.ones(3), buf[2:5]], [1.0, 1.0], out=head, backend=backend)
+    bl = [torch.zeros(2), torch.zeros(3)]
+    with pytest.raises(ValueError, match=r"out\[1\] must not overlap models\[0\]\[1\]"):
+        task_arithmetic(bl, [[torch.ones(2), bl[1]]], [1.0], out=bl, backend=backend)
+    assert torch.equal(buf, torch.zeros(6)) and torch.equal(bl[1], torch.zeros(3))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("merge", list(MERGES))
+def test_non_contiguous_inputs(backend, merge):
+    # Transposed and strided inputs merge as their contiguous copies (out-of-place).
+    kw = MERGES[merge]
+    base = randn((9, 5), torch.float32, 0).t()
+    models = [randn((9, 5), torch.float32, 1).t(), randn((5, 18), torch.float32, 2)[:, ::2]]
+    got = task_merge(base, models, [0.6, 0.5], backend=backend, **kw)
+    want = task_merge(base.contiguous(), [m.contiguous() for m in models], [0.6, 0.5], backend=backend, **kw)
+    assert got.shape == (5, 9) and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_out_other_than_base_refused(backend):
+    base, models = torch.zeros(4), [torch.ones(4)]
+    for out in (torch.empty(4), base.clone(), base.view(4), base[:]):
+        with pytest.raises(ValueError, match=r"out must be None or base itself \(in place\)"):
+            task_arithmetic(base, models, [1.0], out=out, backend=backend)
+    blist, mlist = [torch.zeros(2), torch.zeros(3)], [[torch.ones(2), torch.ones(3)]]
+    for out in ([blist[0], torch.zeros(3)], blist[:1], blist[0], [blist[1], blist[0]]):
+        with pytest.raises(ValueError, match=r"out must be None or base itself"):
+            task_arithmetic(blist, mlist, [1.0], out=out, backend=backend)
+    assert torch.equal(base, torch.zeros(4))
+
+
+# ---------------------------------------------------------------------------
+# Bad input.
+# ---------------------------------------------------------------------------
+
+B = torch.zeros(3)
+M = torch.ones(3)
+BL = [torch.zeros(3), torch.zeros(2, dtype=torch.float64)]
+ML = [torch.ones(3), torch.ones(2, dtype=torch.float64)]
+
+BAD = [
+    ("no models", lambda: (B, [], [], {}), ValueError, r"models must hold at least one model \(K >= 1\)"),
+    ("65 models", lambda: (B, [M] * 65, [1.0] * 65, {}), ValueError, r"models must hold at most 64 models, got 65"),
+    ("empty base list", lambda: ([], [[]], [1.0], {}), ValueError, r"base must hold at least one tensor"),
+    ("models not a list", lambda: (B, M, [1.0], {}), TypeError, r"models must be a list of K models"),
+    ("model not a tensor", lambda: (B, [[M]], [1.0], {}), TypeError, r"models\[0\] must be a tensor like base"),
+    ("shape", lambda: (B, [M, torch.ones(4)], [1.0, 1.0], {}), ValueError,
+     r"models\[1\] must have shape \(3,\) \(as base\), got \(4,\)"),
+    ("shape 2-D", lambda: (B, [M.reshape(1, 3)], [1.0], {}), ValueError,
+     r"models\[0\] must have shape \(3,\) \(as base\), got \(1, 3\)"),
+    ("dtype", lambda: (B, [M.double()], [1.0], {}), TypeError,
+     r"models\[0\] must be torch.float32 \(as base\), got torch.float64"),
+    ("device", lambda: (B, [torch.ones(3, device="meta")], [1.0], {}), ValueError,
+     r"models\[0\] must be on cpu \(as base\), got meta"),
+    ("list dtype", lambda: (BL, [[ML[0], ML[1].float()]], [1.0], {}), TypeError,
+     r"models\[0\]\[1\] must be torch.float64 \(as base\[1\]\), got torch.float32"),
+    ("list device", lambda: ([BL[0], BL[1].to("meta")], [ML], [1.0], {}), ValueError,
+     r"base\[1\] must be on cpu"),
+    ("model not a list", lambda: (BL, [ML, ML[0]], [1.0, 1.0], {}), TypeError,
+     r"models\[1\] must be a list of tensors like base, got Tensor"),
+    ("list length short", lambda: (BL, [ML[:1]], [1.0], {}), ValueError,
+     r"models\[0\] must hold as many tensors as base \(2\), got 1"),
+    ("list length long", lambda: (BL, [ML + ML[:1]], [1.0], {}), ValueError,
+     r"models\[0\] must hold as many tensors as base \(2\), got 3"),
+    ("weights too many", lambda: (B, [M, M], [1.0, 1.0, 1.0], {}), ValueError,
+     r"weights must hold one number per model \(K = 2\), got 3"),
+    ("weights too few", lambda: (B, [M, M], [1.0], {}), ValueError,
+     r"weights must hold one number per model \(K = 2\), got 1"),
+    ("weights a number", lambda: (B, [M, M], 1.0, {}), TypeError,
+     r"weights must hold one number per model \(K = 2\), got a single number"),
+    ("weights an int", lambda: (B, [M], 1, {}), TypeError, r"got a single number"),
+    ("weight nan", lambda: (B, [M, M], [1.0, math.nan], {}), ValueError, r"weights\[1\] must be finite, got nan"),
+    ("weight inf", lambda: (B, [M, M], [math.inf, 1.0], {}), ValueError, r"weights\[0\] must be finite, got inf"),
+    ("weight -inf tensor", lambda: (B, [M], torch.tensor([-math.inf]), {}), ValueError,
+     r"weights\[0\] must be finite, got -inf"),
+    ("density negative", lambda: (B, [M], [1.0], dict(density=-0.1)), ValueError,
+     r"density must lie in \[0, 1\], got -0.1"),
+    ("density above 1", lambda: (B, [M], [1.0], dict(density=1.5)), ValueError,
+     r"density must lie in \[0, 1\], got 1.5"),
+    ("density nan", lambda: (B, [M], [1.0], dict(density=math.nan)), ValueError,
+     r"density\[0\] must be finite, got nan"),
+    ("density per model nan", lambda: (B, [M, M], [1.0, 1.0], dict(density=[0.5, math.nan])), ValueError,
+     r"density\[1\] must be finite, got nan"),
+    ("density per model length", lambda: (B, [M, M], [1.0, 1.0], dict(density=[0.5])), ValueError,
+     r"density must hold one number per model \(K = 2\), got 1"),
+    ("sparsify", lambda: (B, [M], [1.0], dict(sparsify="topk")), ValueError,
+     r"sparsify must be one of \('none', 'magnitude', 'random'\), got 'topk'"),
+    ("consensus", lambda: (B, [M], [1.0], dict(consensus="vote")), ValueError,
+     r"consensus must be one of \('none', 'sum', 'count'\), got 'vote'"),
+    ("rescale", lambda: (B, [M], [1.0], dict(rescale="l2")), ValueError,
+     r"rescale must be one of \('none', 'l1', 'density'\), got 'l2'"),
+    ("rescale bool", lambda: (B, [M], [1.0], dict(rescale=True)), ValueError,
+     r"rescale must be one of \('none', 'l1', 'density'\), got True"),
+    ("scope", lambda: (B, [M], [1.0], dict(scope="layer")), ValueError,
+     r"scope must be one of \('tensor', 'global'\), got 'layer'"),
+    ("lam nan", lambda: (B, [M], [1.0], dict(lam=math.nan)), ValueError, r"lam must be finite, got nan"),
+    ("lam inf", lambda: (B, [M], [1.0], dict(lam=-math.inf)), ValueError, r"lam must be finite, got -inf"),
+    ("seed negative", lambda: (B, [M], [1.0], dict(seed=-1)), ValueError, r"seed must lie in \[0, 2\*\*64\), got -1"),
+    ("seed too large", lambda: (B, [M], [1.0], dict(seed=2**64)), ValueError,
+     r"seed must lie in \[0, 2\*\*64\), got 18446744073709551616"),
+    ("seed float", lambda: (B, [M], [1.0], dict(seed=1.5)), TypeError, r"seed must be an integer, got float"),
+    ("base int64", lambda: (torch.zeros(3, dtype=torch.int64), [torch.ones(3, dtype=torch.int64)], [1.0], {}),
+     TypeError, r"base must be float32, float64, float16 or bfloat16, got torch.int64"),
+    ("base list int", lambda: ([BL[0], torch.zeros(2, dtype=torch.int32)], [ML], [1.0], {}), TypeError,
+     r"base\[1\] must be float32, float64, float16 or bfloat16, got torch.int32"),
+    ("base not a tensor", lambda: (3.0, [M], [1.0], {}), TypeError, r"base must be a tensor or a list of tensors"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_input(backend, case):
+    _, make, error, message = case
+    base, models, weights, kw = make()
+    with pytest.raises(error, match=message):
+        task_merge(base, models, weights, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_input_through_named_merges(backend):
+    with pytest.raises(ValueError, match=r"density must lie in \[0, 1\], got 1.5"):
+        ties_merge(B, [M], [1.0], 1.5, backend=backend)
+    with pytest.raises(ValueError, match=r"density must lie in \[0, 1\], got -0.1"):
+        dare_merge(B, [M], [1.0], -0.1, seed=0, backend=backend)
+    with pytest.raises(ValueError, match=r"seed must lie in \[0, 2\*\*64\), got -5"):
+        dare_merge(B, [M], [1.0], 0.5, seed=-5, backend=backend)
+    with pytest.raises(ValueError, match=r"weights\[0\] must be finite, got nan"):
+        task_arithmetic(B, [M], [math.nan], backend=backend)
+    with pytest.raises(ValueError, match=r"lam must be finite, got inf"):
+        task_arithmetic(B, [M], [1.0], lam=math.inf, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_input_leaves_base_untouched(backend):
+    base = torch.zeros(3)
+    with pytest.raises(ValueError, match=r"weights\[1\] must be finite"):
+        task_merge(base, [M, M], [1.0, math.inf], out=base, backend=backend)
+    with pytest.raises(ValueError, match=r"seed must lie in"):
+        dare_merge(base, [M], [1.0], 0.5, seed=-1, out=base, backend=backend)
+    assert torch.equal(base, torch.zeros(3))
+
+
+# ---------------------------------------------------------------------------
+# The C++ kernel against the reference, bit for bit (the l1 rescale of fp64
+# tensors within an ulp: its fp64 sums are added in another order).
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("sparsify,consensus,rescale", [
+    (None, None, None), ("magnitude", "sum", None), ("magnitude", "count", "l1"), ("magnitude", None, "density"),
+    ("random", None, "l1"), ("random", "sum", "density"), ("random", "count", None),
+])
+@pytest.mark.parametrize("density", [0.0, 1 / 7, 0.5, 1.0])
+def test_cpp_equals_reference(dtype, sparsify, consensus, rescale, density):
+    g = torch.Generator().manual_seed(5)
+    sizes = [(70001,), (3, 5), (1,), (0,)]
+    base = [torch.randn(s, generator=g).to(dtype) for s in sizes]
+    models = []
+    for k in range(3):
+        step = 0.01 if k else 0.25  # model 0's deltas on a coarse grid: many ties at the threshold
+        models.append([(b.double() + torch.randint(-3, 4, b.shape, generator=g) * step).to(dtype) for b in base])
+    for scope in ("tensor", "global"):
+        kw = dict(sparsify=sparsify, density=density, consensus=consensus, rescale=rescale, normalize=True,
+                  lam=0.7, scope=scope, seed=11)
+        want = task_merge(base, models, [0.5, 1.0, -0.25], backend="torch", **kw)
+        got = task_merge(base, models, [0.5, 1.0, -0.25], backend="cpp", **kw)
+        for x, y in zip(got, want):
+            if dtype == torch.float64 and rescale == "l1":
+                torch.testing.assert_close(x, y, rtol=4e-16, atol=0)
+            else:
+                assert torch.equal(x, y), (scope, (x != y).sum())
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_opcheck(in_place):
+    """The op's schema, fake kernel and dispatcher registration (torch.library.opcheck)."""
+    g = torch.Generator().manual_seed(0)
+    base = [torch.randn(37, generator=g), torch.randn(3, 4, generator=g).double()]
+    models = [torch.randn(37, generator=g), torch.randn(3, 4, generator=g).double(),
+              torch.randn(37, generator=g), torch.randn(3, 4, generator=g).double()]
+    out = base if in_place else [torch.empty_like(b) for b in base]
+    args = ([0.6, 0.4], [0.5, 0.5], "magnitude", "sum", "l1", True, 1.0, "global", 7)
+    torch.library.opcheck(torch.ops.m2n2.task_merge_out, (base, models, out, *args))
+
+
+def test_torch_compile():
+    """task_merge inside torch.compile: one op, the same values."""
+    g = torch.Generator().manual_seed(1)
+    base, m0, m1 = (torch.randn(1000, generator=g) for _ in range(3))
+
+    def f(b, x, y):
+        return ties_merge(b, [x, y], [0.5, 0.5], 0.3) * 2
+
+    torch.testing.assert_close(torch.compile(f, fullgraph=False)(base, m0, m1), f(base, m0, m1), rtol=0, atol=0)
