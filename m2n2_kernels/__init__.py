@@ -14,6 +14,7 @@ from . import ops as _ops_module  # noqa: F401  (fake kernels, Triton fallbacks)
 from .crossover import crossover_batch, interp_sums, split_interpolate, split_interpolate_
 from .niches import NicheStats, attraction, fitness, niche_stats, replace_index
 from .scores import sample_scores
+from .task_merge import dare_merge, task_arithmetic, task_merge, ties_merge
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ __all__ = [
     "attraction",
     "build_info",
     "crossover_batch",
+    "dare_merge",
     "fitness",
     "interp_sums",
     "niche_stats",
@@ -29,6 +31,9 @@ __all__ = [
     "sample_scores",
     "split_interpolate",
     "split_interpolate_",
+    "task_arithmetic",
+    "task_merge",
+    "ties_merge",
 ]
 
 
