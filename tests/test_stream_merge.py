@@ -411,6 +411,7 @@ PEAK_SCRIPT = textwrap.dedent("""
     from safetensors.torch import save_file
     from m2n2.stream_merge import merge_checkpoints
     a, b, out, budget = sys.argv[1:5]
+    budget = int(budget)
     def status(key):
         for line in open("/proc/self/status"):
             if line.startswith(key):
@@ -425,11 +426,8 @@ PEAK_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc/self/clear_refs")
-def test_peak_memory_within_budget(tmp_path):
-    """Two checkpoints of 26 MB each (52 MB > 10 x the 4 MiB budget), one tensor alone
-    larger than the budget: the merge's peak resident memory stays within it."""
-    budget = 4 << 20
+def _peak_checkpoints(tmp_path):
+    """Two checkpoints of 26 MB each: an fp32 tensor of 20 MB and three bf16 ones."""
     for name, seed in (("A", 1), ("B", 2)):
         g = torch.Generator().manual_seed(seed)
         os.makedirs(tmp_path / name)
@@ -438,17 +436,54 @@ def test_peak_memory_within_budget(tmp_path):
                   str(tmp_path / name / "part-1.safetensors"))
         weight_map = {"embed": "part-0.safetensors", **{f"layers.{i}.w": "part-1.safetensors" for i in range(3)}}
         json.dump({"weight_map": weight_map}, open(tmp_path / name / "model.safetensors.index.json", "w"))
+    return sum(os.path.getsize(tmp_path / m / f) for m in "AB" for f in os.listdir(tmp_path / m))
+
+
+def _peak(tmp_path, budget):
     out = str(tmp_path / "OUT")
     res = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(tmp_path / "A"), str(tmp_path / "B"), out,
                           str(budget)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    got = json.loads(res.stdout.strip().splitlines()[-1])
-    inputs = sum(os.path.getsize(tmp_path / m / f) for m in "AB" for f in os.listdir(tmp_path / m))
-    assert inputs > 10 * budget
-    assert got["buffers"] <= budget
-    assert got["peak_extra"] <= budget, got  # everything the merge holds, not only its buffers
     assert sorted(os.listdir(out)) == ["model.safetensors"]  # 26 MB: one shard, named as Hugging Face does
     assert load_file(os.path.join(out, "model.safetensors"))["embed"].shape == (5_000_000,)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc/self/clear_refs")
+def test_peak_memory_within_budget(tmp_path):
+    """Inputs of 52 MB, more than 10 x the 4 MiB budget, one tensor alone larger than
+    it: the merge's peak resident memory (everything it holds, not only its
+    buffers) stays within the budget."""
+    budget = 4 << 20
+    inputs = _peak_checkpoints(tmp_path)
+    got = _peak(tmp_path, budget)
+    assert inputs > 10 * budget
+    assert got["buffers"] <= budget
+    assert got["peak_extra"] <= budget, got
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc/self/clear_refs")
+def test_peak_memory_with_mapped_pass1(tmp_path):
+    """From 64 MiB, pass 1 reads through memory maps: the mapped pages (a whole large
+    folio may be mapped beyond a chunk) stay within the budget too."""
+    from m2n2.stream_merge import MAPPED_PASS1_MIN_BUDGET
+
+    _peak_checkpoints(tmp_path)
+    got = _peak(tmp_path, MAPPED_PASS1_MIN_BUDGET)
+    assert got["peak_extra"] <= MAPPED_PASS1_MIN_BUDGET, got
+
+
+def test_mapped_and_copied_pass1_agree(tmp_path, models, folders, monkeypatch):
+    """Pass 1 through maps and through the slots: both give the in-memory child."""
+    from m2n2 import stream_merge
+
+    want = m2n2.merge_state_dicts(*models, split=0.5, w=0.3)
+    monkeypatch.setattr(stream_merge, "MAPPED_PASS1_MIN_BUDGET", 1 << 20)
+    merge_checkpoints(*folders, str(tmp_path / "mapped"), split=0.5, w=0.3, memory_budget="1MiB", progress=False)
+    monkeypatch.setattr(stream_merge, "MAPPED_PASS1_MIN_BUDGET", 1 << 40)
+    merge_checkpoints(*folders, str(tmp_path / "copied"), split=0.5, w=0.3, memory_budget="1MiB", progress=False)
+    assert_same(load_any(str(tmp_path / "mapped")), want)
+    assert_same(load_any(str(tmp_path / "copied")), want)
 
 
 # --- the command line ---------------------------------------------------------------------------

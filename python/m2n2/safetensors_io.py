@@ -15,6 +15,7 @@ fails before any work.
 import dataclasses
 import json
 import math
+import mmap
 import os
 import struct
 
@@ -188,6 +189,64 @@ class Reader:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+class MappedReader:
+    """Zero-copy views of tensor pieces through private (copy-on-write) memory maps,
+    for a pass that only reads. Mapped pages count in the process's memory once
+    touched, so the caller releases each piece's pages (madvise MADV_DONTNEED: the
+    file's pages stay in the page cache) before the next ones add up. A piece whose
+    offset is not a multiple of its element size is copied (the kernels assume
+    aligned elements)."""
+
+    def __init__(self):
+        self._maps = {}
+
+    @staticmethod
+    def available():
+        return hasattr(mmap, "MADV_DONTNEED") and hasattr(mmap.mmap, "madvise")
+
+    def _map(self, path):
+        m = self._maps.get(path)
+        if m is None:
+            with open(path, "rb") as f:
+                m = self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        return m
+
+    def _range(self, entry, start, count):
+        lo = entry.offset + start * entry.dtype.itemsize
+        return lo, lo + count * entry.dtype.itemsize
+
+    def view(self, entry, start, count):
+        lo, _ = self._range(entry, start, count)
+        t = torch.frombuffer(self._map(entry.path), dtype=entry.dtype, count=count, offset=lo) if count else \
+            torch.empty(0, dtype=entry.dtype)
+        return t.clone() if lo % entry.dtype.itemsize else t
+
+    def prefetch(self, pieces):
+        """Start reading the pages of `pieces` ((entry_a, entry_b, start, count)) from disk."""
+        for *entries, start, count in pieces:
+            for e in entries:
+                self._advise(e, start, count, mmap.MADV_WILLNEED, outward=True)
+
+    def release(self, pieces):
+        for *entries, start, count in pieces:
+            for e in entries:
+                self._advise(e, start, count, mmap.MADV_DONTNEED, outward=False)
+
+    def _advise(self, entry, start, count, advice, outward):
+        lo, hi = self._range(entry, start, count)
+        page = mmap.PAGESIZE
+        lo, hi = (lo // page * page, -(-hi // page) * page) if outward else (-(-lo // page) * page, hi // page * page)
+        m = self._map(entry.path)
+        hi = min(hi, len(m))
+        if hi > lo:
+            m.madvise(advice, lo, hi - lo)
+
+    def close(self):
+        for m in self._maps.values():
+            m.close()
+        self._maps.clear()
 
 
 def header_bytes(tensors, metadata):

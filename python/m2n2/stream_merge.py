@@ -39,6 +39,12 @@ PREFETCH = 2  # chunks read ahead (<= SLOTS - 2, so a slot is free before it is 
 BUDGET_SHARE = 0.9  # of memory_budget for the slots; the rest for the small things around them
 PAD = 64  # byte alignment of each region in a slot
 MIN_BUDGET = 1 << 20
+# Pass 1 through memory maps (no copy) where the platform can release pages and the
+# budget has room for the kernel's mapping granularity: a fault may map a whole large
+# folio of the page cache (a few MB) beyond the chunk. Pass 1 leaves the slots
+# untouched, so their share of the budget absorbs that; below this budget pass 1
+# copies into the slots like pass 2.
+MAPPED_PASS1_MIN_BUDGET = 64 << 20
 
 
 class NonFiniteError(ValueError):
@@ -285,6 +291,7 @@ class _StreamMerge:
     def __init__(self, ca, cb, names, others, budget, out_dtype, progress, op_args, split):
         self.ca, self.cb, self.out_dtype, self.progress = ca, cb, out_dtype, progress
         self.op_args, self.split = op_args, split
+        self.budget = budget
         self.slot_bytes = int(budget * BUDGET_SHARE) // SLOTS
         self.merge_chunks = plan_chunks(ca.tensors, names, self.slot_bytes, out_dtype, True)
         self.copy_chunks = plan_chunks(ca.tensors, others, self.slot_bytes, None, False)
@@ -316,14 +323,37 @@ class _StreamMerge:
         chunks = (self.merge_chunks if slerp else []) + self.copy_chunks
         if chunks:
             with self._bar(sum(c.read_bytes() for c in chunks), "pass 1/2: sums" if slerp else "pass 1/2: compare") as pb:
-                self.pipe.run(chunks, self._read, self._pass1_chunk, progress=lambda c: pb.update(c.read_bytes()))
+                if self.budget >= MAPPED_PASS1_MIN_BUDGET and sio.MappedReader.available():
+                    self._pass1_mapped(chunks, pb)
+                else:
+                    self.pipe.run(chunks, self._read, lambda c, slot: self._pass1_views(
+                        c, _views(slot, c, "a"), _views(slot, c, "b")), progress=lambda c: pb.update(c.read_bytes()))
         if slerp and not bool(torch.isfinite(self.sums).all()):
             raise NonFiniteError(f"the slerp sums overflow float64 ({self.sums.tolist()}): the models' values are too "
                                  "large; OUT was not created")
         return self.sums
 
-    def _pass1_chunk(self, chunk, slot):
-        av, bv = _views(slot, chunk, "a"), _views(slot, chunk, "b")
+    def _pass1_mapped(self, chunks, pb):
+        """Pass 1 without copies: the op reads the pages of the files through private
+        maps; each chunk's pages are released from the process once it is done (and the
+        next chunk's read ahead meanwhile), so at most one chunk of pages is resident."""
+        mapped = sio.MappedReader()
+        pairs = lambda c: [(p.entry, self.cb.tensors[p.entry.name], p.start, p.count) for p in c.pieces]  # noqa: E731
+        try:
+            for i, chunk in enumerate(chunks):
+                if i + 1 < len(chunks):
+                    mapped.prefetch(pairs(chunks[i + 1]))
+                av = [mapped.view(ea, start, count) for ea, _, start, count in pairs(chunk)]
+                bv = [mapped.view(eb, start, count) for _, eb, start, count in pairs(chunk)]
+                self._pass1_views(chunk, av, bv)
+                del av, bv
+                mapped.release(pairs(chunk))
+                self.read_bytes += chunk.read_bytes()
+                pb.update(chunk.read_bytes())
+        finally:
+            mapped.close()
+
+    def _pass1_views(self, chunk, av, bv):
         if not chunk.merge:
             for p, x, y in zip(chunk.pieces, av, bv):
                 xb, yb = x.view(torch.uint8), y.view(torch.uint8)
