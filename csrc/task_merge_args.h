@@ -1,5 +1,5 @@
 // Every check of the task-vector merge op on the torch side, shared by its CPU (and
-// later CUDA) glue, in the words of the Python API (m2n2_kernels/task_merge.py,
+// later CUDA) glue, in the words of the Python API (m2n2_kernels/task_vectors.py,
 // check_op_task_merge): the Python API raises them first; these guard direct
 // torch.ops.m2n2 callers, before anything is written.
 #pragma once

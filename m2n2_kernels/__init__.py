@@ -14,7 +14,7 @@ from . import ops as _ops_module  # noqa: F401  (fake kernels, Triton fallbacks)
 from .crossover import crossover_batch, interp_sums, split_interpolate, split_interpolate_
 from .niches import NicheStats, attraction, fitness, niche_stats, replace_index
 from .scores import sample_scores
-from .task_merge import dare_merge, task_arithmetic, task_merge, ties_merge
+from .task_vectors import dare_merge, task_arithmetic, task_merge, ties_merge
 
 __version__ = "0.1.0"
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import m2n2_kernels  # noqa: F401  (registers the ops)
-from m2n2_kernels import _checks, crossover, niches, scores, task_merge
+from m2n2_kernels import _checks, crossover, niches, scores, task_vectors
 
 OP = torch.ops.m2n2
 
@@ -178,7 +178,7 @@ _PYTHON_CHECKS = {
         crossover.check_op_batch(archive, ia, ib, split, w, out, method, omega)
     ),
     "niche_stats_out": niches.check_op_args,
-    "task_merge_out": task_merge.check_op_canonical,
+    "task_merge_out": task_vectors.check_op_canonical,
     "sample_scores_out": scores.check_op_args,
 }
 

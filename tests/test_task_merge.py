@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from m2n2_kernels.reference import DARE_STREAM, philox_uniform24
-from m2n2_kernels.task_merge import dare_merge, task_arithmetic, task_merge, ties_merge
+from m2n2_kernels.task_vectors import dare_merge, task_arithmetic, task_merge, ties_merge
 
 BACKENDS = ["torch", "cpp"]  # CUDA and Triton join when their kernels land
 
