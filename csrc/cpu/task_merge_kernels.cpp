@@ -3,6 +3,8 @@
 
 #include <omp.h>
 
+#include "isa_clones.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -34,6 +36,19 @@ struct ModelPlan {
   std::vector<int64_t> tie_start;  // per chunk: ties at the threshold before it (partial ties only)
 };
 
+// f(T{}) with T the storage type of `dtype`: one dispatch for passes templated on
+// more than the storage type.
+template <class F>
+void with_storage_type(Dtype dtype, F&& f) {
+  switch (dtype) {
+    case Dtype::kFloat: f(float{}); break;
+    case Dtype::kDouble: f(double{}); break;
+    case Dtype::kBFloat16: f(bf16_t{}); break;
+    case Dtype::kHalf: f(half_t{}); break;
+    default: break;
+  }
+}
+
 template <class T>
 const T* model_ptr(const TaskTensor& t, int k) {
   return static_cast<const T*>(t.models[size_t(k)]);
@@ -50,6 +65,112 @@ M2N2_HD Key key_of(C d) {
   }
 }
 
+// ---- tiles -------------------------------------------------------------------------
+//
+// Every pass walks a chunk in tiles: the base converted once per tile, then one
+// vectorised loop per model (keys, factors, sums), with the per-element rule hoisted
+// out of the loop.
+
+constexpr int64_t kTile = 256;
+
+template <class T>
+M2N2_HD void to_compute_tile(const T* x, int64_t len, compute_t<T>* out) {
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) out[j] = to_compute(x[j]);
+}
+
+// The magnitude keys of d = m - b over a tile (Key: uint32_t, or uint64_t for a unit
+// that holds fp64 tensors).
+template <class T, class Key>
+M2N2_HD void keys_tile(const T* m, const compute_t<T>* b, int64_t len, Key* keys) {
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) keys[j] = key_of<Key>(to_compute(m[j]) - b[j]);
+}
+
+// The 24-bit DARE draws of elements i0 .. i0 + len - 1 of one model's stream.
+M2N2_CLONES void draws_tile(uint64_t seed, uint64_t stream, uint64_t i0, int64_t len, uint32_t* draws) {
+  constexpr int64_t kGroups = kTile / 4 + 2;
+  alignas(64) uint32_t lanes[4][kGroups];
+  alignas(64) uint32_t z[4 * kGroups];
+  const uint64_t g0 = i0 >> 2;
+  const int64_t groups = int64_t(((i0 + uint64_t(len) + 3) >> 2) - g0);
+#pragma omp simd
+  for (int64_t g = 0; g < groups; ++g) {
+    uint32_t c[4] = {uint32_t(g0 + uint64_t(g)), uint32_t((g0 + uint64_t(g)) >> 32), uint32_t(stream),
+                     uint32_t(stream >> 32)};
+    philox4x32_10(c, uint32_t(seed), uint32_t(seed >> 32));
+    lanes[0][g] = c[0] >> 8;
+    lanes[1][g] = c[1] >> 8;
+    lanes[2][g] = c[2] >> 8;
+    lanes[3][g] = c[3] >> 8;
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    z[4 * g] = lanes[0][g];
+    z[4 * g + 1] = lanes[1][g];
+    z[4 * g + 2] = lanes[2][g];
+    z[4 * g + 3] = lanes[3][g];
+  }
+  const uint32_t* zt = z + (i0 - 4 * g0);
+  for (int64_t j = 0; j < len; ++j) draws[j] = zt[j];
+}
+
+// sum |d| and the sum of |d| where keep[j] (kept: key > threshold, or draw < thr),
+// and the keys equal to the threshold, over a tile; fp64.
+template <class T, class Key>
+M2N2_HD void stats_tile(const T* m, const compute_t<T>* b, int64_t len, bool magnitude, uint64_t threshold,
+                        const uint32_t* draws, uint32_t dare_thr, double* abs_sum, double* kept_sum, int64_t* ties) {
+  double a = 0.0, kept = 0.0;
+  int64_t tie = 0;
+  if (magnitude) {
+    const Key t = Key(threshold);
+#pragma omp simd reduction(+ : a, kept, tie)
+    for (int64_t j = 0; j < len; ++j) {
+      const auto d = to_compute(m[j]) - b[j];
+      const double ad = std::fabs(double(d));
+      const Key key = key_of<Key>(d);
+      a += ad;
+      kept += key > t ? ad : 0.0;
+      tie += key == t ? 1 : 0;
+    }
+  } else {
+#pragma omp simd reduction(+ : a, kept)
+    for (int64_t j = 0; j < len; ++j) {
+      const double ad = std::fabs(double(to_compute(m[j]) - b[j]));
+      a += ad;
+      kept += draws[j] < dare_thr ? ad : 0.0;
+    }
+  }
+  *abs_sum += a;
+  *kept_sum += kept;
+  *ties += tie;
+}
+
+#define M2N2_DEFINE_PASS_TILES(T)                                                                             \
+  M2N2_CLONES void to_compute_tile_k(const T* x, int64_t len, compute_t<T>* out) {                            \
+    to_compute_tile<T>(x, len, out);                                                                          \
+  }                                                                                                           \
+  M2N2_CLONES void keys_tile_k(const T* m, const compute_t<T>* b, int64_t len, uint32_t* keys) {              \
+    keys_tile<T, uint32_t>(m, b, len, keys);                                                                  \
+  }                                                                                                           \
+  M2N2_CLONES void keys_tile_k(const T* m, const compute_t<T>* b, int64_t len, uint64_t* keys) {              \
+    keys_tile<T, uint64_t>(m, b, len, keys);                                                                  \
+  }                                                                                                           \
+  M2N2_CLONES void stats_tile_k(const T* m, const compute_t<T>* b, int64_t len, bool magnitude, bool wide,    \
+                                uint64_t threshold, const uint32_t* draws, uint32_t dare_thr, double* abs_sum, \
+                                double* kept_sum, int64_t* ties) {                                            \
+    if (wide) {                                                                                               \
+      stats_tile<T, uint64_t>(m, b, len, magnitude, threshold, draws, dare_thr, abs_sum, kept_sum, ties);     \
+    } else {                                                                                                  \
+      stats_tile<T, uint32_t>(m, b, len, magnitude, threshold, draws, dare_thr, abs_sum, kept_sum, ties);     \
+    }                                                                                                         \
+  }
+
+M2N2_DEFINE_PASS_TILES(float)
+M2N2_DEFINE_PASS_TILES(double)
+M2N2_DEFINE_PASS_TILES(bf16_t)
+M2N2_DEFINE_PASS_TILES(half_t)
+#undef M2N2_DEFINE_PASS_TILES
+
 // ---- radix selection --------------------------------------------------------------
 
 // One histogram pass: for every model still selecting, count the digit at `shift`
@@ -59,14 +180,23 @@ void histogram_chunk(const TaskTensor& t, const Chunk& c, const std::vector<int>
                      const std::vector<uint64_t>& prefix, int shift, uint64_t* hist) {
   const T* base = static_cast<const T*>(t.base);
   const int high = shift + kDigitBits;
-  for (size_t a = 0; a < active.size(); ++a) {
-    const T* m = model_ptr<T>(t, active[a]);
-    uint64_t* h = hist + a * kBins;
-    const uint64_t want = prefix[a];
-    for (int64_t j = c.begin; j < c.end; ++j) {
-      const Key key = key_of<Key>(to_compute(m[j]) - to_compute(base[j]));
-      const bool match = high >= int(8 * sizeof(Key)) || uint64_t(key >> high) == want;
-      if (match) ++h[(key >> shift) & (kBins - 1)];
+  const bool first = high >= int(8 * sizeof(Key));
+  alignas(64) compute_t<T> b[kTile];
+  alignas(64) Key keys[kTile];
+  for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
+    const int64_t len = std::min(kTile, c.end - t0);
+    to_compute_tile_k(base + t0, len, b);
+    for (size_t a = 0; a < active.size(); ++a) {
+      keys_tile_k(model_ptr<T>(t, active[a]) + t0, b, len, keys);
+      uint64_t* h = hist + a * kBins;
+      if (first) {
+        for (int64_t j = 0; j < len; ++j) ++h[keys[j] >> shift];
+      } else {
+        const uint64_t want = prefix[a];
+        for (int64_t j = 0; j < len; ++j) {
+          if (uint64_t(keys[j] >> high) == want) ++h[(keys[j] >> shift) & (kBins - 1)];
+        }
+      }
     }
   }
 }
@@ -94,13 +224,9 @@ void select_thresholds(const std::vector<TaskTensor>& ts, const std::vector<Chun
       const Chunk& c = chunks[i];
       const TaskTensor& t = ts[c.tensor];
       uint64_t* h = hist.data() + size_t(omp_get_thread_num()) * nact * kBins;
-      switch (t.dtype) {
-        case Dtype::kFloat: histogram_chunk<float, Key>(t, c, active, prefix, shift, h); break;
-        case Dtype::kDouble: histogram_chunk<double, Key>(t, c, active, prefix, shift, h); break;
-        case Dtype::kBFloat16: histogram_chunk<bf16_t, Key>(t, c, active, prefix, shift, h); break;
-        case Dtype::kHalf: histogram_chunk<half_t, Key>(t, c, active, prefix, shift, h); break;
-        default: break;
-      }
+      with_storage_type(t.dtype, [&](auto tag) {
+        histogram_chunk<decltype(tag), Key>(t, c, active, prefix, shift, h);
+      });
     }
     for (int a = 0; a < nact; ++a) {
       // Counts are integers: their sum does not depend on the threads' order.
@@ -139,38 +265,111 @@ void stats_chunk(const TaskTensor& t, const Chunk& c, const std::vector<ModelPla
                  uint64_t seed, ChunkStats& out) {
   const T* base = static_cast<const T*>(t.base);
   const int K = int(plans.size());
-  for (int k = 0; k < K; ++k) {
-    const ModelPlan& p = plans[k];
-    if (p.keep_all || p.keep_none) continue;
-    const T* m = model_ptr<T>(t, k);
-    double abs_sum = 0.0, kept_sum = 0.0;
-    int64_t ties = 0;
-    uint32_t draws[4] = {0, 0, 0, 0};
-    uint64_t group = ~uint64_t(0);
-    for (int64_t j = c.begin; j < c.end; ++j) {
-      const auto d = to_compute(m[j]) - to_compute(base[j]);
-      const double ad = std::fabs(double(d));
-      abs_sum += ad;
-      if (sparsify == Sparsify::kMagnitude) {
-        const Key key = key_of<Key>(d);
-        if (uint64_t(key) > p.threshold) kept_sum += ad;
-        ties += uint64_t(key) == p.threshold;
-      } else {
-        const uint64_t i = uint64_t(c.flat + (j - c.begin));
-        if ((i >> 2) != group) {
-          group = i >> 2;
-          dare_draws4(seed, kDareStream + uint64_t(k), group, draws);
-        }
-        if (draws[i & 3] < p.dare_threshold) kept_sum += ad;
-      }
+  const bool magnitude = sparsify == Sparsify::kMagnitude;
+  alignas(64) compute_t<T> b[kTile];
+  alignas(64) uint32_t draws[kTile];
+  for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
+    const int64_t len = std::min(kTile, c.end - t0);
+    to_compute_tile_k(base + t0, len, b);
+    for (int k = 0; k < K; ++k) {
+      const ModelPlan& p = plans[k];
+      if (p.keep_all || p.keep_none) continue;
+      if (!magnitude) draws_tile(seed, kDareStream + uint64_t(k), uint64_t(c.flat + (t0 - c.begin)), len, draws);
+      stats_tile_k(model_ptr<T>(t, k) + t0, b, len, magnitude, sizeof(Key) == 8, p.threshold, draws,
+                   p.dare_threshold, &out.abs_sum[k], &out.kept_sum[k], &out.ties[k]);
     }
-    out.abs_sum[k] = abs_sum;
-    out.kept_sum[k] = kept_sum;
-    out.ties[k] = ties;
   }
 }
 
 // ---- the fused pass ---------------------------------------------------------------
+//
+// Per tile: each model's factors e_k in a loop of its own (the keep rule hoisted out
+// of it), then the combination of the K factors per element, vectorised across the
+// tile.
+
+enum class KeepMode : int { kAll, kNone, kAtLeast, kDraw };
+
+// e[j] = keep_j ? (d_j s) w : 0 with d = m - b; kAtLeast keeps key(d) >= threshold
+// (every tie kept: the partial-tie case takes the scalar path), kDraw keeps
+// draw[j] < dare_threshold.
+template <class T>
+M2N2_HD void factors_tile(const T* m, const compute_t<T>* b, int64_t len, KeepMode mode, bool wide,
+                          uint64_t threshold, const uint32_t* draws, uint32_t dare_thr, compute_t<T> s,
+                          compute_t<T> w, compute_t<T>* e) {
+  using C = compute_t<T>;
+  switch (mode) {
+    case KeepMode::kAll:
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) e[j] = ((to_compute(m[j]) - b[j]) * s) * w;
+      break;
+    case KeepMode::kNone:
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) e[j] = C(0);
+      break;
+    case KeepMode::kAtLeast:
+      if (wide || sizeof(C) == 8) {
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) {
+          const C d = to_compute(m[j]) - b[j];
+          e[j] = magnitude_key(double(d)) >= threshold ? (d * s) * w : C(0);
+        }
+      } else {
+        const uint32_t t32 = uint32_t(threshold);
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) {
+          const C d = to_compute(m[j]) - b[j];
+          e[j] = magnitude_key(float(d)) >= t32 ? (d * s) * w : C(0);
+        }
+      }
+      break;
+    case KeepMode::kDraw:
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) {
+        const C d = to_compute(m[j]) - b[j];
+        e[j] = draws[j] < dare_thr ? (d * s) * w : C(0);
+      }
+      break;
+  }
+}
+
+template <class C>
+M2N2_HD void combine_tile(const C* e, const C* w, int K, Consensus consensus, bool normalize, C lam, C plain_divisor,
+                          const C* b, int64_t len, C* out) {
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) {
+    out[j] = combine_factors<C>(e + j, kTile, w, K, consensus, normalize, lam, b[j], plain_divisor);
+  }
+}
+
+template <class T>
+M2N2_HD void store_tile(const compute_t<T>* x, int64_t len, T* out) {
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) out[j] = from_compute<T>(x[j]);
+}
+
+// One clone set per storage type (target_clones does not apply to templates).
+#define M2N2_DEFINE_TILE_KERNELS(T)                                                                        \
+  M2N2_CLONES void factors_tile_k(const T* m, const compute_t<T>* b, int64_t len, KeepMode mode, bool wide, \
+                                  uint64_t threshold, const uint32_t* draws, uint32_t dare_thr,            \
+                                  compute_t<T> s, compute_t<T> w, compute_t<T>* e) {                       \
+    factors_tile<T>(m, b, len, mode, wide, threshold, draws, dare_thr, s, w, e);                           \
+  }                                                                                                        \
+  M2N2_CLONES void store_tile_k(const compute_t<T>* x, int64_t len, T* out) { store_tile<T>(x, len, out); }
+
+M2N2_DEFINE_TILE_KERNELS(float)
+M2N2_DEFINE_TILE_KERNELS(double)
+M2N2_DEFINE_TILE_KERNELS(bf16_t)
+M2N2_DEFINE_TILE_KERNELS(half_t)
+#undef M2N2_DEFINE_TILE_KERNELS
+
+M2N2_CLONES void combine_tile_k(const float* e, const float* w, int K, Consensus consensus, bool normalize, float lam,
+                                float plain_divisor, const float* b, int64_t len, float* out) {
+  combine_tile<float>(e, w, K, consensus, normalize, lam, plain_divisor, b, len, out);
+}
+M2N2_CLONES void combine_tile_k(const double* e, const double* w, int K, Consensus consensus, bool normalize,
+                                double lam, double plain_divisor, const double* b, int64_t len, double* out) {
+  combine_tile<double>(e, w, K, consensus, normalize, lam, plain_divisor, b, len, out);
+}
 
 template <class T, class Key>
 void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const std::vector<ModelPlan>& plans,
@@ -179,43 +378,52 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
   const T* base = static_cast<const T*>(t.base);
   T* out = static_cast<T*>(t.out);
   const int K = int(plans.size());
+  const bool wide = sizeof(Key) == 8;
   C w[kMaxModels], s[kMaxModels];
   int64_t rank[kMaxModels];
-  uint32_t draws[kMaxModels][4];
-  uint64_t group[kMaxModels];
+  KeepMode mode[kMaxModels];
   C wsum = C(0);
   for (int k = 0; k < K; ++k) {
+    const ModelPlan& p = plans[k];
     w[k] = C(cfg.weights[k]);
-    s[k] = C(plans[k].scale);
-    rank[k] = plans[k].partial_ties ? plans[k].tie_start[chunk_index] : 0;
-    group[k] = ~uint64_t(0);
+    s[k] = C(p.scale);
+    rank[k] = p.partial_ties ? p.tie_start[chunk_index] : 0;
+    mode[k] = p.keep_all ? KeepMode::kAll
+              : p.keep_none ? KeepMode::kNone
+              : cfg.sparsify == Sparsify::kMagnitude ? KeepMode::kAtLeast
+                                                      : KeepMode::kDraw;
     wsum = wsum + w[k];
   }
   const C plain_divisor = (wsum < C(0) ? -wsum : wsum) < C(kDivisorMin) ? C(1) : wsum;
   const C lam = C(cfg.lam);
-  C e[kMaxModels];
-  for (int64_t j = c.begin; j < c.end; ++j) {
-    const C b = to_compute(base[j]);
+  std::vector<C> e(size_t(K) * kTile);
+  alignas(64) C b[kTile];
+  alignas(64) C merged[kTile];
+  alignas(64) uint32_t draws[kTile];
+  for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
+    const int64_t len = std::min(kTile, c.end - t0);
+    to_compute_tile_k(base + t0, len, b);
     for (int k = 0; k < K; ++k) {
       const ModelPlan& p = plans[k];
-      const C d = to_compute(model_ptr<T>(t, k)[j]) - b;
-      bool keep = p.keep_all;
-      if (!keep && !p.keep_none) {
-        if (cfg.sparsify == Sparsify::kMagnitude) {
+      const T* m = model_ptr<T>(t, k) + t0;
+      C* ek = e.data() + size_t(k) * kTile;
+      if (mode[k] == KeepMode::kAtLeast && p.partial_ties) {
+        // Ties at the threshold are kept lowest index first: a running count, in order.
+        for (int64_t j = 0; j < len; ++j) {
+          const C d = to_compute(m[j]) - b[j];
           const uint64_t key = uint64_t(key_of<Key>(d));
-          keep = key > p.threshold || (key == p.threshold && (!p.partial_ties || rank[k]++ < p.need));
-        } else {
-          const uint64_t i = uint64_t(c.flat + (j - c.begin));
-          if ((i >> 2) != group[k]) {
-            group[k] = i >> 2;
-            dare_draws4(cfg.seed, kDareStream + uint64_t(k), group[k], draws[k]);
-          }
-          keep = draws[k][i & 3] < p.dare_threshold;
+          const bool keep = key > p.threshold || (key == p.threshold && rank[k]++ < p.need);
+          ek[j] = keep ? (d * s[k]) * w[k] : C(0);
         }
+        continue;
       }
-      e[k] = keep ? (d * s[k]) * w[k] : C(0);
+      if (mode[k] == KeepMode::kDraw) {
+        draws_tile(cfg.seed, kDareStream + uint64_t(k), uint64_t(c.flat + (t0 - c.begin)), len, draws);
+      }
+      factors_tile_k(m, b, len, mode[k], wide, p.threshold, draws, p.dare_threshold, s[k], w[k], ek);
     }
-    out[j] = from_compute<T>(combine_factors<C>(e, w, K, cfg.consensus, cfg.normalize, lam, b, plain_divisor));
+    combine_tile_k(e.data(), w, K, cfg.consensus, cfg.normalize, lam, plain_divisor, b, len, merged);
+    store_tile_k(merged, len, out + t0);
   }
 }
 
@@ -272,13 +480,7 @@ void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg) {
       st.kept_sum.assign(size_t(K), 0.0);
       st.ties.assign(size_t(K), 0);
       const TaskTensor& t = ts[c.tensor];
-      switch (t.dtype) {
-        case Dtype::kFloat: stats_chunk<float, Key>(t, c, plans, cfg.sparsify, cfg.seed, st); break;
-        case Dtype::kDouble: stats_chunk<double, Key>(t, c, plans, cfg.sparsify, cfg.seed, st); break;
-        case Dtype::kBFloat16: stats_chunk<bf16_t, Key>(t, c, plans, cfg.sparsify, cfg.seed, st); break;
-        case Dtype::kHalf: stats_chunk<half_t, Key>(t, c, plans, cfg.sparsify, cfg.seed, st); break;
-        default: break;
-      }
+      with_storage_type(t.dtype, [&](auto tag) { stats_chunk<decltype(tag), Key>(t, c, plans, cfg.sparsify, cfg.seed, st); });
     }
     for (int k = 0; k < K; ++k) {
       ModelPlan& p = plans[k];
@@ -307,13 +509,7 @@ void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg) {
   for (int64_t i = 0; i < nchunks; ++i) {
     const Chunk& c = chunks[i];
     const TaskTensor& t = ts[c.tensor];
-    switch (t.dtype) {
-      case Dtype::kFloat: fused_chunk<float, Key>(t, c, i, plans, cfg); break;
-      case Dtype::kDouble: fused_chunk<double, Key>(t, c, i, plans, cfg); break;
-      case Dtype::kBFloat16: fused_chunk<bf16_t, Key>(t, c, i, plans, cfg); break;
-      case Dtype::kHalf: fused_chunk<half_t, Key>(t, c, i, plans, cfg); break;
-      default: break;
-    }
+    with_storage_type(t.dtype, [&](auto tag) { fused_chunk<decltype(tag), Key>(t, c, i, plans, cfg); });
   }
 }
 

@@ -41,29 +41,31 @@ M2N2_HD void dare_draws4(uint64_t seed, uint64_t stream, uint64_t group, uint32_
   for (int j = 0; j < 4; ++j) out[j] = c[j] >> 8;
 }
 
-// The merged value of one element from the K factors e_k (0 where not kept), in the
-// order of the reference: the vote, the agreeing sum and its weights, each summed
-// k = 0, 1, ... from +0 and rounded after every addition (zeros added too, so that
-// the signs of zero match); then / divisor, * lam, + base.
+// The merged value of one element from the K factors e_k = e[k * stride] (0 where
+// not kept), in the order of the reference: the vote, the agreeing sum and its
+// weights, each summed k = 0, 1, ... from +0 and rounded after every addition (zeros
+// added too, so that the signs of zero match); then / divisor, * lam, + base.
 template <class C>
-M2N2_HD C combine_factors(const C* e, const C* w, int K, Consensus consensus, bool normalize, C lam, C base,
-                          C plain_divisor) {
+M2N2_HD C combine_factors(const C* e, int64_t stride, const C* w, int K, Consensus consensus, bool normalize, C lam,
+                          C base, C plain_divisor) {
   C x = C(0);
   C divisor = plain_divisor;
   if (consensus == Consensus::kNone) {
-    for (int k = 0; k < K; ++k) x = x + e[k];
+    for (int k = 0; k < K; ++k) x = x + e[k * stride];
   } else {
     C vote = C(0);
     for (int k = 0; k < K; ++k) {
-      const C s = e[k] > C(0) ? C(1) : (e[k] < C(0) ? C(-1) : C(0));
-      vote = vote + (consensus == Consensus::kSum ? e[k] : s);
+      const C ek = e[k * stride];
+      const C s = ek > C(0) ? C(1) : (ek < C(0) ? C(-1) : C(0));
+      vote = vote + (consensus == Consensus::kSum ? ek : s);
     }
     const C sigma = vote >= C(0) ? C(1) : C(-1);
     C dsum = C(0);
     for (int k = 0; k < K; ++k) {
-      const C s = e[k] > C(0) ? C(1) : (e[k] < C(0) ? C(-1) : C(0));
+      const C ek = e[k * stride];
+      const C s = ek > C(0) ? C(1) : (ek < C(0) ? C(-1) : C(0));
       const bool agree = s == sigma;
-      x = x + (agree ? e[k] : C(0));
+      x = x + (agree ? ek : C(0));
       dsum = dsum + (agree ? w[k] : C(0));
     }
     divisor = dsum == C(0) ? C(1) : dsum;
