@@ -9,7 +9,8 @@ Each script is run once (--quick --reps 1, as before); the checks read its CSV:
   gbps = the bytes the op must move (from shape and dtype) / ms, speedup_vs_torch =
   the ms of a torch row of the same case / ms, time_vs_ceiling = ms / the ceiling row's ms;
 - every op and impl a script claims (its docstring) present in every case it covers,
-  our kernels once per backend (cpp on CPU).
+  our kernels once per backend (cpp on CPU); an optional impl (mergekit's methods in
+  bench_merge_methods.py) present exactly where the environment has it.
 bench_engine.py and bench_merge.py (whole-file merges) have their own columns, checked
 the same way: values in range and consistent with each other, the rows they claim
 present; at smoke sizes no speed target is asserted, only the memory promise (the
@@ -35,8 +36,10 @@ EVERY = None  # an impl claimed for every dtype of its script
 
 # What each script must report, beyond the shared columns: its dtypes (the default of
 # --dtypes), the bytes an op must move per byte of its input (gbps), and per op the impls
-# it claims, each for every dtype or for some only. A script not listed here (a new op
-# family) is still run and checked against the shared schema and value ranges.
+# it claims, each for every dtype or for some only, and its optional impls (present exactly
+# where the environment has them). A script not listed here (a new op family) is still
+# run and checked against the shared schema and value ranges.
+MERGE_METHOD_OPS = ("task_arithmetic", "ties", "dare_linear", "dare_ties")  # bench_merge_methods.py
 CLAIMS = {
     "bench_crossover.py": dict(
         dtypes={"float32", "bfloat16"},
@@ -71,6 +74,19 @@ CLAIMS = {
             "matrix": {"torch chunked (reference.py)": EVERY, "torch GEMM identity": {"bool"}, OURS: EVERY},
         },
     ),
+    # One case per dtype, K = 3 (--models); the torch reference is timed with --quick (as
+    # here) only, mergekit's methods where it is importable with merge_tensors.
+    "bench_merge_methods.py": dict(
+        dtypes={"float32", "bfloat16"},
+        traffic=3 + 2,  # read base and K = 3 models, write the output; shape = elements per model
+        inputs=3 + 1,  # base and the K models
+        ops={
+            "lerp_": {"torch lerp_ (in place)": EVERY},
+            **{op: {"best torch": EVERY, "torch reference": EVERY, OURS: EVERY} for op in MERGE_METHOD_OPS},
+        },
+        # impl -> (whether this environment has it, the ops it then covers)
+        optional={"mergekit": (lambda: _mergekit_has_merge_tensors(), MERGE_METHOD_OPS)},
+    ),
 }
 SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(BENCH, "bench_*.py")))
 KERNEL_FIELDS = [
@@ -81,6 +97,15 @@ KERNEL_FIELDS = [
 MS_HALF = 0.0005  # ms, ms_min: 3 decimals
 RATIO_HALF = 0.005  # gbps, speedup_vs_torch, time_vs_ceiling: 2 decimals
 MAX_EXTRA_MIB = 64 * 1024
+
+
+def _mergekit_has_merge_tensors():
+    """Where this holds, bench_merge_methods.py times mergekit's methods (its merge_tensors)."""
+    try:
+        from mergekit.merge_methods import api
+    except Exception:  # noqa: BLE001 (not installed, or broken: the script leaves it out too)
+        return False
+    return hasattr(api, "merge_tensors")
 
 
 def run_script(tmp_path, script):
@@ -201,6 +226,14 @@ def check_claims(script, rows, claim):
                 backends = sorted(r["backend"] for r in here if r["impl"] == impl)
                 want = sorted(OUR_BACKENDS) if impl == OURS else ["torch"]
                 assert backends == want, f"{script}: {op} / {impl} for {dtype} {shape}: rows on {backends}, want {want}"
+    for impl, (expected, ops) in claim.get("optional", {}).items():
+        present = expected()
+        for op in claim["ops"]:
+            for dtype, shape in sorted({(r["dtype"], r["shape"]) for r in rows if r["op"] == op}):
+                got = [r["backend"] for r in rows
+                       if (r["op"], r["impl"], r["dtype"], r["shape"]) == (op, impl, dtype, shape)]
+                want = ["torch"] if present and op in ops else []
+                assert got == want, f"{script}: {op} / {impl} for {dtype} {shape}: rows on {got}, want {want}"
 
 
 def check_engine(rows):

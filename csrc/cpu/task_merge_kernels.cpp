@@ -96,13 +96,7 @@ M2N2_CLONES void draws_tile(uint64_t seed, uint64_t stream, uint64_t i0, int64_t
   const int64_t groups = int64_t(((i0 + uint64_t(len) + 3) >> 2) - g0);
 #pragma omp simd
   for (int64_t g = 0; g < groups; ++g) {
-    uint32_t c[4] = {uint32_t(g0 + uint64_t(g)), uint32_t((g0 + uint64_t(g)) >> 32), uint32_t(stream),
-                     uint32_t(stream >> 32)};
-    philox4x32_10(c, uint32_t(seed), uint32_t(seed >> 32));
-    lanes[0][g] = c[0] >> 8;
-    lanes[1][g] = c[1] >> 8;
-    lanes[2][g] = c[2] >> 8;
-    lanes[3][g] = c[3] >> 8;
+    dare_draws4(seed, stream, g0 + uint64_t(g), lanes[0][g], lanes[1][g], lanes[2][g], lanes[3][g]);
   }
   for (int64_t g = 0; g < groups; ++g) {
     z[4 * g] = lanes[0][g];
@@ -332,12 +326,64 @@ M2N2_HD void factors_tile(const T* m, const compute_t<T>* b, int64_t len, KeepMo
   }
 }
 
+// combine_factors (task_merge.h) over a tile, with the model loop outside so that every
+// inner loop runs along the tile and vectorises: the same additions in the same
+// order, element by element.
+template <class C>
+M2N2_HD C sign_of(C x) {
+  return x > C(0) ? C(1) : (x < C(0) ? C(-1) : C(0));
+}
+
 template <class C>
 M2N2_HD void combine_tile(const C* e, const C* w, int K, Consensus consensus, bool normalize, C lam, C plain_divisor,
                           const C* b, int64_t len, C* out) {
+  alignas(64) C x[kTile];
+  alignas(64) C divisor[kTile];
 #pragma omp simd
   for (int64_t j = 0; j < len; ++j) {
-    out[j] = combine_factors<C>(e + j, kTile, w, K, consensus, normalize, lam, b[j], plain_divisor);
+    x[j] = C(0);
+    divisor[j] = plain_divisor;
+  }
+  if (consensus == Consensus::kNone) {
+    for (int k = 0; k < K; ++k) {
+      const C* ek = e + k * kTile;
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) x[j] = x[j] + ek[j];
+    }
+  } else {
+    alignas(64) C sigma[kTile];
+    alignas(64) C dsum[kTile];
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) sigma[j] = dsum[j] = C(0);  // sigma holds the vote first
+    for (int k = 0; k < K; ++k) {
+      const C* ek = e + k * kTile;
+      if (consensus == Consensus::kSum) {
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) sigma[j] = sigma[j] + ek[j];
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) sigma[j] = sigma[j] + sign_of(ek[j]);
+      }
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) sigma[j] = sigma[j] >= C(0) ? C(1) : C(-1);
+    for (int k = 0; k < K; ++k) {
+      const C* ek = e + k * kTile;
+      const C wk = w[k];
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) {
+        const bool agree = sign_of(ek[j]) == sigma[j];
+        x[j] = x[j] + (agree ? ek[j] : C(0));
+        dsum[j] = dsum[j] + (agree ? wk : C(0));
+      }
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) divisor[j] = dsum[j] == C(0) ? C(1) : dsum[j];
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) {
+    const C v = normalize ? x[j] / divisor[j] : x[j];
+    out[j] = b[j] + v * lam;
   }
 }
 

@@ -35,10 +35,15 @@ M2N2_HD uint32_t dare_threshold(double rho) {
 }
 
 // The four 24-bit draws of counter group g (elements 4g .. 4g + 3) of one stream.
-M2N2_HD void dare_draws4(uint64_t seed, uint64_t stream, uint64_t group, uint32_t out[4]) {
+// Outputs are scalars rather than an array so that loops over groups vectorise.
+M2N2_HD void dare_draws4(uint64_t seed, uint64_t stream, uint64_t group, uint32_t& d0, uint32_t& d1, uint32_t& d2,
+                         uint32_t& d3) {
   uint32_t c[4] = {uint32_t(group), uint32_t(group >> 32), uint32_t(stream), uint32_t(stream >> 32)};
   philox4x32_10(c, uint32_t(seed), uint32_t(seed >> 32));
-  for (int j = 0; j < 4; ++j) out[j] = c[j] >> 8;
+  d0 = c[0] >> 8;
+  d1 = c[1] >> 8;
+  d2 = c[2] >> 8;
+  d3 = c[3] >> 8;
 }
 
 // The merged value of one element from the K factors e_k = e[k * stride] (0 where
