@@ -169,9 +169,9 @@ M2N2_DEFINE_PASS_TILES(half_t)
 
 // One histogram pass: for every model still selecting, count the digit at `shift`
 // of the keys whose higher digits equal the model's prefix.
-template <class T, class Key>
+template <class T, class Key, class Count>
 void histogram_chunk(const TaskTensor& t, const Chunk& c, const std::vector<int>& active,
-                     const std::vector<uint64_t>& prefix, int shift, uint64_t* hist) {
+                     const std::vector<uint64_t>& prefix, int shift, Count* hist) {
   const T* base = static_cast<const T*>(t.base);
   const int high = shift + kDigitBits;
   const bool first = high >= int(8 * sizeof(Key));
@@ -182,7 +182,7 @@ void histogram_chunk(const TaskTensor& t, const Chunk& c, const std::vector<int>
     to_compute_tile_k(base + t0, len, b);
     for (size_t a = 0; a < active.size(); ++a) {
       keys_tile_k(model_ptr<T>(t, active[a]) + t0, b, len, keys);
-      uint64_t* h = hist + a * kBins;
+      Count* h = hist + a * kBins;
       if (first) {
         for (int64_t j = 0; j < len; ++j) ++h[keys[j] >> shift];
       } else {
@@ -195,7 +195,9 @@ void histogram_chunk(const TaskTensor& t, const Chunk& c, const std::vector<int>
   }
 }
 
-template <class Key>
+// Count: the histograms' counter, uint32_t (half the cache of uint64_t: the scatter
+// of the increments is what the pass waits on) unless a unit has 2^32 elements or more.
+template <class Key, class Count>
 void select_thresholds(const std::vector<TaskTensor>& ts, const std::vector<Chunk>& chunks,
                        std::vector<ModelPlan>& plans, const std::vector<int64_t>& keep) {
   std::vector<int> active;
@@ -208,7 +210,7 @@ void select_thresholds(const std::vector<TaskTensor>& ts, const std::vector<Chun
   std::vector<uint64_t> prefix(size_t(nact), 0);
   std::vector<int64_t> remaining(static_cast<size_t>(nact));
   for (int a = 0; a < nact; ++a) remaining[a] = keep[active[a]];
-  std::vector<uint64_t> hist(size_t(threads) * nact * kBins);
+  std::vector<Count> hist(size_t(threads) * nact * kBins);
   std::vector<uint64_t> last_count(size_t(nact), 0);
   const int64_t nchunks = int64_t(chunks.size());
   for (int shift = int(8 * sizeof(Key)) - kDigitBits; shift >= 0; shift -= kDigitBits) {
@@ -217,9 +219,9 @@ void select_thresholds(const std::vector<TaskTensor>& ts, const std::vector<Chun
     for (int64_t i = 0; i < nchunks; ++i) {
       const Chunk& c = chunks[i];
       const TaskTensor& t = ts[c.tensor];
-      uint64_t* h = hist.data() + size_t(omp_get_thread_num()) * nact * kBins;
+      Count* h = hist.data() + size_t(omp_get_thread_num()) * nact * kBins;
       with_storage_type(t.dtype, [&](auto tag) {
-        histogram_chunk<decltype(tag), Key>(t, c, active, prefix, shift, h);
+        histogram_chunk<decltype(tag), Key, Count>(t, c, active, prefix, shift, h);
       });
     }
     for (int a = 0; a < nact; ++a) {
@@ -510,7 +512,13 @@ void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg) {
     }
     if (cfg.rescale == Rescale::kDensity && !p.keep_all && !p.keep_none) p.scale = 1.0 / rho;
   }
-  if (cfg.sparsify == Sparsify::kMagnitude) select_thresholds<Key>(ts, chunks, plans, keep);
+  if (cfg.sparsify == Sparsify::kMagnitude) {
+    if (n < (int64_t(1) << 32)) {
+      select_thresholds<Key, uint32_t>(ts, chunks, plans, keep);
+    } else {
+      select_thresholds<Key, uint64_t>(ts, chunks, plans, keep);
+    }
+  }
 
   bool need_stats = false;
   for (const ModelPlan& p : plans) {
