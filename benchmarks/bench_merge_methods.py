@@ -1,0 +1,461 @@
+"""Task-vector merges (task arithmetic, TIES, DARE): our fused kernel vs the best plain
+torch vs mergekit vs torch's lerp_.
+
+One run on a realistic tensor set: the weights of one Llama-7B transformer block (q, k,
+v, o 4096x4096; gate, up 11008x4096; down 4096x11008; two norms 4096: n = 202,383,360
+parameters per model), a base and K = 3 (--models) fine-tunes of it (base ~ N(0, 0.02^2),
+each model = base + N(0, 0.001^2), stored in the dtype), for every dtype of --dtypes;
+--quick: the same block with every side divided by 64 (n = 49,536). One case per dtype
+(shape = n, the elements of one model); rows:
+  lerp_            torch's in-place lerp_ over two scratch buffers of (K + 2) n / 3
+                   elements each, so it moves the op's traffic: the bandwidth ceiling
+  task_arithmetic  base + sum_k w_k (m_k - base)                (w = 0.3, 0.4, 0.5, ...)
+  ties             magnitude density 0.2 per tensor, consensus sum, normalize
+  dare_linear      random density 0.2, rescale l1
+  dare_ties        random density 0.2, rescale l1, consensus sum
+each op with the impls
+  m2n2_kernels     backend="cpp", one call on the whole list of tensors (the multi-tensor
+                   form); speedup_vs_torch = best torch's ms / its ms
+  best torch       the best plain-torch code per tensor, in fp32: task arithmetic as
+                   base (1 - sum w) + sum w_k m_k with add_(alpha=); TIES with each model's
+                   threshold from kthvalue of |d_k| (as FusionBench; it keeps every tie at
+                   the threshold), masks, sign election and mix; DARE with a rand < density
+                   mask, the l1 rescale and the mix
+  mergekit         only where `import mergekit` works and it has
+                   mergekit.merge_methods.api.merge_tensors (left out with a note
+                   otherwise): its own methods, one merge_tensors call per tensor, in the
+                   storage dtype (as mergekit computes)
+  torch reference  backend="torch" (reference.py, sort based): with --quick or --reference
+                   only, far too slow at full size
+gbps counts the op's minimal traffic for every row: read base and the K models once and
+write the output, (K + 2) n elements; time_vs_ceiling = ms / lerp_'s ms. Our kernel reads
+its inputs more than once (the stderr summary's "passes"): task arithmetic once; TIES 2
+radix-selection passes + the fused pass, + 1 statistics pass in the tensors where a
+model's threshold has more ties than it keeps (exactly k are kept: bf16 deltas tie
+often, fp32 ones rarely); DARE with the l1 rescale 2 (statistics + fused).
+extra_mib: the peak resident memory of a call beyond what was allocated before it, less
+the output it returns (n elements in the storage dtype, alike for every impl; the lerp_
+row writes in place). Each call allocates its output: our API returns new tensors, so
+our ms includes faulting in those pages, as the baselines' do.
+Timing: every impl is called once first (its memory measurement and warm-up), then
+--reps rounds time every impl of every op once in turn; ms is the median, ms_min the
+fastest. Values: before timing, task arithmetic's and TIES' outputs (best torch, and
+mergekit's in float32) are checked against ours: task arithmetic close within rounding,
+TIES equal in > 99.9% of the elements no model ties at its threshold; DARE's draws
+differ by design (a keyed generator in ours), so only the merged delta's L1 norm is
+compared (within 5%).
+CSV columns: benchmarks/_common.py, KERNEL_FIELDS, to stdout (and --csv); a summary
+against the targets (TIES >= 10x mergekit and >= 3x best torch; DARE and task arithmetic
+>= 3x mergekit; ms within 3x lerp_'s ms per pass; extra memory <= 1% of the inputs) to
+stderr.
+
+    python benchmarks/bench_merge_methods.py                     # one 7B block, K = 3
+    python benchmarks/bench_merge_methods.py --dtypes bfloat16 --reps 3 --csv out.csv
+    python benchmarks/bench_merge_methods.py --quick             # tiny shapes: a smoke run
+"""
+import inspect
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import KernelRows, dtype_name, parser, peak_extra_bytes  # noqa: E402
+
+import m2n2_kernels as mk  # noqa: E402
+
+DENSITY = 0.2
+SEED = 1234
+RESCALE_MIN = 1e-7  # mergekit's eps for the l1 rescale (docs/semantics.md)
+OPS = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
+CEILING = "lerp_"
+CEILING_IMPL = "torch lerp_ (in place)"
+OURS = "m2n2_kernels"
+BEST = "best torch"
+MERGEKIT = "mergekit"
+REFERENCE = "torch reference"
+# mergekit's method names and parameters for the same jobs (its defaults: ties normalize,
+# dare_* rescale l1, no normalize).
+MERGEKIT_METHODS = {
+    "task_arithmetic": ("task_arithmetic", {}),
+    "ties": ("ties", {"density": DENSITY, "normalize": True}),
+    "dare_linear": ("dare_linear", {"density": DENSITY, "rescale": True}),
+    "dare_ties": ("dare_ties", {"density": DENSITY, "rescale": True}),
+}
+
+
+def block_shapes(quick):
+    """One Llama-7B transformer block's weights (hidden 4096, MLP 11008); --quick: / 64."""
+    h, f = (64, 172) if quick else (4096, 11008)
+    return [(h, h)] * 4 + [(f, h), (f, h), (h, f), (h,), (h,)]
+
+
+def make_inputs(shapes, K, dtype, gen):
+    base, models = [], [[] for _ in range(K)]
+    for s in shapes:
+        b = torch.randn(s, generator=gen).mul_(0.02)
+        for k in range(K):
+            models[k].append(torch.randn(s, generator=gen).mul_(0.001).add_(b).to(dtype))
+        base.append(b.to(dtype))
+    return base, models
+
+
+# ---- our kernel ---------------------------------------------------------------------
+
+def ours(op, base, models, w, backend):
+    if op == "task_arithmetic":
+        return mk.task_arithmetic(base, models, w, backend=backend)
+    if op == "ties":
+        return mk.ties_merge(base, models, w, DENSITY, backend=backend)
+    return mk.dare_merge(base, models, w, DENSITY, seed=SEED, consensus="sum" if op == "dare_ties" else None,
+                         backend=backend)
+
+
+# ---- the best plain torch, per tensor, in fp32 ----------------------------------------
+
+def _delta_into(dst, m, bf):
+    """dst (fp32, flat) = fp32(m) - bf, without rounding through m's dtype."""
+    if m.dtype == torch.float32:
+        return torch.sub(m.reshape(-1), bf, out=dst)
+    return dst.copy_(m.reshape(-1)).sub_(bf)
+
+
+def _keep_count(n):
+    return max(1, int(DENSITY * n))
+
+
+def _elect_and_mix(E, w, bf, normalize):
+    """TIES' sign election (sum) over the weighted deltas E (K x n, zeros dropped) and
+    the mix: bf + x / D (normalize) or bf + x."""
+    S = E.sum(0)
+    sigma = torch.where(S >= 0, 1.0, -1.0)
+    del S
+    x = torch.zeros_like(bf)
+    D = torch.zeros_like(bf) if normalize else None
+    for k in range(E.shape[0]):
+        agree = torch.mul(E[k], sigma) > 0  # a zero never agrees
+        x.add_(torch.where(agree, E[k], 0.0))
+        if normalize:
+            D.add_(agree, alpha=w[k])
+        del agree
+    if normalize:
+        x.div_(D.masked_fill_(D == 0, 1.0))
+    return x.add_(bf)
+
+
+def _finish(x, b):
+    return x.view(b.shape) if b.dtype == torch.float32 else x.view(b.shape).to(b.dtype)
+
+
+def torch_task_arithmetic(base, models, w):
+    """base + sum_k w_k (m_k - base) = base (1 - sum w) + sum w_k m_k: K + 1 fused passes."""
+    out = []
+    W = math.fsum(w)
+    for i, b in enumerate(base):
+        acc = torch.mul(b.reshape(-1), 1.0 - W) if b.dtype == torch.float32 else b.reshape(-1).float().mul_(1.0 - W)
+        for k, m in enumerate(models):
+            acc.add_(m[i].reshape(-1), alpha=w[k])  # bf16 models are widened on the fly
+        out.append(_finish(acc, b))
+    return out
+
+
+def torch_ties(base, models, w):
+    """Per tensor: each model's threshold from kthvalue of |d_k| (as FusionBench), mask,
+    sign election (sum), normalized mix."""
+    out = []
+    K = len(models)
+    for i, b in enumerate(base):
+        n = b.numel()
+        bf = b.reshape(-1).float()
+        E = torch.empty(K, n)
+        for k in range(K):
+            d = _delta_into(E[k], models[k][i], bf)
+            if n > 1:
+                a = d.abs()
+                thr = a.kthvalue(n - _keep_count(n) + 1).values
+                d.masked_fill_(a < thr, 0.0)
+                del a
+            d.mul_(w[k])
+        out.append(_finish(_elect_and_mix(E, w, bf, normalize=True), b))
+        del E
+    return out
+
+
+def torch_dare(base, models, w, *, ties, gen):
+    """Per tensor: keep each delta element with probability DENSITY (rand < density), the
+    l1 rescale (mergekit's), then the plain sum (dare_linear) or TIES' election (dare_ties)."""
+    out = []
+    K = len(models)
+    for i, b in enumerate(base):
+        n = b.numel()
+        bf = b.reshape(-1).float()
+        E = torch.empty(K, n) if ties else None
+        x = None if ties else bf.clone()
+        d_buf = None if ties else torch.empty(n)
+        for k in range(K):
+            d = _delta_into(E[k] if ties else d_buf, models[k][i], bf)
+            full = float(torch.linalg.vector_norm(d, 1))
+            d.mul_(torch.rand(n, generator=gen) < DENSITY)
+            kept = float(torch.linalg.vector_norm(d, 1))
+            s = full / kept if full >= RESCALE_MIN and kept >= RESCALE_MIN else 1.0
+            if ties:
+                d.mul_(s * w[k])
+            else:
+                x.add_(d, alpha=s * w[k])
+        out.append(_finish(_elect_and_mix(E, w, bf, normalize=False) if ties else x, b))
+    return out
+
+
+def best_torch(op, base, models, w, gen):
+    if op == "task_arithmetic":
+        return torch_task_arithmetic(base, models, w)
+    if op == "ties":
+        return torch_ties(base, models, w)
+    return torch_dare(base, models, w, ties=op == "dare_ties", gen=gen)
+
+
+# ---- mergekit -----------------------------------------------------------------------
+
+def mergekit_merge_tensors():
+    """mergekit.merge_methods.api.merge_tensors, or None (with a note on stderr)."""
+    try:
+        import mergekit  # noqa: F401
+        from mergekit.merge_methods import api
+    except Exception as e:  # noqa: BLE001 (any failure to import leaves the rows out)
+        print(f"# mergekit: left out (import failed: {type(e).__name__}: {e})", file=sys.stderr)
+        return None
+    fn = getattr(api, "merge_tensors", None)
+    if fn is None:
+        print("# mergekit: left out (this version has no mergekit.merge_methods.api.merge_tensors)", file=sys.stderr)
+        return None
+    params = inspect.signature(fn).parameters
+    missing = [p for p in ("parameters", "base_index") if p not in params]
+    if missing:
+        print(f"# mergekit: left out (merge_tensors{inspect.signature(fn)} lacks {missing})", file=sys.stderr)
+        return None
+    version = getattr(sys.modules["mergekit"], "__version__", None)
+    if version is None:
+        try:
+            from importlib.metadata import version as _v
+            version = _v("mergekit")
+        except Exception:  # noqa: BLE001
+            version = "?"
+    print(f"# mergekit {version}: merge_tensors{inspect.signature(fn)}", file=sys.stderr)
+    return fn
+
+
+def mergekit_fn(merge_tensors, op, base, models, w):
+    method, extra = MERGEKIT_METHODS[op]
+    parameters = dict(extra, weight=list(w))
+
+    def run():
+        return [merge_tensors([b] + [m[i] for m in models], method, parameters=parameters, base_index=0)
+                for i, b in enumerate(base)]
+    return run
+
+
+# ---- value checks (outside timing) ---------------------------------------------------
+
+def tie_stats(base, models):
+    """Per tensor: (mask of elements where some model's |d| equals its kthvalue threshold,
+    whether some model keeps only part of its threshold's ties: our extra pass)."""
+    masks, partial = [], []
+    for i, b in enumerate(base):
+        n = b.numel()
+        bf = b.reshape(-1).float()
+        at = torch.zeros(n, dtype=torch.bool)
+        part = False
+        for m in models:
+            a = _delta_into(torch.empty(n), m[i], bf).abs_()
+            thr = a.kthvalue(n - _keep_count(n) + 1).values
+            at |= a == thr
+            part |= int((a >= thr).sum()) > _keep_count(n)
+            del a
+        masks.append(at)
+        partial.append(part)
+    return masks, partial
+
+
+def _close(x, y, dtype):
+    x, y = x.reshape(-1).float(), y.reshape(-1).float()
+    if dtype == torch.bfloat16:  # one bf16 rounding apart at most
+        return torch.isclose(x, y, rtol=2.0 ** -7, atol=1e-9)
+    return torch.isclose(x, y, rtol=1e-5, atol=1e-6 * 0.02)
+
+
+def check_values(op, name, got, want, base, dtype, ties_at):
+    """Raises (best torch) or returns a reason (mergekit) when `got` is not ours' job."""
+    if op == "task_arithmetic":
+        bad = sum(int((~_close(g, o, dtype)).sum()) for g, o in zip(got, want))
+        if bad:
+            return f"{op}: {name} differs from ours in {bad} elements beyond rounding"
+    elif op == "ties":
+        total = sum(b.numel() for b in base)
+        free = sum(int((~t).sum()) for t in ties_at)
+        agree = sum(int((_close(g, o, dtype) & ~t).sum()) for g, o, t in zip(got, want, ties_at))
+        agree_all = sum(int(_close(g, o, dtype).sum()) for g, o in zip(got, want))
+        print(f"# {dtype_name(dtype)} ties: {name} equals ours in {agree_all / total:.4%} of the elements, "
+              f"{agree / max(free, 1):.4%} of the {free / total:.2%} no model ties at its threshold", file=sys.stderr)
+        if agree < 0.999 * free:
+            return f"{op}: {name} equals ours in only {agree}/{free} tie-free elements"
+    else:
+        def l1(out):
+            return math.fsum(float(torch.linalg.vector_norm(o.float() - b.float(), 1)) for o, b in zip(out, base))
+        g, o = l1(got), l1(want)
+        if abs(g - o) > 0.05 * o:
+            return f"{op}: {name}'s merged delta has L1 norm {g:.6g}, ours {o:.6g}"
+    return None
+
+
+# ---- the run --------------------------------------------------------------------------
+
+def run(args):
+    device = torch.device(args.device)
+    if device.type != "cpu":
+        raise SystemExit("bench_merge_methods.py times the CPU kernel (the CUDA and Triton kernels of task_merge "
+                         "are still to come): use --device cpu")
+    rows = KernelRows(args.csv)
+    K = args.models
+    w = [0.3 + 0.1 * (k % 3) for k in range(K)]
+    shapes = block_shapes(args.quick)
+    n = sum(math.prod(s) for s in shapes)
+    with_reference = args.quick or args.reference
+    merge_tensors = mergekit_merge_tensors()
+    summary = []
+    for dtype in args.dtypes:
+        elem = torch.empty((), dtype=dtype).element_size()
+        gen = torch.Generator().manual_seed(0)
+        base, models = make_inputs(shapes, K, dtype, gen)
+        traffic = (K + 2) * n * elem
+        out_bytes = n * elem
+        m_ceil = (K + 2) * n // 3
+        sa, sb = torch.rand(m_ceil, generator=gen).to(dtype), torch.rand(m_ceil, generator=gen).to(dtype)
+        rng = torch.Generator().manual_seed(SEED)
+
+        # (op, impl, backend) -> fn; the ceiling first
+        impls = {(CEILING, CEILING_IMPL, "torch"): lambda: sa.lerp_(sb, 0.3)}
+        for op in OPS:
+            impls[(op, OURS, "cpp")] = lambda op=op: ours(op, base, models, w, "cpp")
+            impls[(op, BEST, "torch")] = lambda op=op: best_torch(op, base, models, w, rng)
+            if merge_tensors is not None:
+                impls[(op, MERGEKIT, "torch")] = mergekit_fn(merge_tensors, op, base, models, w)
+            if with_reference:
+                impls[(op, REFERENCE, "torch")] = lambda op=op: ours(op, base, models, w, "torch")
+
+        # One call each: the memory measurement, the warm-up, the value checks.
+        ties_at, partial = tie_stats(base, models)
+        extra, held, drop = {}, {}, None
+        for key, fn in impls.items():
+            op, impl, _ = key
+            if impl == MERGEKIT and drop:
+                continue
+            box = []
+            try:
+                peak = peak_extra_bytes(lambda: box.append(fn()), device)
+            except Exception as e:  # noqa: BLE001 (only mergekit's rows may go)
+                if impl != MERGEKIT:
+                    raise
+                drop = f"{op} failed: {type(e).__name__}: {e}"
+                continue
+            extra[key] = max(0.0, peak - (0 if op == CEILING else out_bytes))
+            if op == CEILING:
+                continue
+            if impl == OURS:
+                held[op] = box.pop()
+                continue
+            reason = None
+            if impl == BEST or (impl == MERGEKIT and dtype == torch.float32):
+                reason = check_values(op, impl, box.pop(), held[op], base, dtype, ties_at)
+            if reason and impl == BEST:
+                raise RuntimeError(f"{dtype_name(dtype)} {reason}: the baseline does not do our job")
+            if reason:  # mergekit doing another job: its ratios would mean nothing
+                drop = reason
+            del box
+        held.clear()
+        if drop:
+            print(f"# mergekit: left out ({dtype_name(dtype)} {drop})", file=sys.stderr)
+            for op in OPS:
+                impls.pop((op, MERGEKIT, "torch"), None)
+            merge_tensors = None
+
+        times = {key: [] for key in impls}
+        for rep in range(args.reps):
+            t_round = time.perf_counter()
+            for key, fn in impls.items():
+                t0 = time.perf_counter()
+                result = fn()
+                times[key].append((time.perf_counter() - t0) * 1e3)
+                del result
+            print(f"# {dtype_name(dtype)}: round {rep + 1}/{args.reps} took {time.perf_counter() - t_round:.1f} s",
+                  file=sys.stderr)
+
+        ms = {key: statistics.median(t) for key, t in times.items()}
+        ceiling_ms = ms[(CEILING, CEILING_IMPL, "torch")]
+        for key, t in times.items():
+            op, impl, backend = key
+            torch_ms = ms[(op, BEST, "torch")] if impl == OURS else None
+            rows.row(op=op, impl=impl, backend=backend, device=device, dtype=dtype, shape=n, ms=ms[key],
+                     ms_min=min(t), reps=len(t), nbytes=traffic, torch_ms=torch_ms, ceiling=CEILING,
+                     ceiling_ms=ceiling_ms, extra_bytes=extra[key])
+
+        sizes = [b.numel() for b in base]
+        ties_passes = 3 + sum(s for s, p in zip(sizes, partial) if p) / n
+        passes = {"task_arithmetic": 1.0, "ties": ties_passes, "dare_linear": 2.0, "dare_ties": 2.0}
+        for op in OPS:
+            key = (op, OURS, "cpp")
+            mk_key = (op, MERGEKIT, "torch")
+            summary.append(dict(
+                dtype=dtype_name(dtype), op=op, ms=ms[key],
+                vs_torch=ms[(op, BEST, "torch")] / ms[key],
+                vs_mergekit=ms[mk_key] / ms[key] if mk_key in ms else None,
+                vs_ceiling=ms[key] / ceiling_ms, passes=passes[op],
+                extra_pct=100.0 * extra[key] / ((K + 1) * n * elem),
+            ))
+        del base, models, sa, sb, impls
+    rows.close()
+    print_summary(summary, K, n)
+
+
+def print_summary(summary, K, n):
+    """Ours against the issue's targets, on stderr (the CSV is stdout's)."""
+    want_mk = {"ties": 10.0, "task_arithmetic": 3.0, "dare_linear": 3.0, "dare_ties": 3.0}
+    want_torch = {"ties": 3.0}
+    err = sys.stderr
+    print(f"# summary: m2n2_kernels (cpp), K = {K}, n = {n} per model; targets in brackets", file=err)
+    head = (f"# {'dtype':<9} {'op':<16} {'ms':>10} {'vs torch':>13} {'vs mergekit':>14} {'vs lerp_':>9} "
+            f"{'passes':>6} {'per pass':>13} {'extra % in':>12}")
+    print(head, file=err)
+
+    def mark(ok):
+        return "ok" if ok else "MISS"
+    for s in summary:
+        op = s["op"]
+        vt = f"{s['vs_torch']:.2f}x" + (f" [{want_torch[op]:g}x {mark(s['vs_torch'] >= want_torch[op])}]"
+                                         if op in want_torch else "")
+        vm = ("n/a" if s["vs_mergekit"] is None else
+              f"{s['vs_mergekit']:.2f}x [{want_mk[op]:g}x {mark(s['vs_mergekit'] >= want_mk[op])}]")
+        per_pass = s["vs_ceiling"] / s["passes"]
+        pp = f"{per_pass:.2f} [3 {mark(per_pass <= 3.0)}]"
+        ex = f"{s['extra_pct']:.3f} [1 {mark(s['extra_pct'] <= 1.0)}]"
+        print(f"# {s['dtype']:<9} {op:<16} {s['ms']:>10.1f} {vt:>13} {vm:>14} {s['vs_ceiling']:>9.2f} "
+              f"{s['passes']:>6.2f} {pp:>13} {ex:>12}", file=err)
+
+
+def main():
+    p = parser(__doc__, dtypes="float32,bfloat16")
+    p.set_defaults(device="cpu")
+    p.add_argument("--models", type=int, default=3, help="K, the fine-tuned models merged onto the base (default 3)")
+    p.add_argument("--reference", action="store_true",
+                   help="also time the torch reference (backend=\"torch\", sort based) at full size")
+    args = p.parse_args()
+    if args.models < 1:
+        p.error("--models must be >= 1")
+    print(f"# build_info: {mk.build_info()}", file=sys.stderr)
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
