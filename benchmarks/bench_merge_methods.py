@@ -51,6 +51,7 @@ stderr.
 
     python benchmarks/bench_merge_methods.py                     # one 7B block, K = 3
     python benchmarks/bench_merge_methods.py --dtypes bfloat16 --reps 3 --csv out.csv
+    python benchmarks/bench_merge_methods.py --scale 4 --reps 3  # a block with every side / 4 (n = 12.6M)
     python benchmarks/bench_merge_methods.py --quick             # tiny shapes: a smoke run
 """
 import inspect
@@ -87,9 +88,10 @@ MERGEKIT_METHODS = {
 }
 
 
-def block_shapes(quick):
-    """One Llama-7B transformer block's weights (hidden 4096, MLP 11008); --quick: / 64."""
-    h, f = (64, 172) if quick else (4096, 11008)
+def block_shapes(quick, scale=1):
+    """One Llama-7B transformer block's weights (hidden 4096, MLP 11008), every side
+    divided by `scale`; --quick: / 64."""
+    h, f = (64, 172) if quick else (4096 // scale, 11008 // scale)
     return [(h, h)] * 4 + [(f, h), (f, h), (h, f), (h,), (h,)]
 
 
@@ -248,8 +250,17 @@ def mergekit_merge_tensors():
 
 
 def mergekit_fn(merge_tensors, op, base, models, w):
-    method, extra = MERGEKIT_METHODS[op]
+    name, extra = MERGEKIT_METHODS[op]
     parameters = dict(extra, weight=list(w))
+    try:
+        from mergekit import merge_methods
+        method = merge_methods.get(name)
+    except (ImportError, AttributeError):  # a version without registry.get: by name
+        method = name
+    if not isinstance(method, str) and not type(method).__module__.startswith("mergekit."):
+        # e.g. m2n2_kernels.mergekit.install() put our fused op in mergekit's registry
+        raise RuntimeError(f"mergekit's {name!r} is {type(method).__module__}.{type(method).__name__}, "
+                           "not mergekit's own code")
 
     def run():
         return [merge_tensors([b] + [m[i] for m in models], method, parameters=parameters, base_index=0)
@@ -320,11 +331,10 @@ def run(args):
     rows = KernelRows(args.csv)
     K = args.models
     w = [0.3 + 0.1 * (k % 3) for k in range(K)]
-    shapes = block_shapes(args.quick)
+    shapes = block_shapes(args.quick, args.scale)
     n = sum(math.prod(s) for s in shapes)
     with_reference = args.quick or args.reference
     merge_tensors = mergekit_merge_tensors()
-    summary = []
     for dtype in args.dtypes:
         elem = torch.empty((), dtype=dtype).element_size()
         gen = torch.Generator().manual_seed(0)
@@ -341,7 +351,13 @@ def run(args):
             impls[(op, OURS, "cpp")] = lambda op=op: ours(op, base, models, w, "cpp")
             impls[(op, BEST, "torch")] = lambda op=op: best_torch(op, base, models, w, rng)
             if merge_tensors is not None:
-                impls[(op, MERGEKIT, "torch")] = mergekit_fn(merge_tensors, op, base, models, w)
+                try:
+                    impls[(op, MERGEKIT, "torch")] = mergekit_fn(merge_tensors, op, base, models, w)
+                except RuntimeError as e:
+                    print(f"# mergekit: left out ({e})", file=sys.stderr)
+                    merge_tensors = None
+                    for o in OPS:
+                        impls.pop((o, MERGEKIT, "torch"), None)
             if with_reference:
                 impls[(op, REFERENCE, "torch")] = lambda op=op: ours(op, base, models, w, "torch")
 
@@ -404,6 +420,7 @@ def run(args):
         sizes = [b.numel() for b in base]
         ties_passes = 3 + sum(s for s, p in zip(sizes, partial) if p) / n
         passes = {"task_arithmetic": 1.0, "ties": ties_passes, "dare_linear": 2.0, "dare_ties": 2.0}
+        summary = []
         for op in OPS:
             key = (op, OURS, "cpp")
             mk_key = (op, MERGEKIT, "torch")
@@ -414,9 +431,9 @@ def run(args):
                 vs_ceiling=ms[key] / ceiling_ms, passes=passes[op],
                 extra_pct=100.0 * extra[key] / ((K + 1) * n * elem),
             ))
+        print_summary(summary, K, n)  # per dtype: a run cut short keeps what it measured
         del base, models, sa, sb, impls
     rows.close()
-    print_summary(summary, K, n)
 
 
 def print_summary(summary, K, n):
@@ -425,8 +442,8 @@ def print_summary(summary, K, n):
     want_torch = {"ties": 3.0}
     err = sys.stderr
     print(f"# summary: m2n2_kernels (cpp), K = {K}, n = {n} per model; targets in brackets", file=err)
-    head = (f"# {'dtype':<9} {'op':<16} {'ms':>10} {'vs torch':>13} {'vs mergekit':>14} {'vs lerp_':>9} "
-            f"{'passes':>6} {'per pass':>13} {'extra % in':>12}")
+    head = (f"# {'dtype':<9} {'op':<16} {'ms':>10} {'vs torch':>15} {'vs mergekit':>16} {'vs lerp_':>9} "
+            f"{'passes':>6} {'per pass':>15} {'extra % inputs':>15}")
     print(head, file=err)
 
     def mark(ok):
@@ -440,19 +457,24 @@ def print_summary(summary, K, n):
         per_pass = s["vs_ceiling"] / s["passes"]
         pp = f"{per_pass:.2f} [3 {mark(per_pass <= 3.0)}]"
         ex = f"{s['extra_pct']:.3f} [1 {mark(s['extra_pct'] <= 1.0)}]"
-        print(f"# {s['dtype']:<9} {op:<16} {s['ms']:>10.1f} {vt:>13} {vm:>14} {s['vs_ceiling']:>9.2f} "
-              f"{s['passes']:>6.2f} {pp:>13} {ex:>12}", file=err)
+        print(f"# {s['dtype']:<9} {op:<16} {s['ms']:>10.1f} {vt:>15} {vm:>16} {s['vs_ceiling']:>9.2f} "
+              f"{s['passes']:>6.2f} {pp:>15} {ex:>15}", file=err)
 
 
 def main():
     p = parser(__doc__, dtypes="float32,bfloat16")
     p.set_defaults(device="cpu")
     p.add_argument("--models", type=int, default=3, help="K, the fine-tuned models merged onto the base (default 3)")
+    p.add_argument("--scale", type=int, default=1,
+                   help="divide every side of the block by this (default 1; 4: n = 12.6M, where mergekit's rows "
+                   "finish in minutes on 2 cores)")
     p.add_argument("--reference", action="store_true",
                    help="also time the torch reference (backend=\"torch\", sort based) at full size")
     args = p.parse_args()
     if args.models < 1:
         p.error("--models must be >= 1")
+    if args.scale < 1 or 64 % args.scale:
+        p.error("--scale must divide 64 (1, 2, 4, 8, 16, 32, 64)")
     print(f"# build_info: {mk.build_info()}", file=sys.stderr)
     run(args)
 

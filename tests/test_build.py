@@ -7,6 +7,11 @@ import torch
 import m2n2_kernels as mk
 
 
+# Ops without a CUDA C++ kernel yet: the task-vector merges (issue 14: CPU C++ done,
+# CUDA and Triton to come).
+NO_CUDA_KERNEL_YET = {"m2n2::task_merge_out"}
+
+
 def kernel_ops():
     """Every m2n2 operator that has kernels (all but build_info)."""
     names = torch._C._dispatch_get_all_op_names()
@@ -29,10 +34,13 @@ def test_cuda_kernels_were_compiled():
     info = mk.build_info()
     assert info["cuda"], "M2N2_FORCE_CUDA=1 build without CUDA kernels"
     assert "9.0" in info["cuda_archs"] or os.environ.get("TORCH_CUDA_ARCH_LIST")
-    # every op has a CUDA kernel registered with the dispatcher
+    # every op has a CUDA kernel registered with the dispatcher, except those named
+    # below, whose CUDA kernel is still to be written (the Python API runs the torch
+    # reference on their CUDA tensors); an op that gains one must leave the list
     assert len(kernel_ops()) >= 3
     for op in kernel_ops():
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op
+        has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")
+        assert has_cuda != (op in NO_CUDA_KERNEL_YET), op
 
 
 def test_every_op_has_a_cpu_kernel_and_runs_on_fake_tensors():
