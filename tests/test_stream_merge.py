@@ -513,3 +513,11 @@ def test_cli_bad_input_is_one_line(tmp_path, folders, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("m2n2: error: split names no floating-point tensor") and err.count("\n") == 1
     assert not os.path.exists(out)
+
+
+def test_seed_past_int63(tmp_path, models, folders):
+    """A seed of 64 bits (the op takes its int64 form) keys the same noise as in memory."""
+    seed = 2**64 - 3
+    merge_checkpoints(*folders, str(tmp_path / "OUT"), split=0.5, w=0.3, noise_std=0.1, seed=seed, progress=False)
+    assert_same(load_any(str(tmp_path / "OUT")), m2n2.merge_state_dicts(*models, split=0.5, w=0.3, noise_std=0.1,
+                                                                          seed=seed))

@@ -262,7 +262,8 @@ def merge_checkpoints(a, b, out, *, split, w, method="slerp", omega="global", no
     numels = [ca.tensors[k].numel for k in names]
     n = sum(numels)
     at = resolve_split(split, names, numels)
-    at, w, method, omega, noise_std, seed, _ = _crossover.check_op_scalars(n, at, w, method, omega, noise_std, seed, 0)
+    # (the seed as given: the op takes it again; check_op_scalars returns its int64 form)
+    at, w, method, omega, noise_std, _, _ = _crossover.check_op_scalars(n, at, w, method, omega, noise_std, seed, 0)
     _check_out_path(out, ca.path, cb.path, force)
 
     job = _StreamMerge(ca, cb, names, others, budget, out_dtype, progress,
