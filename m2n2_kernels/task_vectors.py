@@ -62,6 +62,35 @@ def _model_lists(base, models):
     return base_list, lists, is_list, n
 
 
+def _out_list(out, base_list, lists, is_list):
+    """The output tensors: new ones for out=None; else `out` checked: base itself (in
+    place, position by position) or fresh tensors of base's dtype, shape and device,
+    contiguous and sharing no memory with the inputs (or each other)."""
+    if out is None:
+        return [torch.empty_like(b, memory_format=torch.contiguous_format) for b in base_list]
+    if is_list:
+        if not isinstance(out, (list, tuple)):
+            raise TypeError(f"out must be a list of tensors like base, got {type(out).__name__}")
+        out_list = list(out)
+        if len(out_list) != len(base_list):
+            raise ValueError(f"out must hold as many tensors as base ({len(base_list)}), got {len(out_list)}")
+    else:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out must be a tensor like base, got {type(out).__name__}")
+        out_list = [out]
+    for i, (o, b) in enumerate(zip(out_list, base_list)):
+        at = _checks.where(i, is_list)
+        _checks.check_like(o, f"out{at}", dtype=b.dtype, shape=b.shape, device=b.device, contiguous=True,
+                           of=f" (as base{at})")
+    written = [(o, f"out{_checks.where(i, is_list)}") for i, o in enumerate(out_list)]
+    read = [(b, f"base{_checks.where(i, is_list)}") for i, b in enumerate(base_list)
+            if not _checks.same_tensor(out_list[i], b)]
+    read += [(m[i], f"models[{k}]{_checks.where(i, is_list)}") for k, m in enumerate(lists)
+             for i in range(len(base_list))]
+    _checks.check_disjoint(written, read)
+    return out_list
+
+
 def _per_model(values, K, name, *, unit_range=False):
     if isinstance(values, (list, tuple)) or (isinstance(values, torch.Tensor) and values.dim() == 1):
         vals = list(values)
@@ -151,19 +180,7 @@ def task_merge(base, models, weights, *, sparsify=None, density=1.0, consensus=N
     """
     base_list, lists, is_list, n, w, rho, lam, seed, (sp, cons, resc) = check_op_task_merge(
         base, models, weights, sparsify, density, consensus, rescale, lam, scope, seed)
-    if out is None:
-        out_list = [torch.empty_like(b, memory_format=torch.contiguous_format) for b in base_list]
-    else:
-        out_list = [out] if not is_list else (list(out) if isinstance(out, (list, tuple)) else None)
-        if out_list is None or len(out_list) != len(base_list) or not all(o is b for o, b in zip(out_list, base_list)):
-            raise ValueError("out must be None or base itself (in place)")
-        for i, o in enumerate(out_list):
-            if not o.is_contiguous():
-                raise ValueError(f"out{_checks.where(i, is_list)} must be contiguous")
-        written = [(o, f"out{_checks.where(i, is_list)}") for i, o in enumerate(out_list)]
-        read = [(m[i], f"models[{k}]{_checks.where(i, is_list)}") for k, m in enumerate(lists)
-                for i in range(len(base_list))]
-        _checks.check_disjoint(written, read)
+    out_list = _out_list(out, base_list, lists, is_list)
     route = _backend.route(base_list[0].device, backend)
     if route == "op" and base_list[0].device.type == "cpu":
         flat = [t.contiguous() for m in lists for t in m]

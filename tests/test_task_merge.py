@@ -711,16 +711,55 @@ def test_non_contiguous_inputs(backend, merge):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_out_other_than_base_refused(backend):
+@pytest.mark.parametrize("merge", list(MERGES))
+def test_out_fresh_buffer(backend, merge):
+    # out= a buffer like base: written whole, returned, inputs untouched.
+    kw = MERGES[merge]
+    base = randn((6, 11), torch.float32, 0)
+    models = [randn((6, 11), torch.float32, 1), randn((6, 11), torch.float32, 2)]
+    want = task_merge(base, models, [0.6, 0.5], backend=backend, **kw)
+    before = [base.clone()] + [m.clone() for m in models]
+    out = torch.full_like(base, math.nan)
+    got = task_merge(base, models, [0.6, 0.5], out=out, backend=backend, **kw)
+    assert got is out and torch.equal(out, want)
+    assert all(torch.equal(x, y) for x, y in zip([base] + models, before))
+    blist = mixed_list(0)
+    mlists = [mixed_list(10), mixed_list(20)]
+    want = task_merge(blist, mlists, [0.6, 0.5], backend=backend, **kw)
+    outs = [torch.full_like(b, math.nan) for b in blist]
+    got = task_merge(blist, mlists, [0.6, 0.5], out=outs, backend=backend, **kw)
+    assert all(g is o for g, o in zip(got, outs))
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_out_bad_buffers_refused(backend):
     base, models = torch.zeros(4), [torch.ones(4)]
-    for out in (torch.empty(4), base.clone(), base.view(4), base[:]):
-        with pytest.raises(ValueError, match=r"out must be None or base itself \(in place\)"):
+    cases = [
+        (torch.empty(5), ValueError, r"out must have shape \(4,\) \(as base\), got \(5,\)"),
+        (torch.empty(4, dtype=torch.float64), TypeError, r"out must be torch.float32 \(as base\)"),
+        (torch.empty(8)[::2], ValueError, r"out must be contiguous"),
+        (models[0], ValueError, r"out must not overlap models\[0\]"),
+        ([torch.empty(4)], TypeError, r"out must be a tensor like base"),
+    ]
+    for out, err, match in cases:
+        with pytest.raises(err, match=match):
             task_arithmetic(base, models, [1.0], out=out, backend=backend)
+    storage = torch.zeros(5)  # out overlaps base without being base
+    with pytest.raises(ValueError, match=r"out must not overlap base"):
+        task_arithmetic(storage[:4], models, [1.0], out=storage[1:], backend=backend)
     blist, mlist = [torch.zeros(2), torch.zeros(3)], [[torch.ones(2), torch.ones(3)]]
-    for out in ([blist[0], torch.zeros(3)], blist[:1], blist[0], [blist[1], blist[0]]):
-        with pytest.raises(ValueError, match=r"out must be None or base itself"):
+    buf = torch.empty(5)
+    cases = [
+        (blist[0], TypeError, r"out must be a list of tensors like base"),
+        (blist[:1], ValueError, r"out must hold as many tensors as base \(2\), got 1"),
+        ([blist[0], torch.zeros(2)], ValueError, r"out\[1\] must have shape \(3,\) \(as base\[1\]\)"),
+        ([buf[:2], buf[1:4]], ValueError, r"out\[0\] must not overlap out\[1\]"),
+    ]
+    for out, err, match in cases:
+        with pytest.raises(err, match=match):
             task_arithmetic(blist, mlist, [1.0], out=out, backend=backend)
-    assert torch.equal(base, torch.zeros(4))
+    assert torch.equal(base, torch.zeros(4)) and torch.equal(models[0], torch.ones(4))
 
 
 # ---------------------------------------------------------------------------
