@@ -31,6 +31,7 @@ import torch
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 REPS = 1
 OURS = "m2n2_kernels"
+OURS_IMPLS = {OURS, OURS + " out="}  # our kernels, returning new tensors or into preallocated ones
 OUR_BACKENDS = {"cpp"}  # on CPU tensors (the Triton interpreter is never timed)
 EVERY = None  # an impl claimed for every dtype of its script
 
@@ -82,7 +83,8 @@ CLAIMS = {
         inputs=3 + 1,  # base and the K models
         ops={
             "lerp_": {"torch lerp_ (in place)": EVERY},
-            **{op: {"best torch": EVERY, "torch reference": EVERY, OURS: EVERY} for op in MERGE_METHOD_OPS},
+            **{op: {"best torch": EVERY, "torch reference": EVERY, OURS: EVERY, OURS + " out=": EVERY}
+               for op in MERGE_METHOD_OPS},
         },
         # impl -> (whether this environment has it, the ops it then covers)
         optional={"mergekit": (lambda: _mergekit_has_merge_tensors(), MERGE_METHOD_OPS)},
@@ -155,7 +157,7 @@ def check_kernel_row(r, claim):
     assert r["backend"] in ("torch", "cpp", "triton"), r
     assert isinstance(getattr(torch, r["dtype"], None), torch.dtype), f"dtype {r['dtype']!r} is no torch dtype: {r}"
     assert re.fullmatch(r"[1-9][0-9]*(x[1-9][0-9]*)*", r["shape"]), f"shape {r['shape']!r}: {r}"
-    assert (r["backend"] == "torch") == (r["impl"] != OURS), f"our kernels run on our backends only: {r}"
+    assert (r["backend"] == "torch") == (r["impl"] not in OURS_IMPLS), f"our kernels run on our backends only: {r}"
 
     ms, ms_min = number(r, "ms"), number(r, "ms_min")
     assert 0 < ms < 1e5 and 0 < ms_min <= ms, r
@@ -224,7 +226,7 @@ def check_claims(script, rows, claim):
                 if dtypes is not EVERY and dtype not in dtypes:
                     continue
                 backends = sorted(r["backend"] for r in here if r["impl"] == impl)
-                want = sorted(OUR_BACKENDS) if impl == OURS else ["torch"]
+                want = sorted(OUR_BACKENDS) if impl in OURS_IMPLS else ["torch"]
                 assert backends == want, f"{script}: {op} / {impl} for {dtype} {shape}: rows on {backends}, want {want}"
     for impl, (expected, ops) in claim.get("optional", {}).items():
         present = expected()
