@@ -11,7 +11,8 @@ Each script is run once (--quick --reps 1, as before); the checks read its CSV:
 - every op and impl a script claims (its docstring) present in every case it covers,
   our kernels once per backend (cpp on CPU); an optional impl (mergekit's methods in
   bench_merge_methods.py) present exactly where the environment has it.
-bench_engine.py and bench_merge.py (whole-file merges) have their own columns, checked
+bench_engine.py, bench_merge.py (whole-file merges) and bench_mergekit_yaml.py
+(mergekit-yaml end to end, where mergekit is installed) have their own columns, checked
 the same way: values in range and consistent with each other, the rows they claim
 present; at smoke sizes no speed target is asserted, only the memory promise (the
 merge's peak within its budget, on inputs over ten times the budget).
@@ -346,10 +347,45 @@ def check_merge(fields, rows):
     assert number(by_row["load-everything slerp"], "peak_vs_model") >= 1, by_row["load-everything slerp"]
 
 
+YAML_FIELDS = ["row", "method", "models", "params_per_model", "model_gb", "inputs_gb", "reps", "seconds",
+               "seconds_min", "vs_mergekit", "peak_rss_mb", "agree"]
+YAML_ROWS = ("imports only", "mergekit-yaml", "m2n2_kernels.mergekit")
+
+
+def check_mergekit_yaml(fields, rows):
+    assert fields == YAML_FIELDS, "bench_mergekit_yaml.py's CSV columns (its docstring)"
+    by_row = {r["row"]: r for r in rows}
+    assert tuple(by_row) == YAML_ROWS, sorted(by_row)
+    theirs = number(by_row["mergekit-yaml"], "seconds")
+    for name, r in by_row.items():
+        assert r["method"] == "ties" and r["models"] == "3", r
+        n, model, inputs = number(r, "params_per_model"), number(r, "model_gb"), number(r, "inputs_gb")
+        near(model, 2 * n / 1e9, "model_gb (bf16)", r, half=0.0005)
+        near(inputs, 4 * model, "inputs_gb (base + 3 models)", r, half=0.002)
+        assert 1 <= number(r, "reps") <= REPS, r
+        seconds, fastest = number(r, "seconds"), number(r, "seconds_min")
+        assert 0 < fastest <= seconds < 600, r
+        assert 0 < number(r, "peak_rss_mb") < 64 * 1024, r
+        if name == "imports only":
+            assert r["vs_mergekit"] == "" and r["agree"] == "", r
+            continue
+        vs = number(r, "vs_mergekit")
+        near(vs, theirs / seconds, "vs_mergekit (mergekit-yaml's seconds / seconds)", r, rel=0.01, half=0.005)
+        # TIES in bf16: mergekit's own arithmetic rounds to bf16 at every step and breaks
+        # threshold ties otherwise, so most but not all elements agree.
+        assert 0.95 <= number(r, "agree") <= 1, r
+    assert by_row["mergekit-yaml"]["agree"] == "1.0000"
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_benchmark_script_writes_csv(tmp_path, script):
+    if script == "bench_mergekit_yaml.py" and not _mergekit_has_merge_tensors():
+        pytest.skip("mergekit is not installed (pip install '.[mergekit]')")
     fields, rows = run_script(tmp_path, script)
     assert rows, f"{script} wrote no rows"
+    if script == "bench_mergekit_yaml.py":
+        check_mergekit_yaml(fields, rows)
+        return
     if script == "bench_engine.py":
         check_engine(rows)
         return
