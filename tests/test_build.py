@@ -7,9 +7,8 @@ import torch
 import m2n2_kernels as mk
 
 
-# Ops without a CUDA C++ kernel yet: the task-vector merges (issue 14: CPU C++ done,
-# CUDA and Triton to come).
-NO_CUDA_KERNEL_YET = {"m2n2::task_merge_out", "m2n2::pcb_merge_out"}  # pcb: CPU C++ only so far
+# Ops without a CUDA C++ kernel yet.
+NO_CUDA_KERNEL_YET = {"m2n2::pcb_merge_out"}  # pcb: CPU C++ only so far
 
 
 def kernel_ops():
