@@ -8,7 +8,7 @@ N(0, 0.001^2) rounded to bf16. They are written once into --work-dir and reused 
 later runs of the same size (delete the folder to regenerate).
 
 Rows (one per command, each run --reps times as a child process; seconds is the median
-wall time, peak_rss_mb the largest resident set of the child, from wait4's rusage):
+wall time, peak_rss_mb the largest resident set of the child, its VmHWM as it exits):
   imports only               python importing mergekit and m2n2_kernels.mergekit: the
                              floor under both merges' time and memory
   mergekit-yaml              mergekit's own command and methods
@@ -130,17 +130,54 @@ def write_config(work, method, K):
 
 
 def run_child(cmd, cwd):
-    """(wall seconds, peak resident MB) of one child process; raises on failure."""
+    """(wall seconds, peak resident MB) of one child process; raises on failure.
+
+    The peak is the child's own VmHWM, read by the child as it exits (see
+    child_main): getrusage's ru_maxrss would also count the parent's peak, which a
+    forked child inherits and keeps across exec."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024  # KiB on Linux
+    fd, peak_file = tempfile.mkstemp(prefix="peak_", suffix=".txt")
+    os.close(fd)
+    try:
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, os.path.abspath(__file__), CHILD_FLAG, peak_file] + cmd, cwd=cwd,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        seconds = time.perf_counter() - t0
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr.decode()[-3000:]}")
+        with open(peak_file) as f:
+            return seconds, int(f.read()) / 1024  # kB
+    finally:
+        os.unlink(peak_file)
+
+
+CHILD_FLAG = "--run-child"
+
+
+def child_main(peak_file, argv):
+    """Runs one row's command in this process (`-c CODE`, `-m MODULE args` or a
+    console script's name and args) and writes this process's VmHWM (kB) to
+    peak_file when it exits, however it exits."""
+    import atexit
+    import runpy
+
+    def write_peak():
+        with open("/proc/self/status") as f:
+            kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+        with open(peak_file, "w") as f:
+            f.write(kb)
+    atexit.register(write_peak)
+    if argv[0] == "-c":
+        exec(compile(argv[1], "<imports>", "exec"), {"__name__": "__main__"})
+    elif argv[0] == "-m":
+        sys.argv = [argv[1]] + argv[2:]
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    else:
+        from importlib.metadata import entry_points
+
+        (script,) = [e for e in entry_points(group="console_scripts") if e.name == argv[0]]
+        sys.argv = argv
+        sys.exit(script.load()())
 
 
 def agreement(ours_dir, theirs_dir):
@@ -160,14 +197,13 @@ def agreement(ours_dir, theirs_dir):
 
 
 def commands(config_path, outs):
-    """The command of every row; outs: the output folder of each merge."""
+    """The command of every row (for child_main); outs: the output folder of each merge."""
     def opts(name):
         return [config_path, outs[name], "--no-write-model-card", "--no-copy-tokenizer"]
-    mergekit_yaml = shutil.which("mergekit-yaml", path=os.path.dirname(sys.executable)) or "mergekit-yaml"
     return {
-        IMPORTS: [sys.executable, "-c", "import mergekit.merge, mergekit.scripts.run_yaml, m2n2_kernels.mergekit"],
-        THEIRS: [mergekit_yaml] + opts(THEIRS),
-        OURS: [sys.executable, "-m", "m2n2_kernels.mergekit"] + opts(OURS),
+        IMPORTS: ["-c", "import mergekit.merge, mergekit.scripts.run_yaml, m2n2_kernels.mergekit"],
+        THEIRS: ["mergekit-yaml"] + opts(THEIRS),
+        OURS: ["-m", "m2n2_kernels.mergekit"] + opts(OURS),
     }
 
 
@@ -219,6 +255,8 @@ def run(args):
 
 
 def main():
+    if len(sys.argv) > 2 and sys.argv[1] == CHILD_FLAG:
+        return child_main(sys.argv[2], sys.argv[3:])
     p = parser(__doc__)
     p.set_defaults(device="cpu", reps=1)
     p.add_argument("--size-gb", type=float, default=None, help="GB per checkpoint (default 2, 0.002 with --quick)")
