@@ -4,12 +4,13 @@
 - where this build has no CUDA C++ kernels, the Triton kernels are registered as
   the ops' CUDA implementation, so torch.ops.m2n2.* works on any GPU; each first
   runs the op family's checks of the canonical arguments (the `check_op_*`
-  functions of crossover.py, niches.py, scores.py), as the C++ kernels do theirs.
+  functions of crossover.py, niches.py, scores.py, task_vectors.py), as the C++
+  kernels do theirs.
 The user-facing API is in crossover.py, niches.py and scores.py.
 """
 import torch
 
-from . import _backend, crossover, niches, scores
+from . import _backend, crossover, niches, scores, task_vectors
 
 # ---- split-point crossover (m2n2_kernels/crossover.py) ----
 
@@ -88,13 +89,26 @@ def triton_sample_scores_out(logits, target, mask, ignore_index, kind, reduce, o
     ts.sample_scores_out(logits, target, mask, ignore_index, kind, reduce, out, out_index)
 
 
-# ---- niche statistics (m2n2_kernels/niches.py) ----
+# ---- task-vector merges (m2n2_kernels/task_vectors.py) ----
 
 
 @torch.library.register_fake("m2n2::task_merge_out")
 def _task_merge_out_fake(base, models, out, weights, density, sparsify, consensus, rescale, normalize, lam, scope,
                          seed):
     return None
+
+
+def triton_task_merge_out(base, models, out, weights, density, sparsify, consensus, rescale, normalize, lam, scope,
+                          seed):
+    from .triton import task_merge as ttm
+
+    base, models, out = list(base), list(models), list(out)
+    task_vectors.check_op_canonical(base, models, out, weights, density, sparsify, consensus, rescale, normalize, lam,
+                                    scope, seed)
+    ttm.task_merge_out(base, models, out, weights, density, sparsify, consensus, rescale, normalize, lam, scope, seed)
+
+
+# ---- niche statistics (m2n2_kernels/niches.py) ----
 
 
 @torch.library.register_fake("m2n2::niche_stats_out")
@@ -116,13 +130,15 @@ _TRITON_IMPLS = {
     "interp_sums": triton_interp_sums,
     "sample_scores_out": triton_sample_scores_out,
     "niche_stats_out": triton_niche_stats_out,
+    "task_merge_out": triton_task_merge_out,
 }
 
 
 def register_triton_kernels():
     """The Triton kernels as the ops' CUDA implementation (used where CUDA C++ was not
     compiled; tests call the wrappers on CPU tensors under the interpreter)."""
-    from .triton import crossover as _tc, niches as _tn, scores as _ts  # noqa: F401  (fail here if triton is too old)
+    # Imported here so that a triton too old for any of them fails here.
+    from .triton import crossover as _tc, niches as _tn, scores as _ts, task_merge as _ttm  # noqa: F401
 
     for op, impl in _TRITON_IMPLS.items():
         torch.library.impl(f"m2n2::{op}", "CUDA")(impl)

@@ -182,14 +182,7 @@ def task_merge(base, models, weights, *, sparsify=None, density=1.0, consensus=N
         base, models, weights, sparsify, density, consensus, rescale, lam, scope, seed)
     out_list = _out_list(out, base_list, lists, is_list)
     route = _backend.route(base_list[0].device, backend)
-    if route == "op" and base_list[0].device.type == "cpu":
-        flat = [t.contiguous() for m in lists for t in m]
-        torch.ops.m2n2.task_merge_out([b.contiguous() for b in base_list], flat, out_list, w, rho, sp, cons, resc,
-                                      bool(normalize), lam, scope, seed)
-        result = out_list
-    else:
-        # The CUDA and Triton kernels of this op are still to come (issue 14): the
-        # torch reference serves those devices meanwhile.
+    if route == "torch":
         result = reference.task_merge(base_list, lists, w, sparsify=None if sp == "none" else sp, density=rho,
                                       consensus=None if cons == "none" else cons,
                                       rescale=None if resc == "none" else resc, normalize=bool(normalize), lam=lam,
@@ -198,6 +191,19 @@ def task_merge(base, models, weights, *, sparsify=None, density=1.0, consensus=N
             for o, r in zip(out_list, result):
                 o.copy_(r)
             result = out_list
+    else:
+        # "op": torch.ops.m2n2 on any device (C++ on CPU; on CUDA the CUDA C++ kernel,
+        # or the Triton one that ops.py registers where no CUDA C++ was compiled);
+        # "triton": the Triton launcher itself (CPU tensors under the interpreter).
+        args = ([b.contiguous() for b in base_list], [t.contiguous() for m in lists for t in m], out_list, w, rho,
+                sp, cons, resc, bool(normalize), lam, scope, seed)
+        if route == "op":
+            torch.ops.m2n2.task_merge_out(*args)
+        else:
+            from .triton import task_merge as triton_task_merge
+
+            triton_task_merge.task_merge_out(*args)
+        result = out_list
     return result if is_list else result[0]
 
 

@@ -1,0 +1,457 @@
+"""Task-vector merges in Triton: task arithmetic, TIES, DARE (the GPU path when the
+CUDA C++ kernels were not compiled; CPU tensors under TRITON_INTERPRET=1).
+
+Semantics: docs/semantics.md ("Task-vector merges"), reference.task_merge; the
+per-element maths is combine_factors of csrc/include/m2n2/task_merge.h. Per unit
+(a tensor, or the whole list for scope "global"), in streaming passes that never
+store an n-element buffer (deltas d_k = m_k - base are formed again in each pass):
+1. magnitude only: exact radix selection of each model's k-th largest |d| over the
+   bits of |d| (key = bits & 0x7FF..., 32-bit, or 64-bit when the unit holds fp64),
+   DIGIT_BITS per pass: a block histogram (tl.histogram) per model, added into one
+   int64 histogram per model with integer atomics (exact, so order-free); torch
+   picks each model's digit on the device, without a host sync.
+2. statistics, where needed: per block and model, sum |d| and the kept sum in fp64
+   (l1 rescale) and the count of ties at the threshold; an exclusive scan of the
+   tie counts (torch.cumsum) gives each block the ties before it, so that ties are
+   kept lowest unit index first whatever the block size.
+3. one fused pass: masks, factors e_k = (d_k s_k) w_k, the sign election and the
+   mix, written once. Launched with enable_fp_fusion=False: no FMA contraction, so
+   each step rounds as the C++ code does.
+
+Models reach the kernels as a table of K data pointers per list position (any K up
+to 64 without recompiling). Indices are int64; every kernel takes `block_offset`,
+the first block it handles (0 in normal use), so a test can run only the last
+blocks of a tensor past 2**31 elements.
+"""
+import struct
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from .. import reference
+from ._utils import i64, on_device
+from .philox import philox4x32_10
+
+BLOCK = 2048  # elements per program in every pass (tests change it: results must not)
+WARPS = 4
+DIGIT_BITS = 11
+BINS = 1 << DIGIT_BITS  # int32 counts of one block: 8 KiB of shared memory
+
+# What a model's rule keeps of a unit: every element, none, or some (per element).
+KEEP_ALL = tl.constexpr(0)
+KEEP_NONE = tl.constexpr(1)
+KEEP_SOME = tl.constexpr(2)
+_SPARSIFY = {"none": 0, "magnitude": 1, "random": 2}
+_CONSENSUS = {"none": 0, "sum": 1, "count": 2}
+_MASK32 = 0xFFFFFFFF
+_DARE_STREAM_HI = reference.DARE_STREAM >> 32  # its low half is 0: model k's stream is (k, this)
+
+
+def _double_bits(x: float) -> int:
+    """fp64 scalars travel as their bits (Triton passes Python floats as fp32)."""
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
+
+
+def _compute_dtype(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+# ---------------------------------------------------------------------------
+# Device helpers.
+# ---------------------------------------------------------------------------
+
+
+@triton.jit
+def _f64_from_bits(bits):
+    return tl.cast(tl.cast(bits, tl.int64), tl.float64, bitcast=True)
+
+
+@triton.jit
+def _round_to_bf16(x):
+    """fp32 -> bf16, round to nearest even, on the bits: the Triton interpreter
+    truncates when it casts to bf16 (on the GPU this is what cvt.rn does)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+    is_nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    hi = tl.where(is_nan, (bits >> 16) | 0x40, rounded)
+    return hi.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _to_storage(x, DT: tl.constexpr):
+    if DT == tl.bfloat16:
+        return _round_to_bf16(x)
+    else:
+        return x.to(DT)
+
+
+@triton.jit
+def _block_offsets(block_offset, n, BLOCK: tl.constexpr):
+    block = i64(block_offset) + tl.program_id(0).to(tl.int64)
+    offs = block * BLOCK + tl.arange(0, BLOCK)
+    return block, offs, offs < i64(n)
+
+
+@triton.jit
+def _delta(table_ptr, k, offs, mask, b, DT: tl.constexpr):
+    """d_k = c(m_k) - c(base) over a block; model k's pointer comes from the table."""
+    m_ptr = tl.load(table_ptr + k).to(tl.pointer_type(DT))
+    return tl.load(m_ptr + offs, mask=mask, other=0.0).to(b.dtype) - b
+
+
+@triton.jit
+def _key(d, WIDE: tl.constexpr):
+    """The ordering key of |d|: for non-negative floats the bits order as the value.
+    A unit holding fp64 uses the keys of d widened to fp64 (exact)."""
+    if WIDE:
+        return d.to(tl.float64).to(tl.int64, bitcast=True) & 0x7FFFFFFFFFFFFFFF
+    else:
+        return d.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF
+
+
+@triton.jit
+def _draws24(idx, k, seed_lo, seed_hi, stream_hi):
+    """Model k's DARE draws at unit indices idx: the top 24 bits of Philox word
+    idx % 4 of counter (idx >> 2, stream DARE_STREAM + k)."""
+    g = idx >> 2
+    lane = idx & 3
+    g_lo = g.to(tl.uint32)  # truncation: the low 32 bits
+    g_hi = (g >> 32).to(tl.uint32)
+    zero = tl.zeros_like(g_lo)
+    w0, w1, w2, w3 = philox4x32_10(g_lo, g_hi, zero + tl.cast(k, tl.uint32), zero + tl.cast(stream_hi, tl.uint32),
+                                   tl.cast(seed_lo, tl.uint32), tl.cast(seed_hi, tl.uint32))
+    word = tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
+    return (word >> 8).to(tl.int32)
+
+
+@triton.jit
+def _sign(x):
+    one = tl.full(x.shape, 1.0, x.dtype)
+    zero = tl.zeros_like(x)
+    return tl.where(x > 0, one, tl.where(x < 0, -one, zero))
+
+
+@triton.jit
+def _divide(x, y):
+    # Triton's fp32 `/` is an approximation on the GPU; fp64 `/` rounds correctly.
+    if x.dtype == tl.float32:
+        return tl.math.div_rn(x, y)
+    else:
+        return x / y
+
+
+@triton.jit
+def _magnitude_keep(d, k, thr_ptr, need_ptr, tie_ptr, nblocks, block_base, block, WIDE: tl.constexpr):
+    """Keys above the threshold, and ties while (ties before this block + rank
+    within it) < need: ties kept lowest unit index first."""
+    key = _key(d, WIDE)
+    t = tl.load(thr_ptr + k)
+    tie = key == t
+    rank = tl.cumsum(tie.to(tl.int64), axis=0) - tie.to(tl.int64)
+    before = tl.load(tie_ptr + k * i64(nblocks) + i64(block_base) + block)
+    return (key > t) | (tie & (before + rank < tl.load(need_ptr + k)))
+
+
+# ---------------------------------------------------------------------------
+# Kernels: one list position (a tensor of the unit), grid (blocks,).
+# ---------------------------------------------------------------------------
+
+
+@triton.jit
+def _hist_kernel(
+    base_ptr, table_ptr, kind_ptr, prefix_ptr, hist_ptr, n, K, shift, width, block_offset,
+    BLOCK: tl.constexpr, BINS: tl.constexpr, CDT: tl.constexpr, WIDE: tl.constexpr,
+):
+    """Adds, per model selecting, the histogram of digit `shift` of the keys whose
+    higher bits equal the model's prefix."""
+    DT: tl.constexpr = base_ptr.dtype.element_ty
+    _, offs, mask = _block_offsets(block_offset, n, BLOCK)
+    b = tl.load(base_ptr + offs, mask=mask, other=0.0).to(CDT)
+    high = shift + width
+    digit_mask = (1 << width) - 1
+    for k in range(K):
+        if tl.load(kind_ptr + k) == KEEP_SOME:
+            key = _key(_delta(table_ptr, k, offs, mask, b, DT), WIDE)
+            sel = mask & ((key >> high) == tl.load(prefix_ptr + k))
+            digit = ((key >> shift) & digit_mask).to(tl.int32)
+            h = tl.histogram(digit, BINS, mask=sel)
+            tl.atomic_add(hist_ptr + k * BINS + tl.arange(0, BINS), h.to(tl.int64))
+
+
+@triton.jit
+def _stats_kernel(
+    base_ptr, table_ptr, kind_ptr, thr_ptr, dthr_ptr, abs_ptr, kept_ptr, ties_ptr, n, start, K, nblocks,
+    block_base, seed_lo, seed_hi, stream_hi, block_offset,
+    BLOCK: tl.constexpr, CDT: tl.constexpr, WIDE: tl.constexpr, SPARSIFY: tl.constexpr,
+):
+    """Per block and model selecting: sum |d| and the sum over the kept in fp64
+    (magnitude: keys above the threshold; the ties are added on the host), and the
+    ties at the threshold."""
+    DT: tl.constexpr = base_ptr.dtype.element_ty
+    block, offs, mask = _block_offsets(block_offset, n, BLOCK)
+    b = tl.load(base_ptr + offs, mask=mask, other=0.0).to(CDT)
+    row = i64(block_base) + block
+    for k in range(K):
+        if tl.load(kind_ptr + k) == KEEP_SOME:
+            d = _delta(table_ptr, k, offs, mask, b, DT)
+            a = tl.where(mask, tl.abs(d.to(tl.float64)), 0.0)
+            if SPARSIFY == 1:
+                key = _key(d, WIDE)
+                t = tl.load(thr_ptr + k)
+                kept = key > t
+                ties = tl.sum((mask & (key == t)).to(tl.int64), axis=0)
+            else:
+                kept = _draws24(i64(start) + offs, k, seed_lo, seed_hi, stream_hi) < tl.load(dthr_ptr + k)
+                ties = tl.zeros([], tl.int64)
+            at = k * i64(nblocks) + row
+            tl.store(abs_ptr + at, tl.sum(a, axis=0))
+            tl.store(kept_ptr + at, tl.sum(tl.where(kept, a, 0.0), axis=0))
+            tl.store(ties_ptr + at, ties)
+
+
+@triton.jit
+def _fused_kernel(
+    base_ptr, out_ptr, table_ptr, kind_ptr, w_ptr, s_ptr, thr_ptr, need_ptr, tie_ptr, dthr_ptr, n, start, K,
+    nblocks, block_base, lam_bits, divisor_bits, seed_lo, seed_hi, stream_hi, block_offset,
+    BLOCK: tl.constexpr, CDT: tl.constexpr, WIDE: tl.constexpr, SPARSIFY: tl.constexpr,
+    CONSENSUS: tl.constexpr, NORMALIZE: tl.constexpr,
+):
+    """combine_factors of task_merge.h over a block. With consensus, the sums over
+    the models that agree with sigma = +1 and with sigma = -1 are both carried (each
+    the same additions, in the same order, as the sum over the agreeing ones), so
+    one loop over the models suffices."""
+    DT: tl.constexpr = base_ptr.dtype.element_ty
+    block, offs, mask = _block_offsets(block_offset, n, BLOCK)
+    b = tl.load(base_ptr + offs, mask=mask, other=0.0).to(CDT)
+    zero = tl.zeros_like(b)
+    x = zero
+    vote = zero
+    x_neg = zero
+    d_pos = zero
+    d_neg = zero
+    for k in range(K):
+        kind = tl.load(kind_ptr + k)
+        d = _delta(table_ptr, k, offs, mask, b, DT)
+        if kind == KEEP_SOME:
+            if SPARSIFY == 1:
+                keep = _magnitude_keep(d, k, thr_ptr, need_ptr, tie_ptr, nblocks, block_base, block, WIDE)
+            else:
+                keep = _draws24(i64(start) + offs, k, seed_lo, seed_hi, stream_hi) < tl.load(dthr_ptr + k)
+        else:
+            keep = (zero == zero) & (kind == KEEP_ALL)
+        w = tl.load(w_ptr + k).to(CDT)
+        e = tl.where(keep, (d * tl.load(s_ptr + k).to(CDT)) * w, zero)
+        if CONSENSUS == 0:
+            x = x + e
+        else:
+            if CONSENSUS == 1:
+                vote = vote + e
+            else:
+                vote = vote + _sign(e)
+            x = x + tl.where(e > 0, e, zero)  # sigma = +1 agrees
+            x_neg = x_neg + tl.where(e < 0, e, zero)
+            d_pos = d_pos + tl.where(e > 0, w, zero)
+            d_neg = d_neg + tl.where(e < 0, w, zero)
+    if CONSENSUS == 0:
+        divisor = _f64_from_bits(divisor_bits).to(CDT)
+    else:
+        plus = vote >= 0
+        x = tl.where(plus, x, x_neg)
+        dsum = tl.where(plus, d_pos, d_neg)
+        divisor = tl.where(dsum == 0, zero + 1.0, dsum)
+    if NORMALIZE:
+        x = _divide(x, divisor + zero)
+    x = x * _f64_from_bits(lam_bits).to(CDT)
+    tl.store(out_ptr + offs, _to_storage(b + x, DT), mask=mask)
+
+
+# ---------------------------------------------------------------------------
+# Host side: the plan of one unit (arguments already checked by
+# m2n2_kernels/task_vectors.py, check_op_canonical).
+# ---------------------------------------------------------------------------
+
+
+def keep_count(rho: float, n: int) -> int:
+    """max(1, int(rho n)) with the product rounded in fp64 (as mergekit's int())."""
+    if n == 0 or rho <= 0.0:
+        return 0
+    if rho >= 1.0:
+        return n
+    return max(1, int(rho * n))
+
+
+def dare_threshold(rho: float) -> int:
+    """ceil(rho 2^24): draw24 < this iff draw24 * 2^-24 < rho, exactly."""
+    if rho >= 1.0:
+        return 1 << 24
+    if rho <= 0.0:
+        return 0
+    t = rho * 16777216.0  # exact: a power of two
+    f = int(t)
+    return f if f == t else f + 1
+
+
+def _model_rules(sparsify, rescale, density, n):
+    """Per model: KEEP_ALL / KEEP_NONE / KEEP_SOME, magnitude's keep count, the DARE
+    threshold and the host-known scale (1, or 1 / rho for "density")."""
+    kinds, keeps, dthrs, scales = [], [], [], []
+    for rho in density:
+        keep, dthr, kind = n, 0, KEEP_ALL.value
+        if sparsify == "magnitude":
+            keep = keep_count(rho, n)
+            kind = KEEP_ALL.value if keep == n else KEEP_NONE.value if keep == 0 else KEEP_SOME.value
+        elif sparsify == "random":
+            dthr = dare_threshold(rho)
+            kind = KEEP_ALL.value if rho >= 1.0 else KEEP_NONE.value if dthr == 0 else KEEP_SOME.value
+        kinds.append(kind)
+        keeps.append(keep)
+        dthrs.append(dthr)
+        scales.append(1.0 / rho if rescale == "density" and kind == KEEP_SOME.value else 1.0)
+    return kinds, keeps, dthrs, scales
+
+
+class _Unit:
+    """The positions of one unit with their place in it: first unit index and first
+    block (the blocks of all positions, in order, index the per-block tables)."""
+
+    def __init__(self, positions, base, models, L, block):
+        self.positions = [i for i in positions if base[i].numel() > 0]
+        self.base = base
+        self.tables = {}
+        self.starts, self.block_bases = {}, {}
+        n = blocks = 0
+        for i in self.positions:
+            self.starts[i], self.block_bases[i] = n, blocks
+            n += base[i].numel()
+            blocks += triton.cdiv(base[i].numel(), block)
+            K = len(models) // L
+            self.tables[i] = torch.tensor([models[k * L + i].data_ptr() for k in range(K)], dtype=torch.int64,
+                                          device=base[i].device)
+        self.n, self.nblocks = n, blocks
+        self.wide = any(base[i].dtype == torch.float64 for i in self.positions)
+        self.device = base[positions[0]].device
+
+
+def _launch_opts():
+    # Interpreted runs ignore these; compiled runs must not contract into FMAs.
+    return {"num_warps": WARPS, "enable_fp_fusion": False}
+
+
+def _select_thresholds(unit, kinds_t, keeps, block):
+    """Each selecting model's threshold key and how many ties at it to keep: one
+    histogram pass per digit, most significant first; the digit is picked on the
+    device (no host sync)."""
+    K = kinds_t.numel()
+    dev = unit.device
+    hist = torch.zeros((K, BINS), dtype=torch.int64, device=dev)
+    prefix = torch.zeros(K, dtype=torch.int64, device=dev)
+    remaining = torch.tensor(keeps, dtype=torch.int64, device=dev)
+    high = 63 if unit.wide else 31  # the sign bit is masked off
+    while high > 0:
+        width = min(DIGIT_BITS, high)
+        shift = high - width
+        hist.zero_()
+        for i in unit.positions:
+            b = unit.base[i]
+            _hist_kernel[(triton.cdiv(b.numel(), block),)](
+                b, unit.tables[i], kinds_t, prefix, hist, b.numel(), K, shift, width, 0,
+                BLOCK=block, BINS=BINS, CDT=_compute_dtype(b.dtype), WIDE=unit.wide, **_launch_opts(),
+            )
+        prefix, remaining = _pick_digit(hist, prefix, remaining, width)
+        high = shift
+    return prefix, remaining
+
+
+def _pick_digit(hist, prefix, remaining, width):
+    """The highest bin whose count from the top reaches `remaining`; the elements in
+    the bins above it are kept for sure."""
+    from_top = hist.flip(1).cumsum(1).flip(1)  # from_top[b] = sum of bins >= b
+    digit = ((from_top >= remaining[:, None]).sum(1) - 1).clamp_(min=0)
+    above = from_top.gather(1, digit[:, None]).squeeze(1) - hist.gather(1, digit[:, None]).squeeze(1)
+    return (prefix << width) | digit, remaining - above
+
+
+def _unit_stats(unit, sparsify, kinds_t, thr, dthr_t, seed, block):
+    """Per model and block: sum |d|, the kept sum (fp64) and the ties at the threshold."""
+    K = kinds_t.numel()
+    shape = (K, unit.nblocks)
+    abs_part = torch.zeros(shape, dtype=torch.float64, device=unit.device)
+    kept_part = torch.zeros(shape, dtype=torch.float64, device=unit.device)
+    ties = torch.zeros(shape, dtype=torch.int64, device=unit.device)
+    for i in unit.positions:
+        b = unit.base[i]
+        _stats_kernel[(triton.cdiv(b.numel(), block),)](
+            b, unit.tables[i], kinds_t, thr, dthr_t, abs_part, kept_part, ties, b.numel(), unit.starts[i], K,
+            unit.nblocks, unit.block_bases[i], seed & _MASK32, seed >> 32, _DARE_STREAM_HI, 0,
+            BLOCK=block, CDT=_compute_dtype(b.dtype), WIDE=unit.wide, SPARSIFY=_SPARSIFY[sparsify], **_launch_opts(),
+        )
+    return abs_part.sum(1), kept_part.sum(1), ties
+
+
+def _threshold_value(thr, wide):
+    """|d| at the threshold key, in fp64."""
+    return thr.view(torch.float64) if wide else thr.to(torch.int32).view(torch.float32).double()
+
+
+def _l1_scale(abs_sum, kept_sum, some):
+    ok = (abs_sum >= reference.RESCALE_MIN) & (kept_sum >= reference.RESCALE_MIN) & some
+    return torch.where(ok, abs_sum / torch.where(ok, kept_sum, 1.0), 1.0)
+
+
+def _plain_divisor(weights, dtype):
+    """Without consensus: the sum of the weights in c, k = 0, 1, ...; 1 where its
+    magnitude is below 1e-8 (rounded to c), as combine_factors' caller."""
+    c = np.float64 if dtype == torch.float64 else np.float32
+    total = c(0)
+    for w in weights:
+        total = c(total + c(w))
+    return 1.0 if abs(total) < c(reference.DIVISOR_MIN) else float(total)
+
+
+def _merge_unit(unit, out, weights, density, sparsify, consensus, rescale, normalize, lam, seed, block):
+    K = len(weights)
+    dev = unit.device
+    kinds, keeps, dthrs, scales = _model_rules(sparsify, rescale, density, unit.n)
+    kinds_t = torch.tensor(kinds, dtype=torch.int32, device=dev)
+    dthr_t = torch.tensor(dthrs, dtype=torch.int64, device=dev)
+    scale = torch.tensor(scales, dtype=torch.float64, device=dev)
+    thr = need = tie_start = torch.zeros(K, dtype=torch.int64, device=dev)
+    some = kinds_t == KEEP_SOME.value
+    if KEEP_SOME.value in kinds and sparsify == "magnitude":
+        thr, need = _select_thresholds(unit, kinds_t, keeps, block)
+    if KEEP_SOME.value in kinds and (sparsify == "magnitude" or rescale == "l1"):
+        abs_sum, kept_sum, ties = _unit_stats(unit, sparsify, kinds_t, thr, dthr_t, seed, block)
+        tie_start = ties.cumsum(1) - ties  # ties in the blocks before each block
+        if sparsify == "magnitude":  # the kept ties all have |d| = the threshold's value
+            kept_sum = kept_sum + need.double() * _threshold_value(thr, unit.wide)
+        if rescale == "l1":
+            scale = _l1_scale(abs_sum, kept_sum, some)
+    w_t = torch.tensor(weights, dtype=torch.float64, device=dev)
+    for i in unit.positions:
+        b = unit.base[i]
+        _fused_kernel[(triton.cdiv(b.numel(), block),)](
+            b, out[i], unit.tables[i], kinds_t, w_t, scale, thr, need, tie_start, dthr_t, b.numel(),
+            unit.starts[i], K, unit.nblocks, unit.block_bases[i], _double_bits(lam),
+            _double_bits(_plain_divisor(weights, b.dtype)), seed & _MASK32, seed >> 32, _DARE_STREAM_HI, 0,
+            BLOCK=block, CDT=_compute_dtype(b.dtype), WIDE=unit.wide, SPARSIFY=_SPARSIFY[sparsify],
+            CONSENSUS=_CONSENSUS[consensus], NORMALIZE=bool(normalize), **_launch_opts(),
+        )
+
+
+def task_merge_out(base, models, out, weights, density, sparsify, consensus, rescale, normalize, lam, scope, seed,
+                   block=BLOCK):
+    """out[i] = the merge of position i (m2n2::task_merge_out's canonical arguments:
+    models model-major, K x L; contiguous tensors; out[i] may be base[i]: each
+    element is read before it is written, by one program, in the last pass).
+    `block`: elements per program (a power of two; the results do not depend on it)."""
+    L = len(base)
+    seed = int(seed) & (2**64 - 1)
+    units = [[i] for i in range(L)] if scope == "tensor" else [list(range(L))]
+    with on_device(base[0].device):
+        for positions in units:
+            unit = _Unit(positions, base, models, L, block)
+            if unit.n:
+                _merge_unit(unit, out, list(weights), list(density), sparsify, consensus, rescale, normalize, lam,
+                            seed, block)
