@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include "isa_clones.h"
+#include "radix_select.h"
 
 #include <algorithm>
 #include <cmath>
@@ -13,8 +14,6 @@ namespace m2n2::cpu {
 namespace {
 
 constexpr int64_t kChunk = int64_t(1) << 16;
-constexpr int kDigitBits = 16;
-constexpr int64_t kBins = int64_t(1) << kDigitBits;
 
 // Elements [begin, end) of position `tensor`; `flat` is the unit index of `begin`.
 struct Chunk {
@@ -165,86 +164,49 @@ M2N2_DEFINE_PASS_TILES(bf16_t)
 M2N2_DEFINE_PASS_TILES(half_t)
 #undef M2N2_DEFINE_PASS_TILES
 
-// ---- radix selection --------------------------------------------------------------
+// ---- radix selection (radix_select.h) ---------------------------------------------
 
-// One histogram pass: for every model still selecting, count the digit at `shift`
-// of the keys whose higher digits equal the model's prefix.
-template <class T, class Key, class Count>
-void histogram_chunk(const TaskTensor& t, const Chunk& c, const std::vector<int>& active,
-                     const std::vector<uint64_t>& prefix, int shift, Count* hist) {
+// The magnitude keys of the listed models over one chunk, tile by tile.
+template <class T, class Key, class Sink>
+void magnitude_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector<int>& models, Sink&& sink) {
   const T* base = static_cast<const T*>(t.base);
-  const int high = shift + kDigitBits;
-  const bool first = high >= int(8 * sizeof(Key));
   alignas(64) compute_t<T> b[kTile];
   alignas(64) Key keys[kTile];
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
     to_compute_tile_k(base + t0, len, b);
-    for (size_t a = 0; a < active.size(); ++a) {
-      keys_tile_k(model_ptr<T>(t, active[a]) + t0, b, len, keys);
-      Count* h = hist + a * kBins;
-      if (first) {
-        for (int64_t j = 0; j < len; ++j) ++h[keys[j] >> shift];
-      } else {
-        const uint64_t want = prefix[a];
-        for (int64_t j = 0; j < len; ++j) {
-          if (uint64_t(keys[j] >> high) == want) ++h[(keys[j] >> shift) & (kBins - 1)];
-        }
-      }
+    for (size_t a = 0; a < models.size(); ++a) {
+      keys_tile_k(model_ptr<T>(t, models[a]) + t0, b, len, keys);
+      sink(int(a), keys, len);
     }
   }
 }
 
-// Count: the histograms' counter, uint32_t (half the cache of uint64_t: the scatter
-// of the increments is what the pass waits on) unless a unit has 2^32 elements or more.
+// Each partly keeping model's threshold: the key of its keep-th largest |d| (ascending
+// rank n - keep), how many of the ties at it to keep (lowest index first) and whether
+// that is fewer than all of them. Count as in radix_select.
 template <class Key, class Count>
 void select_thresholds(const std::vector<TaskTensor>& ts, const std::vector<Chunk>& chunks,
-                       std::vector<ModelPlan>& plans, const std::vector<int64_t>& keep) {
-  std::vector<int> active;
+                       std::vector<ModelPlan>& plans, const std::vector<int64_t>& keep, int64_t n) {
+  std::vector<RadixTarget> targets;
   for (int k = 0; k < int(plans.size()); ++k) {
-    if (!plans[k].keep_all && !plans[k].keep_none) active.push_back(k);
+    if (plans[k].keep_all || plans[k].keep_none) continue;
+    RadixTarget target;
+    target.source = k;
+    target.rank = n - keep[k];
+    targets.push_back(target);
   }
-  if (active.empty()) return;
-  const int nact = int(active.size());
-  const int threads = omp_get_max_threads();
-  std::vector<uint64_t> prefix(size_t(nact), 0);
-  std::vector<int64_t> remaining(static_cast<size_t>(nact));
-  for (int a = 0; a < nact; ++a) remaining[a] = keep[active[a]];
-  std::vector<Count> hist(size_t(threads) * nact * kBins);
-  std::vector<uint64_t> last_count(size_t(nact), 0);
-  const int64_t nchunks = int64_t(chunks.size());
-  for (int shift = int(8 * sizeof(Key)) - kDigitBits; shift >= 0; shift -= kDigitBits) {
-    std::fill(hist.begin(), hist.end(), 0);
-#pragma omp parallel for schedule(static) if (nchunks > 1)
-    for (int64_t i = 0; i < nchunks; ++i) {
-      const Chunk& c = chunks[i];
-      const TaskTensor& t = ts[c.tensor];
-      Count* h = hist.data() + size_t(omp_get_thread_num()) * nact * kBins;
-      with_storage_type(t.dtype, [&](auto tag) {
-        histogram_chunk<decltype(tag), Key, Count>(t, c, active, prefix, shift, h);
-      });
-    }
-    for (int a = 0; a < nact; ++a) {
-      // Counts are integers: their sum does not depend on the threads' order.
-      int64_t above = 0;
-      for (int64_t bin = kBins - 1; bin >= 0; --bin) {
-        uint64_t count = 0;
-        for (int th = 0; th < threads; ++th) count += hist[(size_t(th) * nact + a) * kBins + bin];
-        if (above + int64_t(count) >= remaining[a]) {
-          remaining[a] -= above;
-          prefix[a] = (prefix[a] << kDigitBits) | uint64_t(bin);
-          last_count[a] = count;
-          break;
-        }
-        above += int64_t(count);
-      }
-    }
-  }
-  for (int a = 0; a < nact; ++a) {
-    ModelPlan& p = plans[active[a]];
-    p.threshold = prefix[a];
-    p.need = remaining[a];
-    p.partial_ties = p.need < int64_t(last_count[a]);
+  radix_select<Key, Count>(int64_t(chunks.size()), targets, [&](int64_t i, const std::vector<int>& models, auto&& sink) {
+    const Chunk& c = chunks[size_t(i)];
+    const TaskTensor& t = ts[c.tensor];
+    with_storage_type(t.dtype, [&](auto tag) { magnitude_keys_chunk<decltype(tag), Key>(t, c, models, sink); });
+  });
+  for (const RadixTarget& target : targets) {
+    ModelPlan& p = plans[size_t(target.source)];
+    const int64_t above = n - target.below - target.equal;
+    p.threshold = target.key;
+    p.need = keep[size_t(target.source)] - above;
+    p.partial_ties = p.need < target.equal;
   }
 }
 
@@ -514,9 +476,9 @@ void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg) {
   }
   if (cfg.sparsify == Sparsify::kMagnitude) {
     if (n < (int64_t(1) << 32)) {
-      select_thresholds<Key, uint32_t>(ts, chunks, plans, keep);
+      select_thresholds<Key, uint32_t>(ts, chunks, plans, keep, n);
     } else {
-      select_thresholds<Key, uint64_t>(ts, chunks, plans, keep);
+      select_thresholds<Key, uint64_t>(ts, chunks, plans, keep, n);
     }
   }
 

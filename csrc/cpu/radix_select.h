@@ -1,0 +1,138 @@
+// Exact order statistics without sorting (torch-free): radix selection over the bits
+// of unsigned ordering keys, shared by the CPU merge kernels (TIES thresholds in
+// task_merge_kernels.cpp; PCB's clamp bounds and drop thresholds in pcb_kernels.cpp).
+//
+// Each pass histograms one 16-bit digit of the keys of every source (a model) whose
+// targets are still open, over all chunks at once (OpenMP, one histogram per thread);
+// the counts are integers, so their sum and the result do not depend on the threads.
+// Targets of the same source that share a prefix share a histogram (two ranks of one
+// model cost one histogram in the first pass). Extra memory: threads x histograms x
+// 2^16 counters.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace m2n2::cpu {
+
+constexpr int kRadixDigitBits = 16;
+constexpr int64_t kRadixBins = int64_t(1) << kRadixDigitBits;
+
+// One order statistic: the key of 0-based ascending rank `rank` among the keys of
+// `source` (rank must lie in [0, n)). Filled in: the key, how many keys lie strictly
+// below it and how many equal it.
+struct RadixTarget {
+  int source = 0;
+  int64_t rank = 0;
+  uint64_t key = 0;
+  int64_t below = 0;
+  int64_t equal = 0;
+};
+
+namespace detail {
+
+// The histograms of one pass: slot = a distinct (source, prefix) among the targets.
+struct RadixSlots {
+  std::vector<int> sources;                   // distinct sources, ascending
+  std::vector<std::vector<int>> slots_of;     // per entry of sources: its slots
+  std::vector<uint64_t> slot_prefix;          // per slot
+  std::vector<int> target_slot;               // per target
+};
+
+inline RadixSlots radix_slots(const std::vector<RadixTarget>& targets, const std::vector<uint64_t>& prefix) {
+  RadixSlots s;
+  std::vector<int> slot_source;
+  for (size_t t = 0; t < targets.size(); ++t) {
+    int found = -1;
+    for (size_t q = 0; q < slot_source.size() && found < 0; ++q) {
+      if (slot_source[q] == targets[t].source && s.slot_prefix[q] == prefix[t]) found = int(q);
+    }
+    if (found < 0) {
+      found = int(slot_source.size());
+      slot_source.push_back(targets[t].source);
+      s.slot_prefix.push_back(prefix[t]);
+    }
+    s.target_slot.push_back(found);
+  }
+  s.sources = slot_source;
+  std::sort(s.sources.begin(), s.sources.end());
+  s.sources.erase(std::unique(s.sources.begin(), s.sources.end()), s.sources.end());
+  s.slots_of.resize(s.sources.size());
+  for (size_t q = 0; q < slot_source.size(); ++q) {
+    const size_t at = size_t(std::lower_bound(s.sources.begin(), s.sources.end(), slot_source[q]) - s.sources.begin());
+    s.slots_of[at].push_back(int(q));
+  }
+  return s;
+}
+
+// Count the digit at `shift` of the keys whose higher digits equal `prefix` (all of
+// them in the first pass, where there are no higher digits).
+template <class Key, class Count>
+inline void radix_count(const Key* keys, int64_t len, int shift, bool first, uint64_t prefix, Count* h) {
+  if (first) {
+    for (int64_t j = 0; j < len; ++j) ++h[keys[j] >> shift];
+    return;
+  }
+  const int high = shift + kRadixDigitBits;
+  for (int64_t j = 0; j < len; ++j) {
+    if (uint64_t(keys[j] >> high) == prefix) ++h[(keys[j] >> shift) & (kRadixBins - 1)];
+  }
+}
+
+}  // namespace detail
+
+// Selects every target. keys_of_chunk(chunk, sources, sink) must produce the keys of
+// each listed source over chunk `chunk` (in any pieces, e.g. tiles) and hand them on
+// as sink(index into sources, keys, count). Count: the histogram counter, uint32_t
+// (half the cache of uint64_t) unless a source has 2^32 keys or more.
+template <class Key, class Count, class KeysOfChunk>
+void radix_select(int64_t nchunks, std::vector<RadixTarget>& targets, KeysOfChunk&& keys_of_chunk) {
+  if (targets.empty()) return;
+  const int threads = omp_get_max_threads();
+  const size_t ntargets = targets.size();
+  std::vector<uint64_t> prefix(ntargets, 0);
+  std::vector<int64_t> remaining(ntargets);
+  for (size_t t = 0; t < ntargets; ++t) {
+    remaining[t] = targets[t].rank;
+    targets[t].below = 0;
+  }
+  std::vector<Count> hist;
+  for (int shift = int(8 * sizeof(Key)) - kRadixDigitBits; shift >= 0; shift -= kRadixDigitBits) {
+    const bool first = shift + kRadixDigitBits >= int(8 * sizeof(Key));
+    const detail::RadixSlots slots = detail::radix_slots(targets, prefix);
+    const size_t nslots = slots.slot_prefix.size();
+    hist.assign(size_t(threads) * nslots * kRadixBins, Count(0));
+#pragma omp parallel for schedule(static) if (nchunks > 1)
+    for (int64_t i = 0; i < nchunks; ++i) {
+      Count* h = hist.data() + size_t(omp_get_thread_num()) * nslots * kRadixBins;
+      keys_of_chunk(i, slots.sources, [&](int a, const Key* keys, int64_t len) {
+        for (int q : slots.slots_of[size_t(a)]) {
+          detail::radix_count<Key, Count>(keys, len, shift, first, slots.slot_prefix[size_t(q)],
+                                          h + size_t(q) * kRadixBins);
+        }
+      });
+    }
+    for (size_t t = 0; t < ntargets; ++t) {
+      const size_t q = size_t(slots.target_slot[t]);
+      int64_t cum = 0;
+      for (int64_t bin = 0; bin < kRadixBins; ++bin) {
+        uint64_t count = 0;
+        for (int th = 0; th < threads; ++th) count += hist[(size_t(th) * nslots + q) * kRadixBins + size_t(bin)];
+        if (cum + int64_t(count) > remaining[t]) {
+          remaining[t] -= cum;
+          targets[t].below += cum;
+          targets[t].equal = int64_t(count);
+          prefix[t] = (prefix[t] << kRadixDigitBits) | uint64_t(bin);
+          break;
+        }
+        cum += int64_t(count);
+      }
+    }
+  }
+  for (size_t t = 0; t < ntargets; ++t) targets[t].key = prefix[t];
+}
+
+}  // namespace m2n2::cpu
