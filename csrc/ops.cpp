@@ -79,6 +79,14 @@ TORCH_LIBRARY(m2n2, m) {
   m.def(
       "task_merge_out(Tensor[] base, Tensor[] models, Tensor(a!)[] out, float[] weights, float[] density, "
       "str sparsify, str consensus, str rescale, bool normalize, float lam, str scope, int seed) -> ()");
+
+  // ---- PCB merging (docs/semantics.md, "PCB merging") ----
+  // base, models, out as task_merge_out (models model-major, K x L). ratio: the
+  // fraction of scores kept, in (0, 1]; clamp: the magnitude clamp's ratio, in
+  // [0, 0.5); scope: tensor | global.
+  m.def(
+      "pcb_merge_out(Tensor[] base, Tensor[] models, Tensor(a!)[] out, float ratio, float lam, str scope, "
+      "float clamp) -> ()");
 }
 
 // A plain CPython module, so that `import m2n2_kernels._C` loads the library and runs

@@ -13,6 +13,7 @@ from . import _C  # noqa: F401  (registers torch.ops.m2n2.*)
 from . import ops as _ops_module  # noqa: F401  (fake kernels, Triton fallbacks)
 from .crossover import crossover_batch, interp_sums, split_interpolate, split_interpolate_
 from .niches import NicheStats, attraction, fitness, niche_stats, replace_index
+from .pcb import pcb_merge
 from .scores import sample_scores
 from .task_vectors import dare_merge, task_arithmetic, task_merge, ties_merge
 
@@ -27,6 +28,7 @@ __all__ = [
     "fitness",
     "interp_sums",
     "niche_stats",
+    "pcb_merge",
     "replace_index",
     "sample_scores",
     "split_interpolate",

@@ -108,6 +108,14 @@ def triton_task_merge_out(base, models, out, weights, density, sparsify, consens
     ttm.task_merge_out(base, models, out, weights, density, sparsify, consensus, rescale, normalize, lam, scope, seed)
 
 
+# ---- PCB merging (m2n2_kernels/pcb.py; CPU C++ only so far) ----
+
+
+@torch.library.register_fake("m2n2::pcb_merge_out")
+def _pcb_merge_out_fake(base, models, out, ratio, lam, scope, clamp):
+    return None
+
+
 # ---- niche statistics (m2n2_kernels/niches.py) ----
 
 

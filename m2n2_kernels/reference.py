@@ -511,3 +511,96 @@ def _ordered_sum(rows):
     for r in rows:
         acc = acc + r
     return acc
+
+
+# ---------------------------------------------------------------------------
+# PCB merging (docs/semantics.md, "PCB merging").
+# ---------------------------------------------------------------------------
+
+PCB_SCALE_SUM_MIN = 1e-12  # the divisor's floor: a sum of scales below it divides by it
+
+
+def order_key(x):
+    """int64 keys whose order is the order of the C++ kernels' radix selection over
+    x (fp32 or fp64): value order, -0 just below +0 (NaNs at the ends, by sign)."""
+    if x.dtype == torch.float64:
+        bits, low = x.view(torch.int64), 2**63 - 1
+    else:
+        bits, low = x.view(torch.int32).to(torch.int64), 2**31 - 1
+    return torch.where(bits < 0, bits ^ low, bits)
+
+
+def _at_ranks(x, ranks):
+    """The elements of x at the given 0-based ascending ranks (in order_key order)."""
+    order = torch.sort(order_key(x), stable=True).indices
+    return [x[order[r]] for r in ranks]
+
+
+def _clamp(x, lo, hi):
+    """min(max(x, lo), hi), applied in that order (all hi where lo > hi)."""
+    y = torch.where(x < lo, lo, x)
+    return torch.where(y > hi, hi, y)
+
+
+def _pcb_scores(d, S, m, lo, hi, K, cdt):
+    """g = exp(K s) tanh(d S) in fp64, rounded to cdt; s = ((m - lo) / (hi - lo))^2, 0
+    where the clamped magnitudes have no spread."""
+    if hi > lo:
+        u = (m.double() - lo.double()) / (hi.double() - lo.double())
+        s = u * u
+    else:
+        s = torch.zeros_like(m, dtype=torch.float64)
+    return (torch.exp(K * s) * torch.tanh(d.double() * S.double())).to(cdt)
+
+
+def _pcb_scale(g, theta, top, cdt):
+    """(clamp(g, theta, top) - theta) / (top - theta) in fp64, rounded; 0 if top == theta."""
+    if top == theta:
+        return torch.zeros_like(g)
+    x = _clamp(g, theta, top)
+    return ((x.double() - theta.double()) / (top.double() - theta.double())).to(cdt)
+
+
+def _pcb_unit(d, ratio, clamp):
+    """The merged task vector of one unit from its deltas d [K, n] (compute type)."""
+    K, n = d.shape
+    cdt = d.dtype
+    S = _ordered_sum(d)
+    num = torch.zeros(n, dtype=cdt, device=d.device)
+    den = torch.zeros(n, dtype=cdt, device=d.device)
+    for k in range(K):
+        a = d[k].abs()
+        lo, hi = _at_ranks(a, (int(n * clamp), int(n * (1.0 - clamp) - 1)))
+        m = _clamp(a, lo, hi)
+        t = torch.where(d[k] > 0, m, torch.where(d[k] < 0, -m, 0.0))
+        g = _pcb_scores(d[k], S, m, lo, hi, K, cdt)
+        theta, top = _at_ranks(g, (int(n * (1.0 - ratio)), n - 1))
+        scale = _pcb_scale(g, theta, top, cdt)
+        num = num + t * scale
+        den = den + scale
+    return num / torch.where(den < PCB_SCALE_SUM_MIN, PCB_SCALE_SUM_MIN, den)
+
+
+def pcb_merge(base, models, *, ratio, lam=1.0, scope="tensor", clamp=1e-4):
+    """PCB merging of `models` onto `base` (tensors, or lists of tensors): see
+    docs/semantics.md. Sorts (this defines the op; the kernels select without
+    sorting). Returns a new tensor (list) in base's dtypes."""
+    is_list = isinstance(base, (list, tuple))
+    base_list = list(base) if is_list else [base]
+    model_lists = [list(m) if is_list else [m] for m in models]
+    cdts = [_compute_dtype(t.dtype) for t in base_list]
+    units = [[i] for i in range(len(base_list))] if scope == "tensor" else [list(range(len(base_list)))]
+    out = [None] * len(base_list)
+    for unit in units:
+        # A unit computes in its widest compute type; deltas formed per position first.
+        cdt = torch.float64 if any(cdts[i] == torch.float64 for i in unit) else torch.float32
+        d = torch.stack([torch.cat([(m[i].reshape(-1).to(cdts[i]) - base_list[i].reshape(-1).to(cdts[i])).to(cdt)
+                                    for i in unit]) for m in model_lists])
+        merged = _pcb_unit(d, ratio, clamp) if d.shape[1] else d[0]
+        start = 0
+        for i in unit:
+            b = base_list[i]
+            x = merged[start:start + b.numel()]
+            out[i] = (b.reshape(-1).to(cdt) + x * lam).to(b.dtype).reshape(b.shape)
+            start += b.numel()
+    return out if is_list else out[0]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import m2n2_kernels  # noqa: F401  (registers the ops)
-from m2n2_kernels import _checks, crossover, niches, scores, task_vectors
+from m2n2_kernels import _checks, crossover, niches, pcb, scores, task_vectors
 
 OP = torch.ops.m2n2
 
@@ -179,6 +179,7 @@ _PYTHON_CHECKS = {
     ),
     "niche_stats_out": niches.check_op_args,
     "task_merge_out": task_vectors.check_op_canonical,
+    "pcb_merge_out": pcb.check_op_canonical,
     "sample_scores_out": scores.check_op_args,
 }
 
@@ -229,8 +230,34 @@ def _task_merge_cases():
     ]
 
 
+def _pcb_cases():
+    base, m0, m1, out = torch.randn(6), torch.randn(6), torch.randn(6), torch.empty(6)
+    args = dict(ratio=0.5, lam=1.0, scope="tensor", clamp=1e-4)
+
+    def call(b, ms, o, **kw):
+        return ("pcb_merge_out", (b, ms, o, *{**args, **kw}.values()))
+
+    return [
+        call([], [m0, m1], []),
+        call([base], [], [out]),
+        call([base], [m0] * 65, [out]),
+        call([base, base[:3]], [m0, m1, m0], [out, out[:3]]),
+        call([base], [m0, m1.double()], [out]),
+        call([base], [m0[:5], m1], [out]),
+        call([base], [m0, m1], [m0]),
+        call([base], [m0, m1], [out], ratio=0.0),
+        call([base], [m0, m1], [out], ratio=1.5),
+        call([base], [m0, m1], [out], ratio=float("nan")),
+        call([base], [m0, m1], [out], lam=float("inf")),
+        call([base], [m0, m1], [out], scope="layer"),
+        call([base], [m0, m1], [out], clamp=0.5),
+        call([base], [m0, m1], [out], clamp=-1e-3),
+        call([base], [m0, m1], [out], clamp=float("nan")),
+    ]
+
+
 CASES = (_crossover_cases() + _batch_cases()[:-1] + _niches_cases() + _scores_cases() + _sums_cases()
-         + _task_merge_cases())
+         + _task_merge_cases() + _pcb_cases())
 
 
 def _error(fn):
