@@ -2,9 +2,17 @@
 DARE") against values worked out independently in the tests: plain fp64 maths and
 loops written again from the docs, and small cases worked out by hand. reference.py
 is used only for its Philox draws (philox_uniform24, itself checked here against
-Random123's known answers), never as the oracle of a merge.
+Random123's known answers), never as the oracle of a merge; except at the end,
+where the C++ and Triton kernels are held to the reference bit for bit.
+
+Triton runs in its interpreter on CPU tensors (conftest.py sets TRITON_INTERPRET=1),
+which is slow: "triton" joins only the tests below that are cheap there
+(BACKENDS); the others run on torch and cpp (CPU_BACKENDS), and the Triton section
+at the end covers what they check with fewer, smaller calls.
 """
 import math
+import mmap
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +21,11 @@ import torch
 from m2n2_kernels.reference import DARE_STREAM, philox_uniform24
 from m2n2_kernels.task_vectors import dare_merge, task_arithmetic, task_merge, ties_merge
 
-BACKENDS = ["torch", "cpp"]  # CUDA and Triton join when their kernels land
+from conftest import available_backends
+
+TRITON = [b for b in available_backends("cpu") if b == "triton"]
+CPU_BACKENDS = ["torch", "cpp"]  # tests too slow for the Triton interpreter
+BACKENDS = CPU_BACKENDS + TRITON
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 # (elements, shape): the awkward sizes, and one 2-D tensor of 17 x 59 = 1003 elements.
@@ -131,7 +143,7 @@ def flat(t):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n,shape", SIZES, ids=[str(n) for n, _ in SIZES])
 @pytest.mark.parametrize("K", [1, 2, 5])
@@ -185,7 +197,7 @@ def magnitude_densities(n):
     return sorted({0.0, 1.0 / n if n else 0.5, 0.1, 0.5, 1.0})
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.float16], ids=str)
 @pytest.mark.parametrize("n", [0, 1, 7, 1003])
 def test_ties_keeps_exactly_k_largest(backend, dtype, n):
@@ -239,7 +251,7 @@ def test_ties_keep_count_is_int_of_fp64_product(backend):
     assert torch.equal(got, torch.tensor([10.0, 9, 8, 7, 6, 5, 4, 0, 0, 0]))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("trial", range(6))
 def test_ties_random_small_cases(backend, trial):
     # Several models, per-model densities, both consensus rules, against the fp64 loops.
@@ -395,7 +407,7 @@ def test_philox_uniform24_known_answer():
     assert u == [w / 2**24 for w in (0x6627E8, 0xE169C5, 0xBC57AC, 0x9B00DB)]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("rescale", [None, "l1", "density"])
 @pytest.mark.parametrize("consensus", [None, "sum"])
@@ -410,7 +422,7 @@ def test_dare_density_one_is_task_arithmetic(backend, dtype, rescale, consensus)
         assert torch.equal(got, task_arithmetic(base, models, [0.3, 0.9], lam=0.8, backend=backend))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("rescale", [None, "l1"])
 def test_dare_density_zero_is_base(backend, dtype, rescale):
@@ -431,7 +443,7 @@ def test_density_rescale_at_density_zero_is_base(backend, sparsify):
     assert torch.equal(got, base)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("n", [0, 1, 7, 1003, 4096 + 5])
 @pytest.mark.parametrize("seed", [0, 12345, 2**64 - 1])
 @pytest.mark.parametrize("density", [0.1, 0.5, 0.93])
@@ -462,7 +474,7 @@ def test_dare_density_compared_exactly(backend):
         assert bool(got[j]) == (rho > u[j].item())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("density", [0.05, 0.5])
 def test_dare_kept_fraction(backend, density):
     n = 100_000
@@ -471,7 +483,7 @@ def test_dare_kept_fraction(backend, density):
     assert abs(frac - density) < 5 * math.sqrt(density * (1 - density) / n)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_dare_seeds(backend):
     base = randn(1000, torch.float32, 1)
     models = [randn(1000, torch.float32, 2), randn(1000, torch.float32, 3)]
@@ -486,7 +498,7 @@ def test_dare_seeds(backend):
     assert not torch.equal(m1, m2)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("density", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("scope", ["tensor", "global"])
 def test_dare_l1_rescale_keeps_l1_norm(backend, density, scope):
@@ -621,7 +633,7 @@ MERGES = {
 }
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("merge", [m for m in MERGES if "global" not in m])
 def test_list_equals_per_tensor_calls(backend, merge):
     kw = MERGES[merge]
@@ -635,7 +647,7 @@ def test_list_equals_per_tensor_calls(backend, merge):
         assert torch.equal(got[i], one), i
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("merge", list(MERGES))
 def test_global_list_equals_concatenation(backend, merge):
     # scope "global": a list is one flat vector (one dtype here, so one compute type).
@@ -658,7 +670,7 @@ def test_global_list_equals_concatenation(backend, merge):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("merge", list(MERGES))
 def test_out_is_base_in_place(backend, merge):
     kw = MERGES[merge]
@@ -698,7 +710,7 @@ def test_out_in_place_refusals(backend):
     assert torch.equal(buf, torch.zeros(6)) and torch.equal(bl[1], torch.zeros(3))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("merge", list(MERGES))
 def test_non_contiguous_inputs(backend, merge):
     # Transposed and strided inputs merge as their contiguous copies (out-of-place).
@@ -710,7 +722,7 @@ def test_non_contiguous_inputs(backend, merge):
     assert got.shape == (5, 9) and torch.equal(got, want)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("merge", list(MERGES))
 def test_out_fresh_buffer(backend, merge):
     # out= a buffer like base: written whole, returned, inputs untouched.
@@ -925,3 +937,227 @@ def test_torch_compile():
         return ties_merge(b, [x, y], [0.5, 0.5], 0.3) * 2
 
     torch.testing.assert_close(torch.compile(f, fullgraph=False)(base, m0, m1), f(base, m0, m1), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------
+# The Triton kernels (here in the interpreter, on CPU tensors) against the
+# reference and the C++ kernel, bit for bit. Sizes are small: the interpreter runs
+# each program's operations one numpy call at a time. bf16 results are exact too:
+# the kernels round to bf16 on the bits, not with the interpreter's truncating cast.
+# One tolerance, for the l1 rescale of fp64 tensors: its fp64 sums are added per
+# block and then across blocks, the reference's by torch.sum, so s may move by an
+# ulp (as between the C++ kernel and the reference), and the result by an ulp of
+# its terms (values here are of order 1: an absolute 1e-15).
+# ---------------------------------------------------------------------------
+
+needs_triton = pytest.mark.skipif(not TRITON, reason="Triton needs a CUDA GPU or TRITON_INTERPRET=1 (conftest.py)")
+
+COMBOS = [(None, None, None), ("magnitude", "sum", None), ("magnitude", "count", "l1"), ("magnitude", None, "density"),
+          ("random", None, "l1"), ("random", "sum", "density"), ("random", "count", None)]
+
+
+def assert_same(got, want, rescale=None):
+    for i, (x, y) in enumerate(zip(got, want)):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        if x.dtype == torch.float64 and rescale == "l1":
+            torch.testing.assert_close(x, y, rtol=4e-16, atol=1e-15)
+        else:
+            assert torch.equal(x, y), (i, int((x != y).sum()))
+
+
+def coarse_models(base, K, seed):
+    """Model 0's deltas on a grid of 1/4 (many ties at any threshold), the others'
+    on 1/100; a few deltas exactly 0."""
+    g = gen(seed)
+    return [[(b.double() + torch.randint(-3, 4, b.shape, generator=g) * (0.25 if k == 0 else 0.01)).to(b.dtype)
+             for b in base] for k in range(K)]
+
+
+def merge_all_backends(base, models, weights, **kw):
+    """task_merge by torch (the reference), cpp and triton."""
+    return [task_merge(base, models, weights, backend=b, **kw) for b in ("torch", "cpp", "triton")]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("sparsify,consensus,rescale", COMBOS)
+def test_triton_equals_reference(dtype, sparsify, consensus, rescale):
+    # Densities 0, 1/n, 0.1, 0.5 and 1 as the per-model densities of K = 5 (scope
+    # "tensor"), K = 2 (scope "global"); K = 1: test_triton_single_model. Sizes 37
+    # (odd) and 2 x 3.
+    base = [randn(s, dtype, 7 + i) for i, s in enumerate([(37,), (2, 3)])]
+    for scope, K, density in (("tensor", 5, [0.0, 1 / 37, 0.1, 0.5, 1.0]), ("global", 2, [1 / 43, 0.5])):
+        models = coarse_models(base, K, 100 + K)
+        weights = [0.5, -0.25, 1.0, 0.75, 0.3][:K]
+        kw = dict(sparsify=sparsify, density=density, consensus=consensus, rescale=rescale, normalize=True,
+                  lam=0.7, scope=scope, seed=2**64 - 11)
+        want, cpp, got = merge_all_backends(base, models, weights, **kw)
+        assert_same(got, want, rescale)
+        assert_same(got, cpp, rescale)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_triton_single_model(dtype):
+    # K = 1 at every density, each sparsification, consensus off and on.
+    base = [randn(9, dtype, 1), randn((), dtype, 2)]
+    models = coarse_models(base, 1, 3)
+    for sparsify, consensus, rescale in (("magnitude", "sum", "l1"), ("random", None, "density")):
+        for density in (0.0, 0.1, 0.5, 1.0):
+            kw = dict(sparsify=sparsify, density=density, consensus=consensus, rescale=rescale, scope="global",
+                      seed=4)
+            want, cpp, got = merge_all_backends(base, models, [0.8], **kw)
+            assert_same(got, want, rescale)
+            assert_same(got, cpp, rescale)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=str)
+def test_triton_ties_across_blocks(dtype):
+    # Integer deltas in {-3..3}: each magnitude ~17 times in 120 elements, so the
+    # threshold is shared; blocks of 32 split the ties, whose scan across blocks keeps
+    # the lowest indices first, as one block of 2048 does.
+    from m2n2_kernels.triton import task_merge as ttm
+
+    n, g = 120, gen(12)
+    base = [torch.randint(-4, 5, (n,), generator=g).to(dtype), torch.zeros(45, dtype=dtype)]
+    models = [[b + torch.randint(-3, 4, b.shape, generator=g).to(dtype) for b in base] for _ in range(2)]
+    for scope in ("tensor", "global"):
+        kw = dict(sparsify="magnitude", density=[0.1, 0.55], consensus="sum", rescale="l1", normalize=True,
+                  scope=scope)
+        want = task_merge(base, models, [1.0, 0.5], backend="torch", **kw)
+        for block in (32, 2048):
+            out = [torch.empty_like(b) for b in base]
+            ttm.task_merge_out(base, [t for m in models for t in m], out, [1.0, 0.5], [0.1, 0.55], "magnitude", "sum",
+                               "l1", True, 1.0, scope, 0, block=block)
+            assert_same(out, want, "l1")
+
+
+@needs_triton
+def test_triton_block_size_does_not_change_dare():
+    from m2n2_kernels.triton import task_merge as ttm
+
+    base = [randn(101, torch.float32, 1), randn(7, torch.float16, 2)]
+    models = coarse_models(base, 3, 5)
+    flat_models = [t for m in models for t in m]
+    outs = []
+    for block in (32, 2048):
+        out = [torch.empty_like(b) for b in base]
+        ttm.task_merge_out(base, flat_models, out, [0.5, 0.3, 0.2], [0.3, 0.6, 0.9], "random", "count", "l1", True,
+                           1.1, "global", 2**63 + 3, block=block)
+        outs.append(out)
+    assert_same(outs[0], outs[1])
+    assert_same(outs[0], task_merge(base, models, [0.5, 0.3, 0.2], sparsify="random", density=[0.3, 0.6, 0.9],
+                                    consensus="count", rescale="l1", normalize=True, lam=1.1, scope="global",
+                                    seed=2**63 + 3, backend="cpp"))
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_all_zero_deltas(dtype):
+    # Every key 0: the k-th largest is 0, the ties are all elements, the l1 sums are
+    # 0 (s = 1); out = base.
+    base = randn(40, dtype, 3)
+    for kw in (dict(sparsify="magnitude", density=0.3, consensus="sum", rescale="l1", normalize=True),
+               dict(sparsify="random", density=0.5, consensus="count", rescale="l1"),
+               dict(sparsify="magnitude", density=0.5, rescale="density")):
+        want, cpp, got = merge_all_backends(base, [base.clone(), base.clone()], [0.5, 1.0], **kw)
+        assert torch.equal(got, base) and torch.equal(got, want) and torch.equal(got, cpp)
+
+
+@needs_triton
+@pytest.mark.parametrize("merge,scope", [("ties", "tensor"), ("ties_count_global", "global"),
+                                         ("dare_density", "global"), ("dare_ties", "tensor")])
+def test_triton_mixed_list(merge, scope):
+    # bf16, fp32, fp64, empty, 0-d and fp16 positions in one call: a global unit
+    # with fp64 selects on 64-bit keys.
+    kw = dict(MERGES[merge], scope=scope)
+    base = mixed_list(0)
+    models = [mixed_list(10), mixed_list(20)]
+    want, cpp, got = merge_all_backends(base, models, [0.6, -0.2], **kw)
+    assert_same(got, want, kw.get("rescale"))
+    assert_same(got, cpp, kw.get("rescale"))
+
+
+@needs_triton
+@pytest.mark.parametrize("merge", ["ties_count_global", "dare_ties"])
+def test_triton_out_in_place_and_fresh(merge):
+    # In place: each element is read, by the program that writes it, before it is.
+    kw = MERGES[merge]
+    base = [randn((6, 11), torch.float32, 0), randn(5, torch.bfloat16, 1)]
+    models = [[randn(b.shape, b.dtype, 10 * k + i) for i, b in enumerate(base)] for k in (1, 2)]
+    want = task_merge(base, models, [0.6, 0.5], backend="triton", **kw)
+    outs = [torch.full_like(b, math.nan) for b in base]
+    got = task_merge(base, models, [0.6, 0.5], out=outs, backend="triton", **kw)
+    assert all(g is o for g, o in zip(got, outs))
+    assert_same(got, want)
+    got = task_merge(base, models, [0.6, 0.5], out=base, backend="triton", **kw)
+    assert all(g is b for g, b in zip(got, base))
+    assert_same(base, want)
+
+
+@needs_triton
+def test_triton_registered_op_wrapper():
+    # The function ops.py registers as the op's CUDA implementation where no CUDA C++
+    # was compiled: the op's checks first, then the Triton launcher.
+    from m2n2_kernels import ops
+
+    base, models = [randn(50, torch.float32, 1)], [randn(50, torch.float32, 2), randn(50, torch.float32, 3)]
+    args = ([0.6, 0.4], [0.3, 0.7], "magnitude", "count", "l1", True, 0.9, "tensor", 5)
+    got, want = [torch.empty(50)], [torch.empty(50)]
+    ops.triton_task_merge_out(base, models, got, *args)
+    torch.ops.m2n2.task_merge_out(base, models, want, *args)
+    assert torch.equal(got[0], want[0])
+    with pytest.raises(ValueError, match=r"density must lie in \[0, 1\], got 1.5"):
+        ops.triton_task_merge_out(base, models, got, [0.6, 0.4], [0.3, 1.5], *args[2:])
+    with pytest.raises(ValueError, match=r"weights must hold one number per model \(K = 2\), got 1"):
+        ops.triton_task_merge_out(base, models, got, [0.6], *args[1:])
+
+
+def _virtual_zeros(numel, dtype):
+    """A zero tensor whose pages exist only once touched (an anonymous mapping)."""
+    if sys.maxsize < 2**40 or not sys.platform.startswith("linux"):
+        pytest.skip("needs a 64-bit Linux address space")
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    try:
+        mem = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x4000)  # MAP_NORESERVE
+    except (OSError, OverflowError, ValueError) as e:
+        pytest.skip(f"cannot map {nbytes} bytes of address space: {e}")
+    return torch.frombuffer(mem, dtype=dtype)
+
+
+@needs_triton
+def test_triton_index_past_2_pow_31():
+    # The last blocks of a tensor of 2**31 + 3000 elements (launched through
+    # block_offset): addresses, unit indices and the DARE counters past 2**31 must be
+    # computed in 64 bits; a 32-bit wrap would read, draw or write elsewhere. Interpreter
+    # only (on a GPU this would need gigabytes).
+    import triton.language as tl
+    from m2n2_kernels.triton import task_merge as ttm
+
+    if torch.cuda.is_available():
+        pytest.skip("runs the interpreter on CPU tensors")
+    n, block, seed = 2**31 + 3000, 1024, 2**64 - 77
+    base, model, out = (_virtual_zeros(n, torch.float16) for _ in range(3))
+    first = n // block - 1  # the last two blocks (the last one partial)
+    lo = first * block
+    model[lo:] = 1.0
+    start = 5 * 2**31  # the tensor's first unit index (a global unit): draws past 2**33
+    table = torch.tensor([model.data_ptr()], dtype=torch.int64)
+    one = torch.ones(1, dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.int64)
+    kinds = torch.tensor([ttm.KEEP_SOME.value], dtype=torch.int32)
+    dthr = torch.tensor([ttm.dare_threshold(0.4)], dtype=torch.int64)
+    ttm._fused_kernel[(2,)](
+        base, out, table, kinds, one, one, zero, zero, zero, dthr, n, start, 1, 1, 0, ttm._double_bits(1.0),
+        ttm._double_bits(1.0), seed & 0xFFFFFFFF, seed >> 32, ttm._DARE_STREAM_HI, first,
+        BLOCK=block, CDT=tl.float32, WIDE=False, SPARSIFY=2, CONSENSUS=0, NORMALIZE=False,
+    )
+    want = philox_uniform24(seed, DARE_STREAM, torch.arange(start + lo, start + n)) < 0.4
+    assert torch.equal(out[lo:], want.to(torch.float16))
+    assert not out[lo - 64:lo].any()  # nothing written before the first block launched
+    # The histogram of the top digit over the same blocks: every key is that of 1.0.
+    hist = torch.zeros((1, ttm.BINS), dtype=torch.int64)
+    ttm._hist_kernel[(2,)](base, table, kinds, zero, hist, n, 1, 20, 11, first, BLOCK=block, BINS=ttm.BINS,
+                           CDT=tl.float32, WIDE=False)
+    assert hist.sum() == n - lo and hist[0, 0x3F800000 >> 20] == n - lo

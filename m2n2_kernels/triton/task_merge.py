@@ -143,14 +143,15 @@ def _divide(x, y):
 
 
 @triton.jit
-def _magnitude_keep(d, k, thr_ptr, need_ptr, tie_ptr, nblocks, block_base, block, WIDE: tl.constexpr):
+def _magnitude_keep(d, k, thr_ptr, need_ptr, tie_row_ptr, nblocks, WIDE: tl.constexpr):
     """Keys above the threshold, and ties while (ties before this block + rank
-    within it) < need: ties kept lowest unit index first."""
+    within it) < need: ties kept lowest unit index first. tie_row_ptr points at the
+    block's entry of model 0's row of the scanned tie counts."""
     key = _key(d, WIDE)
     t = tl.load(thr_ptr + k)
     tie = key == t
     rank = tl.cumsum(tie.to(tl.int64), axis=0) - tie.to(tl.int64)
-    before = tl.load(tie_ptr + k * i64(nblocks) + i64(block_base) + block)
+    before = tl.load(tie_row_ptr + k * nblocks)
     return (key > t) | (tie & (before + rank < tl.load(need_ptr + k)))
 
 
@@ -193,6 +194,8 @@ def _stats_kernel(
     block, offs, mask = _block_offsets(block_offset, n, BLOCK)
     b = tl.load(base_ptr + offs, mask=mask, other=0.0).to(CDT)
     row = i64(block_base) + block
+    idx = i64(start) + offs  # unit indices
+    nblocks = i64(nblocks)
     for k in range(K):
         if tl.load(kind_ptr + k) == KEEP_SOME:
             d = _delta(table_ptr, k, offs, mask, b, DT)
@@ -203,9 +206,9 @@ def _stats_kernel(
                 kept = key > t
                 ties = tl.sum((mask & (key == t)).to(tl.int64), axis=0)
             else:
-                kept = _draws24(i64(start) + offs, k, seed_lo, seed_hi, stream_hi) < tl.load(dthr_ptr + k)
+                kept = _draws24(idx, k, seed_lo, seed_hi, stream_hi) < tl.load(dthr_ptr + k)
                 ties = tl.zeros([], tl.int64)
-            at = k * i64(nblocks) + row
+            at = k * nblocks + row
             tl.store(abs_ptr + at, tl.sum(a, axis=0))
             tl.store(kept_ptr + at, tl.sum(tl.where(kept, a, 0.0), axis=0))
             tl.store(ties_ptr + at, ties)
@@ -225,6 +228,9 @@ def _fused_kernel(
     DT: tl.constexpr = base_ptr.dtype.element_ty
     block, offs, mask = _block_offsets(block_offset, n, BLOCK)
     b = tl.load(base_ptr + offs, mask=mask, other=0.0).to(CDT)
+    idx = i64(start) + offs  # unit indices
+    nblocks = i64(nblocks)
+    tie_row_ptr = tie_ptr + i64(block_base) + block
     zero = tl.zeros_like(b)
     x = zero
     vote = zero
@@ -236,9 +242,9 @@ def _fused_kernel(
         d = _delta(table_ptr, k, offs, mask, b, DT)
         if kind == KEEP_SOME:
             if SPARSIFY == 1:
-                keep = _magnitude_keep(d, k, thr_ptr, need_ptr, tie_ptr, nblocks, block_base, block, WIDE)
+                keep = _magnitude_keep(d, k, thr_ptr, need_ptr, tie_row_ptr, nblocks, WIDE)
             else:
-                keep = _draws24(i64(start) + offs, k, seed_lo, seed_hi, stream_hi) < tl.load(dthr_ptr + k)
+                keep = _draws24(idx, k, seed_lo, seed_hi, stream_hi) < tl.load(dthr_ptr + k)
         else:
             keep = (zero == zero) & (kind == KEEP_ALL)
         w = tl.load(w_ptr + k).to(CDT)
