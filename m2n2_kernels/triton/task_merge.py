@@ -240,13 +240,13 @@ def _fused_kernel(
     for k in range(K):
         kind = tl.load(kind_ptr + k)
         d = _delta(table_ptr, k, offs, mask, b, DT)
-        if kind == KEEP_SOME:
-            if SPARSIFY == 1:
-                keep = _magnitude_keep(d, k, thr_ptr, need_ptr, tie_row_ptr, nblocks, WIDE)
-            else:
-                keep = _draws24(idx, k, seed_lo, seed_hi, stream_hi) < tl.load(dthr_ptr + k)
-        else:
-            keep = (zero == zero) & (kind == KEEP_ALL)
+        keep = (zero == zero) & (kind == KEEP_ALL)
+        if SPARSIFY != 0:  # only a sparsification keeps some
+            if kind == KEEP_SOME:
+                if SPARSIFY == 1:
+                    keep = _magnitude_keep(d, k, thr_ptr, need_ptr, tie_row_ptr, nblocks, WIDE)
+                else:
+                    keep = _draws24(idx, k, seed_lo, seed_hi, stream_hi) < tl.load(dthr_ptr + k)
         w = tl.load(w_ptr + k).to(CDT)
         e = tl.where(keep, (d * tl.load(s_ptr + k).to(CDT)) * w, zero)
         if CONSENSUS == 0:
