@@ -322,17 +322,18 @@ class _Unit:
     """The positions of one unit with their place in it: first unit index and first
     block (the blocks of all positions, in order, index the per-block tables)."""
 
-    def __init__(self, positions, base, models, L, block):
+    def __init__(self, positions, base, models, block):
+        L = len(base)
+        K = len(models) // L
         self.positions = [i for i in positions if base[i].numel() > 0]
         self.base = base
-        self.tables = {}
-        self.starts, self.block_bases = {}, {}
+        self.tables, self.starts, self.block_bases = {}, {}, {}
         n = blocks = 0
         for i in self.positions:
             self.starts[i], self.block_bases[i] = n, blocks
             n += base[i].numel()
             blocks += triton.cdiv(base[i].numel(), block)
-            K = len(models) // L
+            # Model k's tensor at this position, by address: K needs no recompile.
             self.tables[i] = torch.tensor([models[k * L + i].data_ptr() for k in range(K)], dtype=torch.int64,
                                           device=base[i].device)
         self.n, self.nblocks = n, blocks
@@ -416,30 +417,41 @@ def _plain_divisor(weights, dtype):
     return 1.0 if abs(total) < c(reference.DIVISOR_MIN) else float(total)
 
 
-def _merge_unit(unit, out, weights, density, sparsify, consensus, rescale, normalize, lam, seed, block):
-    K = len(weights)
-    dev = unit.device
-    kinds, keeps, dthrs, scales = _model_rules(sparsify, rescale, density, unit.n)
-    kinds_t = torch.tensor(kinds, dtype=torch.int32, device=dev)
-    dthr_t = torch.tensor(dthrs, dtype=torch.int64, device=dev)
-    scale = torch.tensor(scales, dtype=torch.float64, device=dev)
-    thr = need = tie_start = torch.zeros(K, dtype=torch.int64, device=dev)
-    some = kinds_t == KEEP_SOME.value
-    if KEEP_SOME.value in kinds and sparsify == "magnitude":
-        thr, need = _select_thresholds(unit, kinds_t, keeps, block)
-    if KEEP_SOME.value in kinds and (sparsify == "magnitude" or rescale == "l1"):
-        abs_sum, kept_sum, ties = _unit_stats(unit, sparsify, kinds_t, thr, dthr_t, seed, block)
-        tie_start = ties.cumsum(1) - ties  # ties in the blocks before each block
+class _Plan:
+    """What each model keeps of a unit and its scale, as device tensors indexed by
+    model: kind, DARE threshold, magnitude threshold key and ties to keep, the scanned
+    tie counts per block ([K, blocks]) and s_k (fp64)."""
+
+    def __init__(self, unit, density, sparsify, rescale, seed, block):
+        dev, K = unit.device, len(density)
+        kinds, keeps, dthrs, scales = _model_rules(sparsify, rescale, density, unit.n)
+        self.kinds = torch.tensor(kinds, dtype=torch.int32, device=dev)
+        self.dthr = torch.tensor(dthrs, dtype=torch.int64, device=dev)
+        self.scale = torch.tensor(scales, dtype=torch.float64, device=dev)
+        self.thr = self.need = self.tie_start = torch.zeros(K, dtype=torch.int64, device=dev)
+        if KEEP_SOME.value not in kinds:
+            return
+        if sparsify == "magnitude":
+            self.thr, self.need = _select_thresholds(unit, self.kinds, keeps, block)
+        if sparsify == "magnitude" or rescale == "l1":
+            self._add_stats(unit, sparsify, rescale, seed, block)
+
+    def _add_stats(self, unit, sparsify, rescale, seed, block):
+        abs_sum, kept_sum, ties = _unit_stats(unit, sparsify, self.kinds, self.thr, self.dthr, seed, block)
+        self.tie_start = ties.cumsum(1) - ties  # ties in the blocks before each block
         if sparsify == "magnitude":  # the kept ties all have |d| = the threshold's value
-            kept_sum = kept_sum + need.double() * _threshold_value(thr, unit.wide)
+            kept_sum = kept_sum + self.need.double() * _threshold_value(self.thr, unit.wide)
         if rescale == "l1":
-            scale = _l1_scale(abs_sum, kept_sum, some)
-    w_t = torch.tensor(weights, dtype=torch.float64, device=dev)
+            self.scale = _l1_scale(abs_sum, kept_sum, self.kinds == KEEP_SOME.value)
+
+
+def _fused_pass(unit, out, plan, weights, sparsify, consensus, normalize, lam, seed, block):
+    w_t = torch.tensor(weights, dtype=torch.float64, device=unit.device)
     for i in unit.positions:
         b = unit.base[i]
         _fused_kernel[(triton.cdiv(b.numel(), block),)](
-            b, out[i], unit.tables[i], kinds_t, w_t, scale, thr, need, tie_start, dthr_t, b.numel(),
-            unit.starts[i], K, unit.nblocks, unit.block_bases[i], _double_bits(lam),
+            b, out[i], unit.tables[i], plan.kinds, w_t, plan.scale, plan.thr, plan.need, plan.tie_start, plan.dthr,
+            b.numel(), unit.starts[i], len(weights), unit.nblocks, unit.block_bases[i], _double_bits(lam),
             _double_bits(_plain_divisor(weights, b.dtype)), seed & _MASK32, seed >> 32, _DARE_STREAM_HI, 0,
             BLOCK=block, CDT=_compute_dtype(b.dtype), WIDE=unit.wide, SPARSIFY=_SPARSIFY[sparsify],
             CONSENSUS=_CONSENSUS[consensus], NORMALIZE=bool(normalize), **_launch_opts(),
@@ -452,12 +464,11 @@ def task_merge_out(base, models, out, weights, density, sparsify, consensus, res
     models model-major, K x L; contiguous tensors; out[i] may be base[i]: each
     element is read before it is written, by one program, in the last pass).
     `block`: elements per program (a power of two; the results do not depend on it)."""
-    L = len(base)
     seed = int(seed) & (2**64 - 1)
-    units = [[i] for i in range(L)] if scope == "tensor" else [list(range(L))]
+    units = [[i] for i in range(len(base))] if scope == "tensor" else [list(range(len(base)))]
     with on_device(base[0].device):
         for positions in units:
-            unit = _Unit(positions, base, models, L, block)
+            unit = _Unit(positions, base, models, block)
             if unit.n:
-                _merge_unit(unit, out, list(weights), list(density), sparsify, consensus, rescale, normalize, lam,
-                            seed, block)
+                plan = _Plan(unit, list(density), sparsify, rescale, seed, block)
+                _fused_pass(unit, out, plan, list(weights), sparsify, consensus, normalize, lam, seed, block)
