@@ -1161,3 +1161,20 @@ def test_triton_index_past_2_pow_31():
     ttm._hist_kernel[(2,)](base, table, kinds, zero, hist, n, 1, 20, 11, first, BLOCK=block, BINS=ttm.BINS,
                            CDT=tl.float32, WIDE=False)
     assert hist.sum() == n - lo and hist[0, 0x3F800000 >> 20] == n - lo
+    # TIES over the same blocks, every |d| at the threshold: the statistics count the
+    # ties per block (rows of the per-block tables: block_base = -first), and the fused
+    # pass keeps the first `need` of them by the scan.
+    thr = torch.tensor([0x3F800000], dtype=torch.int64)
+    abs_part, kept_part = torch.zeros(1, 2, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64)
+    ties = torch.zeros(1, 2, dtype=torch.int64)
+    ttm._stats_kernel[(2,)](base, table, kinds, thr, dthr, abs_part, kept_part, ties, n, start, 1, 2, -first,
+                            seed & 0xFFFFFFFF, seed >> 32, ttm._DARE_STREAM_HI, first, BLOCK=block, CDT=tl.float32,
+                            WIDE=False, SPARSIFY=1)
+    assert ties.tolist() == [[block, n - lo - block]] and abs_part.tolist() == [[block, n - lo - block]]
+    need = torch.tensor([1500], dtype=torch.int64)
+    ttm._fused_kernel[(2,)](
+        base, out, table, kinds, one, one, thr, need, ties.cumsum(1) - ties, dthr, n, start, 1, 2, -first,
+        ttm._double_bits(1.0), ttm._double_bits(1.0), 0, 0, 0, first,
+        BLOCK=block, CDT=tl.float32, WIDE=False, SPARSIFY=1, CONSENSUS=0, NORMALIZE=False,
+    )
+    assert torch.equal(out[lo:], (torch.arange(n - lo) < 1500).to(torch.float16))
