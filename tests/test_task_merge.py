@@ -1127,7 +1127,8 @@ def _virtual_zeros(numel, dtype):
 
 
 @needs_triton
-def test_triton_index_past_2_pow_31():
+@pytest.mark.parametrize("start", [5 * 2**31, 5 * 2**31 + 3], ids=["aligned", "unaligned"])
+def test_triton_index_past_2_pow_31(start):
     # The last blocks of a tensor of 2**31 + 3000 elements (launched through
     # block_offset): addresses, unit indices and the DARE counters past 2**31 must be
     # computed in 64 bits; a 32-bit wrap would read, draw or write elsewhere. Interpreter
@@ -1142,7 +1143,8 @@ def test_triton_index_past_2_pow_31():
     first = n // block - 1  # the last two blocks (the last one partial)
     lo = first * block
     model[lo:] = 1.0
-    start = 5 * 2**31  # the tensor's first unit index (a global unit): draws past 2**33
+    # start: the tensor's first unit index (a position of a global unit): draws past
+    # 2**33, by groups of four (aligned) or one element at a time.
     table = torch.tensor([model.data_ptr()], dtype=torch.int64)
     one = torch.ones(1, dtype=torch.float64)
     zero = torch.zeros(1, dtype=torch.int64)
@@ -1151,7 +1153,7 @@ def test_triton_index_past_2_pow_31():
     ttm._fused_kernel[(2,)](
         base, out, table, kinds, one, one, zero, zero, zero, dthr, n, start, 1, 1, 0, ttm._double_bits(1.0),
         ttm._double_bits(1.0), seed & 0xFFFFFFFF, seed >> 32, ttm._DARE_STREAM_HI, first,
-        BLOCK=block, CDT=tl.float32, WIDE=False, SPARSIFY=2, CONSENSUS=0, NORMALIZE=False,
+        BLOCK=block, CDT=tl.float32, WIDE=False, SPARSIFY=2, CONSENSUS=0, NORMALIZE=False, ALIGNED=start % 4 == 0,
     )
     want = philox_uniform24(seed, DARE_STREAM, torch.arange(start + lo, start + n)) < 0.4
     assert torch.equal(out[lo:], want.to(torch.float16))
@@ -1169,12 +1171,12 @@ def test_triton_index_past_2_pow_31():
     ties = torch.zeros(1, 2, dtype=torch.int64)
     ttm._stats_kernel[(2,)](base, table, kinds, thr, dthr, abs_part, kept_part, ties, n, start, 1, 2, -first,
                             seed & 0xFFFFFFFF, seed >> 32, ttm._DARE_STREAM_HI, first, BLOCK=block, CDT=tl.float32,
-                            WIDE=False, SPARSIFY=1)
+                            WIDE=False, SPARSIFY=1, ALIGNED=start % 4 == 0)
     assert ties.tolist() == [[block, n - lo - block]] and abs_part.tolist() == [[block, n - lo - block]]
     need = torch.tensor([1500], dtype=torch.int64)
     ttm._fused_kernel[(2,)](
         base, out, table, kinds, one, one, thr, need, ties.cumsum(1) - ties, dthr, n, start, 1, 2, -first,
         ttm._double_bits(1.0), ttm._double_bits(1.0), 0, 0, 0, first,
-        BLOCK=block, CDT=tl.float32, WIDE=False, SPARSIFY=1, CONSENSUS=0, NORMALIZE=False,
+        BLOCK=block, CDT=tl.float32, WIDE=False, SPARSIFY=1, CONSENSUS=0, NORMALIZE=False, ALIGNED=True,
     )
     assert torch.equal(out[lo:], (torch.arange(n - lo) < 1500).to(torch.float16))

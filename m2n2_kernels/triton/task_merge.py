@@ -112,17 +112,27 @@ def _key(d, WIDE: tl.constexpr):
 
 
 @triton.jit
-def _draws24(idx, k, seed_lo, seed_hi, stream_hi):
-    """Model k's DARE draws at unit indices idx: the top 24 bits of Philox word
-    idx % 4 of counter (idx >> 2, stream DARE_STREAM + k)."""
-    g = idx >> 2
-    lane = idx & 3
+def _draws24(first, k, seed_lo, seed_hi, stream_hi, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+    """Model k's DARE draws at unit indices first .. first + BLOCK - 1: the top 24
+    bits of Philox word i % 4 of counter (i >> 2, stream DARE_STREAM + k). ALIGNED
+    (first % 4 == 0): one Philox call per group of four, its words interleaved in
+    element order; else one call per element, taking its word."""
+    if ALIGNED:
+        g = (first >> 2) + tl.arange(0, BLOCK // 4)
+    else:
+        idx = first + tl.arange(0, BLOCK)
+        g = idx >> 2
     g_lo = g.to(tl.uint32)  # truncation: the low 32 bits
     g_hi = (g >> 32).to(tl.uint32)
     zero = tl.zeros_like(g_lo)
     w0, w1, w2, w3 = philox4x32_10(g_lo, g_hi, zero + tl.cast(k, tl.uint32), zero + tl.cast(stream_hi, tl.uint32),
                                    tl.cast(seed_lo, tl.uint32), tl.cast(seed_hi, tl.uint32))
-    word = tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
+    if ALIGNED:
+        # interleave(interleave(w0, w2), interleave(w1, w3)) = w0[0], w1[0], w2[0], w3[0], w0[1], ...
+        word = tl.interleave(tl.interleave(w0, w2), tl.interleave(w1, w3))
+    else:
+        lane = idx & 3
+        word = tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
     return (word >> 8).to(tl.int32)
 
 
@@ -185,7 +195,7 @@ def _hist_kernel(
 def _stats_kernel(
     base_ptr, table_ptr, kind_ptr, thr_ptr, dthr_ptr, abs_ptr, kept_ptr, ties_ptr, n, start, K, nblocks,
     block_base, seed_lo, seed_hi, stream_hi, block_offset,
-    BLOCK: tl.constexpr, CDT: tl.constexpr, WIDE: tl.constexpr, SPARSIFY: tl.constexpr,
+    BLOCK: tl.constexpr, CDT: tl.constexpr, WIDE: tl.constexpr, SPARSIFY: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """Per block and model selecting: sum |d| and the sum over the kept in fp64
     (magnitude: keys above the threshold; the ties are added on the host), and the
@@ -194,7 +204,7 @@ def _stats_kernel(
     block, offs, mask = _block_offsets(block_offset, n, BLOCK)
     b = tl.load(base_ptr + offs, mask=mask, other=0.0).to(CDT)
     row = i64(block_base) + block
-    idx = i64(start) + offs  # unit indices
+    first = i64(start) + block * BLOCK  # unit index of the block's element 0
     nblocks = i64(nblocks)
     for k in range(K):
         if tl.load(kind_ptr + k) == KEEP_SOME:
@@ -206,7 +216,7 @@ def _stats_kernel(
                 kept = key > t
                 ties = tl.sum((mask & (key == t)).to(tl.int64), axis=0)
             else:
-                kept = _draws24(idx, k, seed_lo, seed_hi, stream_hi) < tl.load(dthr_ptr + k)
+                kept = _draws24(first, k, seed_lo, seed_hi, stream_hi, BLOCK, ALIGNED) < tl.load(dthr_ptr + k)
                 ties = tl.zeros([], tl.int64)
             at = k * nblocks + row
             tl.store(abs_ptr + at, tl.sum(a, axis=0))
@@ -219,7 +229,7 @@ def _fused_kernel(
     base_ptr, out_ptr, table_ptr, kind_ptr, w_ptr, s_ptr, thr_ptr, need_ptr, tie_ptr, dthr_ptr, n, start, K,
     nblocks, block_base, lam_bits, divisor_bits, seed_lo, seed_hi, stream_hi, block_offset,
     BLOCK: tl.constexpr, CDT: tl.constexpr, WIDE: tl.constexpr, SPARSIFY: tl.constexpr,
-    CONSENSUS: tl.constexpr, NORMALIZE: tl.constexpr,
+    CONSENSUS: tl.constexpr, NORMALIZE: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """combine_factors of task_merge.h over a block. With consensus, the sums over
     the models that agree with sigma = +1 and with sigma = -1 are both carried (each
@@ -228,7 +238,7 @@ def _fused_kernel(
     DT: tl.constexpr = base_ptr.dtype.element_ty
     block, offs, mask = _block_offsets(block_offset, n, BLOCK)
     b = tl.load(base_ptr + offs, mask=mask, other=0.0).to(CDT)
-    idx = i64(start) + offs  # unit indices
+    first = i64(start) + block * BLOCK  # unit index of the block's element 0
     nblocks = i64(nblocks)
     tie_row_ptr = tie_ptr + i64(block_base) + block
     zero = tl.zeros_like(b)
@@ -246,7 +256,7 @@ def _fused_kernel(
                 if SPARSIFY == 1:
                     keep = _magnitude_keep(d, k, thr_ptr, need_ptr, tie_row_ptr, nblocks, WIDE)
                 else:
-                    keep = _draws24(idx, k, seed_lo, seed_hi, stream_hi) < tl.load(dthr_ptr + k)
+                    keep = _draws24(first, k, seed_lo, seed_hi, stream_hi, BLOCK, ALIGNED) < tl.load(dthr_ptr + k)
         w = tl.load(w_ptr + k).to(CDT)
         e = tl.where(keep, (d * tl.load(s_ptr + k).to(CDT)) * w, zero)
         if CONSENSUS == 0:
@@ -392,7 +402,8 @@ def _unit_stats(unit, sparsify, kinds_t, thr, dthr_t, seed, block):
         _stats_kernel[(triton.cdiv(b.numel(), block),)](
             b, unit.tables[i], kinds_t, thr, dthr_t, abs_part, kept_part, ties, b.numel(), unit.starts[i], K,
             unit.nblocks, unit.block_bases[i], seed & _MASK32, seed >> 32, _DARE_STREAM_HI, 0,
-            BLOCK=block, CDT=_compute_dtype(b.dtype), WIDE=unit.wide, SPARSIFY=_SPARSIFY[sparsify], **_launch_opts(),
+            BLOCK=block, CDT=_compute_dtype(b.dtype), WIDE=unit.wide, SPARSIFY=_SPARSIFY[sparsify],
+            ALIGNED=unit.starts[i] % 4 == 0, **_launch_opts(),
         )
     return abs_part.sum(1), kept_part.sum(1), ties
 
@@ -454,7 +465,8 @@ def _fused_pass(unit, out, plan, weights, sparsify, consensus, normalize, lam, s
             b.numel(), unit.starts[i], len(weights), unit.nblocks, unit.block_bases[i], _double_bits(lam),
             _double_bits(_plain_divisor(weights, b.dtype)), seed & _MASK32, seed >> 32, _DARE_STREAM_HI, 0,
             BLOCK=block, CDT=_compute_dtype(b.dtype), WIDE=unit.wide, SPARSIFY=_SPARSIFY[sparsify],
-            CONSENSUS=_CONSENSUS[consensus], NORMALIZE=bool(normalize), **_launch_opts(),
+            CONSENSUS=_CONSENSUS[consensus], NORMALIZE=bool(normalize), ALIGNED=unit.starts[i] % 4 == 0,
+            **_launch_opts(),
         )
 
 
@@ -463,7 +475,8 @@ def task_merge_out(base, models, out, weights, density, sparsify, consensus, res
     """out[i] = the merge of position i (m2n2::task_merge_out's canonical arguments:
     models model-major, K x L; contiguous tensors; out[i] may be base[i]: each
     element is read before it is written, by one program, in the last pass).
-    `block`: elements per program (a power of two; the results do not depend on it)."""
+    `block`: elements per program (a power of two, at least 16; the results do not
+    depend on it)."""
     seed = int(seed) & (2**64 - 1)
     units = [[i] for i in range(len(base))] if scope == "tensor" else [list(range(len(base)))]
     with on_device(base[0].device):
