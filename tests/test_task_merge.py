@@ -1015,7 +1015,7 @@ def test_triton_single_model(dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=str)
 def test_triton_ties_across_blocks(dtype):
     # Integer deltas in {-3..3}: each magnitude ~17 times in 120 elements, so the
-    # threshold is shared; blocks of 32 split the ties, whose scan across blocks keeps
+    # threshold is shared; blocks of 16 split the ties, whose scan across blocks keeps
     # the lowest indices first, as one block of 2048 does.
     from m2n2_kernels.triton import task_merge as ttm
 
@@ -1026,7 +1026,7 @@ def test_triton_ties_across_blocks(dtype):
         kw = dict(sparsify="magnitude", density=[0.1, 0.55], consensus="sum", rescale="l1", normalize=True,
                   scope=scope)
         want = task_merge(base, models, [1.0, 0.5], backend="torch", **kw)
-        for block in (32, 2048):
+        for block in (16, 2048):  # 16: two histogram programs of four blocks each
             out = [torch.empty_like(b) for b in base]
             ttm.task_merge_out(base, [t for m in models for t in m], out, [1.0, 0.5], [0.1, 0.55], "magnitude", "sum",
                                "l1", True, 1.0, scope, 0, block=block)
@@ -1160,7 +1160,7 @@ def test_triton_index_past_2_pow_31(start):
     assert not out[lo - 64:lo].any()  # nothing written before the first block launched
     # The histogram of the top digit over the same blocks: every key is that of 1.0.
     hist = torch.zeros((1, ttm.BINS), dtype=torch.int64)
-    ttm._hist_kernel[(2,)](base, table, kinds, zero, hist, n, 1, 20, 11, first, BLOCK=block, BINS=ttm.BINS,
+    ttm._hist_kernel[(2,)](base, table, kinds, zero, hist, n, 1, 20, 11, first, BLOCK=block, TILES=1, BINS=ttm.BINS,
                            CDT=tl.float32, WIDE=False)
     assert hist.sum() == n - lo and hist[0, 0x3F800000 >> 20] == n - lo
     # TIES over the same blocks, every |d| at the threshold: the statistics count the

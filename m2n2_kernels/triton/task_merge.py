@@ -35,6 +35,7 @@ from ._utils import i64, on_device
 from .philox import philox4x32_10
 
 BLOCK = 2048  # elements per program in every pass (tests change it: results must not)
+HIST_TILES = 4  # blocks per program of the histogram passes (fewer atomics)
 WARPS = 4
 DIGIT_BITS = 11
 BINS = 1 << DIGIT_BITS  # int32 counts of one block: 8 KiB of shared memory
@@ -173,22 +174,30 @@ def _magnitude_keep(d, k, thr_ptr, need_ptr, tie_row_ptr, nblocks, WIDE: tl.cons
 @triton.jit
 def _hist_kernel(
     base_ptr, table_ptr, kind_ptr, prefix_ptr, hist_ptr, n, K, shift, width, block_offset,
-    BLOCK: tl.constexpr, BINS: tl.constexpr, CDT: tl.constexpr, WIDE: tl.constexpr,
+    BLOCK: tl.constexpr, TILES: tl.constexpr, BINS: tl.constexpr, CDT: tl.constexpr, WIDE: tl.constexpr,
 ):
     """Adds, per model selecting, the histogram of digit `shift` of the keys whose
-    higher bits equal the model's prefix."""
+    higher bits equal the model's prefix, over TILES blocks: one int32 histogram per
+    model in the program, then one atomic per bin that is not empty (few are: the
+    top digit holds the exponent, and later digits see only the prefix's keys)."""
     DT: tl.constexpr = base_ptr.dtype.element_ty
-    _, offs, mask = _block_offsets(block_offset, n, BLOCK)
-    b = tl.load(base_ptr + offs, mask=mask, other=0.0).to(CDT)
+    n = i64(n)
+    first = (i64(block_offset) + tl.program_id(0).to(tl.int64)) * (TILES * BLOCK)
+    tiles = tl.minimum((n - first + BLOCK - 1) // BLOCK, TILES)  # the last program's may be fewer
     high = shift + width
     digit_mask = (1 << width) - 1
     for k in range(K):
         if tl.load(kind_ptr + k) == KEEP_SOME:
-            key = _key(_delta(table_ptr, k, offs, mask, b, DT), WIDE)
-            sel = mask & ((key >> high) == tl.load(prefix_ptr + k))
-            digit = ((key >> shift) & digit_mask).to(tl.int32)
-            h = tl.histogram(digit, BINS, mask=sel)
-            tl.atomic_add(hist_ptr + k * BINS + tl.arange(0, BINS), h.to(tl.int64))
+            want = tl.load(prefix_ptr + k)
+            h = tl.zeros([BINS], tl.int32)
+            for t in range(tiles):
+                offs = first + t * BLOCK + tl.arange(0, BLOCK)
+                mask = offs < n
+                b = tl.load(base_ptr + offs, mask=mask, other=0.0).to(CDT)
+                key = _key(_delta(table_ptr, k, offs, mask, b, DT), WIDE)
+                digit = ((key >> shift) & digit_mask).to(tl.int32)
+                h += tl.histogram(digit, BINS, mask=mask & ((key >> high) == want))
+            tl.atomic_add(hist_ptr + k * BINS + tl.arange(0, BINS), h.to(tl.int64), mask=h != 0)
 
 
 @triton.jit
@@ -372,9 +381,9 @@ def _select_thresholds(unit, kinds_t, keeps, block):
         hist.zero_()
         for i in unit.positions:
             b = unit.base[i]
-            _hist_kernel[(triton.cdiv(b.numel(), block),)](
+            _hist_kernel[(triton.cdiv(b.numel(), block * HIST_TILES),)](
                 b, unit.tables[i], kinds_t, prefix, hist, b.numel(), K, shift, width, 0,
-                BLOCK=block, BINS=BINS, CDT=_compute_dtype(b.dtype), WIDE=unit.wide, **_launch_opts(),
+                BLOCK=block, TILES=HIST_TILES, BINS=BINS, CDT=_compute_dtype(b.dtype), WIDE=unit.wide, **_launch_opts(),
             )
         prefix, remaining = _pick_digit(hist, prefix, remaining, width)
         high = shift
