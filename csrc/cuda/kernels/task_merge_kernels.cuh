@@ -145,16 +145,25 @@ M2N2_HD void store_elems(T* ptr, int64_t j0, int64_t end, const compute_t<T>* v)
 
 // The 24-bit DARE draws of unit elements f0 .. f0 + V - 1 of one stream: the Philox
 // groups they touch (one or two), word i % 4 of group i / 4.
+// (Words picked by selects, not by indexing an array at a run-time offset, which
+// would put the array in local memory.)
+M2N2_HD uint32_t pick_word(int q, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3) {
+  return q == 0 ? a0 : q == 1 ? a1 : q == 2 ? a2 : a3;
+}
+
 template <int V>
 M2N2_HD void dare_draws(uint64_t seed, uint64_t stream, uint64_t f0, uint32_t* draws) {
   static_assert(V >= 1 && V <= 4, "at most two groups");
-  uint32_t z[8];
   const uint64_t g0 = f0 >> 2;
   const int off = int(f0 & 3u);
-  dare_draws4(seed, stream, g0, z[0], z[1], z[2], z[3]);
-  if (off + V > 4) dare_draws4(seed, stream, g0 + 1, z[4], z[5], z[6], z[7]);
+  uint32_t a0, a1, a2, a3, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+  dare_draws4(seed, stream, g0, a0, a1, a2, a3);
+  if (off + V > 4) dare_draws4(seed, stream, g0 + 1, b0, b1, b2, b3);
   M2N2_UNROLL
-  for (int j = 0; j < V; ++j) draws[j] = z[off + j];
+  for (int j = 0; j < V; ++j) {
+    const int q = off + j;
+    draws[j] = q < 4 ? pick_word(q, a0, a1, a2, a3) : pick_word(q - 4, b0, b1, b2, b3);
+  }
 }
 
 M2N2_HD void shared_inc(uint32_t* h, uint32_t bin) {
