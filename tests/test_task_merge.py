@@ -940,9 +940,10 @@ def test_torch_compile():
 
 
 # ---------------------------------------------------------------------------
-# The Triton kernels (here in the interpreter, on CPU tensors) against the
-# reference and the C++ kernel, bit for bit. Sizes are small: the interpreter runs
-# each program's operations one numpy call at a time. bf16 results are exact too:
+# The Triton kernels (on a CUDA GPU where there is one, else in the interpreter on
+# CPU tensors) against the reference and the C++ kernel on the CPU, bit for bit.
+# Sizes are small: the interpreter runs each program's operations one numpy call at
+# a time. bf16 results are exact too:
 # the kernels round to bf16 on the bits, not with the interpreter's truncating cast.
 # One tolerance, for the l1 rescale of fp64 tensors: its fp64 sums are added per
 # block and then across blocks, the reference's by torch.sum, so s may move by an
@@ -950,7 +951,9 @@ def test_torch_compile():
 # its terms (values here are of order 1: an absolute 1e-15).
 # ---------------------------------------------------------------------------
 
-needs_triton = pytest.mark.skipif(not TRITON, reason="Triton needs a CUDA GPU or TRITON_INTERPRET=1 (conftest.py)")
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_triton = pytest.mark.skipif("triton" not in available_backends(TRITON_DEVICE),
+                                  reason="Triton needs a CUDA GPU or TRITON_INTERPRET=1 (conftest.py)")
 
 COMBOS = [(None, None, None), ("magnitude", "sum", None), ("magnitude", "count", "l1"), ("magnitude", None, "density"),
           ("random", None, "l1"), ("random", "sum", "density"), ("random", "count", None)]
@@ -973,9 +976,17 @@ def coarse_models(base, K, seed):
              for b in base] for k in range(K)]
 
 
+def moved(x, device):
+    """A tensor, or (nested) lists of them, on `device`."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    return [moved(t, device) for t in x]
+
+
 def merge_all_backends(base, models, weights, **kw):
-    """task_merge by torch (the reference), cpp and triton."""
-    return [task_merge(base, models, weights, backend=b, **kw) for b in ("torch", "cpp", "triton")]
+    """task_merge by torch (the reference) and cpp on the CPU, and by triton."""
+    got = task_merge(moved(base, TRITON_DEVICE), moved(models, TRITON_DEVICE), weights, backend="triton", **kw)
+    return [task_merge(base, models, weights, backend=b, **kw) for b in ("torch", "cpp")] + [moved(got, "cpu")]
 
 
 @needs_triton
@@ -1027,10 +1038,10 @@ def test_triton_ties_across_blocks(dtype):
                   scope=scope)
         want = task_merge(base, models, [1.0, 0.5], backend="torch", **kw)
         for block in (16, 2048):  # 16: two histogram programs of four blocks each
-            out = [torch.empty_like(b) for b in base]
-            ttm.task_merge_out(base, [t for m in models for t in m], out, [1.0, 0.5], [0.1, 0.55], "magnitude", "sum",
-                               "l1", True, 1.0, scope, 0, block=block)
-            assert_same(out, want, "l1")
+            out = [torch.empty_like(b, device=TRITON_DEVICE) for b in base]
+            ttm.task_merge_out(moved(base, TRITON_DEVICE), [t.to(TRITON_DEVICE) for m in models for t in m], out,
+                               [1.0, 0.5], [0.1, 0.55], "magnitude", "sum", "l1", True, 1.0, scope, 0, block=block)
+            assert_same(moved(out, "cpu"), want, "l1")
 
 
 @needs_triton
@@ -1039,13 +1050,13 @@ def test_triton_block_size_does_not_change_dare():
 
     base = [randn(101, torch.float32, 1), randn(7, torch.float16, 2)]
     models = coarse_models(base, 3, 5)
-    flat_models = [t for m in models for t in m]
+    flat_models = [t.to(TRITON_DEVICE) for m in models for t in m]
     outs = []
     for block in (32, 2048):
-        out = [torch.empty_like(b) for b in base]
-        ttm.task_merge_out(base, flat_models, out, [0.5, 0.3, 0.2], [0.3, 0.6, 0.9], "random", "count", "l1", True,
-                           1.1, "global", 2**63 + 3, block=block)
-        outs.append(out)
+        out = [torch.empty_like(b, device=TRITON_DEVICE) for b in base]
+        ttm.task_merge_out(moved(base, TRITON_DEVICE), flat_models, out, [0.5, 0.3, 0.2], [0.3, 0.6, 0.9], "random",
+                           "count", "l1", True, 1.1, "global", 2**63 + 3, block=block)
+        outs.append(moved(out, "cpu"))
     assert_same(outs[0], outs[1])
     assert_same(outs[0], task_merge(base, models, [0.5, 0.3, 0.2], sparsify="random", density=[0.3, 0.6, 0.9],
                                     consensus="count", rescale="l1", normalize=True, lam=1.1, scope="global",
@@ -1084,8 +1095,8 @@ def test_triton_mixed_list(merge, scope):
 def test_triton_out_in_place_and_fresh(merge):
     # In place: each element is read, by the program that writes it, before it is.
     kw = MERGES[merge]
-    base = [randn((6, 11), torch.float32, 0), randn(5, torch.bfloat16, 1)]
-    models = [[randn(b.shape, b.dtype, 10 * k + i) for i, b in enumerate(base)] for k in (1, 2)]
+    base = moved([randn((6, 11), torch.float32, 0), randn(5, torch.bfloat16, 1)], TRITON_DEVICE)
+    models = [[randn(b.shape, b.dtype, 10 * k + i).to(TRITON_DEVICE) for i, b in enumerate(base)] for k in (1, 2)]
     want = task_merge(base, models, [0.6, 0.5], backend="triton", **kw)
     outs = [torch.full_like(b, math.nan) for b in base]
     got = task_merge(base, models, [0.6, 0.5], out=outs, backend="triton", **kw)
@@ -1104,10 +1115,12 @@ def test_triton_registered_op_wrapper():
 
     base, models = [randn(50, torch.float32, 1)], [randn(50, torch.float32, 2), randn(50, torch.float32, 3)]
     args = ([0.6, 0.4], [0.3, 0.7], "magnitude", "count", "l1", True, 0.9, "tensor", 5)
-    got, want = [torch.empty(50)], [torch.empty(50)]
-    ops.triton_task_merge_out(base, models, got, *args)
+    want = [torch.empty(50)]
     torch.ops.m2n2.task_merge_out(base, models, want, *args)
-    assert torch.equal(got[0], want[0])
+    base, models = moved(base, TRITON_DEVICE), moved(models, TRITON_DEVICE)
+    got = [torch.empty(50, device=TRITON_DEVICE)]
+    ops.triton_task_merge_out(base, models, got, *args)
+    assert torch.equal(got[0].cpu(), want[0])
     with pytest.raises(ValueError, match=r"density must lie in \[0, 1\], got 1.5"):
         ops.triton_task_merge_out(base, models, got, [0.6, 0.4], [0.3, 1.5], *args[2:])
     with pytest.raises(ValueError, match=r"weights must hold one number per model \(K = 2\), got 1"):
