@@ -7,16 +7,21 @@ per-element maths is combine_factors of csrc/include/m2n2/task_merge.h. Per unit
 store an n-element buffer (deltas d_k = m_k - base are formed again in each pass):
 1. magnitude only: exact radix selection of each model's k-th largest |d| over the
    bits of |d| (key = bits & 0x7FF..., 32-bit, or 64-bit when the unit holds fp64),
-   DIGIT_BITS per pass: a block histogram (tl.histogram) per model, added into one
-   int64 histogram per model with integer atomics (exact, so order-free); torch
-   picks each model's digit on the device, without a host sync.
+   DIGIT_BITS per pass (3 passes for 32-bit keys, 6 for 64-bit): per program and
+   model a histogram (tl.histogram) over HIST_TILES blocks, its non-empty bins
+   added into one int64 histogram per model with integer atomics (exact, so
+   order-free); torch picks each model's digit on the device (nothing is read
+   back to the host).
 2. statistics, where needed: per block and model, sum |d| and the kept sum in fp64
    (l1 rescale) and the count of ties at the threshold; an exclusive scan of the
    tie counts (torch.cumsum) gives each block the ties before it, so that ties are
    kept lowest unit index first whatever the block size.
 3. one fused pass: masks, factors e_k = (d_k s_k) w_k, the sign election and the
    mix, written once. Launched with enable_fp_fusion=False: no FMA contraction, so
-   each step rounds as the C++ code does.
+   each step rounds as the C++ code does (division by div_rn for fp32).
+DARE's draws are Philox words keyed by (seed, DARE_STREAM + k, unit index), the
+same in the statistics and the fused pass: one Philox call per counter group of
+four where a position starts at a multiple of 4 (always for scope "tensor").
 
 Models reach the kernels as a table of K data pointers per list position (any K up
 to 64 without recompiling). Indices are int64; every kernel takes `block_offset`,
