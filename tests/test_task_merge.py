@@ -1193,3 +1193,54 @@ def test_triton_index_past_2_pow_31(start):
         BLOCK=block, CDT=tl.float32, WIDE=False, SPARSIFY=1, CONSENSUS=0, NORMALIZE=False, ALIGNED=True,
     )
     assert torch.equal(out[lo:], (torch.arange(n - lo) < 1500).to(torch.float16))
+
+
+# Compiled for a GPU (sm_90) without one, in a process without the interpreter: the
+# kernels lower (pointer tables, histograms, int64 atomics), and the PTX of the
+# fused pass holds no FMA (Triton would contract a * b + c) and no approximate
+# division: the roundings that make it equal the C++ kernel.
+_COMPILE_CHECK = r"""
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from m2n2_kernels.triton import task_merge as ttm
+
+def compile_ptx(fn, pointers, consts):
+    names = fn.arg_names
+    sig = {a: (pointers[i] if i < len(pointers) else "i64") for i, a in enumerate(names) if a not in consts}
+    sig.update({a: "constexpr" for a in consts})
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": ttm.WARPS, "enable_fp_fusion": False}).asm["ptx"]
+
+ptx = []
+for cdt, dt in ((tl.float32, "*bf16"), (tl.float64, "*fp64")):
+    wide = cdt == tl.float64
+    for sp, cons in ((1, 1), (2, 2), (0, 0)):
+        ptx.append(compile_ptx(ttm._fused_kernel, [dt, dt, "*i64", "*i32", "*fp64", "*fp64", "*i64", "*i64", "*i64",
+                                                   "*i64"],
+                               dict(BLOCK=2048, CDT=cdt, WIDE=wide, SPARSIFY=sp, CONSENSUS=cons, NORMALIZE=True,
+                                    ALIGNED=sp == 2)))
+    compile_ptx(ttm._hist_kernel, [dt, "*i64", "*i32", "*i64", "*i64"],
+                dict(BLOCK=2048, TILES=4, BINS=ttm.BINS, CDT=cdt, WIDE=wide))
+    compile_ptx(ttm._stats_kernel, [dt, "*i64", "*i32", "*i64", "*i64", "*fp64", "*fp64", "*i64"],
+                dict(BLOCK=2048, CDT=cdt, WIDE=wide, SPARSIFY=2, ALIGNED=False))
+for p in ptx:
+    assert "fma." not in p and "div.full" not in p and "div.approx" not in p, "contracted or approximate"
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not TRITON, reason="needs triton")
+def test_triton_compiles_for_gpu_without_fma():
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run([sys.executable, "-c", _COMPILE_CHECK], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=600)
+    if run.returncode and "ptxas" in run.stderr and "assert" not in run.stderr:
+        pytest.skip(f"no CUDA toolchain for Triton here: {run.stderr.strip().splitlines()[-1]}")
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
