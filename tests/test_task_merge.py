@@ -1213,18 +1213,17 @@ def compile_ptx(fn, pointers, consts):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": ttm.WARPS, "enable_fp_fusion": False}).asm["ptx"]
 
-ptx = []
-for cdt, dt in ((tl.float32, "*bf16"), (tl.float64, "*fp64")):
-    wide = cdt == tl.float64
-    for sp, cons in ((1, 1), (2, 2), (0, 0)):
-        ptx.append(compile_ptx(ttm._fused_kernel, [dt, dt, "*i64", "*i32", "*fp64", "*fp64", "*i64", "*i64", "*i64",
-                                                   "*i64"],
-                               dict(BLOCK=2048, CDT=cdt, WIDE=wide, SPARSIFY=sp, CONSENSUS=cons, NORMALIZE=True,
-                                    ALIGNED=sp == 2)))
-    compile_ptx(ttm._hist_kernel, [dt, "*i64", "*i32", "*i64", "*i64"],
-                dict(BLOCK=2048, TILES=4, BINS=ttm.BINS, CDT=cdt, WIDE=wide))
-    compile_ptx(ttm._stats_kernel, [dt, "*i64", "*i32", "*i64", "*i64", "*fp64", "*fp64", "*i64"],
-                dict(BLOCK=2048, CDT=cdt, WIDE=wide, SPARSIFY=2, ALIGNED=False))
+fused = ["*bf16", "*bf16", "*i64", "*i32", "*fp64", "*fp64", "*i64", "*i64", "*i64", "*i64"]
+ptx = [compile_ptx(ttm._fused_kernel, fused, dict(BLOCK=2048, CDT=tl.float32, WIDE=False, SPARSIFY=1, CONSENSUS=1,
+                                                  NORMALIZE=True, ALIGNED=True)),
+       compile_ptx(ttm._fused_kernel, fused, dict(BLOCK=2048, CDT=tl.float32, WIDE=True, SPARSIFY=2, CONSENSUS=2,
+                                                  NORMALIZE=True, ALIGNED=False)),
+       compile_ptx(ttm._fused_kernel, ["*fp64", "*fp64"] + fused[2:],
+                   dict(BLOCK=2048, CDT=tl.float64, WIDE=True, SPARSIFY=0, CONSENSUS=0, NORMALIZE=True, ALIGNED=True))]
+compile_ptx(ttm._hist_kernel, ["*bf16", "*i64", "*i32", "*i64", "*i64"],
+            dict(BLOCK=2048, TILES=4, BINS=ttm.BINS, CDT=tl.float32, WIDE=True))
+compile_ptx(ttm._stats_kernel, ["*fp64", "*i64", "*i32", "*i64", "*i64", "*fp64", "*fp64", "*i64"],
+            dict(BLOCK=2048, CDT=tl.float64, WIDE=True, SPARSIFY=1, ALIGNED=True))
 for p in ptx:
     assert "fma." not in p and "div.full" not in p and "div.approx" not in p, "contracted or approximate"
 print("ok")
