@@ -130,6 +130,42 @@ struct DeltaTile {
 template <class U>
 using unit_key_t = decltype(magnitude_key(U(0)));
 
+// The score keys of one model over a tile (every delta's sum S given).
+template <class U>
+M2N2_HD void score_keys_tile(const U* d, const U* S, int64_t len, U lo, U hi, double K, unit_key_t<U>* keys) {
+  const PcbRange r = pcb_range(lo, hi);
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) keys[j] = score_key(pcb_score(d[j], S[j], lo, hi, r, K));
+}
+
+// One model's share of a tile: num += t scale, den += scale.
+template <class U>
+M2N2_HD void mix_tile(const U* d, const U* S, int64_t len, U lo, U hi, U theta, U top, double K, U* num, U* den) {
+  const PcbRange r = pcb_range(lo, hi);
+  const PcbRange drop = pcb_range(theta, top);
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) {
+    const U scale = pcb_scale(pcb_score(d[j], S[j], lo, hi, r, K), theta, top, drop);
+    const U clamped = pcb_signed(d[j], pcb_clamp_magnitude(pcb_abs(d[j]), lo, hi));
+    num[j] = num[j] + clamped * scale;
+    den[j] = den[j] + scale;
+  }
+}
+
+#define M2N2_DEFINE_PCB_MODEL_TILES(U)                                                                          \
+  M2N2_CLONES void score_keys_tile_k(const U* d, const U* S, int64_t len, U lo, U hi, double K,                 \
+                                     unit_key_t<U>* keys) {                                                      \
+    score_keys_tile<U>(d, S, len, lo, hi, K, keys);                                                             \
+  }                                                                                                             \
+  M2N2_CLONES void mix_tile_k(const U* d, const U* S, int64_t len, U lo, U hi, U theta, U top, double K, U* num, \
+                              U* den) {                                                                         \
+    mix_tile<U>(d, S, len, lo, hi, theta, top, K, num, den);                                                    \
+  }
+
+M2N2_DEFINE_PCB_MODEL_TILES(float)
+M2N2_DEFINE_PCB_MODEL_TILES(double)
+#undef M2N2_DEFINE_PCB_MODEL_TILES
+
 // ---- the passes' key sources (radix_select's keys_of_chunk) ---------------------------
 
 // |d| of each listed model.
@@ -163,8 +199,7 @@ void score_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector<int
     tile.load(t, t0, len, K);
     for (size_t a = 0; a < models.size(); ++a) {
       const PcbStats<U>& s = stats[size_t(models[a])];
-      const U* d = tile.row(models[a]);
-      for (int64_t j = 0; j < len; ++j) keys[j] = score_key(pcb_score(d[j], tile.S[j], s.lo, s.hi, double(K)));
+      score_keys_tile_k(tile.row(models[a]), tile.S, len, s.lo, s.hi, double(K), keys);
       sink(int(a), keys, len);
     }
   }
@@ -187,13 +222,7 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, const std::vector<PcbStats
     std::fill(den, den + len, U(0));
     for (int k = 0; k < K; ++k) {
       const PcbStats<U>& s = stats[size_t(k)];
-      const U* d = tile.row(k);
-      for (int64_t j = 0; j < len; ++j) {
-        const U scale = pcb_scale(pcb_score(d[j], tile.S[j], s.lo, s.hi, double(K)), s.theta, s.top);
-        const U clamped = pcb_signed(d[j], pcb_clamp(U(fabs(d[j])), s.lo, s.hi));
-        num[j] = num[j] + clamped * scale;
-        den[j] = den[j] + scale;
-      }
+      mix_tile_k(tile.row(k), tile.S, len, s.lo, s.hi, s.theta, s.top, double(K), num, den);
     }
     const U floor = U(kPcbScaleSumMin);
 #pragma omp simd
