@@ -373,7 +373,7 @@ def _launch_opts():
 def _select_thresholds(unit, kinds_t, keeps, block):
     """Each selecting model's threshold key and how many ties at it to keep: one
     histogram pass per digit, most significant first; the digit is picked on the
-    device (no host sync)."""
+    device (nothing read back to the host)."""
     K = kinds_t.numel()
     dev = unit.device
     hist = torch.zeros((K, BINS), dtype=torch.int64, device=dev)
