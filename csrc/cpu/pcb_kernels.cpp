@@ -311,7 +311,8 @@ void merge_unit(const std::vector<TaskTensor>& ts, const PcbConfig& cfg) {
 #pragma omp parallel for schedule(static) if (nchunks > 1)
   for (int64_t i = 0; i < nchunks; ++i) {
     const Chunk& c = chunks[size_t(i)];
-    with_storage_type<U>(ts[c.tensor].dtype, [&](auto tag) { fused_chunk<decltype(tag), U>(ts[c.tensor], c, stats, lam); });
+    with_storage_type<U>(ts[c.tensor].dtype,
+                         [&](auto tag) { fused_chunk<decltype(tag), U>(ts[c.tensor], c, stats, lam); });
   }
 }
 
