@@ -279,3 +279,11 @@ def test_exp_and_tanh_accuracy(tmp_path):
                     os.path.join(root, "tests", "native", "pcb_math_check.cpp"), "-o", str(exe)], check=True)
     run = subprocess.run([str(exe)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout
+
+
+def test_sixty_four_models():
+    """The most models a call takes: 128 selection targets in each radix pass."""
+    base, models = make_models([(300,), (2, 3)], torch.float32, 64, seed=10)
+    for scope in ("tensor", "global"):
+        kw = dict(ratio=0.2, scope=scope, clamp=0.05)
+        assert_same_bits(pcb_merge(base, models, backend="cpp", **kw), pcb_merge(base, models, backend="torch", **kw))
