@@ -1,5 +1,5 @@
-"""Task-vector merges (task arithmetic, TIES, DARE): our fused kernel vs the best plain
-torch vs mergekit vs torch's lerp_.
+"""Task-vector merges (task arithmetic, TIES, DARE, PCB): our fused kernels vs the best
+plain torch vs mergekit vs torch's lerp_.
 
 One run on a realistic tensor set: the weights of one Llama-7B transformer block (q, k,
 v, o 4096x4096; gate, up 11008x4096; down 4096x11008; two norms 4096: n = 202,383,360
@@ -13,6 +13,8 @@ each model = base + N(0, 0.001^2), stored in the dtype), for every dtype of --dt
   ties             magnitude density 0.2 per tensor, consensus sum, normalize
   dare_linear      random density 0.2, rescale l1
   dare_ties        random density 0.2, rescale l1, consensus sum
+  pcb              PCB merging, ratio 0.2, clamp 1e-4, per tensor (no mergekit row:
+                   mergekit has no PCB)
 each op with the impls
   m2n2_kernels     backend="cpp", one call on the whole list of tensors (the multi-tensor
                    form), returning new tensors as the baselines do; speedup_vs_torch =
@@ -24,7 +26,8 @@ each op with the impls
                    base (1 - sum w) + sum w_k m_k with add_(alpha=); TIES with each model's
                    threshold from kthvalue of |d_k| (as FusionBench; it keeps every tie at
                    the threshold), masks, sign election and mix; DARE with a rand < density
-                   mask, the l1 rescale and the mix
+                   mask, the l1 rescale and the mix; PCB as the authors' code (K x n
+                   stacked deltas, fp32 exp and tanh) with kthvalue for its sort
   mergekit         only where `import mergekit` works and it has
                    mergekit.merge_methods.api.merge_tensors (left out with a note
                    otherwise): its own methods, one merge_tensors call per tensor, in the
@@ -36,7 +39,8 @@ write the output, (K + 2) n elements; time_vs_ceiling = ms / lerp_'s ms. Our ker
 its inputs more than once (the stderr summary's "passes"): task arithmetic once; TIES 2
 radix-selection passes + the fused pass, + 1 statistics pass in the tensors where a
 model's threshold has more ties than it keeps (exactly k are kept: bf16 deltas tie
-often, fp32 ones rarely); DARE with the l1 rescale 2 (statistics + fused).
+often, fp32 ones rarely); DARE with the l1 rescale 2 (statistics + fused); PCB 5
+(2 radix passes for the clamp bounds, 2 for the score threshold, the fused pass).
 extra_mib: the peak resident memory of a call beyond what was allocated before it, less
 the output it returns (n elements in the storage dtype, alike for every impl; the lerp_
 and out= rows write into memory allocated before). Each call allocates its output: our API returns new tensors, so
@@ -47,7 +51,7 @@ fastest. Values: before timing, task arithmetic's and TIES' outputs (best torch,
 mergekit's in float32) are checked against ours: task arithmetic close within rounding,
 TIES equal in > 99.9% of the elements no model ties at its threshold; DARE's draws
 differ by design (a keyed generator in ours), so only the merged delta's L1 norm is
-compared (within 5%).
+compared (within 5%); PCB's best torch close to ours in > 99% of the elements.
 CSV columns: benchmarks/_common.py, KERNEL_FIELDS, to stdout (and --csv); a summary
 against the targets (TIES >= 10x mergekit and >= 3x best torch; DARE and task arithmetic
 >= 3x mergekit; ms within 3x lerp_'s ms per pass; extra memory <= 1% of the inputs) to
@@ -75,7 +79,9 @@ import m2n2_kernels as mk  # noqa: E402
 DENSITY = 0.2
 SEED = 1234
 RESCALE_MIN = 1e-7  # mergekit's eps for the l1 rescale (docs/semantics.md)
-OPS = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
+OPS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "pcb")
+PCB_RATIO = 0.2  # PCB keeps this fraction of each model's scores
+PCB_CLAMP = 1e-4  # the authors' min/max ratio
 CEILING = "lerp_"
 CEILING_IMPL = "torch lerp_ (in place)"
 OURS = "m2n2_kernels"
@@ -117,6 +123,8 @@ def ours(op, base, models, w, backend, out=None):
         return mk.task_arithmetic(base, models, w, backend=backend, out=out)
     if op == "ties":
         return mk.ties_merge(base, models, w, DENSITY, backend=backend, out=out)
+    if op == "pcb":
+        return mk.pcb_merge(base, models, ratio=PCB_RATIO, clamp=PCB_CLAMP, backend=backend, out=out)
     return mk.dare_merge(base, models, w, DENSITY, seed=SEED, consensus="sum" if op == "dare_ties" else None,
                          backend=backend, out=out)
 
@@ -216,11 +224,44 @@ def torch_dare(base, models, w, *, ties, gen):
     return out
 
 
+def torch_pcb(base, models):
+    """Per tensor, the authors' PCB formulas in fp32 with kthvalue instead of their sort:
+    the clamp bounds of |d_k|, exp(K s) tanh(d_k S) scores, the drop threshold and the
+    scaled mix (docs/semantics.md, "PCB merging"; fp32 exp and tanh, so a few scores
+    next to a threshold round differently from ours)."""
+    out = []
+    K = len(models)
+    for i, b in enumerate(base):
+        n = b.numel()
+        bf = b.reshape(-1).float()
+        D = torch.empty(K, n)
+        for k in range(K):
+            _delta_into(D[k], models[k][i], bf)
+        A = D.abs()
+        lo = A.kthvalue(int(n * PCB_CLAMP) + 1, dim=1, keepdim=True).values
+        hi = A.kthvalue(int(n * (1 - PCB_CLAMP) - 1) + 1, dim=1, keepdim=True).values
+        A = torch.minimum(torch.maximum(A, lo), hi)  # the clamped magnitudes
+        spread = hi - lo
+        g = ((A - lo) / torch.where(spread > 0, spread, 1.0)).square_().mul_(K).exp_()
+        g.mul_(torch.tanh(D * D.sum(0)))  # the scores: intra x inter balancing
+        theta = g.kthvalue(int(n * (1 - PCB_RATIO)) + 1, dim=1, keepdim=True).values
+        G = g.amax(1, keepdim=True)
+        width = G - theta
+        g = torch.minimum(torch.maximum(g, theta), G).sub_(theta).div_(torch.where(width > 0, width, 1.0))
+        A.mul_(torch.sign(D)).mul_(g)  # the clamped deltas, scaled
+        x = A.sum(0).div_(g.sum(0).clamp_(min=1e-12))
+        out.append(_finish(x.add_(bf), b))
+        del D, A, g
+    return out
+
+
 def best_torch(op, base, models, w, gen):
     if op == "task_arithmetic":
         return torch_task_arithmetic(base, models, w)
     if op == "ties":
         return torch_ties(base, models, w)
+    if op == "pcb":
+        return torch_pcb(base, models)
     return torch_dare(base, models, w, ties=op == "dare_ties", gen=gen)
 
 
@@ -308,6 +349,12 @@ def check_values(op, name, got, want, base, dtype, ties_at):
         bad = sum(int((~_close(g, o, dtype)).sum()) for g, o in zip(got, want))
         if bad:
             return f"{op}: {name} differs from ours in {bad} elements beyond rounding"
+    elif op == "pcb":
+        total = sum(b.numel() for b in base)
+        agree = sum(int(_close(g, o, dtype).sum()) for g, o in zip(got, want))
+        print(f"# {dtype_name(dtype)} pcb: {name} equals ours in {agree / total:.4%} of the elements", file=sys.stderr)
+        if agree < 0.99 * total:  # fp32 exp/tanh move a few scores across a threshold, no more
+            return f"{op}: {name} equals ours in only {agree}/{total} elements"
     elif op == "ties":
         total = sum(b.numel() for b in base)
         free = sum(int((~t).sum()) for t in ties_at)
@@ -357,13 +404,13 @@ def run(args):
             impls[(op, OURS, "cpp")] = lambda op=op: ours(op, base, models, w, "cpp")
             impls[(op, OURS_OUT, "cpp")] = lambda op=op: ours(op, base, models, w, "cpp", out=outs)
             impls[(op, BEST, "torch")] = lambda op=op: best_torch(op, base, models, w, rng)
-            if merge_tensors is not None:
+            if merge_tensors is not None and op in MERGEKIT_METHODS:
                 try:
                     impls[(op, MERGEKIT, "torch")] = mergekit_fn(merge_tensors, op, base, models, w)
                 except RuntimeError as e:
                     print(f"# mergekit: left out ({e})", file=sys.stderr)
                     merge_tensors = None
-                    for o in OPS:
+                    for o in MERGEKIT_METHODS:
                         impls.pop((o, MERGEKIT, "torch"), None)
             if with_reference:
                 impls[(op, REFERENCE, "torch")] = lambda op=op: ours(op, base, models, w, "torch")
@@ -400,7 +447,7 @@ def run(args):
         held.clear()
         if drop:
             print(f"# mergekit: left out ({dtype_name(dtype)} {drop})", file=sys.stderr)
-            for op in OPS:
+            for op in MERGEKIT_METHODS:
                 impls.pop((op, MERGEKIT, "torch"), None)
             merge_tensors = None
 
@@ -426,7 +473,9 @@ def run(args):
 
         sizes = [b.numel() for b in base]
         ties_passes = 3 + sum(s for s, p in zip(sizes, partial) if p) / n
-        passes = {"task_arithmetic": 1.0, "ties": ties_passes, "dare_linear": 2.0, "dare_ties": 2.0}
+        select = 4 if dtype == torch.float64 else 2  # radix passes over 64- or 32-bit keys
+        passes = {"task_arithmetic": 1.0, "ties": ties_passes, "dare_linear": 2.0, "dare_ties": 2.0,
+                  "pcb": 2 * select + 1.0}
         summary = []
         for op in OPS:
             key = (op, OURS, "cpp")

@@ -85,7 +85,7 @@ CLAIMS = {
         ops={
             "lerp_": {"torch lerp_ (in place)": EVERY},
             **{op: {"best torch": EVERY, "torch reference": EVERY, OURS: EVERY, OURS + " out=": EVERY}
-               for op in MERGE_METHOD_OPS},
+               for op in MERGE_METHOD_OPS + ("pcb",)},
         },
         # impl -> (whether this environment has it, the ops it then covers)
         optional={"mergekit": (lambda: _mergekit_has_merge_tensors(), MERGE_METHOD_OPS)},
