@@ -410,6 +410,7 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
   alignas(64) C b[kTile];
   alignas(64) C merged[kTile];
   alignas(64) uint32_t draws[kTile];
+  alignas(64) Key keys[kTile];
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
     to_compute_tile_k(base + t0, len, b);
@@ -417,20 +418,30 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
       const ModelPlan& p = plans[k];
       const T* m = model_ptr<T>(t, k) + t0;
       C* ek = e.data() + size_t(k) * kTile;
+      uint64_t threshold = p.threshold;
       if (mode[k] == KeepMode::kAtLeast && p.partial_ties) {
-        // Ties at the threshold are kept lowest index first: a running count, in order.
-        for (int64_t j = 0; j < len; ++j) {
-          const C d = to_compute(m[j]) - b[j];
-          const uint64_t key = uint64_t(key_of<Key>(d));
-          const bool keep = key > p.threshold || (key == p.threshold && rank[k]++ < p.need);
-          ek[j] = keep ? (d * s[k]) * w[k] : C(0);
+        // Ties at the threshold are kept lowest index first, by a running count. Only
+        // the tile where the count passes `need` takes it element by element; before
+        // it every tie is kept (key >= threshold), after it none (key > threshold).
+        keys_tile_k(m, b, len, keys);
+        int64_t ties = 0;
+        for (int64_t j = 0; j < len; ++j) ties += keys[j] == Key(p.threshold) ? 1 : 0;
+        if (rank[k] >= p.need) {
+          threshold = p.threshold + 1;  // keys are integers: >= threshold + 1 is > threshold
+        } else if (rank[k] + ties > p.need) {
+          for (int64_t j = 0; j < len; ++j) {
+            const C d = to_compute(m[j]) - b[j];
+            const bool keep = keys[j] > Key(p.threshold) || (keys[j] == Key(p.threshold) && rank[k]++ < p.need);
+            ek[j] = keep ? (d * s[k]) * w[k] : C(0);
+          }
+          continue;
         }
-        continue;
+        rank[k] += ties;
       }
       if (mode[k] == KeepMode::kDraw) {
         draws_tile(cfg.seed, kDareStream + uint64_t(k), uint64_t(c.flat + (t0 - c.begin)), len, draws);
       }
-      factors_tile_k(m, b, len, mode[k], wide, p.threshold, draws, p.dare_threshold, s[k], w[k], ek);
+      factors_tile_k(m, b, len, mode[k], wide, threshold, draws, p.dare_threshold, s[k], w[k], ek);
     }
     combine_tile_k(e.data(), w, K, cfg.consensus, cfg.normalize, lam, plain_divisor, b, len, merged);
     store_tile_k(merged, len, out + t0);
