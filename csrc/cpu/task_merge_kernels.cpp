@@ -220,18 +220,26 @@ struct ChunkStats {
 
 template <class T, class Key>
 void stats_chunk(const TaskTensor& t, const Chunk& c, const std::vector<ModelPlan>& plans, Sparsify sparsify,
-                 uint64_t seed, ChunkStats& out) {
+                 bool l1, uint64_t seed, ChunkStats& out) {
   const T* base = static_cast<const T*>(t.base);
   const int K = int(plans.size());
   const bool magnitude = sparsify == Sparsify::kMagnitude;
   alignas(64) compute_t<T> b[kTile];
   alignas(64) uint32_t draws[kTile];
+  alignas(64) Key keys[kTile];
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
     to_compute_tile_k(base + t0, len, b);
     for (int k = 0; k < K; ++k) {
       const ModelPlan& p = plans[k];
-      if (p.keep_all || p.keep_none) continue;
+      if (p.keep_all || p.keep_none || !(l1 || p.partial_ties)) continue;
+      if (!l1) {  // only the ties at the threshold: integer keys, no fp64 sums
+        keys_tile_k(model_ptr<T>(t, k) + t0, b, len, keys);
+        int64_t ties = 0;
+        for (int64_t j = 0; j < len; ++j) ties += keys[j] == Key(p.threshold) ? 1 : 0;
+        out.ties[k] += ties;
+        continue;
+      }
       if (!magnitude) draws_tile(seed, kDareStream + uint64_t(k), uint64_t(c.flat + (t0 - c.begin)), len, draws);
       stats_tile_k(model_ptr<T>(t, k) + t0, b, len, magnitude, sizeof(Key) == 8, p.threshold, draws,
                    p.dare_threshold, &out.abs_sum[k], &out.kept_sum[k], &out.ties[k]);
@@ -493,9 +501,10 @@ void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg) {
     }
   }
 
+  const bool l1 = cfg.rescale == Rescale::kL1;
   bool need_stats = false;
   for (const ModelPlan& p : plans) {
-    need_stats |= !p.keep_all && !p.keep_none && (cfg.rescale == Rescale::kL1 || p.partial_ties);
+    need_stats |= !p.keep_all && !p.keep_none && (l1 || p.partial_ties);
   }
   if (need_stats) {
     std::vector<ChunkStats> stats(static_cast<size_t>(nchunks));
@@ -507,7 +516,9 @@ void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg) {
       st.kept_sum.assign(size_t(K), 0.0);
       st.ties.assign(size_t(K), 0);
       const TaskTensor& t = ts[c.tensor];
-      with_storage_type(t.dtype, [&](auto tag) { stats_chunk<decltype(tag), Key>(t, c, plans, cfg.sparsify, cfg.seed, st); });
+      with_storage_type(t.dtype, [&](auto tag) {
+        stats_chunk<decltype(tag), Key>(t, c, plans, cfg.sparsify, l1, cfg.seed, st);
+      });
     }
     for (int k = 0; k < K; ++k) {
       ModelPlan& p = plans[k];
