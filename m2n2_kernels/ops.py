@@ -10,7 +10,7 @@ The user-facing API is in crossover.py, niches.py and scores.py.
 """
 import torch
 
-from . import _backend, crossover, niches, scores, task_vectors
+from . import _backend, crossover, niches, pcb, scores, task_vectors
 
 # ---- split-point crossover (m2n2_kernels/crossover.py) ----
 
@@ -108,12 +108,20 @@ def triton_task_merge_out(base, models, out, weights, density, sparsify, consens
     ttm.task_merge_out(base, models, out, weights, density, sparsify, consensus, rescale, normalize, lam, scope, seed)
 
 
-# ---- PCB merging (m2n2_kernels/pcb.py; CPU C++ only so far) ----
+# ---- PCB merging (m2n2_kernels/pcb.py) ----
 
 
 @torch.library.register_fake("m2n2::pcb_merge_out")
 def _pcb_merge_out_fake(base, models, out, ratio, lam, scope, clamp):
     return None
+
+
+def triton_pcb_merge_out(base, models, out, ratio, lam, scope, clamp):
+    from .triton import pcb as tpcb
+
+    base, models, out = list(base), list(models), list(out)
+    pcb.check_op_canonical(base, models, out, ratio, lam, scope, clamp)
+    tpcb.pcb_merge_out(base, models, out, ratio, lam, scope, clamp)
 
 
 # ---- niche statistics (m2n2_kernels/niches.py) ----
@@ -139,6 +147,7 @@ _TRITON_IMPLS = {
     "sample_scores_out": triton_sample_scores_out,
     "niche_stats_out": triton_niche_stats_out,
     "task_merge_out": triton_task_merge_out,
+    "pcb_merge_out": triton_pcb_merge_out,
 }
 
 
@@ -146,7 +155,7 @@ def register_triton_kernels():
     """The Triton kernels as the ops' CUDA implementation (used where CUDA C++ was not
     compiled; tests call the wrappers on CPU tensors under the interpreter)."""
     # Imported here so that a triton too old for any of them fails here.
-    from .triton import crossover as _tc, niches as _tn, scores as _ts, task_merge as _ttm  # noqa: F401
+    from .triton import crossover as _tc, niches as _tn, pcb as _tpcb, scores as _ts, task_merge as _ttm  # noqa: F401
 
     for op, impl in _TRITON_IMPLS.items():
         torch.library.impl(f"m2n2::{op}", "CUDA")(impl)

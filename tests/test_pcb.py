@@ -1,6 +1,7 @@
 """PCB merging (docs/semantics.md, "PCB merging"): the C++ CPU kernel against the
-sort-based torch reference (bit for bit), the reference against an independent
-transcription of the authors' formulas, and the API's contract (lists, out=, checks)."""
+sort-based torch reference (bit for bit), the Triton kernels against the C++ kernel
+(bit for bit), the reference against an independent transcription of the authors'
+formulas, and the API's contract (lists, out=, checks)."""
 import numpy as np
 import pytest
 import torch
@@ -287,3 +288,198 @@ def test_sixty_four_models():
     for scope in ("tensor", "global"):
         kw = dict(ratio=0.2, scope=scope, clamp=0.05)
         assert_same_bits(pcb_merge(base, models, backend="cpp", **kw), pcb_merge(base, models, backend="torch", **kw))
+
+
+# ---------------------------------------------------------------------------
+# The Triton kernels (on a CUDA GPU where there is one, else in the interpreter on
+# CPU tensors) against the C++ kernel, bit for bit, fp64 included: they compute
+# the same scores with pcb.h's own exp and tanh, ported operation for operation.
+# Sizes are small (the interpreter runs each operation as one numpy call), and each
+# call covers several settings.
+# ---------------------------------------------------------------------------
+
+from conftest import available_backends  # noqa: E402
+
+from m2n2_kernels import _backend  # noqa: E402
+
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_triton = pytest.mark.skipif("triton" not in available_backends(TRITON_DEVICE),
+                                  reason="Triton needs a CUDA GPU or TRITON_INTERPRET=1 (conftest.py)")
+
+
+def moved(x, device):
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    return [moved(t, device) for t in x]
+
+
+def triton_out(base, models, block=None, **kw):
+    """pcb_merge by the Triton launcher (a given block size) or the API's triton route."""
+    base, models = moved(base, TRITON_DEVICE), moved(models, TRITON_DEVICE)
+    if block is None:
+        return moved(pcb_merge(base, models, backend="triton", **kw), "cpu")
+    from m2n2_kernels.triton import pcb as tpcb
+
+    out = [torch.empty_like(b) for b in base]
+    tpcb.pcb_merge_out(base, [t for m in models for t in m], out, kw["ratio"], kw.get("lam", 1.0),
+                       kw.get("scope", "tensor"), kw.get("clamp", 1e-4), block=block)
+    return moved(out, "cpu")
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_triton_equals_cpp(dtype):
+    # Each K, ratio, clamp and scope once; sizes 37 (odd), 1 and 0 (scope "tensor":
+    # each its own unit), 37 + 6 (global).
+    for K, ratio, clamp, scope, shapes in ((1, 1.0, 0.0, "tensor", [(37,), (1,), (0,)]),
+                                           (2, 0.5, 1e-4, "global", [(37,), (2, 3)]),
+                                           (5, 1e-3, 0.1, "tensor", [(37,)])):
+        base, models = make_models(shapes, dtype, K, seed=K + len(shapes))
+        kw = dict(ratio=ratio, lam=0.7, scope=scope, clamp=clamp)
+        got = triton_out(base, models, **kw)
+        assert_same_bits(got, pcb_merge(base, models, backend="cpp", **kw), f"K={K} {scope}")
+        assert_matches_reference(got, pcb_merge(base, models, backend="torch", **kw), dtype, scope, base)
+
+
+@needs_triton
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_triton_lists_of_mixed_dtypes(scope):
+    # A global unit with fp64 selects on 64-bit keys; the fp32, bf16 and fp16 deltas
+    # are widened to fp64 exactly.
+    g = gen(14)
+    dtypes = [torch.float32, torch.bfloat16, torch.float64, torch.float16, torch.float32]
+    shapes = [(30,), (5, 7), (21,), (1,), (0,)]
+    base = [torch.randn(s, generator=g).to(dt) for s, dt in zip(shapes, dtypes)]
+    models = [[(b.double() + 0.01 * torch.randn(b.shape, generator=g, dtype=torch.float64)).to(b.dtype)
+               for b in base] for _ in range(2)]
+    kw = dict(ratio=0.3, lam=1.3, scope=scope, clamp=0.05)
+    assert_same_bits(triton_out(base, models, **kw), pcb_merge(base, models, backend="cpp", **kw), scope)
+
+
+@needs_triton
+def test_triton_ties_bf16_and_block_size():
+    # Deltas on a grid of 1/4: magnitudes and scores tie everywhere; blocks of 16
+    # (many programs adding into each histogram) and of 1024 give the same bits.
+    base, models = make_models([(90,), (7,)], torch.bfloat16, 3, seed=3, step=0.25, zeros=0.2)
+    for ratio, scope, blocks in ((0.05, "global", (16, 1024)), (0.3, "tensor", (1024,))):
+        kw = dict(ratio=ratio, scope=scope, clamp=0.1)
+        want = pcb_merge(base, models, backend="cpp", **kw)
+        assert_same_bits(pcb_merge(base, models, backend="torch", **kw), want)
+        for block in blocks:
+            assert_same_bits(triton_out(base, models, block=block, **kw), want, f"block {block}")
+
+
+@needs_triton
+def test_triton_model_equal_to_base_and_zero_deltas():
+    base = torch.randn(300, generator=gen(2))
+    m0 = base + 0.01 * torch.randn(300, generator=gen(3))
+    kw = dict(ratio=0.25, clamp=0.0)
+    assert_same_bits([triton_out(base, [m0, base.clone()], **kw)], [pcb_merge(base, [m0, base.clone()],
+                                                                              backend="cpp", **kw)])
+    assert torch.equal(triton_out(base, [base.clone(), base.clone()], ratio=0.2, lam=3.0), base)
+
+
+@needs_triton
+def test_triton_out_in_place_and_registered_wrapper():
+    # In place: each element is read, by the program that writes it, before it is.
+    # ops.triton_pcb_merge_out (the op's CUDA implementation where no CUDA C++ was
+    # compiled) runs the op's checks first.
+    from m2n2_kernels import ops
+
+    base, models = make_models([(50,), (2, 3)], torch.float32, 2, seed=5)
+    want = pcb_merge(base, models, ratio=0.4, backend="cpp")
+    b, ms = [t.to(TRITON_DEVICE, copy=True) for t in base], moved(models, TRITON_DEVICE)
+    got = pcb_merge(b, ms, ratio=0.4, out=b, backend="triton")
+    assert all(x is y for x, y in zip(got, b))
+    assert_same_bits(moved(b, "cpu"), want)
+    b = moved(base, TRITON_DEVICE)
+    out = [torch.full_like(t, float("nan")) for t in b]
+    ops.triton_pcb_merge_out(b, [t for m in ms for t in m], out, 0.4, 1.0, "tensor", 1e-4)
+    assert_same_bits(moved(out, "cpu"), want)
+    with pytest.raises(ValueError, match=r"ratio must lie in \(0, 1\], got 1.5"):
+        ops.triton_pcb_merge_out(b, [t for m in ms for t in m], out, 1.5, 1.0, "tensor", 1e-4)
+
+
+@needs_triton
+def test_triton_index_past_2_pow_31():
+    # The last blocks of a tensor of 2**31 + 3000 elements (launched through
+    # block_offset): addresses past 2**31 must be computed in 64 bits; a 32-bit wrap
+    # would read or write elsewhere. Interpreter only (on a GPU this would need
+    # gigabytes).
+    import math
+
+    import triton.language as tl
+    from m2n2_kernels.triton import pcb as tpcb
+    from test_task_merge import _virtual_zeros
+
+    if torch.cuda.is_available():
+        pytest.skip("runs the interpreter on CPU tensors")
+    n, block = 2**31 + 3000, 1024
+    base, model, out = (_virtual_zeros(n, torch.float16) for _ in range(3))
+    first = n // block - 1  # the last two blocks (the last one partial)
+    lo = first * block
+    model[lo:] = 1.0
+    table = torch.tensor([model.data_ptr()], dtype=torch.int64)
+    stats = torch.tensor([[0.0, 1.0, 0.0, 4.0]])  # lo, hi, theta, G
+    prefix = torch.zeros(2, dtype=torch.int64)
+    # The top digit of |d| = 1 (both targets), and of the score exp(1) tanh(1): all
+    # n - lo keys in one bin.
+    g = torch.tensor(math.exp(1.0) * math.tanh(1.0), dtype=torch.float32).view(torch.int32).item() | 2**31
+    for score, shift, key in ((False, 20, 0x3F800000), (True, 21, g)):
+        hist = torch.zeros((2, tpcb.BINS), dtype=torch.int64)
+        tpcb._hist_kernel[(2,)](base, table, stats, prefix, hist, n, 1, shift, 11, 0, tpcb._SIGN64, first,
+                                BLOCK=block, BINS=tpcb.BINS, CDT=tl.float32, UDT=tl.float32, SCORE=score)
+        assert hist[:, key >> shift].tolist() == [n - lo] * 2 and hist.sum() == 2 * (n - lo)
+    # every kept delta 1 with scale s: s / s = 1
+    tpcb._fused_kernel[(2,)](base, out, table, stats, n, 1, tpcb._bits(1.0), first, BLOCK=block, CDT=tl.float32,
+                             UDT=tl.float32)
+    assert torch.equal(out[lo:], torch.ones(n - lo, dtype=torch.float16))
+    assert not out[lo - 64:lo].any()  # nothing written before the first block launched
+
+
+# Compiled for a GPU (sm_90) without one, in a process without the interpreter: the
+# kernels lower, the PTX holds no FMA (Triton would contract a * b + c), no
+# approximate division, no hardware exp or tanh, and pcb.h's constants in fp64.
+_COMPILE_CHECK = r"""
+import struct
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from m2n2_kernels.triton import pcb as tp
+
+def compile_ptx(fn, pointers, consts):
+    sig = {a: (pointers[i] if i < len(pointers) else "i64") for i, a in enumerate(fn.arg_names) if a not in consts}
+    sig.update({a: "constexpr" for a in consts})
+    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": tp.WARPS, "enable_fp_fusion": False}).asm["ptx"]
+
+hist = [compile_ptx(tp._hist_kernel, [f"*{dt}", "*i64", f"*{u}", "*i64", "*i64"],
+                    dict(BLOCK=1024, BINS=tp.BINS, CDT=c, UDT=getattr(tl, "float" + u[2:]), SCORE=s))
+        for dt, c, u, s in (("bf16", tl.float32, "fp32", True), ("fp32", tl.float32, "fp64", True),
+                            ("fp64", tl.float64, "fp64", False))]
+fused = [compile_ptx(tp._fused_kernel, [f"*{dt}", f"*{dt}", "*i64", f"*{u}"],
+                     dict(BLOCK=1024, CDT=c, UDT=getattr(tl, "float" + u[2:])))
+         for dt, c, u in (("bf16", tl.float32, "fp32"), ("fp16", tl.float32, "fp64"), ("fp64", tl.float64, "fp64"))]
+for p in hist + fused:
+    assert "fma." not in p and "div.full" not in p and "div.approx" not in p, "contracted or approximate"
+    assert "ex2." not in p and "tanh." not in p, "hardware exp or tanh"
+for c in (1.0 / 6227020800.0, 1.44269504088896338700e+00, 6404582.0 / 10854718875.0, 1.90821492927058770002e-10):
+    assert all("0d" + struct.pack(">d", c).hex().upper() in p for p in hist[:2] + fused), c
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not _backend.triton_importable(), reason="needs triton")
+def test_triton_compiles_for_gpu_without_fma():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run([sys.executable, "-c", _COMPILE_CHECK], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=600)
+    if run.returncode and "ptxas" in run.stderr and "assert" not in run.stderr:
+        pytest.skip(f"no CUDA toolchain for Triton here: {run.stderr.strip().splitlines()[-1]}")
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
