@@ -410,6 +410,7 @@ def test_triton_index_past_2_pow_31():
 
     import triton.language as tl
     from m2n2_kernels.triton import pcb as tpcb
+    from m2n2_kernels.triton._utils import double_bits
     from test_task_merge import _virtual_zeros
 
     if torch.cuda.is_available():
@@ -431,7 +432,7 @@ def test_triton_index_past_2_pow_31():
                                 BLOCK=block, BINS=tpcb.BINS, CDT=tl.float32, UDT=tl.float32, SCORE=score)
         assert hist[:, key >> shift].tolist() == [n - lo] * 2 and hist.sum() == 2 * (n - lo)
     # every kept delta 1 with scale s: s / s = 1
-    tpcb._fused_kernel[(2,)](base, out, table, stats, n, 1, tpcb._bits(1.0), first, BLOCK=block, CDT=tl.float32,
+    tpcb._fused_kernel[(2,)](base, out, table, stats, n, 1, double_bits(1.0), first, BLOCK=block, CDT=tl.float32,
                              UDT=tl.float32)
     assert torch.equal(out[lo:], torch.ones(n - lo, dtype=torch.float16))
     assert not out[lo - 64:lo].any()  # nothing written before the first block launched

@@ -1148,6 +1148,7 @@ def test_triton_index_past_2_pow_31(start):
     # only (on a GPU this would need gigabytes).
     import triton.language as tl
     from m2n2_kernels.triton import task_merge as ttm
+    from m2n2_kernels.triton._utils import double_bits
 
     if torch.cuda.is_available():
         pytest.skip("runs the interpreter on CPU tensors")
@@ -1164,8 +1165,8 @@ def test_triton_index_past_2_pow_31(start):
     kinds = torch.tensor([ttm.KEEP_SOME.value], dtype=torch.int32)
     dthr = torch.tensor([ttm.dare_threshold(0.4)], dtype=torch.int64)
     ttm._fused_kernel[(2,)](
-        base, out, table, kinds, one, one, zero, zero, zero, dthr, n, start, 1, 1, 0, ttm._double_bits(1.0),
-        ttm._double_bits(1.0), seed & 0xFFFFFFFF, seed >> 32, ttm._DARE_STREAM_HI, first,
+        base, out, table, kinds, one, one, zero, zero, zero, dthr, n, start, 1, 1, 0, double_bits(1.0),
+        double_bits(1.0), seed & 0xFFFFFFFF, seed >> 32, ttm._DARE_STREAM_HI, first,
         BLOCK=block, CDT=tl.float32, WIDE=False, SPARSIFY=2, CONSENSUS=0, NORMALIZE=False, ALIGNED=start % 4 == 0,
     )
     want = philox_uniform24(seed, DARE_STREAM, torch.arange(start + lo, start + n)) < 0.4
@@ -1189,7 +1190,7 @@ def test_triton_index_past_2_pow_31(start):
     need = torch.tensor([1500], dtype=torch.int64)
     ttm._fused_kernel[(2,)](
         base, out, table, kinds, one, one, thr, need, ties.cumsum(1) - ties, dthr, n, start, 1, 2, -first,
-        ttm._double_bits(1.0), ttm._double_bits(1.0), 0, 0, 0, first,
+        double_bits(1.0), double_bits(1.0), 0, 0, 0, first,
         BLOCK=block, CDT=tl.float32, WIDE=False, SPARSIFY=1, CONSENSUS=0, NORMALIZE=False, ALIGNED=True,
     )
     assert torch.equal(out[lo:], (torch.arange(n - lo) < 1500).to(torch.float16))

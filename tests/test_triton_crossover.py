@@ -27,6 +27,7 @@ import triton.language as tl  # noqa: E402
 
 from m2n2_kernels.triton import crossover as tc  # noqa: E402
 from m2n2_kernels.triton import philox as tp  # noqa: E402
+from m2n2_kernels.triton._utils import double_bits, launch_opts  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 MODES = [("lerp", "global"), ("slerp", "global"), ("slerp", "segment")]
@@ -363,9 +364,9 @@ def test_kernels_address_past_2_pow_32():
     local_split = n - 1000  # side 0 up to a local index past 2**32
     assert local_split > 2**32
     tc._split_interp_kernel[(blocks - block0,)](
-        a, b, out, out, tc._double_bits(w), n, local_split, tc._double_bits(sigma), seed & 0xFFFFFFFF, seed >> 32,
+        a, b, out, out, double_bits(w), n, local_split, double_bits(sigma), seed & 0xFFFFFFFF, seed >> 32,
         stream & 0xFFFFFFFF, stream >> 32, first, block0, BLOCK=tc.INTERP_BLOCK, CDT=tl.float32, LERP=True,
-        NOISE=True, PHASE=phase, **tc._launch_opts(tc.INTERP_WARPS),
+        NOISE=True, PHASE=phase, **launch_opts(tc.INTERP_WARPS),
     )
     want = torch.empty(n - lo, dtype=torch.float16)
     torch.ops.m2n2.split_interpolate_out([a[lo:].cpu()], [b[lo:].cpu()], [want], first + local_split, w, "lerp",
@@ -375,7 +376,7 @@ def test_kernels_address_past_2_pow_32():
 
     part = torch.empty(3, 6, dtype=torch.float64, device=DEVICE)
     tc._split_sums_kernel[(3,)](a, b, part, n, local_split, 0, sum_block0, BLOCK=tc.SUM_BLOCK,
-                               **tc._launch_opts(tc.SUM_WARPS))
+                               **launch_opts(tc.SUM_WARPS))
     _assert_sums_close(part, a[sum_lo:], b[sum_lo:], local_split - sum_lo)
 
 
@@ -396,12 +397,12 @@ def test_batch_kernels_address_past_2_pow_32():
     w = torch.tensor([0.25, 0.75], dtype=torch.float64, device=DEVICE)
     seed, sigma = 77, 0.5
     tc._batch_interp_kernel[(2, 2)](
-        archive, ia, ib, split, w, w, out, n, tc._double_bits(sigma), seed, 0, 0, block0,
-        BLOCK=tc.INTERP_BLOCK, CDT=tl.float32, LERP=True, NOISE=True, **tc._launch_opts(tc.INTERP_WARPS),
+        archive, ia, ib, split, w, w, out, n, double_bits(sigma), seed, 0, 0, block0,
+        BLOCK=tc.INTERP_BLOCK, CDT=tl.float32, LERP=True, NOISE=True, **launch_opts(tc.INTERP_WARPS),
     )
     part = torch.empty(2, 2, 6, dtype=torch.float64, device=DEVICE)
     tc._batch_sums_kernel[(2, 2)](archive, ia, ib, split, part, n, 2, 0, sum_block0, BLOCK=tc.SUM_BLOCK,
-                                  **tc._launch_opts(tc.SUM_WARPS))
+                                  **launch_opts(tc.SUM_WARPS))
     for k in range(2):
         row_a, row_b = int(ia[k]) * n, int(ib[k]) * n
         want = torch.empty(n - lo, dtype=torch.float16)

@@ -17,14 +17,13 @@ it handles (0 in normal use), so that a test can run only the last blocks of a
 vector longer than 2**32 elements.
 """
 import itertools
-import struct
 
 import torch
 import triton
 import triton.language as tl
 
 from .. import reference
-from ._utils import MAX_GRID_Y, i64, on_device
+from ._utils import MAX_GRID_Y, compute_dtype, double_bits, f64_from_bits, i64, launch_opts, on_device, to_storage
 from .philox import normals_block
 
 # Elements per program. The reduction reads two inputs and writes 48 bytes per
@@ -37,43 +36,9 @@ INTERP_WARPS = 4
 _MASK32 = 0xFFFFFFFF
 
 
-def _double_bits(x: float) -> int:
-    """The bits of the fp64 value x as a signed int64: Triton passes Python floats
-    as fp32, so fp64 scalars travel as bits and are bitcast back in the kernel."""
-    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
-
-
-def _compute_dtype(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 # ---------------------------------------------------------------------------
 # Device helpers.
 # ---------------------------------------------------------------------------
-
-
-@triton.jit
-def _f64_from_bits(bits):
-    return tl.cast(tl.cast(bits, tl.int64), tl.float64, bitcast=True)
-
-
-@triton.jit
-def _round_to_bf16(x):
-    """fp32 -> bf16, round to nearest even. Done on the bits because the Triton
-    interpreter truncates when it casts to bf16; on the GPU this is what cvt.rn does."""
-    bits = x.to(tl.uint32, bitcast=True)
-    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
-    is_nan = (bits & 0x7FFFFFFF) > 0x7F800000
-    hi = tl.where(is_nan, (bits >> 16) | 0x40, rounded)
-    return hi.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-
-
-@triton.jit
-def _to_storage(x, DT: tl.constexpr):
-    if DT == tl.bfloat16:
-        return _round_to_bf16(x)
-    else:
-        return x.to(DT)
 
 
 @triton.jit
@@ -140,7 +105,7 @@ def _interp_block(
         first_group = (first_index >> 2) + block * (BLOCK // 4)
         z = normals_block(first_group, seed_lo, seed_hi, stream_lo, stream_hi, BLOCK)
         child = child + sigma.to(CDT) * z.to(CDT)
-    tl.store(out_ptr + offs, _to_storage(child, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, to_storage(child, out_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------
@@ -163,14 +128,14 @@ def _split_interp_kernel(
 ):
     block = i64(block_offset) + tl.program_id(0).to(tl.int64)
     if LERP:
-        ca0, cb0, ca1, cb1 = _lerp_coefs(_f64_from_bits(w_bits))
+        ca0, cb0, ca1, cb1 = _lerp_coefs(f64_from_bits(w_bits))
     else:  # slerp: computed on the device from the reduction
         ca0 = tl.load(coef_ptr)
         cb0 = tl.load(coef_ptr + 1)
         ca1 = tl.load(coef_ptr + 2)
         cb1 = tl.load(coef_ptr + 3)
     _interp_block(
-        a_ptr, b_ptr, out_ptr, i64(n), i64(local_split), ca0, cb0, ca1, cb1, _f64_from_bits(sigma_bits),
+        a_ptr, b_ptr, out_ptr, i64(n), i64(local_split), ca0, cb0, ca1, cb1, f64_from_bits(sigma_bits),
         tl.cast(seed_lo, tl.uint32), tl.cast(seed_hi, tl.uint32), tl.cast(stream_lo, tl.uint32),
         tl.cast(stream_hi, tl.uint32), i64(first_index), block, BLOCK, CDT, NOISE, PHASE,
     )
@@ -213,7 +178,7 @@ def _batch_interp_kernel(
         cb1 = tl.load(coef_ptr + 4 * k + 3)
     _interp_block(
         archive_ptr + tl.load(ia_ptr + k) * n, archive_ptr + tl.load(ib_ptr + k) * n, out_ptr + k * n, n,
-        tl.load(split_ptr + k), ca0, cb0, ca1, cb1, _f64_from_bits(sigma_bits), tl.cast(seed_lo, tl.uint32),
+        tl.load(split_ptr + k), ca0, cb0, ca1, cb1, f64_from_bits(sigma_bits), tl.cast(seed_lo, tl.uint32),
         tl.cast(seed_hi, tl.uint32), k.to(tl.uint32), (k >> 32).to(tl.uint32), 0, block, BLOCK, CDT, NOISE, 0,
     )
 
@@ -248,11 +213,6 @@ def _slerp_coefs(sums, t0, t1, omega):
 # ---------------------------------------------------------------------------
 # Host entry points (arguments already checked by m2n2_kernels/crossover.py).
 # ---------------------------------------------------------------------------
-
-
-def _launch_opts(warps):
-    # Interpreted runs ignore these; compiled runs must not contract into FMAs.
-    return {"num_warps": warps, "enable_fp_fusion": False}
 
 
 def split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset, sums=None):
@@ -292,7 +252,7 @@ def _list_sums(a, b, numels, starts_and_splits):
     row = 0
     for x, y, m, cut, nb in zip(a, b, numels, local_splits, blocks):
         if nb:
-            _split_sums_kernel[(nb,)](x, y, part, m, cut, row, 0, BLOCK=SUM_BLOCK, **_launch_opts(SUM_WARPS))
+            _split_sums_kernel[(nb,)](x, y, part, m, cut, row, 0, BLOCK=SUM_BLOCK, **launch_opts(SUM_WARPS))
         row += nb
     return part.sum(dim=0).view(2, 3)
 
@@ -316,9 +276,9 @@ def _split_interpolate(a, b, out, numels, split, w, method, omega, noise_std, se
         grid = (triton.cdiv(m + phase, INTERP_BLOCK),)
         _split_interp_kernel[grid](
             x, y, o, o if coefs is None else coefs,  # coef_ptr is not read for lerp
-            _double_bits(w), m, cut, _double_bits(noise_std), seed & _MASK32, seed >> 32,
+            double_bits(w), m, cut, double_bits(noise_std), seed & _MASK32, seed >> 32,
             stream & _MASK32, stream >> 32, first, 0,
-            BLOCK=INTERP_BLOCK, CDT=_compute_dtype(x.dtype), LERP=lerp, NOISE=noise, PHASE=phase, **_launch_opts(INTERP_WARPS),
+            BLOCK=INTERP_BLOCK, CDT=compute_dtype(x.dtype), LERP=lerp, NOISE=noise, PHASE=phase, **launch_opts(INTERP_WARPS),
         )
 
 
@@ -335,7 +295,7 @@ def crossover_batch_out(archive, ia, ib, split, w, out, method, omega, noise_std
 
 def _crossover_batch(archive, ia, ib, split, w, out, k_total, n, method, omega, noise_std, seed):
     ia, ib, split, w = (t.contiguous() for t in (ia, ib, split, w))
-    cdt = _compute_dtype(archive.dtype)
+    cdt = compute_dtype(archive.dtype)
     seed &= 2**64 - 1
     lerp = method == "lerp"
     coefs = None
@@ -344,13 +304,13 @@ def _crossover_batch(archive, ia, ib, split, w, out, k_total, n, method, omega, 
         part = torch.empty((k_total, blocks, 6), dtype=torch.float64, device=archive.device)
         for base in range(0, k_total, MAX_GRID_Y):
             _batch_sums_kernel[(blocks, min(MAX_GRID_Y, k_total - base))](
-                archive, ia, ib, split, part, n, blocks, base, 0, BLOCK=SUM_BLOCK, **_launch_opts(SUM_WARPS),
+                archive, ia, ib, split, part, n, blocks, base, 0, BLOCK=SUM_BLOCK, **launch_opts(SUM_WARPS),
             )
         coefs = _slerp_coefs(part.sum(dim=1).view(k_total, 2, 3), w, 1 - w, omega)
     for base in range(0, k_total, MAX_GRID_Y):
         _batch_interp_kernel[(triton.cdiv(n, INTERP_BLOCK), min(MAX_GRID_Y, k_total - base))](
             archive, ia, ib, split, w, w if coefs is None else coefs,  # coef_ptr is not read for lerp
-            out, n, _double_bits(noise_std),
+            out, n, double_bits(noise_std),
             seed & _MASK32, seed >> 32, base, 0,
-            BLOCK=INTERP_BLOCK, CDT=cdt, LERP=lerp, NOISE=noise_std != 0.0, **_launch_opts(INTERP_WARPS),
+            BLOCK=INTERP_BLOCK, CDT=cdt, LERP=lerp, NOISE=noise_std != 0.0, **launch_opts(INTERP_WARPS),
         )

@@ -20,29 +20,19 @@ torch picks each target's digit on the device; models reach the kernels as a tab
 of pointers; every kernel takes `block_offset`; launched with enable_fp_fusion=False
 (no FMA contraction: each step rounds as the C++ code's) and fp32 division by div_rn.
 """
-import struct
 
 import torch
 import triton
 import triton.language as tl
 
-from ._utils import i64, on_device
-from .task_merge import _delta, _divide, _f64_from_bits, _to_storage
+from ._utils import compute_dtype, double_bits, f64_from_bits, i64, launch_opts, on_device, to_storage
+from .task_merge import _delta, _divide
 
 BLOCK = 1024  # elements per program in every pass (tests change it: results must not)
 WARPS = 4
 DIGIT_BITS = 11
 BINS = 1 << DIGIT_BITS
 _SIGN64 = -(2**63)  # adding it (mod 2**64) flips the top bit of a 64-bit key
-
-
-def _bits(x: float) -> int:
-    """fp64 scalars travel as their bits (Triton passes Python floats as fp32)."""
-    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
-
-
-def _tl_dtype(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 # ---------------------------------------------------------------------------
@@ -277,18 +267,13 @@ def _fused_kernel(
         den = den + scale
     floor = _c(1e-12).to(UDT)  # reference.PCB_SCALE_SUM_MIN, rounded to U
     merged = _divide(num, tl.where(den < floor, floor, den))
-    y = b.to(UDT) + merged * _f64_from_bits(lam_bits).to(UDT)
-    tl.store(out_ptr + offs, _to_storage(y.to(CDT), DT), mask=mask)
+    y = b.to(UDT) + merged * f64_from_bits(lam_bits).to(UDT)
+    tl.store(out_ptr + offs, to_storage(y.to(CDT), DT), mask=mask)
 
 
 # ---------------------------------------------------------------------------
 # Host side (arguments already checked by m2n2_kernels/pcb.py, check_op_canonical).
 # ---------------------------------------------------------------------------
-
-
-def _launch_opts():
-    # Interpreted runs ignore these; compiled runs must not contract into FMAs.
-    return {"num_warps": WARPS, "enable_fp_fusion": False}
 
 
 class _Unit:
@@ -327,8 +312,8 @@ def _select(unit, ranks, stats, score, block):
             b = unit.base[i]
             _hist_kernel[(triton.cdiv(b.numel(), block),)](
                 b, unit.tables[i], stats, prefix, hist, b.numel(), K, shift, width, high_mask, _SIGN64, 0,
-                BLOCK=block, BINS=BINS, CDT=_tl_dtype(b.dtype), UDT=_tl_dtype(unit.udt), SCORE=score,
-                **_launch_opts(),
+                BLOCK=block, BINS=BINS, CDT=compute_dtype(b.dtype), UDT=compute_dtype(unit.udt), SCORE=score,
+                **launch_opts(WARPS),
             )
         cum = hist.cumsum(1)
         digit = (cum <= remaining[:, None]).sum(1).clamp_(max=BINS - 1)  # the bin holding the rank
@@ -365,8 +350,8 @@ def _merge_unit(unit, out, ratio, lam, clamp, block):
     for i in unit.positions:
         b = unit.base[i]
         _fused_kernel[(triton.cdiv(b.numel(), block),)](
-            b, out[i], unit.tables[i], stats, b.numel(), K, _bits(lam), 0,
-            BLOCK=block, CDT=_tl_dtype(b.dtype), UDT=_tl_dtype(udt), **_launch_opts(),
+            b, out[i], unit.tables[i], stats, b.numel(), K, double_bits(lam), 0,
+            BLOCK=block, CDT=compute_dtype(b.dtype), UDT=compute_dtype(udt), **launch_opts(WARPS),
         )
 
 

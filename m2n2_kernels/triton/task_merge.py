@@ -28,7 +28,6 @@ to 64 without recompiling). Indices are int64; every kernel takes `block_offset`
 the first block it handles (0 in normal use), so a test can run only the last
 blocks of a tensor past 2**31 elements.
 """
-import struct
 
 import numpy as np
 import torch
@@ -36,7 +35,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from ._utils import i64, on_device
+from ._utils import compute_dtype, double_bits, f64_from_bits, i64, launch_opts, on_device, to_storage
 from .philox import philox4x32_10
 
 BLOCK = 2048  # elements per program in every pass (tests change it: results must not)
@@ -55,42 +54,9 @@ _MASK32 = 0xFFFFFFFF
 _DARE_STREAM_HI = reference.DARE_STREAM >> 32  # its low half is 0: model k's stream is (k, this)
 
 
-def _double_bits(x: float) -> int:
-    """fp64 scalars travel as their bits (Triton passes Python floats as fp32)."""
-    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
-
-
-def _compute_dtype(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 # ---------------------------------------------------------------------------
 # Device helpers.
 # ---------------------------------------------------------------------------
-
-
-@triton.jit
-def _f64_from_bits(bits):
-    return tl.cast(tl.cast(bits, tl.int64), tl.float64, bitcast=True)
-
-
-@triton.jit
-def _round_to_bf16(x):
-    """fp32 -> bf16, round to nearest even, on the bits: the Triton interpreter
-    truncates when it casts to bf16 (on the GPU this is what cvt.rn does)."""
-    bits = x.to(tl.uint32, bitcast=True)
-    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
-    is_nan = (bits & 0x7FFFFFFF) > 0x7F800000
-    hi = tl.where(is_nan, (bits >> 16) | 0x40, rounded)
-    return hi.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-
-
-@triton.jit
-def _to_storage(x, DT: tl.constexpr):
-    if DT == tl.bfloat16:
-        return _round_to_bf16(x)
-    else:
-        return x.to(DT)
 
 
 @triton.jit
@@ -285,7 +251,7 @@ def _fused_kernel(
             d_pos = d_pos + tl.where(e > 0, w, zero)
             d_neg = d_neg + tl.where(e < 0, w, zero)
     if CONSENSUS == 0:
-        divisor = _f64_from_bits(divisor_bits).to(CDT)
+        divisor = f64_from_bits(divisor_bits).to(CDT)
     else:
         plus = vote >= 0
         x = tl.where(plus, x, x_neg)
@@ -293,8 +259,8 @@ def _fused_kernel(
         divisor = tl.where(dsum == 0, zero + 1.0, dsum)
     if NORMALIZE:
         x = _divide(x, divisor + zero)
-    x = x * _f64_from_bits(lam_bits).to(CDT)
-    tl.store(out_ptr + offs, _to_storage(b + x, DT), mask=mask)
+    x = x * f64_from_bits(lam_bits).to(CDT)
+    tl.store(out_ptr + offs, to_storage(b + x, DT), mask=mask)
 
 
 # ---------------------------------------------------------------------------
@@ -365,11 +331,6 @@ class _Unit:
         self.device = base[positions[0]].device
 
 
-def _launch_opts():
-    # Interpreted runs ignore these; compiled runs must not contract into FMAs.
-    return {"num_warps": WARPS, "enable_fp_fusion": False}
-
-
 def _select_thresholds(unit, kinds_t, keeps, block):
     """Each selecting model's threshold key and how many ties at it to keep: one
     histogram pass per digit, most significant first; the digit is picked on the
@@ -388,7 +349,7 @@ def _select_thresholds(unit, kinds_t, keeps, block):
             b = unit.base[i]
             _hist_kernel[(triton.cdiv(b.numel(), block * HIST_TILES),)](
                 b, unit.tables[i], kinds_t, prefix, hist, b.numel(), K, shift, width, 0,
-                BLOCK=block, TILES=HIST_TILES, BINS=BINS, CDT=_compute_dtype(b.dtype), WIDE=unit.wide, **_launch_opts(),
+                BLOCK=block, TILES=HIST_TILES, BINS=BINS, CDT=compute_dtype(b.dtype), WIDE=unit.wide, **launch_opts(WARPS),
             )
         prefix, remaining = _pick_digit(hist, prefix, remaining, width)
         high = shift
@@ -416,8 +377,8 @@ def _unit_stats(unit, sparsify, kinds_t, thr, dthr_t, seed, block):
         _stats_kernel[(triton.cdiv(b.numel(), block),)](
             b, unit.tables[i], kinds_t, thr, dthr_t, abs_part, kept_part, ties, b.numel(), unit.starts[i], K,
             unit.nblocks, unit.block_bases[i], seed & _MASK32, seed >> 32, _DARE_STREAM_HI, 0,
-            BLOCK=block, CDT=_compute_dtype(b.dtype), WIDE=unit.wide, SPARSIFY=_SPARSIFY[sparsify],
-            ALIGNED=unit.starts[i] % 4 == 0, **_launch_opts(),
+            BLOCK=block, CDT=compute_dtype(b.dtype), WIDE=unit.wide, SPARSIFY=_SPARSIFY[sparsify],
+            ALIGNED=unit.starts[i] % 4 == 0, **launch_opts(WARPS),
         )
     return abs_part.sum(1), kept_part.sum(1), ties
 
@@ -476,11 +437,11 @@ def _fused_pass(unit, out, plan, weights, sparsify, consensus, normalize, lam, s
         b = unit.base[i]
         _fused_kernel[(triton.cdiv(b.numel(), block),)](
             b, out[i], unit.tables[i], plan.kinds, w_t, plan.scale, plan.thr, plan.need, plan.tie_start, plan.dthr,
-            b.numel(), unit.starts[i], len(weights), unit.nblocks, unit.block_bases[i], _double_bits(lam),
-            _double_bits(_plain_divisor(weights, b.dtype)), seed & _MASK32, seed >> 32, _DARE_STREAM_HI, 0,
-            BLOCK=block, CDT=_compute_dtype(b.dtype), WIDE=unit.wide, SPARSIFY=_SPARSIFY[sparsify],
+            b.numel(), unit.starts[i], len(weights), unit.nblocks, unit.block_bases[i], double_bits(lam),
+            double_bits(_plain_divisor(weights, b.dtype)), seed & _MASK32, seed >> 32, _DARE_STREAM_HI, 0,
+            BLOCK=block, CDT=compute_dtype(b.dtype), WIDE=unit.wide, SPARSIFY=_SPARSIFY[sparsify],
             CONSENSUS=_CONSENSUS[consensus], NORMALIZE=bool(normalize), ALIGNED=unit.starts[i] % 4 == 0,
-            **_launch_opts(),
+            **launch_opts(WARPS),
         )
 
 
