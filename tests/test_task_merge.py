@@ -11,6 +11,7 @@ which is slow: "triton" joins only the tests below that are cheap there
 at the end covers what they check with fewer, smaller calls.
 """
 import math
+import os
 import mmap
 import sys
 
@@ -772,6 +773,29 @@ def test_out_bad_buffers_refused(backend):
         with pytest.raises(err, match=match):
             task_arithmetic(blist, mlist, [1.0], out=out, backend=backend)
     assert torch.equal(base, torch.zeros(4)) and torch.equal(models[0], torch.ones(4))
+
+
+
+def test_dare_draws_avx512_equal_portable(tmp_path):
+    """The CPU kernel draws DARE's masks with an AVX-512 loop where the CPU has it:
+    tests/native/dare_draws_check.cpp holds it equal to the portable loop and to
+    dare_draws4, bit for bit, at counters whose low word wraps (past 2^34 elements),
+    which no tensor here could reach."""
+    import shutil
+    import subprocess
+
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    exe = tmp_path / "dare_draws_check"
+    subprocess.run([cxx, "-std=c++17", "-O2", "-ffp-contract=off", "-fopenmp-simd", "-Wall", "-Werror", "-I",
+                    os.path.join(root, "csrc", "include"), "-I", os.path.join(root, "csrc"),
+                    os.path.join(root, "tests", "native", "dare_draws_check.cpp"), "-o", str(exe)], check=True)
+    run = subprocess.run([str(exe)], capture_output=True, text=True)
+    if run.returncode == 2:
+        pytest.skip(f"this CPU has no AVX-512 (the portable draws were checked): {run.stdout.strip()}")
+    assert run.returncode == 0, run.stdout
 
 
 # ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 
 #include <omp.h>
 
+#include "dare_draws.h"
 #include "isa_clones.h"
 #include "radix_select.h"
 
@@ -71,6 +72,7 @@ M2N2_HD Key key_of(C d) {
 // out of the loop.
 
 constexpr int64_t kTile = 256;
+static_assert(kTile <= kDrawTile, "draws_tile draws at most kDrawTile elements a call");
 
 template <class T>
 M2N2_HD void to_compute_tile(const T* x, int64_t len, compute_t<T>* out) {
@@ -86,25 +88,21 @@ M2N2_HD void keys_tile(const T* m, const compute_t<T>* b, int64_t len, Key* keys
   for (int64_t j = 0; j < len; ++j) keys[j] = key_of<Key>(to_compute(m[j]) - b[j]);
 }
 
-// The 24-bit DARE draws of elements i0 .. i0 + len - 1 of one model's stream.
-M2N2_CLONES void draws_tile(uint64_t seed, uint64_t stream, uint64_t i0, int64_t len, uint32_t* draws) {
-  constexpr int64_t kGroups = kTile / 4 + 2;
-  alignas(64) uint32_t lanes[4][kGroups];
-  alignas(64) uint32_t z[4 * kGroups];
-  const uint64_t g0 = i0 >> 2;
-  const int64_t groups = int64_t(((i0 + uint64_t(len) + 3) >> 2) - g0);
-#pragma omp simd
-  for (int64_t g = 0; g < groups; ++g) {
-    dare_draws4(seed, stream, g0 + uint64_t(g), lanes[0][g], lanes[1][g], lanes[2][g], lanes[3][g]);
+// The 24-bit DARE draws of elements i0 .. i0 + len - 1 of one model's stream
+// (dare_draws.h), the portable loop compiled per ISA.
+M2N2_CLONES void draws_tile_generic(uint64_t seed, uint64_t stream, uint64_t i0, int64_t len, uint32_t* draws) {
+  draws_tile_portable(seed, stream, i0, len, draws);
+}
+
+void draws_tile(uint64_t seed, uint64_t stream, uint64_t i0, int64_t len, uint32_t* draws) {
+#if M2N2_AVX512_DRAWS
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512) {
+    draws_tile_avx512(seed, stream, i0, len, draws);
+    return;
   }
-  for (int64_t g = 0; g < groups; ++g) {
-    z[4 * g] = lanes[0][g];
-    z[4 * g + 1] = lanes[1][g];
-    z[4 * g + 2] = lanes[2][g];
-    z[4 * g + 3] = lanes[3][g];
-  }
-  const uint32_t* zt = z + (i0 - 4 * g0);
-  for (int64_t j = 0; j < len; ++j) draws[j] = zt[j];
+#endif
+  draws_tile_generic(seed, stream, i0, len, draws);
 }
 
 // sum |d| and the sum of |d| where keep[j] (kept: key > threshold, or draw < thr),
