@@ -1,6 +1,7 @@
 // Task-vector merges (task arithmetic, TIES, DARE, DARE-TIES) on the GPU: torch-free
-// kernels and launchers (this header: the design, the plan and the launchers;
-// task_merge_kernels.cuh: the kernels and their per-thread bodies).
+// kernels and launchers (this header: the design, the settings and the launchers;
+// task_merge_kernels.cuh: the kernels and their per-thread bodies; task_merge_common.cuh:
+// the segments and their plan, shared with PCB merging).
 //
 // Raw pointers, sizes and a cudaStream_t in; csrc/cuda/task_merge.cu is the torch glue.
 // docs/semantics.md "Task-vector merges" is the definition; the results equal the CPU
@@ -40,56 +41,6 @@
 #include "task_merge_kernels.cuh"
 
 namespace m2n2::cuda {
-
-constexpr int64_t kMinChunkTiles = 8;             // a block counts at least this many steps' elements
-constexpr int64_t kMaxChunk = int64_t(1) << 30;   // shared 32-bit histogram counts never overflow
-
-// Blocks that fill the device once at full occupancy (SMs x resident 256-thread blocks).
-inline int64_t task_block_budget(int device) {
-  int sms = 0, threads = 0;
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  cudaDeviceGetAttribute(&threads, cudaDevAttrMaxThreadsPerMultiProcessor, device);
-  return int64_t(std::max(1, sms)) * std::max(1, threads / kThreads);
-}
-
-// Elements per vector load of a storage dtype.
-inline int task_vector_elems(Dtype dtype) {
-  switch (dtype) {
-    case Dtype::kDouble: return vector_elems<double>();
-    case Dtype::kFloat: return vector_elems<float>();
-    default: return vector_elems<half_t>();
-  }
-}
-
-// Fills each segment's chunk, blocks, block0 and vec (segments with numel, flat,
-// pointers, dtype and p.K set); returns the unit's blocks. About `budget` blocks in
-// all, shared in proportion to the segments' sizes, chunks of at least min_tiles steps.
-inline int64_t plan_task_unit(std::vector<TaskSegment>& segs, int K, int64_t budget,
-                              int64_t min_tiles = kMinChunkTiles) {
-  int64_t n = 0;
-  for (const TaskSegment& s : segs) n += s.numel;
-  int64_t blocks = 0;
-  for (TaskSegment& s : segs) {
-    const int vec = task_vector_elems(s.dtype);
-    const uintptr_t bytes = uintptr_t(vec) * uintptr_t(dtype_bytes(s.dtype));
-    bool aligned = reinterpret_cast<uintptr_t>(s.base) % bytes == 0 && reinterpret_cast<uintptr_t>(s.out) % bytes == 0;
-    for (int k = 0; k < K; ++k) aligned = aligned && reinterpret_cast<uintptr_t>(s.models[k]) % bytes == 0;
-    s.vec = aligned ? vec : 1;
-    s.block0 = blocks;
-    if (s.numel == 0) {
-      s.chunk = kTileElems;
-      s.blocks = 0;
-      continue;
-    }
-    const int64_t want = max64(1, int64_t(double(budget) * double(s.numel) / double(n) + 1.0));
-    int64_t chunk = ceil_div(ceil_div(s.numel, want), kTileElems) * kTileElems;
-    chunk = min64(max64(chunk, min_tiles * kTileElems), kMaxChunk);
-    s.chunk = chunk;
-    s.blocks = ceil_div(s.numel, chunk);
-    blocks += s.blocks;
-  }
-  return blocks;
-}
 
 // max(1, int(rho n)) (the product rounded in fp64), none for rho <= 0, all for rho >= 1.
 inline int64_t task_keep_count(double rho, int64_t n) {

@@ -1,5 +1,6 @@
 // Task-vector merges on the GPU, the kernels and their per-thread bodies (torch-free;
-// task_merge.cuh holds the design, the plan and the launchers). The bodies are
+// task_merge.cuh holds the design and the launchers, task_merge_common.cuh the segments,
+// the plan and the helpers shared with PCB merging). The bodies are
 // __host__ __device__ so that tests/native/task_merge_cuda_host_check.cu runs every
 // block and thread of the planned launches on the CPU.
 //
@@ -19,34 +20,12 @@
 #include "common.cuh"
 #include "m2n2/dtypes.h"
 #include "m2n2/task_merge.h"
+#include "task_merge_common.cuh"
 
 namespace m2n2::cuda {
 
-constexpr int kDigitBits = 11;            // radix digit: 2048 bins of 4 bytes in shared memory
-constexpr int kBins = 1 << kDigitBits;
-constexpr int kBinsPerThread = kBins / kThreads;
-constexpr int kMaxVec = 4;                // elements per thread and step, at most
-constexpr int64_t kTileElems = int64_t(kThreads) * kMaxVec;  // block chunks are multiples of this
-constexpr int kSmallModels = 8;           // K up to this: factors of all models in registers
-static_assert(kBins % kThreads == 0, "whole bins per thread");
-
 // What model k does with its deltas in one unit (fixed on the host).
 enum class TaskMode : uint8_t { kAll, kNone, kSelect, kDraw };
-
-// One tensor of a unit: its pointers, its place in the unit's flat index and in the
-// unit's block numbering, and how its elements are cut into blocks.
-struct TaskSegment {
-  const void* base;
-  void* out;
-  const void* models[kMaxModels];
-  int64_t numel;
-  int64_t flat;    // the unit index of element 0
-  int64_t chunk;   // elements per block (a multiple of kTileElems)
-  int64_t blocks;  // ceil(numel / chunk)
-  int64_t block0;  // the unit's block number of block 0 (partials are [K, total_blocks])
-  Dtype dtype;
-  int vec;         // elements per load: the 16-byte (8-byte for 16-bit types) vector, or 1
-};
 
 // The call's settings, per unit (a kernel parameter: under 4 KB with the segment).
 struct TaskParams {
@@ -67,80 +46,15 @@ struct TaskParams {
   TaskMode mode[kMaxModels];
 };
 
-// Per model, on the device: the radix selection's progress, then the fused pass's inputs.
-struct ModelState {
-  uint64_t prefix;     // the digits chosen so far; after the last pass the threshold key
-  int64_t remaining;   // elements still to keep among those whose key starts with prefix
-  int64_t last_count;  // elements in the last chosen bin (after the last pass: the ties)
-  double scale;        // s_k: host_scale, or the l1 ratio
-  int32_t partial;     // ties at the threshold partly kept (lowest index first)
-  int32_t pad;
-};
-
 // ---------------------------------------------------------------------------
 // Element helpers.
 // ---------------------------------------------------------------------------
-
-template <class T>
-constexpr int vector_elems() {
-  return sizeof(T) == 2 ? 4 : int(16 / sizeof(T));  // 8 bytes of a 16-bit type (fewer registers), else 16
-}
 
 // Key of |d| in the unit's width: a delta widened to fp64 (exactly) where the unit
 // holds an fp64 tensor, as the CPU kernel does.
 template <class C>
 M2N2_HD uint64_t task_key(C d, bool wide) {
   return wide ? magnitude_key(double(d)) : uint64_t(magnitude_key(float(d)));
-}
-
-// V consecutive elements as compute-type values: one vector load when V > 1 and the
-// whole vector lies before `end` (the plan guarantees the alignment), else guarded
-// single loads (zero past `end`).
-template <class T, int V>
-M2N2_HD void load_elems(const T* ptr, int64_t j0, int64_t end, compute_t<T>* v) {
-  if (V > 1 && j0 + V <= end) {
-    T e[V];
-    static_assert(V * sizeof(T) == 16 || V * sizeof(T) == 8 || V == 1, "a 16- or 8-byte vector");
-#if defined(__CUDA_ARCH__)
-    if constexpr (V * sizeof(T) == 16) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(ptr + j0));
-      memcpy(e, &raw, sizeof(raw));
-    } else {
-      const uint2 raw = __ldg(reinterpret_cast<const uint2*>(ptr + j0));
-      memcpy(e, &raw, sizeof(raw));
-    }
-#else
-    memcpy(e, ptr + j0, sizeof(e));
-#endif
-    M2N2_UNROLL
-    for (int j = 0; j < V; ++j) v[j] = to_compute(e[j]);
-  } else {
-    M2N2_UNROLL
-    for (int j = 0; j < V; ++j) v[j] = j0 + j < end ? to_compute(ptr[j0 + j]) : compute_t<T>(0);
-  }
-}
-
-template <class T, int V>
-M2N2_HD void store_elems(T* ptr, int64_t j0, int64_t end, const compute_t<T>* v) {
-  if (V > 1 && j0 + V <= end) {
-    T e[V];
-    M2N2_UNROLL
-    for (int j = 0; j < V; ++j) e[j] = from_compute<T>(v[j]);
-    if constexpr (V * sizeof(T) == 16) {
-      uint4 raw;
-      memcpy(&raw, e, sizeof(raw));
-      *reinterpret_cast<uint4*>(ptr + j0) = raw;
-    } else {
-      uint2 raw;
-      memcpy(&raw, e, sizeof(raw));
-      *reinterpret_cast<uint2*>(ptr + j0) = raw;
-    }
-  } else {
-    M2N2_UNROLL
-    for (int j = 0; j < V; ++j) {
-      if (j0 + j < end) ptr[j0 + j] = from_compute<T>(v[j]);
-    }
-  }
 }
 
 // The 24-bit DARE draws of unit elements f0 .. f0 + V - 1 of one stream: the Philox
@@ -164,14 +78,6 @@ M2N2_HD void dare_draws(uint64_t seed, uint64_t stream, uint64_t f0, uint32_t* d
     const int q = off + j;
     draws[j] = q < 4 ? pick_word(q, a0, a1, a2, a3) : pick_word(q - 4, b0, b1, b2, b3);
   }
-}
-
-M2N2_HD void shared_inc(uint32_t* h, uint32_t bin) {
-#if defined(__CUDA_ARCH__)
-  atomicAdd(h + bin, 1u);
-#else
-  ++h[bin];
-#endif
 }
 
 // The bits of pass `pass` of the radix selection: [lo, hi), 11 bits from the top of
@@ -249,37 +155,6 @@ __global__ void __launch_bounds__(kThreads)
   unsigned long long* out = hist + int64_t(k) * kBins;
   for (int i = threadIdx.x; i < kBins; i += kThreads) {
     if (h[i] != 0) atomicAdd(out + i, static_cast<unsigned long long>(h[i]));
-  }
-}
-
-// Thread tid owns bins [kBins - (tid + 1) B, kBins - tid B) (B = kBinsPerThread):
-// thread 0 the highest, so an exclusive scan of the threads' counts is the count of
-// keys above each thread's bins.
-M2N2_HD int64_t select_thread_sum(const unsigned long long* hist, int tid, uint64_t* counts) {
-  int64_t sum = 0;
-  M2N2_UNROLL
-  for (int i = 0; i < kBinsPerThread; ++i) {  // i = 0: the thread's highest bin
-    counts[i] = hist[kBins - 1 - (tid * kBinsPerThread + i)];
-    sum += int64_t(counts[i]);
-  }
-  return sum;
-}
-
-// The thread whose bins hold the remaining-th largest key (counting from the top,
-// `above` keys above its bins) appends that bin to the prefix; the others do nothing.
-M2N2_HD void select_thread_find(const uint64_t* counts, int tid, int64_t above, int64_t remaining, int width,
-                                bool last, ModelState* s) {
-  M2N2_UNROLL
-  for (int i = 0; i < kBinsPerThread; ++i) {
-    const int64_t c = int64_t(counts[i]);
-    if (above < remaining && above + c >= remaining) {
-      const uint64_t bin = uint64_t(kBins - 1 - (tid * kBinsPerThread + i));
-      s->prefix = (s->prefix << width) | bin;
-      s->remaining = remaining - above;
-      s->last_count = c;
-      if (last) s->partial = (remaining - above) < c ? 1 : 0;
-    }
-    above += c;
   }
 }
 
