@@ -16,8 +16,10 @@ each model = base + N(0, 0.001^2), stored in the dtype), for every dtype of --dt
   pcb              PCB merging, ratio 0.2, clamp 1e-4, per tensor (no mergekit row:
                    mergekit has no PCB)
 each op with the impls
-  m2n2_kernels     backend="cpp", one call on the whole list of tensors (the multi-tensor
-                   form), returning new tensors as the baselines do; speedup_vs_torch =
+  m2n2_kernels     one call on the whole list of tensors (the multi-tensor form) per
+                   backend of the device (cpp on CPU; on a GPU the CUDA C++ kernel as
+                   "cpp" and the Triton one, each checked equal to the first bit for
+                   bit), returning new tensors as the baselines do; speedup_vs_torch =
                    best torch's ms / its ms
   m2n2_kernels out=  the same calls writing into outputs allocated (and touched) before
                    the timing, as lerp_ writes in place: the kernel's own time, what the
@@ -41,6 +43,8 @@ radix-selection passes + the fused pass, + 1 statistics pass in the tensors wher
 model's threshold has more ties than it keeps (exactly k are kept: bf16 deltas tie
 often, fp32 ones rarely); DARE with the l1 rescale 2 (statistics + fused); PCB 5
 (2 radix passes for the clamp bounds, 2 for the score threshold, the fused pass).
+These are the CPU kernel's passes (16-bit digits); the GPU kernels select with 11-bit
+digits, one pass more per selection, which the summary does not count.
 extra_mib: the peak resident memory of a call beyond what was allocated before it, less
 the output it returns (n elements in the storage dtype, alike for every impl; the lerp_
 and out= rows write into memory allocated before). Each call allocates its output: our API returns new tensors, so
@@ -72,7 +76,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import KernelRows, dtype_name, parser, peak_extra_bytes  # noqa: E402
+from _common import KernelRows, _sync, dtype_name, kernel_backends, parser, peak_extra_bytes  # noqa: E402
 
 import m2n2_kernels as mk  # noqa: E402
 
@@ -106,13 +110,14 @@ def block_shapes(quick, scale=1):
     return [(h, h)] * 4 + [(f, h), (f, h), (h, f), (h,), (h,)]
 
 
-def make_inputs(shapes, K, dtype, gen):
+def make_inputs(shapes, K, dtype, gen, device):
+    """Drawn on the CPU (the same values on every device), then moved to `device`."""
     base, models = [], [[] for _ in range(K)]
     for s in shapes:
         b = torch.randn(s, generator=gen).mul_(0.02)
         for k in range(K):
-            models[k].append(torch.randn(s, generator=gen).mul_(0.001).add_(b).to(dtype))
-        base.append(b.to(dtype))
+            models[k].append(torch.randn(s, generator=gen).mul_(0.001).add_(b).to(device, dtype))
+        base.append(b.to(device, dtype))
     return base, models
 
 
@@ -185,7 +190,7 @@ def torch_ties(base, models, w):
     for i, b in enumerate(base):
         n = b.numel()
         bf = b.reshape(-1).float()
-        E = torch.empty(K, n)
+        E = torch.empty(K, n, device=bf.device)
         for k in range(K):
             d = _delta_into(E[k], models[k][i], bf)
             if n > 1:
@@ -207,13 +212,13 @@ def torch_dare(base, models, w, *, ties, gen):
     for i, b in enumerate(base):
         n = b.numel()
         bf = b.reshape(-1).float()
-        E = torch.empty(K, n) if ties else None
+        E = torch.empty(K, n, device=bf.device) if ties else None
         x = None if ties else bf.clone()
-        d_buf = None if ties else torch.empty(n)
+        d_buf = None if ties else torch.empty(n, device=bf.device)
         for k in range(K):
             d = _delta_into(E[k] if ties else d_buf, models[k][i], bf)
             full = float(torch.linalg.vector_norm(d, 1))
-            d.mul_(torch.rand(n, generator=gen) < DENSITY)
+            d.mul_(torch.rand(n, generator=gen, device=bf.device) < DENSITY)
             kept = float(torch.linalg.vector_norm(d, 1))
             s = full / kept if full >= RESCALE_MIN and kept >= RESCALE_MIN else 1.0
             if ties:
@@ -234,7 +239,7 @@ def torch_pcb(base, models):
     for i, b in enumerate(base):
         n = b.numel()
         bf = b.reshape(-1).float()
-        D = torch.empty(K, n)
+        D = torch.empty(K, n, device=bf.device)
         for k in range(K):
             _delta_into(D[k], models[k][i], bf)
         A = D.abs()
@@ -323,10 +328,10 @@ def tie_stats(base, models):
     for i, b in enumerate(base):
         n = b.numel()
         bf = b.reshape(-1).float()
-        at = torch.zeros(n, dtype=torch.bool)
+        at = torch.zeros(n, dtype=torch.bool, device=bf.device)
         part = False
         for m in models:
-            a = _delta_into(torch.empty(n), m[i], bf).abs_()
+            a = _delta_into(torch.empty(n, device=bf.device), m[i], bf).abs_()
             thr = a.kthvalue(n - _keep_count(n) + 1).values
             at |= a == thr
             part |= int((a >= thr).sum()) > _keep_count(n)
@@ -377,9 +382,7 @@ def check_values(op, name, got, want, base, dtype, ties_at):
 
 def run(args):
     device = torch.device(args.device)
-    if device.type != "cpu":
-        raise SystemExit("bench_merge_methods.py times the CPU kernel (the CUDA and Triton kernels of task_merge "
-                         "are still to come): use --device cpu")
+    backends = kernel_backends(device)  # cpp on CPU; CUDA C++ and Triton on a GPU
     rows = KernelRows(args.csv)
     K = args.models
     w = [0.3 + 0.1 * (k % 3) for k in range(K)]
@@ -390,19 +393,21 @@ def run(args):
     for dtype in args.dtypes:
         elem = torch.empty((), dtype=dtype).element_size()
         gen = torch.Generator().manual_seed(0)
-        base, models = make_inputs(shapes, K, dtype, gen)
+        base, models = make_inputs(shapes, K, dtype, gen, device)
         traffic = (K + 2) * n * elem
         out_bytes = n * elem
         m_ceil = (K + 2) * n // 3
-        sa, sb = torch.rand(m_ceil, generator=gen).to(dtype), torch.rand(m_ceil, generator=gen).to(dtype)
-        rng = torch.Generator().manual_seed(SEED)
+        sa = torch.rand(m_ceil, generator=gen).to(device, dtype)
+        sb = torch.rand(m_ceil, generator=gen).to(device, dtype)
+        rng = torch.Generator(device=device).manual_seed(SEED)
         outs = [torch.zeros_like(b) for b in base]  # touched once, before any timing
 
         # (op, impl, backend) -> fn; the ceiling first
         impls = {(CEILING, CEILING_IMPL, "torch"): lambda: sa.lerp_(sb, 0.3)}
         for op in OPS:
-            impls[(op, OURS, "cpp")] = lambda op=op: ours(op, base, models, w, "cpp")
-            impls[(op, OURS_OUT, "cpp")] = lambda op=op: ours(op, base, models, w, "cpp", out=outs)
+            for be in backends:
+                impls[(op, OURS, be)] = lambda op=op, be=be: ours(op, base, models, w, be)
+                impls[(op, OURS_OUT, be)] = lambda op=op, be=be: ours(op, base, models, w, be, out=outs)
             impls[(op, BEST, "torch")] = lambda op=op: best_torch(op, base, models, w, rng)
             if merge_tensors is not None and op in MERGEKIT_METHODS:
                 try:
@@ -434,7 +439,11 @@ def run(args):
             if op == CEILING or impl == OURS_OUT:
                 continue
             if impl == OURS:
-                held[op] = box.pop()
+                got = box.pop()
+                if op not in held:  # the first backend's result: what the baselines are checked against
+                    held[op] = got
+                elif not all(torch.equal(g, h) for g, h in zip(got, held[op])):
+                    raise RuntimeError(f"{dtype_name(dtype)} {op}: backend {key[2]} differs from {backends[0]}")
                 continue
             reason = None
             if impl == BEST or (impl == MERGEKIT and dtype == torch.float32):
@@ -455,8 +464,10 @@ def run(args):
         for rep in range(args.reps):
             t_round = time.perf_counter()
             for key, fn in impls.items():
+                _sync(device)
                 t0 = time.perf_counter()
                 result = fn()
+                _sync(device)
                 times[key].append((time.perf_counter() - t0) * 1e3)
                 del result
             print(f"# {dtype_name(dtype)}: round {rep + 1}/{args.reps} took {time.perf_counter() - t_round:.1f} s",
@@ -476,29 +487,30 @@ def run(args):
         select = 4 if dtype == torch.float64 else 2  # radix passes over 64- or 32-bit keys
         passes = {"task_arithmetic": 1.0, "ties": ties_passes, "dare_linear": 2.0, "dare_ties": 2.0,
                   "pcb": 2 * select + 1.0}
-        summary = []
-        for op in OPS:
-            key = (op, OURS, "cpp")
-            mk_key = (op, MERGEKIT, "torch")
-            summary.append(dict(
-                dtype=dtype_name(dtype), op=op, ms=ms[key],
-                vs_torch=ms[(op, BEST, "torch")] / ms[key],
-                vs_mergekit=ms[mk_key] / ms[key] if mk_key in ms else None,
-                vs_ceiling=ms[key] / ceiling_ms, out_vs_ceiling=ms[(op, OURS_OUT, "cpp")] / ceiling_ms,
-                passes=passes[op],
-                extra_pct=100.0 * extra[key] / ((K + 1) * n * elem),
-            ))
-        print_summary(summary, K, n)  # per dtype: a run cut short keeps what it measured
+        for be in backends:
+            summary = []
+            for op in OPS:
+                key = (op, OURS, be)
+                mk_key = (op, MERGEKIT, "torch")
+                summary.append(dict(
+                    dtype=dtype_name(dtype), op=op, ms=ms[key],
+                    vs_torch=ms[(op, BEST, "torch")] / ms[key],
+                    vs_mergekit=ms[mk_key] / ms[key] if mk_key in ms else None,
+                    vs_ceiling=ms[key] / ceiling_ms, out_vs_ceiling=ms[(op, OURS_OUT, be)] / ceiling_ms,
+                    passes=passes[op],
+                    extra_pct=100.0 * extra[key] / ((K + 1) * n * elem),
+                ))
+            print_summary(summary, K, n, be)  # per dtype: a run cut short keeps what it measured
         del base, models, sa, sb, impls
     rows.close()
 
 
-def print_summary(summary, K, n):
+def print_summary(summary, K, n, backend):
     """Ours against the issue's targets, on stderr (the CSV is stdout's)."""
     want_mk = {"ties": 10.0, "task_arithmetic": 3.0, "dare_linear": 3.0, "dare_ties": 3.0}
     want_torch = {"ties": 3.0}
     err = sys.stderr
-    print(f"# summary: m2n2_kernels (cpp), K = {K}, n = {n} per model; targets in brackets", file=err)
+    print(f"# summary: m2n2_kernels ({backend}), K = {K}, n = {n} per model; targets in brackets", file=err)
     head = (f"# {'dtype':<9} {'op':<16} {'ms':>10} {'vs torch':>15} {'vs mergekit':>16} {'vs lerp_':>9} "
             f"{'out= vs lerp_':>13} {'passes':>6} {'per pass':>15} {'extra % inputs':>15}")
     print(head, file=err)
