@@ -15,6 +15,7 @@
 
 #include "../task_merge_args.h"
 #include "kernels/task_merge.cuh"
+#include "task_units.h"
 
 namespace m2n2 {
 namespace {
@@ -35,26 +36,8 @@ void task_merge_out_cuda(at::TensorList base, at::TensorList models, at::TensorL
   const c10::cuda::CUDAGuard guard(base[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t budget = cuda::task_block_budget(base[0].device().index());
-  const size_t L = base.size();
-
-  // One unit: the positions [first, last) as segments of one flat vector.
-  auto merge_unit = [&](size_t first, size_t last) {
-    std::vector<cuda::TaskSegment> segs;
-    int64_t n = 0;
-    bool wide = false;
-    for (size_t i = first; i < last; ++i) {
-      cuda::TaskSegment s{};
-      s.base = base[i].data_ptr();
-      s.out = out[i].data_ptr();
-      for (int64_t k = 0; k < K; ++k) s.models[k] = models[k * L + i].data_ptr();
-      s.numel = base[i].numel();
-      s.flat = n;
-      s.dtype = dtypes[i];
-      n += s.numel;
-      wide = wide || dtypes[i] == Dtype::kDouble;
-      segs.push_back(s);
-    }
-    if (n == 0) return;
+  for_each_task_unit(base, models, out, dtypes, K, global_scope,
+                     [&](std::vector<cuda::TaskSegment>& segs, int64_t n, bool wide) {
     cuda::TaskParams p = cuda::make_task_params(int(K), sp, co, re, normalize, lam, uint64_t(seed), w.data(),
                                                 rho.data(), wide, n);
     p.total_blocks = cuda::plan_task_unit(segs, int(K), budget);
@@ -63,12 +46,7 @@ void task_merge_out_cuda(at::TensorList base, at::TensorList models, at::TensorL
     const at::Tensor workspace =
         at::empty({cuda::task_workspace_bytes(p)}, base[0].options().dtype(at::kByte));
     C10_CUDA_CHECK(cuda::launch_task_unit(segs, p, workspace.data_ptr(), stream));
-  };
-  if (global_scope) {
-    merge_unit(0, L);
-  } else {
-    for (size_t i = 0; i < L; ++i) merge_unit(i, i + 1);
-  }
+  });
 }
 
 }  // namespace
