@@ -7,8 +7,10 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "args_common.h"
@@ -52,10 +54,12 @@ inline bool is_float(at::ScalarType t) {
 // (and out[i]) share a floating dtype and a shape, all on one device of
 // `device_type`, contiguous. Returns the tensors as segments of one vector whose
 // element 0 has global index index_offset (empty tensors left out), and the total
-// element count in `numel`.
+// element count in `numel`. Given index_offsets of the right length, segment i starts
+// at global index index_offsets[i] instead; check_offsets checks them (a wrong
+// length too), before anything reads the segments.
 inline std::vector<Segment> crossover_segments(at::TensorList a, at::TensorList b, at::TensorList out,
                                                c10::DeviceType device_type, int64_t index_offset,
-                                               int64_t* numel) {
+                                               at::OptionalIntArrayRef index_offsets, int64_t* numel) {
   TORCH_CHECK_VALUE(!a.empty(), "a must hold at least one tensor");
   TORCH_CHECK_VALUE(a.size() == b.size(), "a and b must hold as many tensors, got ", a.size(), " and ", b.size());
   TORCH_CHECK_VALUE(out.size() == a.size(), "out must hold as many tensors as a, got ", out.size(), " and ",
@@ -66,7 +70,9 @@ inline std::vector<Segment> crossover_segments(at::TensorList a, at::TensorList 
                     ", got ", device);
   std::vector<Segment> segments;
   segments.reserve(a.size());
+  const bool given = index_offsets.has_value() && index_offsets->size() == a.size();
   int64_t first = index_offset;
+  int64_t total = 0;
   for (size_t i = 0; i < a.size(); ++i) {
     const at::Tensor &x = a[i], &y = b[i], &o = out[i];
     const at::ScalarType st = x.scalar_type();
@@ -75,11 +81,13 @@ inline std::vector<Segment> crossover_segments(at::TensorList a, at::TensorList 
                     o.sizes() == x.sizes() && x.is_contiguous() && y.is_contiguous() && o.is_contiguous();
     if (!ok) explain_bad_entry(a, b, out, i, device);
     if (x.numel() > 0) {
-      segments.push_back({x.data_ptr(), y.data_ptr(), o.data_ptr(), x.numel(), first, float_dtype(x, "a")});
+      segments.push_back({x.data_ptr(), y.data_ptr(), o.data_ptr(), x.numel(),
+                          given ? (*index_offsets)[i] : first, float_dtype(x, "a")});
     }
     first += x.numel();
+    total += x.numel();
   }
-  *numel = first - index_offset;
+  *numel = total;
   return segments;
 }
 
@@ -124,6 +132,36 @@ inline void check_sums(const std::optional<at::Tensor>& sums, const at::Device& 
 inline SplitSums sums_from_host(const at::Tensor& sums) {
   const double* p = sums.data_ptr<double>();
   return SplitSums{{p[0], p[3]}, {p[1], p[4]}, {p[2], p[5]}};
+}
+
+// index_offsets (when given, instead of a non-zero index_offset): one global offset
+// per entry of a, each entry's global range inside int64, the ranges of non-empty
+// entries disjoint, in any order. (crossover.py, check_op_offsets.)
+inline void check_offsets(at::TensorList a, int64_t index_offset, at::OptionalIntArrayRef index_offsets) {
+  if (!index_offsets.has_value()) return;
+  TORCH_CHECK_VALUE(index_offset == 0, "index_offset must be 0 when index_offsets is given, got ", index_offset);
+  const at::IntArrayRef offsets = *index_offsets;
+  TORCH_CHECK_VALUE(offsets.size() == a.size(), "index_offsets must hold one offset per tensor of a (", a.size(),
+                    "), got ", offsets.size());
+  std::vector<std::pair<int64_t, size_t>> ranges;  // (offset, entry) of the non-empty entries
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    const int64_t o = offsets[i];
+    const int64_t m = a[i].numel();
+    TORCH_CHECK_VALUE(o >= 0, "index_offsets[", i, "] must be >= 0, got ", o);
+    // The noise is keyed by global indices, int64 everywhere.
+    TORCH_CHECK_VALUE(uint64_t(o) + uint64_t(m) <= (uint64_t(1) << 63), "index_offsets[", i, "] must be <= 2**63 - ",
+                      m, " (global indices must fit in int64), got ", o);
+    if (m > 0) ranges.emplace_back(o, i);
+  }
+  // Sorted by offset (ties by position), each range must end before the next begins.
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t k = 1; k < ranges.size(); ++k) {
+    const auto [o0, i0] = ranges[k - 1];
+    const auto [o1, i1] = ranges[k];
+    const uint64_t end0 = uint64_t(o0) + uint64_t(a[i0].numel());  // may be 2**63
+    TORCH_CHECK_VALUE(end0 <= uint64_t(o1), "index_offsets must give disjoint global ranges: a[", i0, "] covers [", o0,
+                      ", ", end0, ") and a[", i1, "] covers [", o1, ", ", uint64_t(o1) + uint64_t(a[i1].numel()), ")");
+  }
 }
 
 // With index_offset > 0, or `piece` (interp_sums, or sums given), the buffer is one

@@ -29,19 +29,23 @@ TORCH_LIBRARY(m2n2, m) {
   // list has global index index_offset + i. stream keys the noise (the child's
   // number in a batch). sums: float64 [2, 3] (as interp_sums) or None: the slerp
   // angle's sums over the whole vector, of which the lists are one piece.
+  // index_offsets (instead of index_offset, which must then be 0): entry i's element 0
+  // has global index index_offsets[i]; entries in any order, not adjacent (a rank's
+  // shard of many parameters), their global ranges disjoint.
   m.def(
       "split_interpolate_out(Tensor[] a, Tensor[] b, Tensor(a!)[] out, int split, float w, "
-      "str method, str omega, float noise_std, int seed, int stream, int index_offset, Tensor? sums=None) -> ()");
+      "str method, str omega, float noise_std, int seed, int stream, int index_offset, Tensor? sums=None, "
+      "int[]? index_offsets=None) -> ()");
   // In place into self, which plays parent a when self_is_a, else parent b.
   m.def(
       "split_interpolate_(Tensor(a!)[] self, Tensor[] other, int split, float w, str method, "
       "str omega, float noise_std, int seed, int stream, int index_offset, bool self_is_a, "
-      "Tensor? sums=None) -> ()");
+      "Tensor? sums=None, int[]? index_offsets=None) -> ()");
   // The slerp angle's six sums over the piece a, b of a longer vector: float64 [2, 3],
   // row s = (dot, |a|^2, |b|^2) over the elements on side s of the global split. Sums
   // of pieces add up (phase 1 of a streamed or sharded slerp; phase 2 passes the
   // totals to split_interpolate as sums).
-  m.def("interp_sums(Tensor[] a, Tensor[] b, int split, int index_offset) -> Tensor");
+  m.def("interp_sums(Tensor[] a, Tensor[] b, int split, int index_offset, int[]? index_offsets=None) -> Tensor");
   // K children from rows ia[k], ib[k] of a P x n archive, split[k], w[k] (fp64), noise
   // keyed by (seed, k, element).
   m.def(

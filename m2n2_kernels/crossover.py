@@ -102,6 +102,35 @@ def check_op_split(n, split, index_offset, *, piece=False):
     return split, index_offset
 
 
+def check_op_offsets(numels, index_offset, index_offsets):
+    """index_offsets (when given): the global index of element 0 of each list entry,
+    entries of numels[i] elements, for pieces of a longer vector that need not be
+    adjacent (a rank's FSDP chunks of many parameters). One int >= 0 per entry, each
+    entry's global range inside int64, the ranges of non-empty entries disjoint (any
+    order). Returns them as a list of ints, or None."""
+    if index_offsets is None:
+        return None
+    if _checks.as_int(index_offset, "index_offset") != 0:
+        raise ValueError(f"index_offset must be 0 when index_offsets is given, got {index_offset}")
+    offsets = list(index_offsets)
+    if len(offsets) != len(numels):
+        raise ValueError(f"index_offsets must hold one offset per tensor of a ({len(numels)}), got {len(offsets)}")
+    for i, (o, m) in enumerate(zip(offsets, numels)):
+        o = offsets[i] = _checks.as_int(o, f"index_offsets[{i}]")
+        if o < 0:
+            raise ValueError(f"index_offsets[{i}] must be >= 0, got {_checks.int_str(o)}")
+        if o > 2**63 - m:  # the noise is keyed by global indices, int64 everywhere
+            raise ValueError(f"index_offsets[{i}] must be <= 2**63 - {m} (global indices must fit in int64), got "
+                             f"{_checks.int_str(o)}")
+    # Sorted by offset (ties by position), each non-empty range must end before the next begins.
+    ranges = sorted((o, i) for i, (o, m) in enumerate(zip(offsets, numels)) if m > 0)
+    for (o0, i0), (o1, i1) in zip(ranges, ranges[1:]):
+        if o0 + numels[i0] > o1:
+            raise ValueError(f"index_offsets must give disjoint global ranges: a[{i0}] covers [{o0}, "
+                             f"{o0 + numels[i0]}) and a[{i1}] covers [{o1}, {o1 + numels[i1]})")
+    return offsets
+
+
 def check_op_sums(sums, device):
     """sums (when given): the slerp angle's totals, float64 [2, 3] on `device`."""
     if sums is not None:
@@ -109,9 +138,13 @@ def check_op_sums(sums, device):
                            of=" (as interp_sums returns)")
 
 
-def check_op_scalars(n, split, w, method, omega, noise_std, seed, index_offset, *, piece=False):
-    """The scalars of split_interpolate, as the op takes them (seed as int64 bits)."""
-    split, index_offset = check_op_split(n, split, index_offset, piece=piece)
+def check_op_scalars(n, split, w, method, omega, noise_std, seed, index_offset, *, piece=False, numels=None,
+                     index_offsets=None):
+    """The scalars of split_interpolate, as the op takes them (seed as int64 bits).
+    index_offsets (one per entry of numels elements) is checked by check_op_offsets;
+    with it, the entries are pieces of a longer vector (any split in int64)."""
+    offsets = check_op_offsets(numels, index_offset, index_offsets)
+    split, index_offset = check_op_split(n, split, index_offset, piece=piece or offsets is not None)
     return (
         split,
         _checks.as_finite_float(w, "w"),
@@ -187,12 +220,13 @@ def _contiguous(ts):
     return [t if t.is_contiguous() else t.contiguous() for t in ts]
 
 
-def _run(a_list, b_list, out_list, role, split, w, method, omega, noise_std, seed, stream, index_offset, sums, route):
+def _run(a_list, b_list, out_list, role, split, w, method, omega, noise_std, seed, stream, index_offset, sums, route,
+         index_offsets):
     args = (split, w, method, omega, noise_std, seed, stream, index_offset)
     if route == "torch":
         child = reference.split_interpolate(
             a_list, b_list, split, w, method=method, omega=omega, noise_std=noise_std, seed=seed,
-            stream=stream, index_offset=index_offset, sums=sums,
+            stream=stream, index_offset=index_offset, sums=sums, index_offsets=index_offsets,
         )
         with torch.no_grad():
             for o, c in zip(out_list, child):
@@ -200,13 +234,40 @@ def _run(a_list, b_list, out_list, role, split, w, method, omega, noise_std, see
     elif route == "triton":
         from .triton import crossover as triton_crossover
 
-        triton_crossover.split_interpolate_out(a_list, b_list, out_list, *args, sums)
+        triton_crossover.split_interpolate_out(a_list, b_list, out_list, *args, sums, index_offsets)
     elif role == "a":
-        torch.ops.m2n2.split_interpolate_(out_list, b_list, *args, True, sums)
+        torch.ops.m2n2.split_interpolate_(out_list, b_list, *args, True, sums, index_offsets)
     elif role == "b":
-        torch.ops.m2n2.split_interpolate_(out_list, a_list, *args, False, sums)
+        torch.ops.m2n2.split_interpolate_(out_list, a_list, *args, False, sums, index_offsets)
     else:
-        torch.ops.m2n2.split_interpolate_out(a_list, b_list, out_list, *args, sums)
+        torch.ops.m2n2.split_interpolate_out(a_list, b_list, out_list, *args, sums, index_offsets)
+
+
+def _as_stream(stream):
+    """The Philox stream as the signed int64 the schemas take (same bits), checked as seed is."""
+    stream = _checks.as_int(stream, "stream")
+    if not 0 <= stream < 2**64:
+        raise ValueError(f"stream must lie in [0, 2**64), got {_checks.int_str(stream)}")
+    return stream - 2**64 if stream >= 2**63 else stream
+
+
+def _canonical_offsets(index_offsets):
+    """index_offsets as the API takes it (a sequence of ints or a 1-D integer CPU
+    tensor) as a list of Python ints; their values are checked by check_op_offsets."""
+    if index_offsets is None:
+        return None
+    if isinstance(index_offsets, torch.Tensor):
+        t = index_offsets
+        if t.dim() != 1 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(f"index_offsets must be a 1-D integer tensor or a sequence of ints, got {t.dtype} of "
+                            f"shape {_checks.shape_str(t.shape)}")
+        if t.device.type != "cpu":  # reading it on a GPU would wait for the device
+            raise ValueError(f"index_offsets must be on the CPU, got {t.device}")
+        return t.tolist()
+    if isinstance(index_offsets, (str, bytes)) or not hasattr(index_offsets, "__len__"):
+        raise TypeError(f"index_offsets must be a sequence of ints (one per tensor of a), got "
+                        f"{type(index_offsets).__name__}")
+    return [_checks.as_int(o, f"index_offsets[{i}]") for i, o in enumerate(index_offsets)]
 
 
 def split_interpolate(
@@ -222,6 +283,8 @@ def split_interpolate(
     out=None,
     backend=None,
     index_offset=0,
+    index_offsets=None,
+    stream=0,
     sums=None,
 ):
     """Child of parents `a` and `b` by split-point interpolation (docs/semantics.md).
@@ -240,13 +303,20 @@ def split_interpolate(
     whole vector's (float64 [2, 3], the sum of interp_sums over its pieces): then
     each piece is written in one pass, and the pieces of a streamed or sharded merge
     are bit for bit the whole vector's child.
+    `index_offsets` (one int per entry of `a`, instead of `index_offset`) gives each
+    entry its own global offset: entries that are pieces of the global vector in any
+    order, not adjacent (a rank's shard of many parameters). `stream` (in [0, 2**64))
+    keys the noise with seed: crossover_batch's child k is stream k.
     """
     a_list, b_list, is_list, n = _parent_lists(a, b)
+    index_offsets = _canonical_offsets(index_offsets)
     # Given the sums, the tensors are one piece of a longer vector (its split may lie
     # past their end even at index_offset 0).
     split, w, method, omega, noise_std, seed, index_offset = check_op_scalars(
-        n, split, w, method, omega, noise_std, seed, index_offset, piece=sums is not None
+        n, split, w, method, omega, noise_std, seed, index_offset, piece=sums is not None,
+        numels=[t.numel() for t in a_list], index_offsets=index_offsets,
     )
+    stream = _as_stream(stream)
     sums = _canonical_sums(sums, a_list[0].device)
     route = _backend.route(a_list[0].device, backend)
     if out is None:
@@ -268,7 +338,7 @@ def split_interpolate(
     if n > 0:
         _run(
             _contiguous(a_list), _contiguous(b_list), out_list, role, split, w, method, omega,
-            noise_std, seed, 0, index_offset, sums, route,
+            noise_std, seed, stream, index_offset, sums, route, index_offsets,
         )
     return out_list if is_list else out_list[0]
 
@@ -284,25 +354,28 @@ def _canonical_sums(sums, device):
     return sums.reshape(2, 3).contiguous()
 
 
-def interp_sums(a, b, split, *, index_offset=0, backend=None):
+def interp_sums(a, b, split, *, index_offset=0, index_offsets=None, backend=None):
     """The six sums of the slerp angle over `a`, `b` (tensors, or lists forming one
     vector whose element 0 has global index `index_offset`): float64 [2, 3], row s =
     (dot, |a|^2, |b|^2) over the elements on side s of the global `split` (side 0:
     global index < split). Sums of pieces add up to the whole vector's (up to fp64
     rounding): phase 1 of a slerp streamed or sharded in pieces; phase 2 passes the
     totals to split_interpolate(..., sums=) (with torch.distributed: one all_reduce
-    of these six numbers in between). Accumulated in fp64, on a's device."""
+    of these six numbers in between). `index_offsets` (one int per entry, instead of
+    `index_offset`): each entry's own global offset (pieces in any order, not
+    adjacent). Accumulated in fp64, on a's device."""
     a_list, b_list, is_list, n = _parent_lists(a, b)
+    index_offsets = check_op_offsets([t.numel() for t in a_list], index_offset, _canonical_offsets(index_offsets))
     split, index_offset = check_op_split(n, split, index_offset, piece=True)
     route = _backend.route(a_list[0].device, backend)
     a_list, b_list = _contiguous(a_list), _contiguous(b_list)
     if route == "torch":
-        return reference.interp_sums(a_list, b_list, split, index_offset=index_offset)
+        return reference.interp_sums(a_list, b_list, split, index_offset=index_offset, index_offsets=index_offsets)
     if route == "triton":
         from .triton import crossover as triton_crossover
 
-        return triton_crossover.interp_sums(a_list, b_list, split, index_offset)
-    return torch.ops.m2n2.interp_sums(a_list, b_list, split, index_offset)
+        return triton_crossover.interp_sums(a_list, b_list, split, index_offset, index_offsets)
+    return torch.ops.m2n2.interp_sums(a_list, b_list, split, index_offset, index_offsets)
 
 
 def split_interpolate_(a, b, split, w, **kwargs):

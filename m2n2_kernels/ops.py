@@ -16,18 +16,19 @@ from . import _backend, crossover, niches, pcb, scores, task_vectors
 
 
 @torch.library.register_fake("m2n2::split_interpolate_out")
-def _split_interpolate_out_fake(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset, sums=None):
+def _split_interpolate_out_fake(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset, sums=None,
+                                index_offsets=None):
     return None
 
 
 @torch.library.register_fake("m2n2::split_interpolate_")
 def _split_interpolate_inplace_fake(self, other, split, w, method, omega, noise_std, seed, stream, index_offset,
-                                    self_is_a, sums=None):
+                                    self_is_a, sums=None, index_offsets=None):
     return None
 
 
 @torch.library.register_fake("m2n2::interp_sums")
-def _interp_sums_fake(a, b, split, index_offset):
+def _interp_sums_fake(a, b, split, index_offset, index_offsets=None):
     return a[0].new_empty((2, 3), dtype=torch.float64)
 
 
@@ -36,35 +37,40 @@ def _crossover_batch_out_fake(archive, ia, ib, split, w, out, method, omega, noi
     return None
 
 
-def triton_split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset, sums=None):
+def triton_split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset, sums=None,
+                                 index_offsets=None):
     _triton_split_interpolate(list(a), list(b), list(out), "none", split, w, method, omega, noise_std, seed, stream,
-                              index_offset, sums)
+                              index_offset, sums, index_offsets)
 
 
 def triton_split_interpolate_(self, other, split, w, method, omega, noise_std, seed, stream, index_offset, self_is_a,
-                              sums=None):
+                              sums=None, index_offsets=None):
     a, b = (self, other) if self_is_a else (other, self)
     _triton_split_interpolate(list(a), list(b), list(self), "a" if self_is_a else "b", split, w, method, omega,
-                              noise_std, seed, stream, index_offset, sums)
+                              noise_std, seed, stream, index_offset, sums, index_offsets)
 
 
-def _triton_split_interpolate(a, b, out, role, split, w, method, omega, noise_std, seed, stream, index_offset, sums):
+def _triton_split_interpolate(a, b, out, role, split, w, method, omega, noise_std, seed, stream, index_offset, sums,
+                              index_offsets):
     from .triton import crossover as tc
 
     n = crossover.check_op_lists(a, b, out)
     crossover.check_op_aliasing(a, b, out, role)
-    crossover.check_op_scalars(n, split, w, method, omega, noise_std, 0, index_offset, piece=sums is not None)
+    crossover.check_op_scalars(n, split, w, method, omega, noise_std, 0, index_offset, piece=sums is not None,
+                               numels=[t.numel() for t in a], index_offsets=index_offsets)
     crossover.check_op_sums(sums, a[0].device)
-    tc.split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset, sums)
+    tc.split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset, sums,
+                             index_offsets)
 
 
-def triton_interp_sums(a, b, split, index_offset):
+def triton_interp_sums(a, b, split, index_offset, index_offsets=None):
     from .triton import crossover as tc
 
     a, b = list(a), list(b)
     n = crossover.check_op_lists(a, b)
+    crossover.check_op_offsets([t.numel() for t in a], index_offset, index_offsets)
     crossover.check_op_split(n, split, index_offset, piece=True)
-    return tc.interp_sums(a, b, split, index_offset)
+    return tc.interp_sums(a, b, split, index_offset, index_offsets)
 
 
 def triton_crossover_batch_out(archive, ia, ib, split, w, out, method, omega, noise_std, seed):

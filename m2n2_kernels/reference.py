@@ -122,16 +122,38 @@ def _flat_pair(a_list, b_list):
     return [torch.cat([t.reshape(-1).double() if mixed else t.reshape(-1) for t in ts]) for ts in (a_list, b_list)]
 
 
-def interp_sums(a, b, split: int, *, index_offset: int = 0):
+def _entry_firsts(a_list, index_offset, index_offsets):
+    """The global index of element 0 of each entry: index_offsets[i] when given (pieces
+    in any order, not adjacent), else the entries follow each other from index_offset."""
+    if index_offsets is not None:
+        return [int(o) for o in index_offsets]
+    firsts, first = [], index_offset
+    for t in a_list:
+        firsts.append(first)
+        first += t.numel()
+    return firsts
+
+
+def _side_sums(a_list, b_list, split, firsts):
+    """split_sums over the entries by global side: the side-0 parts of every entry (in
+    list order) then the side-1 parts, as one vector (for adjacent entries, the list
+    as it is), and its local split."""
+    cuts = [min(max(split - f, 0), t.numel()) for t, f in zip(a_list, firsts)]
+    parts = [[t.reshape(-1)[:c] for t, c in zip(ts, cuts)] + [t.reshape(-1)[c:] for t, c in zip(ts, cuts)]
+             for ts in (a_list, b_list)]
+    flat = _flat_pair(*parts)
+    return split_sums(flat[0], flat[1], sum(cuts))
+
+
+def interp_sums(a, b, split: int, *, index_offset: int = 0, index_offsets=None):
     """The six sums of the slerp angle over the piece given (tensors, or lists forming
-    one vector whose element 0 has global index index_offset): float64 [2, 3], row s =
-    (dot, |a|^2, |b|^2) over the elements on side s of the global split (side 0: global
-    index < split). The sums of pieces add up to the whole vector's."""
+    one vector whose element 0 has global index index_offset; or entries whose element
+    0 has global index index_offsets[i]): float64 [2, 3], row s = (dot, |a|^2, |b|^2)
+    over the elements on side s of the global split (side 0: global index < split).
+    The sums of pieces add up to the whole vector's."""
     a_list = list(a) if isinstance(a, (list, tuple)) else [a]
     b_list = list(b) if isinstance(b, (list, tuple)) else [b]
-    n = sum(t.numel() for t in a_list)
-    flat = _flat_pair(a_list, b_list)
-    sums = split_sums(flat[0], flat[1], min(max(split - index_offset, 0), n))
+    sums = _side_sums(a_list, b_list, split, _entry_firsts(a_list, index_offset, index_offsets))
     return torch.tensor(sums, dtype=torch.float64, device=a_list[0].device)
 
 
@@ -148,12 +170,15 @@ def split_interpolate(
     stream: int = 0,
     index_offset: int = 0,
     sums=None,
+    index_offsets=None,
 ):
     """Child of parents a and b (tensors, or lists of tensors forming one vector).
 
-    t_i = w where index_offset + i < split, else 1 - w; lerp or slerp (angle over the
-    whole vectors for omega="global", per side for "segment"); element maths in
-    fp32 (fp64 for fp64), then + noise_std * z(seed, stream, index_offset + i).
+    t_i = w where g_i < split, else 1 - w, g_i the global index of element i
+    (index_offset + i; for entry j of a list given index_offsets, index_offsets[j] +
+    its position in the entry); lerp or slerp (angle over the whole vectors for
+    omega="global", per side for "segment"); element maths in fp32 (fp64 for fp64),
+    then + noise_std * z(seed, stream, g_i).
     Returns a new tensor (or list of tensors) in the dtype of a (each piece of a
     list in its own dtype and compute type: a list may mix dtypes). `sums` (float64
     [2, 3], as interp_sums) replaces the slerp angle's sums over the tensors given: the
@@ -162,29 +187,26 @@ def split_interpolate(
     is_list = isinstance(a, (list, tuple))
     a_list = list(a) if is_list else [a]
     b_list = list(b) if is_list else [b]
-    n = sum(t.numel() for t in a_list)
-    local_split = min(max(split - index_offset, 0), n)
+    firsts = _entry_firsts(a_list, index_offset, index_offsets)
     if method == "slerp" and sums is not None:
         sums = sums.double().reshape(2, 3).tolist()
     elif method == "slerp":  # the angle over the whole vector, whatever the pieces' dtypes
-        flat = _flat_pair(a_list, b_list)
-        sums = split_sums(flat[0], flat[1], local_split)
+        sums = _side_sums(a_list, b_list, split, firsts)
     (ca0, cb0), (ca1, cb1) = split_coefs(method, omega, sums, w)
-    pieces, start = [], 0
-    for ta, tb in zip(a_list, b_list):
+    pieces = []
+    for ta, tb, first in zip(a_list, b_list, firsts):
         # Each piece in the compute type of its own dtype (a list may mix dtypes).
         cdt = _compute_dtype(ta.dtype)
         x, y = ta.reshape(-1).to(cdt), tb.reshape(-1).to(cdt)
-        cut = min(max(local_split - start, 0), x.numel())
+        cut = min(max(split - first, 0), x.numel())
         child = torch.empty_like(x)
         # Python floats become scalars of the tensor's dtype: fl(ca * a) + fl(cb * b).
         child[:cut] = x[:cut] * ca0 + y[:cut] * cb0
         child[cut:] = x[cut:] * ca1 + y[cut:] * cb1
         if noise_std != 0.0 and x.numel() > 0:
-            index = torch.arange(x.numel(), dtype=torch.int64, device=x.device) + (index_offset + start)
+            index = torch.arange(x.numel(), dtype=torch.int64, device=x.device) + first
             child = child + normal_noise(seed, stream, index).to(cdt) * noise_std
         pieces.append(child.to(ta.dtype).view_as(ta))
-        start += x.numel()
     return pieces if is_list else pieces[0]
 
 

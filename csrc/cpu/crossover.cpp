@@ -15,13 +15,15 @@ namespace {
 void split_interpolate_cpu(at::TensorList a, at::TensorList b, at::TensorList out, Written written, int64_t split,
                            double w, c10::string_view method, c10::string_view omega,
                            double noise_std, int64_t seed, int64_t stream, int64_t index_offset,
-                           const std::optional<at::Tensor>& given_sums) {
+                           const std::optional<at::Tensor>& given_sums, at::OptionalIntArrayRef index_offsets) {
   const Method m = parse_method(std::string(method));
   const OmegaMode o = parse_omega(std::string(omega));
   int64_t n = 0;
-  const std::vector<Segment> segments = crossover_segments(a, b, out, c10::DeviceType::CPU, index_offset, &n);
+  const std::vector<Segment> segments =
+      crossover_segments(a, b, out, c10::DeviceType::CPU, index_offset, index_offsets, &n);
   check_crossover_aliasing(a, b, out, written);
-  check_split(split, index_offset, n, given_sums.has_value());
+  check_offsets(a, index_offset, index_offsets);
+  check_split(split, index_offset, n, given_sums.has_value() || index_offsets.has_value());
   check_sums(given_sums, a[0].device());
   SplitSums sums{};
   if (m == Method::kSlerp) sums = given_sums ? sums_from_host(*given_sums) : cpu::split_sums(segments, split);
@@ -32,23 +34,27 @@ void split_interpolate_cpu(at::TensorList a, at::TensorList b, at::TensorList ou
 void split_interpolate_inplace_cpu(at::TensorList self, at::TensorList other, int64_t split, double w,
                                    c10::string_view method, c10::string_view omega, double noise_std,
                                    int64_t seed, int64_t stream, int64_t index_offset, bool self_is_a,
-                                   const std::optional<at::Tensor>& sums) {
+                                   const std::optional<at::Tensor>& sums, at::OptionalIntArrayRef index_offsets) {
   at::TensorList a = self_is_a ? self : other;
   at::TensorList b = self_is_a ? other : self;
   split_interpolate_cpu(a, b, self, self_is_a ? Written::kA : Written::kB, split, w, method, omega, noise_std, seed,
-                        stream, index_offset, sums);
+                        stream, index_offset, sums, index_offsets);
 }
 
 void split_interpolate_out_cpu(at::TensorList a, at::TensorList b, at::TensorList out, int64_t split, double w,
                                 c10::string_view method, c10::string_view omega, double noise_std, int64_t seed,
-                                int64_t stream, int64_t index_offset, const std::optional<at::Tensor>& sums) {
+                                int64_t stream, int64_t index_offset, const std::optional<at::Tensor>& sums,
+                                at::OptionalIntArrayRef index_offsets) {
   split_interpolate_cpu(a, b, out, Written::kOut, split, w, method, omega, noise_std, seed, stream, index_offset,
-                        sums);
+                        sums, index_offsets);
 }
 
-at::Tensor interp_sums_cpu(at::TensorList a, at::TensorList b, int64_t split, int64_t index_offset) {
+at::Tensor interp_sums_cpu(at::TensorList a, at::TensorList b, int64_t split, int64_t index_offset,
+                           at::OptionalIntArrayRef index_offsets) {
   int64_t n = 0;
-  const std::vector<Segment> segments = crossover_segments(a, b, a, c10::DeviceType::CPU, index_offset, &n);
+  const std::vector<Segment> segments =
+      crossover_segments(a, b, a, c10::DeviceType::CPU, index_offset, index_offsets, &n);
+  check_offsets(a, index_offset, index_offsets);
   check_split(split, index_offset, n, /*piece=*/true);
   const SplitSums s = cpu::split_sums(segments, split);
   at::Tensor sums = at::empty({2, 3}, a[0].options().dtype(at::kDouble));
@@ -75,7 +81,7 @@ void crossover_batch_out_cpu(const at::Tensor& archive, const at::Tensor& ia, co
   const double* pw = w.data_ptr<double>();
   for (int64_t c = 0; c < out.size(0); ++c) {
     split_interpolate_cpu({archive[pa[c]]}, {archive[pb[c]]}, {out[c]}, Written::kOut, ps[c], pw[c], method, omega,
-                          noise_std, seed, c, 0, std::nullopt);
+                          noise_std, seed, c, 0, std::nullopt, std::nullopt);
   }
 }
 

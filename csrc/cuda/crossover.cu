@@ -61,13 +61,15 @@ at::Tensor list_partials(const std::vector<std::pair<Dtype, cuda::LaunchPlan>>& 
 void split_interpolate_cuda(at::TensorList a, at::TensorList b, at::TensorList out, Written written, int64_t split,
                             double w, c10::string_view method, c10::string_view omega,
                             double noise_std, int64_t seed, int64_t stream, int64_t index_offset,
-                            const std::optional<at::Tensor>& sums) {
+                            const std::optional<at::Tensor>& sums, at::OptionalIntArrayRef index_offsets) {
   const Method m = parse_method(std::string(method));
   const OmegaMode o = parse_omega(std::string(omega));
   int64_t n = 0;
-  const std::vector<Segment> segments = crossover_segments(a, b, out, c10::DeviceType::CUDA, index_offset, &n);
+  const std::vector<Segment> segments =
+      crossover_segments(a, b, out, c10::DeviceType::CUDA, index_offset, index_offsets, &n);
   check_crossover_aliasing(a, b, out, written);
-  check_split(split, index_offset, n, sums.has_value());
+  check_offsets(a, index_offset, index_offsets);
+  check_split(split, index_offset, n, sums.has_value() || index_offsets.has_value());
   check_sums(sums, a[0].device());
   if (segments.empty()) return;
 
@@ -104,25 +106,29 @@ void split_interpolate_cuda(at::TensorList a, at::TensorList b, at::TensorList o
 void split_interpolate_inplace_cuda(at::TensorList self, at::TensorList other, int64_t split, double w,
                                     c10::string_view method, c10::string_view omega, double noise_std,
                                     int64_t seed, int64_t stream, int64_t index_offset, bool self_is_a,
-                                    const std::optional<at::Tensor>& sums) {
+                                    const std::optional<at::Tensor>& sums, at::OptionalIntArrayRef index_offsets) {
   at::TensorList a = self_is_a ? self : other;
   at::TensorList b = self_is_a ? other : self;
   split_interpolate_cuda(a, b, self, self_is_a ? Written::kA : Written::kB, split, w, method, omega, noise_std, seed,
-                         stream, index_offset, sums);
+                         stream, index_offset, sums, index_offsets);
 }
 
 void split_interpolate_out_cuda(at::TensorList a, at::TensorList b, at::TensorList out, int64_t split, double w,
                                 c10::string_view method, c10::string_view omega, double noise_std, int64_t seed,
-                                int64_t stream, int64_t index_offset, const std::optional<at::Tensor>& sums) {
+                                int64_t stream, int64_t index_offset, const std::optional<at::Tensor>& sums,
+                                at::OptionalIntArrayRef index_offsets) {
   split_interpolate_cuda(a, b, out, Written::kOut, split, w, method, omega, noise_std, seed, stream, index_offset,
-                         sums);
+                         sums, index_offsets);
 }
 
 // The six sums over the piece: the block partials added in a fixed order (at::sum
 // over the rows is deterministic); nothing waits for the device.
-at::Tensor interp_sums_cuda(at::TensorList a, at::TensorList b, int64_t split, int64_t index_offset) {
+at::Tensor interp_sums_cuda(at::TensorList a, at::TensorList b, int64_t split, int64_t index_offset,
+                            at::OptionalIntArrayRef index_offsets) {
   int64_t n = 0;
-  const std::vector<Segment> segments = crossover_segments(a, b, a, c10::DeviceType::CUDA, index_offset, &n);
+  const std::vector<Segment> segments =
+      crossover_segments(a, b, a, c10::DeviceType::CUDA, index_offset, index_offsets, &n);
+  check_offsets(a, index_offset, index_offsets);
   check_split(split, index_offset, n, /*piece=*/true);
   if (segments.empty()) return at::zeros({2, 3}, a[0].options().dtype(at::kDouble));
   const c10::cuda::CUDAGuard guard(a[0].device());

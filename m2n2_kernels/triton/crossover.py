@@ -215,38 +215,49 @@ def _slerp_coefs(sums, t0, t1, omega):
 # ---------------------------------------------------------------------------
 
 
-def split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset, sums=None):
+def split_interpolate_out(a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset, sums=None,
+                          index_offsets=None):
     """out = split_interpolate(a, b, ...) for lists of contiguous tensors taken in
     order as one vector whose element 0 has global index `index_offset` (a[i], b[i]
-    and out[i] share a dtype, which may differ from one i to the next). out[i] may
-    be a[i] or b[i]: every element is read before it is written, by one program.
+    and out[i] share a dtype, which may differ from one i to the next); or, given
+    `index_offsets`, entries whose element 0 has global index index_offsets[i]. out[i]
+    may be a[i] or b[i]: every element is read before it is written, by one program.
     `sums` (float64 [2, 3]) replaces the angle's sums over a and b. Arguments already
     checked (m2n2_kernels/crossover.py)."""
     numels = [t.numel() for t in a]
     if sum(numels) == 0:
         return
+    firsts = _firsts(numels, index_offset, index_offsets)
     with on_device(a[0].device):
-        _split_interpolate(a, b, out, numels, split, w, method, omega, noise_std, seed, stream, index_offset, sums)
+        _split_interpolate(a, b, out, numels, split, w, method, omega, noise_std, seed, stream, firsts, sums)
 
 
-def interp_sums(a, b, split, index_offset):
+def interp_sums(a, b, split, index_offset, index_offsets=None):
     """float64 [2, 3]: (dot, |a|^2, |b|^2) on each side of the global split, over the
-    lists a, b (one vector whose element 0 has global index index_offset)."""
+    lists a, b (one vector whose element 0 has global index index_offset, or entries
+    whose element 0 has global index index_offsets[i])."""
     numels = [t.numel() for t in a]
     if sum(numels) == 0:
         return torch.zeros((2, 3), dtype=torch.float64, device=a[0].device)
     with on_device(a[0].device):
-        return _list_sums(a, b, numels, _local_splits(numels, split, index_offset))
+        return _list_sums(a, b, numels, _local_splits(numels, split, _firsts(numels, index_offset, index_offsets)))
 
 
-def _local_splits(numels, split, index_offset):
-    starts = [0, *itertools.accumulate(numels)][:-1]
-    return starts, [min(max(split - index_offset - s, 0), m) for s, m in zip(starts, numels)]
+def _firsts(numels, index_offset, index_offsets):
+    """The global index of each entry's element 0: the given offsets, or entries that
+    follow each other from index_offset."""
+    if index_offsets is not None:
+        return [int(o) for o in index_offsets]
+    return [index_offset + s for s in [0, *itertools.accumulate(numels)][:-1]]
 
 
-def _list_sums(a, b, numels, starts_and_splits):
+def _local_splits(numels, split, firsts):
+    """Each entry's side-0 length: its elements with global index < split."""
+    return [min(max(split - f, 0), m) for f, m in zip(firsts, numels)]
+
+
+def _list_sums(a, b, numels, local_splits):
     """The block partials of every tensor in one workspace, summed in a fixed order."""
-    _, local_splits = starts_and_splits
     blocks = [triton.cdiv(m, SUM_BLOCK) for m in numels]
     part = torch.empty((sum(blocks), 6), dtype=torch.float64, device=a[0].device)
     row = 0
@@ -257,21 +268,20 @@ def _list_sums(a, b, numels, starts_and_splits):
     return part.sum(dim=0).view(2, 3)
 
 
-def _split_interpolate(a, b, out, numels, split, w, method, omega, noise_std, seed, stream, index_offset, sums):
+def _split_interpolate(a, b, out, numels, split, w, method, omega, noise_std, seed, stream, firsts, sums):
     seed &= 2**64 - 1
     stream &= 2**64 - 1
-    starts, local_splits = _local_splits(numels, split, index_offset)
+    local_splits = _local_splits(numels, split, firsts)
     lerp = method == "lerp"
     coefs = None
     if not lerp:
         if sums is None:
-            sums = _list_sums(a, b, numels, (starts, local_splits))
+            sums = _list_sums(a, b, numels, local_splits)
         coefs = _slerp_coefs(sums.view(2, 3), w, 1 - w, omega)
     noise = noise_std != 0.0
-    for x, y, o, m, cut, start in zip(a, b, out, numels, local_splits, starts):
+    for x, y, o, m, cut, first in zip(a, b, out, numels, local_splits, firsts):
         if m == 0:
             continue
-        first = index_offset + start
         phase = first & 3 if noise else 0
         grid = (triton.cdiv(m + phase, INTERP_BLOCK),)
         _split_interp_kernel[grid](
