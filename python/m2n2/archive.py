@@ -80,8 +80,10 @@ class Archive:
             "version": self.version,
         }
 
-    def load_tensors(self, tensors):
+    def load_tensors(self, tensors, skip=()):
         for name, dst in self.tensors().items():
+            if name in skip:
+                continue
             src = tensors[name]
             if src.shape != dst.shape or src.dtype != dst.dtype:
                 raise ValueError(

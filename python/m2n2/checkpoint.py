@@ -30,7 +30,9 @@ def _dtype_name(dtype):
     return str(dtype).replace("torch.", "")
 
 
-def save_evolution(evo, path, *, extra=None):
+def save_evolution(evo, path, *, extra=None, params=True):
+    """Write `evo` to `path`; params=False leaves the archive's parameters out (a
+    sharded run writes them one file per rank: m2n2.distributed.checkpoint)."""
     st = _safetensors()
     evo._flush_lineage()
     rows = evo.lineage
@@ -43,7 +45,8 @@ def save_evolution(evo, path, *, extra=None):
         list(zip(evo.curve["forward_passes"], evo.curve["train_accuracy"], evo.curve["test_accuracy"])),
         dtype=torch.float64,
     ).reshape(-1, 3)
-    tensors = {f"archive.{k}": v.detach().cpu().contiguous() for k, v in evo.archive.tensors().items()}
+    tensors = {f"archive.{k}": v.detach().cpu().contiguous() for k, v in evo.archive.tensors().items()
+               if params or k != "params"}
     tensors.update(
         {
             "generator.state": evo.generator.get_state().cpu(),
@@ -100,10 +103,11 @@ def read_metadata(path):
     return meta
 
 
-def load_evolution(evo, path, *, expect_extra=None):
+def load_evolution(evo, path, *, expect_extra=None, params=True):
     """Restore `evo` (built with the same configuration and evaluation) from `path`.
     Refuses a checkpoint of another configuration, shape or task, naming what
-    differs. Returns the checkpoint's `extra` dict."""
+    differs. Returns the checkpoint's `extra` dict. params=False leaves the archive's
+    parameters as they are (the caller loads them: a sharded run)."""
     st = _safetensors()
     meta = read_metadata(path)
     mine = evo.config.to_dict()
@@ -132,7 +136,8 @@ def load_evolution(evo, path, *, expect_extra=None):
     except Exception as e:
         raise ValueError(f"checkpoint {path} is corrupt ({e})") from None
     try:
-        evo.archive.load_tensors({k[len("archive."):]: v for k, v in tensors.items() if k.startswith("archive.")})
+        evo.archive.load_tensors({k[len("archive."):]: v for k, v in tensors.items() if k.startswith("archive.")},
+                                 skip=() if params else ("params",))
         state = tensors["generator.state"]
         lin_int, lin_float, curve = tensors["lineage.int"], tensors["lineage.float"], tensors["curve"]
     except KeyError as e:

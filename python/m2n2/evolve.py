@@ -189,8 +189,7 @@ class Evolution:
             raise ValueError(
                 f"init must hold between 1 and archive_size={self.config.archive_size} models, got {models.shape[0]}"
             )
-        if models.shape[1] < 1:
-            raise ValueError("init models must have at least one parameter (n >= 1)")
+        self._check_init_width(models)
         dtype = models.dtype if dtype is None else dtype
         models = models.to(self.device, dtype)
         scores = self._check_evaluated(self.evaluate_fn(models), models.shape[0], None, None)
@@ -203,7 +202,7 @@ class Evolution:
             score_dtype=scores.dtype,
             device=self.device,
         )
-        self.n, self.d = self.archive.n, self.archive.d
+        self.n, self.d = self._vector_length(), self.archive.d
         self.niche = NicheOps(self.archive.S, alpha=self.config.alpha, backend=backend)
         self._direct_crossover = _backend.choose(self.device, backend) == "cpp"
         self.step_count = 0
@@ -225,6 +224,21 @@ class Evolution:
         self._insert(m, train if self.sync_free else train.tolist())
         self._flush_lineage()
         self._record_point()
+
+    # ---- hooks of a sharded archive (m2n2.distributed) ------------------------------
+
+    def _check_init_width(self, models):
+        if models.shape[1] < 1:
+            raise ValueError("init models must have at least one parameter (n >= 1)")
+
+    def _vector_length(self):
+        """n, the length of a model's whole parameter vector (where the split is drawn);
+        the archive's rows may hold only a shard of it."""
+        return self.archive.n
+
+    def _stop_requested(self, hit):
+        """Whether to stop before the next step, given this process's Ctrl-C flag."""
+        return hit
 
     # ---- evaluation -------------------------------------------------------------
 
@@ -444,7 +458,7 @@ class Evolution:
         try:
             with _deferred_sigint() as sigint:
                 while not self.done:
-                    if sigint["hit"]:
+                    if self._stop_requested(sigint["hit"]):
                         self.seconds += time.perf_counter() - start
                         start = time.perf_counter()
                         if checkpoint is not None:
