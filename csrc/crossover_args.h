@@ -148,9 +148,11 @@ inline void check_offsets(at::TensorList a, int64_t index_offset, at::OptionalIn
     const int64_t o = offsets[i];
     const int64_t m = a[i].numel();
     TORCH_CHECK_VALUE(o >= 0, "index_offsets[", i, "] must be >= 0, got ", o);
-    // The noise is keyed by global indices, int64 everywhere.
-    TORCH_CHECK_VALUE(uint64_t(o) + uint64_t(m) <= (uint64_t(1) << 63), "index_offsets[", i, "] must be <= 2**63 - ",
-                      m, " (global indices must fit in int64), got ", o);
+    // The noise is keyed by global indices, int64 everywhere (an empty entry's offset
+    // is an int64 as it is: max(m, 1) only keeps the Python API's words).
+    const int64_t last = std::max<int64_t>(m, 1);
+    TORCH_CHECK_VALUE(uint64_t(o) + uint64_t(last) <= (uint64_t(1) << 63), "index_offsets[", i,
+                      "] must be <= 2**63 - ", last, " (global indices must fit in int64), got ", o);
     if (m > 0) ranges.emplace_back(o, i);
   }
   // Sorted by offset (ties by position), each range must end before the next begins.

@@ -119,9 +119,11 @@ def check_op_offsets(numels, index_offset, index_offsets):
         o = offsets[i] = _checks.as_int(o, f"index_offsets[{i}]")
         if o < 0:
             raise ValueError(f"index_offsets[{i}] must be >= 0, got {_checks.int_str(o)}")
-        if o > 2**63 - m:  # the noise is keyed by global indices, int64 everywhere
-            raise ValueError(f"index_offsets[{i}] must be <= 2**63 - {m} (global indices must fit in int64), got "
-                             f"{_checks.int_str(o)}")
+        # The noise is keyed by global indices, int64 everywhere; an empty entry's
+        # offset is an int64 too (the op takes it).
+        if o > 2**63 - max(m, 1):
+            raise ValueError(f"index_offsets[{i}] must be <= 2**63 - {max(m, 1)} (global indices must fit in int64), "
+                             f"got {_checks.int_str(o)}")
     # Sorted by offset (ties by position), each non-empty range must end before the next begins.
     ranges = sorted((o, i) for i, (o, m) in enumerate(zip(offsets, numels)) if m > 0)
     for (o0, i0), (o1, i1) in zip(ranges, ranges[1:]):

@@ -48,7 +48,21 @@ def _crossover_cases():
         ("split_interpolate_", ([x, y], [y, x], *args.values(), True)),
         ("split_interpolate_", ([buf[:6], buf[3:9]], [x, y], *args.values(), False)),
         call([buf[:6], buf[3:9]], [x, y], [torch.empty(6), torch.empty(6)], split=13),  # reads may overlap each other
+        # index_offsets (after sums): one global offset per entry, ranges disjoint
+        with_offsets(call([a, x], [b, y], [out, torch.empty(6)]), [0]),
+        with_offsets(call([a, x], [b, y], [out, torch.empty(6)], index_offset=3), [0, 6]),
+        with_offsets(call([a, x], [b, y], [out, torch.empty(6)]), [0, -6]),
+        with_offsets(call([a, x], [b, y], [out, torch.empty(6)]), [2**63 - 6, 2**63 - 7]),
+        with_offsets(call([a, x], [b, y], [out, torch.empty(6)]), [10, 5]),
+        with_offsets(call([a, x], [b, y], [out, torch.empty(6)], split=-1), [10, 0]),
+        ("split_interpolate_", ([x, y], [a, b], *args.values(), True, None, [0, 3])),
     ]
+
+
+def with_offsets(case, offsets):
+    """An op call of the split_interpolate family with sums=None, index_offsets given."""
+    name, args = case
+    return name, (*args, None, offsets)
 
 
 def _batch_cases():
@@ -149,30 +163,38 @@ def _scores_cases():
     ]
 
 
-def _python_out_checks(a, b, out, split, w, method, omega, noise_std, index_offset):
+def _python_out_checks(a, b, out, split, w, method, omega, noise_std, index_offset, sums, index_offsets):
     n = crossover.check_op_lists(a, b, out)
     crossover.check_op_aliasing(a, b, out, "none")
-    crossover.check_op_scalars(n, split, w, method, omega, noise_std, 0, index_offset)
+    crossover.check_op_scalars(n, split, w, method, omega, noise_std, 0, index_offset, piece=sums is not None,
+                               numels=[t.numel() for t in a], index_offsets=index_offsets)
 
 
-def _python_inplace_checks(self, other, self_is_a, split, w, method, omega, noise_std, index_offset):
+def _python_inplace_checks(self, other, self_is_a, split, w, method, omega, noise_std, index_offset, sums,
+                           index_offsets):
     a, b = (self, other) if self_is_a else (other, self)
     n = crossover.check_op_lists(a, b, self)
     crossover.check_op_aliasing(a, b, self, "a" if self_is_a else "b")
-    crossover.check_op_scalars(n, split, w, method, omega, noise_std, 0, index_offset)
+    crossover.check_op_scalars(n, split, w, method, omega, noise_std, 0, index_offset, piece=sums is not None,
+                               numels=[t.numel() for t in a], index_offsets=index_offsets)
 
 
-def _python_sums_checks(a, b, split, index_offset):
-    crossover.check_op_split(crossover.check_op_lists(a, b), split, index_offset, piece=True)
+def _python_sums_checks(a, b, split, index_offset, index_offsets=None):
+    n = crossover.check_op_lists(a, b)
+    crossover.check_op_offsets([t.numel() for t in a], index_offset, index_offsets)
+    crossover.check_op_split(n, split, index_offset, piece=True)
 
 
 _PYTHON_CHECKS = {
     "interp_sums": _python_sums_checks,
-    "split_interpolate_out": lambda a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset: (
-        _python_out_checks(a, b, out, split, w, method, omega, noise_std, index_offset)
+    "split_interpolate_out": lambda a, b, out, split, w, method, omega, noise_std, seed, stream, index_offset,
+    sums=None, index_offsets=None: (
+        _python_out_checks(a, b, out, split, w, method, omega, noise_std, index_offset, sums, index_offsets)
     ),
-    "split_interpolate_": lambda self, other, split, w, method, omega, noise_std, seed, stream, index_offset, self_is_a: (
-        _python_inplace_checks(self, other, self_is_a, split, w, method, omega, noise_std, index_offset)
+    "split_interpolate_": lambda self, other, split, w, method, omega, noise_std, seed, stream, index_offset, self_is_a,
+    sums=None, index_offsets=None: (
+        _python_inplace_checks(self, other, self_is_a, split, w, method, omega, noise_std, index_offset, sums,
+                               index_offsets)
     ),
     "crossover_batch_out": lambda archive, ia, ib, split, w, out, method, omega, noise_std, seed: (
         crossover.check_op_batch(archive, ia, ib, split, w, out, method, omega)
@@ -193,6 +215,10 @@ def _sums_cases():
         ("interp_sums", ([a], [b], -1, 0)),
         ("interp_sums", ([a], [b], 2, -3)),
         ("interp_sums", ([a], [b], 2, 2**63 - 2)),
+        ("interp_sums", ([a, b], [b, a], 2, 0, [0])),
+        ("interp_sums", ([a, b], [b, a], 2, 1, [0, 6])),
+        ("interp_sums", ([a, b], [b, a], 2, 0, [3, 0])),
+        ("interp_sums", ([a, b[:0]], [b, a[:0]], 2, 0, [0, -1])),
     ]
 
 
