@@ -129,6 +129,21 @@ def build_parser():
     ev.add_argument("--jobs", type=_positive("--jobs"), default=1,
                     help="runs at a time, in worker processes of one thread each (default 1); results do not "
                     "depend on it")
+    ev.add_argument("--distributed", action="store_true",
+                    help="run as one rank of a torch.distributed group (start it with `torchrun --nproc-per-node R -m "
+                    "m2n2 evolve ... --distributed`): the archive is sharded over the ranks, the data split between "
+                    "them (docs/scaling.md); NCCL with --device cuda, gloo on the CPU")
+    ev.add_argument("--nproc", type=_positive("--nproc"), default=None, metavar="R",
+                    help="start R local processes (gloo, CPU) that run sharded, as --distributed under torchrun")
+    ev.add_argument("--eval-mode", choices=("gather", "fsdp"), default="gather",
+                    help="sharded evaluation: gather each step's children whole on every rank (default), or run a "
+                    "fully_shard'ed (FSDP2) model on the shards")
+    ev.add_argument("--timeout", type=_number("--timeout", 1.0), default=600.0, metavar="SECONDS",
+                    help="sharded: how long a rank waits for the others in a collective before the run stops with an "
+                    "error (default 600)")
+    ev.add_argument("--check-every", type=_positive("--check-every", 0), default=0, metavar="STEPS",
+                    help="sharded, a debug mode: compare a digest of the replicated state between ranks every so many "
+                    "steps (default 0: never)")
     ev.add_argument("--no-plot", action="store_true", help="do not draw accuracy.png")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_merge_parser(sub)
@@ -296,11 +311,40 @@ def _progress(total, initial, desc, quiet):
     return tqdm(total=total, initial=initial, desc=desc, unit="pass", dynamic_ncols=True, leave=True)
 
 
+class _Ranks:
+    """This process's place in a sharded run: every rank runs the same runs; rank 0
+    alone writes the output folder and prints."""
+
+    def __init__(self, comm=None):
+        self.comm = comm
+        self.main = comm is None or comm.rank == 0
+
+
+_RANKS = _Ranks()
+
+
+def _start_sharded(args, opts):
+    from .distributed import Comm, launch
+
+    if args.jobs != 1:
+        raise UsageError("--jobs runs whole runs side by side; a sharded run (--distributed, --nproc) uses every "
+                         "rank for each run")
+    device = _resolve_device(opts["device"])
+    try:
+        device = launch.init_from_env(device, args.timeout)
+    except RuntimeError as e:
+        raise UsageError(str(e)) from None
+    global _RANKS
+    _RANKS = _Ranks(Comm())
+    return device
+
+
 def evolve_command(args):
     from .tasks import get_task
 
     opts = _options(args)
-    device = _resolve_device(opts["device"])
+    device = _start_sharded(args, opts) if args.distributed else _resolve_device(opts["device"])
+    ranks = _RANKS
     try:
         task = get_task(opts["task"], device=device, pretrained=opts["pretrained"])
     except ValueError as e:
@@ -310,7 +354,13 @@ def evolve_command(args):
     seeds = list(range(opts["first_seed"], opts["first_seed"] + opts["seeds"]))
     configs = {(v, s): _config(opts, task, v, s) for v in variants for s in seeds}  # validates every run first
 
+    if args.distributed:
+        baselines = [v for v in variants if _algorithm(v) != "m2n2"]
+        if baselines:
+            raise UsageError(f"{', '.join(baselines)} cannot run sharded (--distributed, --nproc): M2N2's variants only")
     out = args.resume or args.out or os.path.join("runs", f"{opts['task']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if ranks.comm is not None:
+        out = ranks.comm.broadcast_object(out)  # rank 0's clock names the folder
     ckpt_dir = os.path.join(out, "checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
     results_path = os.path.join(out, "results.json")
@@ -324,7 +374,8 @@ def evolve_command(args):
     if args.resume is None:
         if os.path.exists(results_path):
             raise UsageError(f"--out {out} already holds a run (results.json); use --resume {out} or another --out")
-        report.write_json_atomic(os.path.join(out, "config.json"), {"options": opts})
+        if ranks.main:
+            report.write_json_atomic(os.path.join(out, "config.json"), {"options": opts})
         runs = []
     else:
         try:
@@ -339,36 +390,41 @@ def evolve_command(args):
 
     def save_results():
         runs.sort(key=lambda r: order.get((r["variant"], r["seed"]), len(order)))
-        report.write_json_atomic(results_path, {**header, "runs": runs})
+        if ranks.main:
+            report.write_json_atomic(results_path, {**header, "runs": runs})
 
     def record(outcome):
-        if outcome["status"] == "done":
+        if outcome["status"] == "done" and ranks.main:
             runs.append(outcome["run"])
             report.append_lineage(lineage_path, outcome["variant"], outcome["seed"], outcome["lineage"])
             save_results()
 
     specs = [
         runner.RunSpec(
-            variant=v, seed=s, config=cfg.to_dict(), checkpoint=os.path.join(ckpt_dir, f"{v}-seed{s}.safetensors"),
+            variant=v, seed=s, config=cfg.to_dict(),
+            checkpoint=os.path.join(ckpt_dir, f"{v}-seed{s}" + (".sharded" if args.distributed else ".safetensors")),
             checkpoint_every=args.checkpoint_every, task=opts["task"], pretrained=opts["pretrained"], device=str(device),
-            algorithm=_algorithm(v),
+            algorithm=_algorithm(v), eval_mode=args.eval_mode if args.distributed else "", check_every=args.check_every,
         )
         for (v, s), cfg in configs.items()
         if (v, s) not in done
     ]
     for spec in specs:  # refuse a damaged or foreign checkpoint before any work
-        if os.path.exists(spec.checkpoint):
+        if os.path.isfile(spec.checkpoint):
             try:
                 read_metadata(spec.checkpoint)
             except (ValueError, FileNotFoundError) as e:
                 raise UsageError(str(e)) from None
     jobs = min(args.jobs, len(specs)) if specs else 1
     interrupted = None
+    if ranks.comm is not None:
+        ranks.comm.barrier()  # every rank has made its checks before any run starts
     if jobs <= 1:
         for spec in specs:
-            bar = _progress(spec.config["forward_passes"], 0, f"{spec.variant} seed {spec.seed}", args.quiet)
+            bar = _progress(spec.config["forward_passes"], 0, f"{spec.variant} seed {spec.seed}",
+                            args.quiet or not ranks.main)
             try:
-                outcome = runner.execute(spec, progress=bar)
+                outcome = runner.execute(spec, progress=bar, comm=ranks.comm)
             except ValueError as e:
                 raise UsageError(str(e)) from None
             finally:
@@ -390,6 +446,8 @@ def evolve_command(args):
             interrupted = {"variant": "", "seed": "", "passes": None}
     if interrupted is not None:
         save_results()
+        if not ranks.main:
+            return 130
         where = (f"{interrupted['variant']} seed {interrupted['seed']} stopped at {interrupted['passes']} forward passes; "
                  if interrupted["passes"] is not None else "")
         print(f"\ninterrupted: {where}{len(runs)} run(s) complete, the others checkpointed in {ckpt_dir}.",
@@ -397,6 +455,8 @@ def evolve_command(args):
         print(f"resume with: m2n2 evolve --resume {out}", file=sys.stderr)
         return 130
     save_results()
+    if not ranks.main:
+        return 0
 
     print()
     print(report.format_table(runs))
@@ -446,17 +506,61 @@ def merge_command(args):
     return 0
 
 
+def _rank_main(argv):
+    """One of --nproc's processes: `m2n2 evolve ... --distributed`, its exit status kept."""
+    code = main(argv)
+    if code:
+        sys.exit(code)
+
+
+def spawn_ranks(argv, nproc):
+    """--nproc R: R local processes (gloo) run the command sharded (each gets argv
+    and --distributed, under which --nproc is ignored). Ctrl-C reaches all of them:
+    they stop together after a checkpoint (exit status 130)."""
+    from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
+
+    from .distributed import launch
+    from .evolve import _deferred_sigint
+
+    with _deferred_sigint():  # the parent waits for its ranks to stop
+        try:
+            launch.spawn(_rank_main, nproc, argv + ["--distributed"])
+        except ProcessExitedException as e:
+            return e.exit_code if e.exit_code in (2, 130) else 1
+        except ProcessRaisedException as e:
+            print(f"m2n2: error: a rank failed: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def main(argv=None):
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if args.command == "evolve" and args.nproc and not args.distributed:
+        return spawn_ranks(argv, args.nproc)
     try:
         if args.command == "evolve":
             return evolve_command(args)
         if args.command == "merge":
             return merge_command(args)
     except UsageError as e:
-        print(f"m2n2: error: {e}", file=sys.stderr)
+        if _RANKS.main:
+            print(f"m2n2: error: {e}", file=sys.stderr)
         return 2
+    except (RuntimeError, ValueError) as e:
+        if _RANKS.comm is None:
+            raise
+        # A sharded run: a rank died or hung (the collective failed or timed out), or
+        # the ranks disagree. Said in one line per rank; the last complete checkpoint
+        # stays.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"m2n2: error: rank {_RANKS.comm.rank}: {type(e).__name__}: {first}", file=sys.stderr)
+        # A process group whose peers are gone cannot be shut down cleanly (gloo's
+        # threads abort in their destructors): leave at once, with the status.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -30,6 +30,8 @@ class RunSpec:
     pretrained: bool
     device: str
     algorithm: str = "m2n2"  # or a baseline: cma-es (cma-es-diagonal is its variant), map-elites, brute-force
+    eval_mode: str = ""  # sharded over the ranks of torch.distributed: "gather" or "fsdp"; "": one process
+    check_every: int = 0  # sharded: compare the replicated state between ranks every so many steps
 
 
 _TASKS = {}
@@ -49,20 +51,32 @@ def _task(spec):
     return _TASKS[key]
 
 
-def execute(spec, *, progress=None, callback=None):
+def execute(spec, *, progress=None, callback=None, comm=None):
     """One run, resumed from its checkpoint when there is one. Returns {"status":
     "done" | "interrupted", "variant", "seed", "passes", and when done "run" (the
     results.json record) and "lineage" (rows)}. A checkpoint that does not match
-    raises ValueError."""
+    raises ValueError. With spec.eval_mode, the run is sharded over `comm`'s ranks
+    (every rank calls execute with the same spec; the checkpoint is a folder)."""
     task = _task(spec)
     cfg = EvolveConfig.from_dict(spec.config)
     out = {"variant": spec.variant, "seed": spec.seed}
     if spec.algorithm != "m2n2":
         return _execute_baseline(spec, task, cfg, progress, out)
-    evo = Evolution(task.evaluate, task.init, cfg, test=task.test, device=torch.device(spec.device))
     tag = {"task": task.describe(), "variant": spec.variant}
+    if spec.eval_mode:
+        from .distributed.checkpoint import LATEST
+        from .distributed.evolution import ShardedEvolution
+        from .distributed.tasks import sharded_parts
+
+        parts = sharded_parts(task, comm, spec.eval_mode)
+        evo = ShardedEvolution(parts.evaluate, parts.init, cfg, layout=parts.layout, comm=comm, test=parts.test,
+                               device=torch.device(spec.device), check_every=spec.check_every, describe=tag)
+        resume = os.path.exists(os.path.join(spec.checkpoint, LATEST))
+    else:
+        evo = Evolution(task.evaluate, task.init, cfg, test=task.test, device=torch.device(spec.device))
+        resume = os.path.exists(spec.checkpoint)
     evo.checkpoint_extra = tag
-    if os.path.exists(spec.checkpoint):
+    if resume:
         evo.load(spec.checkpoint, expect_extra=tag)
     if progress is not None:
         progress.reset(total=cfg.forward_passes)
