@@ -340,12 +340,13 @@ def test_a_dead_or_hung_rank_ends_the_run_after_a_complete_checkpoint(tmp_path, 
     assert runs[0]["curve"] == runs[1]["curve"]
 
 
-def test_evolve_nproc_gives_the_single_process_results(tmp_path):
-    args = ["evolve", "--task", "digits", "--forward-passes", "200", "--method", "lerp", "--no-plot", "--quiet"]
+def test_evolve_under_torchrun_gives_the_single_process_results(tmp_path):
+    args = ["-m", "m2n2", "evolve", "--task", "digits", "--forward-passes", "200", "--method", "lerp", "--no-plot",
+            "--quiet"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    for out, extra in ((one, []), (two, ["--nproc", "2"])):
-        proc = subprocess.run([sys.executable, "-m", "m2n2", *args, "--out", out, *extra], env=ENV,
-                              capture_output=True, text=True, timeout=300)
+    for out, command in ((one, [sys.executable, *args]), (two, [*torchrun, *args, "--distributed"])):
+        proc = subprocess.run([*command, "--out", out], env=ENV, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
     import json
 
