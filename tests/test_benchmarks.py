@@ -11,8 +11,9 @@ Each script is run once (--quick --reps 1, as before); the checks read its CSV:
 - every op and impl a script claims (its docstring) present in every case it covers,
   our kernels once per backend (cpp on CPU); an optional impl (mergekit's methods in
   bench_merge_methods.py) present exactly where the environment has it.
-bench_engine.py, bench_merge.py (whole-file merges) and bench_mergekit_yaml.py
-(mergekit-yaml end to end, where mergekit is installed) have their own columns, checked
+bench_engine.py, bench_merge.py (whole-file merges), bench_mergekit_yaml.py
+(mergekit-yaml end to end, where mergekit is installed) and bench_distributed.py (the
+sharded archive on gloo processes) have their own columns, checked
 the same way: values in range and consistent with each other, the rows they claim
 present; at smoke sizes no speed target is asserted, only the memory promise (the
 merge's peak within its budget, on inputs over ten times the budget).
@@ -377,6 +378,66 @@ def check_mergekit_yaml(fields, rows):
     assert by_row["mergekit-yaml"]["agree"] == "1.0000"
 
 
+DISTRIBUTED_FIELDS = [
+    "design", "setting", "ranks", "n_params", "datapoints", "children_per_step", "steps_per_s", "ms_per_step",
+    "ms_min", "reps", "speedup_vs_r1", "sums_bytes_per_step", "scores_bytes_per_step", "control_bytes_per_step",
+    "crossover_bytes_per_step", "engine_bytes_per_step", "eval_param_bytes_per_step", "eval_param_bytes_source",
+    "peak_rss_mib", "cores", "oversubscribed",
+]
+DISTRIBUTED_BYTES = ("sums", "scores", "control", "crossover")
+
+
+def check_distributed(fields, rows):
+    """bench_distributed.py --quick: two model sizes, R = 1 and 2, both designs and both
+    evaluation settings. The engine's bytes per step of the sharded design are K x 6
+    fp64 sums plus the D bool scores, the same for both sizes; the naive design's grow
+    with n (two parents gathered and the child broadcast, fp32: 12 n bytes per child)."""
+    assert fields == DISTRIBUTED_FIELDS, "bench_distributed.py's CSV columns (its docstring)"
+    sizes = sorted({int(r["n_params"]) for r in rows})
+    assert len(sizes) == 2, f"--quick times two model sizes, got {sizes}"
+    keys = {(r["design"], r["setting"], int(r["ranks"]), int(r["n_params"])) for r in rows}
+    want = {(d, s, rk, n) for d in ("sharded", "naive") for s in ("cheap", "forward") for rk in (1, 2) for n in sizes}
+    assert keys == want and len(rows) == len(want), f"rows {sorted(keys)}"
+    by = {(r["design"], r["setting"], int(r["ranks"]), int(r["n_params"])): r for r in rows}
+    for (design, setting, ranks, n), r in by.items():
+        k, d = int(r["children_per_step"]), int(r["datapoints"])
+        assert k >= 1 and d >= 1, r
+        per_s, ms = number(r, "steps_per_s"), number(r, "ms_per_step")
+        assert per_s > 0 and 0 < number(r, "ms_min") <= ms + 0.05, r
+        near(per_s, 1e3 / ms, "steps_per_s = 1000 / ms_per_step", r, rel=0.01, half=0.0005)
+        assert 1 <= number(r, "reps") <= REPS, r
+        assert 0 < number(r, "peak_rss_mib") < MAX_EXTRA_MIB, r
+        assert r["oversubscribed"] == ("yes" if ranks > int(r["cores"]) else "no"), r
+        got = {p: int(r[f"{p}_bytes_per_step"]) for p in DISTRIBUTED_BYTES}
+        engine = int(r["engine_bytes_per_step"])
+        assert engine == sum(got.values()), f"engine bytes = the sum of the purposes: {r}"
+        eval_bytes = int(r["eval_param_bytes_per_step"])
+        if ranks == 1:
+            assert engine == 0 and eval_bytes == 0 and r["speedup_vs_r1"] == "", r
+            continue
+        ref = float(by[(design, setting, 1, n)]["ms_per_step"])
+        near(number(r, "speedup_vs_r1"), ref / ms, "speedup_vs_r1", r, rel=0.02, half=0.005)
+        assert got["scores"] == k * d, f"the K x D bool score rows, gathered: {r}"
+        assert got["control"] == 0, r
+        if design == "sharded":
+            assert got["sums"] == k * 6 * 8, f"one all-reduce of K x 6 fp64 sums per step: {r}"
+            assert got["crossover"] == 0 and engine == k * (6 * 8 + d), r
+        else:
+            assert got["sums"] == 0, r
+            assert got["crossover"] == k * 12 * n, f"naive: 2 parents gathered + the child broadcast, fp32: {r}"
+        if setting == "forward":
+            assert eval_bytes == k * 4 * n and r["eval_param_bytes_source"].startswith("computed"), r
+        else:
+            assert eval_bytes == 0 and r["eval_param_bytes_source"] == "none", r
+    for setting in ("cheap", "forward"):
+        small, large = (by[(design, setting, 2, n)] for design in ("sharded",) for n in sizes)
+        assert int(small["engine_bytes_per_step"]) == int(large["engine_bytes_per_step"]), \
+            "the sharded design's engine bytes per step do not grow with n"
+        small, large = (int(by[("naive", setting, 2, n)]["engine_bytes_per_step"]) for n in sizes)
+        assert large - small == 12 * (sizes[1] - sizes[0]), "the naive design's grow with n (12 bytes per element)"
+        assert large > 1000 * int(by[("sharded", setting, 2, sizes[1])]["engine_bytes_per_step"])
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_benchmark_script_writes_csv(tmp_path, script):
     if script == "bench_mergekit_yaml.py" and not _mergekit_has_merge_tensors():
@@ -391,6 +452,9 @@ def test_benchmark_script_writes_csv(tmp_path, script):
         return
     if script == "bench_merge.py":
         check_merge(fields, rows)
+        return
+    if script == "bench_distributed.py":
+        check_distributed(fields, rows)
         return
     sys.path.insert(0, BENCH)
     try:
