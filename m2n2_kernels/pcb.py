@@ -10,7 +10,7 @@ writes); inputs as task_merge: tensors or lists of tensors.
 """
 import torch
 
-from . import _backend, _checks, reference, task_vectors
+from . import _checks, reference, task_vectors
 from .task_vectors import SCOPES
 
 
@@ -59,24 +59,14 @@ def pcb_merge(base, models, *, ratio, lam=1.0, scope="tensor", clamp=1e-4, out=N
     """
     base_list, lists, is_list, ratio, lam, clamp = check_op_pcb(base, models, ratio, lam, scope, clamp)
     out_list = task_vectors._out_list(out, base_list, lists, is_list)
-    route = _backend.route(base_list[0].device, backend)
-    if route == "torch":
-        result = reference.pcb_merge(base_list, lists, ratio=ratio, lam=lam, scope=scope, clamp=clamp)
-        if out is not None:
-            for o, r in zip(out_list, result):
-                o.copy_(r)
-            result = out_list
-    else:
-        # "op": torch.ops.m2n2 on any device (C++ on CPU; on CUDA the CUDA C++ kernel,
-        # or the Triton one that ops.py registers where no CUDA C++ was compiled);
-        # "triton": the Triton launcher itself (CPU tensors under the interpreter).
-        args = ([b.contiguous() for b in base_list], [t.contiguous() for m in lists for t in m], out_list, ratio, lam,
-                scope, clamp)
-        if route == "op":
-            torch.ops.m2n2.pcb_merge_out(*args)
-        else:
-            from .triton import pcb as triton_pcb
 
-            triton_pcb.pcb_merge_out(*args)
-        result = out_list
+    def triton_route():
+        from .triton import pcb as triton_pcb
+
+        return triton_pcb.pcb_merge_out
+
+    result = task_vectors.run_routed(
+        backend, base_list, lists, out_list, out is not None,
+        lambda: reference.pcb_merge(base_list, lists, ratio=ratio, lam=lam, scope=scope, clamp=clamp),
+        lambda: torch.ops.m2n2.pcb_merge_out, triton_route, (ratio, lam, scope, clamp))
     return result if is_list else result[0]

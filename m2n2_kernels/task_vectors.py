@@ -181,30 +181,43 @@ def task_merge(base, models, weights, *, sparsify=None, density=1.0, consensus=N
     base_list, lists, is_list, n, w, rho, lam, seed, (sp, cons, resc) = check_op_task_merge(
         base, models, weights, sparsify, density, consensus, rescale, lam, scope, seed)
     out_list = _out_list(out, base_list, lists, is_list)
+
+    def torch_route():
+        return reference.task_merge(base_list, lists, w, sparsify=None if sp == "none" else sp, density=rho,
+                                    consensus=None if cons == "none" else cons,
+                                    rescale=None if resc == "none" else resc, normalize=bool(normalize), lam=lam,
+                                    scope=scope, seed=seed % 2**64)
+
+    def triton_route():
+        from .triton import task_merge as triton_task_merge
+
+        return triton_task_merge.task_merge_out
+
+    result = run_routed(backend, base_list, lists, out_list, out is not None, torch_route,
+                        lambda: torch.ops.m2n2.task_merge_out, triton_route,
+                        (w, rho, sp, cons, resc, bool(normalize), lam, scope, seed))
+    return result if is_list else result[0]
+
+
+def run_routed(backend, base_list, lists, out_list, into_out, torch_route, op, triton_route, scalars):
+    """Run a task-vector op (task_merge, pcb_merge) on the route the backend picks:
+    "torch" computes the reference and copies it into out_list when the caller gave
+    `out`; "op" (torch.ops.m2n2 on any device: C++ on CPU; on CUDA the CUDA C++
+    kernel, or the Triton one that ops.py registers where no CUDA C++ was compiled)
+    and "triton" (the Triton launcher itself: CPU tensors under the interpreter) take
+    (base, models flat and model-major, out, *scalars) and write out_list. The routes
+    are callables, so that only the chosen one is imported."""
     route = _backend.route(base_list[0].device, backend)
     if route == "torch":
-        result = reference.task_merge(base_list, lists, w, sparsify=None if sp == "none" else sp, density=rho,
-                                      consensus=None if cons == "none" else cons,
-                                      rescale=None if resc == "none" else resc, normalize=bool(normalize), lam=lam,
-                                      scope=scope, seed=seed % 2**64)
-        if out is not None:
+        result = torch_route()
+        if into_out:
             for o, r in zip(out_list, result):
                 o.copy_(r)
             result = out_list
-    else:
-        # "op": torch.ops.m2n2 on any device (C++ on CPU; on CUDA the CUDA C++ kernel,
-        # or the Triton one that ops.py registers where no CUDA C++ was compiled);
-        # "triton": the Triton launcher itself (CPU tensors under the interpreter).
-        args = ([b.contiguous() for b in base_list], [t.contiguous() for m in lists for t in m], out_list, w, rho,
-                sp, cons, resc, bool(normalize), lam, scope, seed)
-        if route == "op":
-            torch.ops.m2n2.task_merge_out(*args)
-        else:
-            from .triton import task_merge as triton_task_merge
-
-            triton_task_merge.task_merge_out(*args)
-        result = out_list
-    return result if is_list else result[0]
+        return result
+    launch = op() if route == "op" else triton_route()
+    launch([b.contiguous() for b in base_list], [t.contiguous() for m in lists for t in m], out_list, *scalars)
+    return out_list
 
 
 def task_arithmetic(base, models, weights, *, lam=1.0, normalize=False, out=None, backend=None):
