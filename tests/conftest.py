@@ -54,3 +54,14 @@ def _no_backend_env(monkeypatch):
 
 def pytest_report_header(config):
     return f"m2n2_kernels build_info: {m2n2_kernels.build_info()}"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch at one intra-op thread for the test (restored after): for modules of small
+    tensors, where on a shared 2-core machine the threads only add barriers. Tests that
+    set thread counts themselves still can."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

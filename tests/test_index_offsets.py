@@ -34,13 +34,8 @@ SHAPES = {
 TORCH_NOISE_DIFF = 2.5e-6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small tensors on a shared 2-core machine: torch's intra-op threads only add barriers.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors: one torch thread (conftest.py); the thread-count tests set their own.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def model_pair(shapes, dtype, seed=0, device="cpu"):

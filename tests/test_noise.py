@@ -54,14 +54,8 @@ TORCH_ULPS = 6
 TORCH_CPP_MAX_DIFF = 2.5e-6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The samples are small: torch's intra-op threads only add barriers, which cost a lot
-    # on a shared 2-core machine. The thread-count tests set their own counts.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Small tensors: one torch thread (conftest.py); the thread-count tests set their own.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _ids(x):
