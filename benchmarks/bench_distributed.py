@@ -21,7 +21,9 @@ step, slerp with mutation. Two evaluation settings:
             layer at a time; the scores are all-gathered
 
 One row per (design, setting, model size, R): steps/s (the median of --reps timed
-steps after one warm-up step, each between two barriers), `speedup_vs_r1` (steps/s
+steps after one warm-up step, each between two barriers), `cpu_ms_per_step` (the
+busiest rank's median CPU time in a step, its threads included: on a machine shared
+with other work, or with R > cores, it tells the work a rank did from the wait), `speedup_vs_r1` (steps/s
 over the same design and setting at R = 1), the bytes the engine communicates per
 step by purpose as m2n2.distributed.Comm counts them (the size of each collective's
 result on a rank, the busiest rank's total; the naive design's gather and broadcast
@@ -56,9 +58,9 @@ import m2n2_kernels as mk  # noqa: E402
 
 FIELDS = [
     "design", "setting", "ranks", "n_params", "datapoints", "children_per_step", "steps_per_s", "ms_per_step",
-    "ms_min", "reps", "speedup_vs_r1", "sums_bytes_per_step", "scores_bytes_per_step", "control_bytes_per_step",
-    "crossover_bytes_per_step", "engine_bytes_per_step", "eval_param_bytes_per_step", "eval_param_bytes_source",
-    "peak_rss_mib", "cores", "oversubscribed",
+    "ms_min", "cpu_ms_per_step", "reps", "speedup_vs_r1", "sums_bytes_per_step", "scores_bytes_per_step",
+    "control_bytes_per_step", "crossover_bytes_per_step", "engine_bytes_per_step", "eval_param_bytes_per_step",
+    "eval_param_bytes_source", "peak_rss_mib", "cores", "oversubscribed",
 ]
 DESIGNS = ("sharded", "naive")
 SETTINGS = ("cheap", "forward")
@@ -187,18 +189,19 @@ def run_case(comm, design, setting, width, layers, d, reps):
     del init
     evo.step()  # warm-up
     comm.bytes.clear()
-    times = []
+    times, cpu = [], []
     for _ in range(reps):
         comm.barrier()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         evo.step()
+        cpu.append(time.process_time() - c0)  # this process's CPU time, its threads included
         comm.barrier()
         times.append(time.perf_counter() - t0)
     per_step = {p: b / reps for p, b in comm.bytes.items()}
     peak = _rss_bytes("VmHWM")
     del evo, evaluate, cheap
     gc.collect()
-    return {"times": times, "bytes": per_step, "peak": peak, "n": layout.n}
+    return {"times": times, "cpu": cpu, "bytes": per_step, "peak": peak, "n": layout.n}
 
 
 def worker(cases, reps, out_dir):
@@ -262,6 +265,7 @@ def main():
             rows.append(dict(
                 design=design, setting=setting, ranks=r, n_params=n, datapoints=d_row, children_per_step=K,
                 ms=ms, ms_min=min(times) * 1e3, reps=len(times),
+                cpu_ms=max(statistics.median(q["cpu"]) for q in res) * 1e3,
                 sums=b.get("sums", 0), scores=b.get("scores", 0), control=b.get("control", 0),
                 crossover=b.get("crossover", 0), params=b.get("params", 0),
                 eval_bytes=eval_bytes,
@@ -278,7 +282,8 @@ def main():
         row = dict(
             design=x["design"], setting=x["setting"], ranks=x["ranks"], n_params=x["n_params"],
             datapoints=x["datapoints"], children_per_step=x["children_per_step"],
-            steps_per_s=f"{1e3 / x['ms']:.3f}", ms_per_step=f"{x['ms']:.1f}", ms_min=f"{x['ms_min']:.1f}",
+            steps_per_s=f"{1e3 / x['ms']:.3f}", ms_per_step=f"{x['ms']:.3f}", ms_min=f"{x['ms_min']:.3f}",
+            cpu_ms_per_step=f"{x['cpu_ms']:.3f}",
             reps=x["reps"], speedup_vs_r1="" if ref is None or x["ranks"] == 1 else f"{ref / x['ms']:.2f}",
             sums_bytes_per_step=fmt_int(x["sums"]), scores_bytes_per_step=fmt_int(x["scores"]),
             control_bytes_per_step=fmt_int(x["control"]), crossover_bytes_per_step=fmt_int(x["crossover"]),
@@ -295,12 +300,12 @@ def main():
                       indent=1)
     print(f"\n# {cores} cores, one torch thread per rank" +
           ("; R > cores oversubscribes them" if max(ranks) > cores else ""), file=sys.stderr)
-    print(f"{'design':8} {'setting':8} {'R':>2} {'n':>11} {'steps/s':>8} {'vs R=1':>6} {'engine B/step':>14} "
-          f"{'eval params B/step':>19} {'peak MiB':>8}", file=sys.stderr)
+    print(f"{'design':8} {'setting':8} {'R':>2} {'n':>11} {'steps/s':>8} {'cpu ms':>8} {'vs R=1':>6} "
+          f"{'engine B/step':>14} {'eval params B/step':>19} {'peak MiB':>8}", file=sys.stderr)
     for row in tidy:
         print(f"{row['design']:8} {row['setting']:8} {row['ranks']:>2} {row['n_params']:>11} {row['steps_per_s']:>8} "
-              f"{row['speedup_vs_r1']:>6} {row['engine_bytes_per_step']:>14} {row['eval_param_bytes_per_step']:>19} "
-              f"{row['peak_rss_mib']:>8}", file=sys.stderr)
+              f"{row['cpu_ms_per_step']:>8} {row['speedup_vs_r1']:>6} {row['engine_bytes_per_step']:>14} "
+              f"{row['eval_param_bytes_per_step']:>19} {row['peak_rss_mib']:>8}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -380,9 +380,9 @@ def check_mergekit_yaml(fields, rows):
 
 DISTRIBUTED_FIELDS = [
     "design", "setting", "ranks", "n_params", "datapoints", "children_per_step", "steps_per_s", "ms_per_step",
-    "ms_min", "reps", "speedup_vs_r1", "sums_bytes_per_step", "scores_bytes_per_step", "control_bytes_per_step",
-    "crossover_bytes_per_step", "engine_bytes_per_step", "eval_param_bytes_per_step", "eval_param_bytes_source",
-    "peak_rss_mib", "cores", "oversubscribed",
+    "ms_min", "cpu_ms_per_step", "reps", "speedup_vs_r1", "sums_bytes_per_step", "scores_bytes_per_step",
+    "control_bytes_per_step", "crossover_bytes_per_step", "engine_bytes_per_step", "eval_param_bytes_per_step",
+    "eval_param_bytes_source", "peak_rss_mib", "cores", "oversubscribed",
 ]
 DISTRIBUTED_BYTES = ("sums", "scores", "control", "crossover")
 
@@ -403,9 +403,10 @@ def check_distributed(fields, rows):
         k, d = int(r["children_per_step"]), int(r["datapoints"])
         assert k >= 1 and d >= 1, r
         per_s, ms = number(r, "steps_per_s"), number(r, "ms_per_step")
-        assert per_s > 0 and 0 < number(r, "ms_min") <= ms + 0.05, r
-        near(per_s, 1e3 / ms, "steps_per_s = 1000 / ms_per_step", r, rel=0.01, half=0.0005)
-        assert 1 <= number(r, "reps") <= REPS, r
+        assert per_s > 0 and 0 < number(r, "ms_min") <= ms, r
+        lo, hi = quotient_range(1e3, ms, 0.0, MS_HALF)
+        assert_rounded_in(per_s, lo, hi, MS_HALF, "steps_per_s = 1000 / ms_per_step", r)
+        assert 1 <= number(r, "reps") <= REPS and number(r, "cpu_ms_per_step") > 0, r
         assert 0 < number(r, "peak_rss_mib") < MAX_EXTRA_MIB, r
         assert r["oversubscribed"] == ("yes" if ranks > int(r["cores"]) else "no"), r
         got = {p: int(r[f"{p}_bytes_per_step"]) for p in DISTRIBUTED_BYTES}
@@ -416,7 +417,8 @@ def check_distributed(fields, rows):
             assert engine == 0 and eval_bytes == 0 and r["speedup_vs_r1"] == "", r
             continue
         ref = float(by[(design, setting, 1, n)]["ms_per_step"])
-        near(number(r, "speedup_vs_r1"), ref / ms, "speedup_vs_r1", r, rel=0.02, half=0.005)
+        lo, hi = quotient_range(ref, ms, MS_HALF, MS_HALF)
+        assert_rounded_in(number(r, "speedup_vs_r1"), lo, hi, RATIO_HALF, "speedup_vs_r1", r)
         assert got["scores"] == k * d, f"the K x D bool score rows, gathered: {r}"
         assert got["control"] == 0, r
         if design == "sharded":
