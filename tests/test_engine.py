@@ -127,6 +127,21 @@ def test_starting_models_go_in_by_the_replacement_rule():
     assert evo.curve["forward_passes"] == [0]
 
 
+def test_starting_models_are_scored_k_at_a_time_into_k_child_slots():
+    # Five starting models with K = 1, 2 or 5 children per step: the archive gets K child
+    # slots (not five), and the same rows whatever K.
+    task = LinearTask()
+    start = torch.randn(5, task.n, generator=torch.Generator().manual_seed(1)) * 0.1
+    archives = []
+    for k in (1, 2, 5):
+        evo = Evolution(task.evaluate, start, dataclasses.replace(CFG, forward_passes=0, children_per_step=k))
+        assert evo.archive.params_buf.shape[0] == CFG.archive_size + k
+        archives.append({name: t.clone() for name, t in evo.archive.tensors().items()})
+    for other in archives[1:]:
+        for name, t in other.items():
+            assert torch.equal(t, archives[0][name]), name
+
+
 # ---- determinism, paths, batching, resume --------------------------------------------
 
 
@@ -323,12 +338,25 @@ def test_best_member_test_score_is_cached_per_row_version():
 # ---- bad input -------------------------------------------------------------------------
 
 
+def _after_calls(n, first, then):
+    """An evaluate that is `first` for its first n calls and `then` after them (the two
+    starting models are scored one at a time, as K = 1: n = 2 switches at the first
+    step)."""
+    calls = [0]
+
+    def evaluate(params):
+        calls[0] += 1
+        return (first if calls[0] <= n else then)(params)
+
+    return evaluate
+
+
 def test_bad_evaluate_results_are_named():
     task = LinearTask()
     with pytest.raises(ValueError, match=r"shape \(1, 95\) for 1 children, expected \(1, 96\)"):
-        Evolution(lambda p: task.evaluate(p)[:, : 96 - (p.shape[0] == 1)], task.init, CFG).step()
+        Evolution(_after_calls(2, task.evaluate, lambda p: task.evaluate(p)[:, :95]), task.init, CFG).step()
     cases = [
-        (lambda p: task.evaluate(p)[0], ValueError, r"shape \(96,\) for 2 children"),
+        (lambda p: task.evaluate(p)[0], ValueError, r"shape \(96,\) for 1 children"),
         (lambda p: task.evaluate(p).float() * 2, ValueError, "child 0 at datapoint"),
         (lambda p: task.evaluate(p).tolist(), TypeError, "must return a torch.Tensor"),
         (lambda p: task.evaluate(p).to(torch.int64), TypeError, "bool or float"),
@@ -336,22 +364,21 @@ def test_bad_evaluate_results_are_named():
     for fn, exc, match in cases:
         with pytest.raises(exc, match=match):
             Evolution(fn, task.init, CFG)
+    with pytest.raises(ValueError, match=r"shape \(1, 95\) for 1 children, expected \(1, 96\)"):
+        # the second starting model's scores are checked against the first's
+        Evolution(_after_calls(1, task.evaluate, lambda p: task.evaluate(p)[:, :95]), task.init, CFG)
 
-    def nan_second(params):
+    def nan_scores(params):
         s = task.evaluate(params).float()
-        if params.shape[0] == 1:
-            s[0, 5] = float("nan")
+        s[0, 5] = float("nan")
         return s
 
-    evo = Evolution(nan_second, task.init, dataclasses.replace(CFG, forward_passes=1))
+    evo = Evolution(_after_calls(2, lambda p: task.evaluate(p).float(), nan_scores), task.init,
+                    dataclasses.replace(CFG, forward_passes=1))
     with pytest.raises(ValueError, match="score nan for child 0 at datapoint 5"):
         evo.step()
 
-    def flips_dtype(params):
-        s = task.evaluate(params)
-        return s if params.shape[0] == 2 else s.float()
-
-    evo = Evolution(flips_dtype, task.init, CFG)
+    evo = Evolution(_after_calls(2, task.evaluate, lambda p: task.evaluate(p).float()), task.init, CFG)
     with pytest.raises(TypeError, match="expected torch.bool"):
         evo.step()
 

@@ -192,12 +192,16 @@ class Evolution:
         self._check_init_width(models)
         dtype = models.dtype if dtype is None else dtype
         models = models.to(self.device, dtype)
-        scores = self._check_evaluated(self.evaluate_fn(models), models.shape[0], None, None)
+        # The starting models go in as children do, K at a time (so that the archive
+        # needs K child slots, not M: at 7B parameters a slot is 14 GB): scored, then
+        # inserted one by one. The first batch's scores give D and the score dtype.
+        k = self.config.children_per_step
+        scores = self._check_evaluated(self.evaluate_fn(models[:k]), min(k, models.shape[0]), None, None)
         self.archive = Archive(
             self.config.archive_size,
             models.shape[1],
             scores.shape[1],
-            child_slots=max(self.config.children_per_step, models.shape[0]),
+            child_slots=k,
             dtype=dtype,
             score_dtype=scores.dtype,
             device=self.device,
@@ -216,12 +220,16 @@ class Evolution:
         self.timings = None
         self.seconds = 0.0  # time spent in run(), start-up excluded
         self.checkpoint_extra = {}  # stored in checkpoints (the command line puts the task there)
-        # The starting models go in as children do: scored, then inserted one by one.
-        m = models.shape[0]
-        self.archive.children[:m].copy_(models)
-        self.archive.child_scores[:m].copy_(scores)
-        train = self._mean_scores(self.archive.child_scores[:m])
-        self._insert(m, train if self.sync_free else train.tolist())
+        for start in range(0, models.shape[0], k):
+            batch = models[start : start + k]
+            m = batch.shape[0]
+            if start:
+                scores = self._check_evaluated(self.evaluate_fn(batch), m, self.d, self.archive.S.dtype)
+            self.archive.children[:m].copy_(batch)
+            self.archive.child_scores[:m].copy_(scores)
+            train = self._mean_scores(self.archive.child_scores[:m])
+            self._insert(m, train if self.sync_free else train.tolist())
+        del models, scores
         self._flush_lineage()
         self._record_point()
 

@@ -108,6 +108,7 @@ class Comm:
             return obj
         box = [obj if self.rank == src else None]
         dist.broadcast_object_list(box, src=src, group=self.group)
+        self._count("control", torch.empty(len(pickle.dumps(box[0])), dtype=torch.uint8))
         return box[0]
 
     def check_same(self, values, what):

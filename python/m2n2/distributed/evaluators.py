@@ -66,7 +66,10 @@ class FSDPEvaluator:
         order) on every rank; it is sharded here with FSDP2 over `comm`'s ranks, each
         submodule that owns parameters as one unit, so that the forward pass gathers
         one layer at a time.
-    inputs, targets: this rank's slice of the data (`data_slice(d, world, rank)`).
+    inputs, targets: this rank's slice of the data (`data_slice(d, world, rank)`),
+        run through the model `batch_size` at a time (default: all at once). Each
+        batch's forward pass gathers every layer again (FSDP2 reshards a layer after
+        its forward): batches trade parameter traffic for activation memory.
     d: the number of datapoints over all ranks.
     kind: "correct", "exact" or "prob" (as ModuleEvaluator); forward(module, x) ->
         logits (default: module(x), or its .logits).
