@@ -56,6 +56,9 @@ class ShardedEvolution(Evolution):
         self.layout, self.comm, self.check_every = layout, comm, check_every
         # Before the first collective that could disagree in shape: the configuration
         # and the model must be the same everywhere.
+        given = init_shards if init is None else init
+        if dtype is None and isinstance(given, torch.Tensor):
+            dtype = given.dtype  # what the archive will hold: compared too
         comm.check_same(
             {"config": config.to_dict(), "model": layout.signature(), "dtype": str(dtype),
              "task": describe or {}, "evaluate": type(evaluate).__name__,
