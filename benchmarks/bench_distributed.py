@@ -20,6 +20,9 @@ step, slerp with mutation. Two evaluation settings:
             rank's slice of D datapoints (D = 4096 in full mode, where the forward
             pass is about 94% of a step's CPU time at R = 1), FSDP2 gathering one
             layer at a time; the scores are all-gathered
+  forward-gather  (sharded design only) GatherEvaluator: the child gathered whole
+            on every rank once per step (the option for models that fit one
+            device), then a plain module's forward pass over the rank's slice
 
 One row per (design, setting, model size, R): steps/s (the median of --reps timed
 steps after one warm-up step, each between two barriers), `cpu_ms_per_step` (the
@@ -64,7 +67,7 @@ FIELDS = [
     "eval_param_bytes_source", "peak_rss_mib", "cores", "oversubscribed",
 ]
 DESIGNS = ("sharded", "naive")
-SETTINGS = ("cheap", "forward")
+SETTINGS = ("cheap", "forward", "forward-gather")  # forward-gather: the sharded design only
 CHEAP_D = 64
 ARCHIVE_SIZE = 4
 START_MODELS = 2
@@ -161,7 +164,8 @@ def naive_class():
 def run_case(comm, design, setting, width, layers, d, reps):
     """One configuration on this rank: {times: [s], bytes: {purpose: per step}, peak}."""
     from m2n2 import EvolveConfig
-    from m2n2.distributed import FSDPEvaluator, ShardedEvolution, ShardLayout, data_slice
+    from m2n2 import ModuleEvaluator
+    from m2n2.distributed import FSDPEvaluator, GatherEvaluator, ShardedEvolution, ShardLayout, data_slice
 
     gc.collect()
     try:
@@ -174,12 +178,16 @@ def run_case(comm, design, setting, width, layers, d, reps):
     init = torch.randn(START_MODELS, layout.n_local, generator=gen).mul_(width**-0.5)
     cheap = CheapEvaluator(layout, comm, CHEAP_D if setting == "cheap" else d)
     evaluate = cheap
-    if setting == "forward":
+    if setting.startswith("forward"):
         lo, hi = data_slice(d, comm.world, comm.rank)
         data = torch.Generator().manual_seed(7)
         x = torch.randn(d, width, generator=data)[lo:hi]
         y = torch.randint(0, width, (d,), generator=data)[lo:hi]
-        evaluate = FSDPEvaluator(Stack(width, layers), x, y, layout, comm, d, kind="correct")
+        if setting == "forward":
+            evaluate = FSDPEvaluator(Stack(width, layers), x, y, layout, comm, d, kind="correct")
+        else:  # the child gathered whole once per step, a plain module on this rank's slice
+            local = ModuleEvaluator(Stack(width, layers), x, y, kind="correct", vmap=False)
+            evaluate = GatherEvaluator(local, layout, comm, d)
     cfg = EvolveConfig(forward_passes=10**9, archive_size=ARCHIVE_SIZE, children_per_step=K, method="slerp",
                        mutation_std=0.01, seed=0, log_every=10**9)
     cls = ShardedEvolution if design == "sharded" else naive_class()
@@ -243,7 +251,8 @@ def main():
     if args.ranks:
         ranks = [int(r) for r in args.ranks.split(",")]
     cores = os.cpu_count() or 1
-    cases = [(design, setting, w, nl, d) for w, nl in sizes for setting in SETTINGS for design in DESIGNS]
+    cases = [(design, setting, w, nl, d) for w, nl in sizes for setting in SETTINGS for design in DESIGNS
+             if not (design == "naive" and setting == "forward-gather")]
     per_rank = {}
     for r in ranks:
         with tempfile.TemporaryDirectory() as tmp:
@@ -262,23 +271,24 @@ def main():
             b = res[busiest]["bytes"]
             n = res[0]["n"]
             d_row = CHEAP_D if setting == "cheap" else dd
-            eval_bytes = n * 4 * K if (setting == "forward" and r > 1) else 0
+            # fsdp: FSDP2's all-gathers, unseen by Comm, computed; gather: Comm's own count
+            eval_bytes = n * 4 * K if (setting == "forward" and r > 1) else b.get("params", 0)
             rows.append(dict(
                 design=design, setting=setting, ranks=r, n_params=n, datapoints=d_row, children_per_step=K,
                 ms=ms, ms_min=min(times) * 1e3, reps=len(times),
                 cpu_ms=max(statistics.median(q["cpu"]) for q in res) * 1e3,
                 sums=b.get("sums", 0), scores=b.get("scores", 0), control=b.get("control", 0),
-                crossover=b.get("crossover", 0), params=b.get("params", 0),
+                crossover=b.get("crossover", 0),
                 eval_bytes=eval_bytes,
                 eval_source=("computed: n x 4 B per child forward (FSDP2 all-gathers)" if setting == "forward" and r > 1
-                             else "none"),
+                             else "measured: the children gathered whole (Comm)" if eval_bytes else "none"),
                 peak=max(q["peak"] for q in res), oversubscribed=r > cores,
             ))
     base = {(x["design"], x["setting"], x["n_params"]): x["ms"] for x in rows if x["ranks"] == 1}
     out = CsvOut(FIELDS, args.csv)
     tidy = []
     for x in rows:
-        engine = x["sums"] + x["scores"] + x["control"] + x["crossover"] + x["params"]
+        engine = x["sums"] + x["scores"] + x["control"] + x["crossover"]
         ref = base.get((x["design"], x["setting"], x["n_params"]))
         row = dict(
             design=x["design"], setting=x["setting"], ranks=x["ranks"], n_params=x["n_params"],

@@ -396,7 +396,8 @@ def check_distributed(fields, rows):
     sizes = sorted({int(r["n_params"]) for r in rows})
     assert len(sizes) == 2, f"--quick times two model sizes, got {sizes}"
     keys = {(r["design"], r["setting"], int(r["ranks"]), int(r["n_params"])) for r in rows}
-    want = {(d, s, rk, n) for d in ("sharded", "naive") for s in ("cheap", "forward") for rk in (1, 2) for n in sizes}
+    want = {(d, s, rk, n) for d in ("sharded", "naive") for s in ("cheap", "forward", "forward-gather")
+            for rk in (1, 2) for n in sizes if not (d == "naive" and s == "forward-gather")}
     assert keys == want and len(rows) == len(want), f"rows {sorted(keys)}"
     by = {(r["design"], r["setting"], int(r["ranks"]), int(r["n_params"])): r for r in rows}
     for (design, setting, ranks, n), r in by.items():
@@ -429,6 +430,8 @@ def check_distributed(fields, rows):
             assert got["crossover"] == k * 12 * n, f"naive: 2 parents gathered + the child broadcast, fp32: {r}"
         if setting == "forward":
             assert eval_bytes == k * 4 * n and r["eval_param_bytes_source"].startswith("computed"), r
+        elif setting == "forward-gather":  # every rank receives the K whole children (its own part included)
+            assert eval_bytes == k * 4 * n and r["eval_param_bytes_source"].startswith("measured"), r
         else:
             assert eval_bytes == 0 and r["eval_param_bytes_source"] == "none", r
     for setting in ("cheap", "forward"):
