@@ -233,10 +233,11 @@ void select_thresholds(const std::vector<TaskTensor>& ts, const std::vector<Chun
 
 constexpr int64_t kWindowMinN = int64_t(1) << 21;  // smaller units: radix (the sample would be a large part)
 // The window's width in ranks is ~ 2 kSampleSigmas sqrt(q (1 - q) / m) n for a sample
-// of m keys: 2^18 keys (1.6% of a 4096 x 4096 unit, n / 16 at most) keep it near
-// 0.6% of n, so that K models' candidates stay under the memory cap below.
+// of m keys: 2^19 keys (3% of a 4096 x 4096 unit, n / 16 at most) keep it near 0.45%
+// of n for q = 0.8, so that K = 3 models' candidates stay under the memory cap below
+// even for 2-byte inputs (2^18 did not, measured: bf16 fell back).
 constexpr int64_t kSampleBlock = 8;                 // contiguous elements per sample block
-constexpr int64_t kSampleKeys = int64_t(1) << 18;   // sampled keys per model, at most
+constexpr int64_t kSampleKeys = int64_t(1) << 19;   // sampled keys per model, at most
 constexpr double kSampleSigmas = 4.0;
 // Candidate memory cap, as a fraction of the unit's input bytes (base + K models).
 constexpr double kWindowMemory = 0.01;
@@ -396,6 +397,7 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
   // bounds them.
   const int64_t thread_budget = int64_t(kWindowMemory * double(input_bytes)) / int64_t(sizeof(Key)) / threads;
 
+  int64_t budget_left = thread_budget * threads;
   std::vector<ModelWindow<Key>> wins;
   for (int k = 0; k < int(plans.size()); ++k) {
     const ModelPlan& p = plans[k];
@@ -419,6 +421,11 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
       w.hi = s[size_t(hi_i)];
     }
     const double expect = double(std::max<int64_t>(0, std::min(hi_i, m) - std::max<int64_t>(lo_i, 0))) / double(m);
+    // Expected candidates beyond what is left of the cap: this model's window would
+    // likely overflow and waste its share of the pass; radix selects it instead.
+    const int64_t expected = int64_t(1.1 * expect * double(n));
+    if (expected > budget_left) continue;
+    budget_left -= expected;
     w.cap_per_thread = std::min(thread_budget, int64_t(2.0 * expect * double(n) / double(threads)) + 2 * kTile);
     w.buf.reset(new Key[size_t(w.cap_per_thread * threads)]);
     wins.push_back(std::move(w));
