@@ -420,7 +420,14 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
       std::nth_element(s.begin() + std::max<int64_t>(lo_i + 1, 0), s.begin() + hi_i, s.end());
       w.hi = s[size_t(hi_i)];
     }
-    const double expect = double(std::max<int64_t>(0, std::min(hi_i, m) - std::max<int64_t>(lo_i, 0))) / double(m);
+    // The sample's share strictly inside (lo, hi): what the pass will store (keys equal
+    // to lo or hi are only counted, which matters where 2-byte deltas tie heavily).
+    // After the two nth_elements, those keys lie between positions lo_i and hi_i.
+    int64_t inside = 0;
+    for (int64_t j = std::max<int64_t>(lo_i + 1, 0); j < std::min(hi_i, m); ++j) {
+      inside += (s[size_t(j)] > w.lo && s[size_t(j)] < w.hi) ? 1 : 0;
+    }
+    const double expect = double(inside) / double(m);
     // Expected candidates beyond what is left of the cap: this model's window would
     // likely overflow and waste its share of the pass; radix selects it instead.
     const int64_t expected = int64_t(1.1 * expect * double(n));
