@@ -1,4 +1,4 @@
-// CPU task-vector merges: radix selection, statistics and the fused pass.
+// CPU task-vector merges: candidate-window and radix selection, statistics and the fused pass.
 #include "task_merge_kernels.h"
 
 #include <omp.h>
@@ -223,13 +223,16 @@ void select_thresholds(const std::vector<TaskTensor>& ts, const std::vector<Chun
 // unit (all models) then counts, per chunk, the keys > hi, == hi and == lo with
 // vectorised compares and copies the few keys strictly inside (lo, hi) into
 // per-thread candidate buffers, in chunk order. The exact threshold follows from the
-// counts or from nth_element over the candidates, and the per-chunk ties at it (the
-// lowest-index-first rule) from the per-chunk counts or the candidates' chunk
-// segments, so the statistics pass is not needed for the ties. A model whose window
-// misses its k-th key (or whose candidates overflow the buffer) falls back to the
-// radix passes: the result is the same either way, only the time differs. Keys equal
-// to lo or hi are counted rather than stored, so a heavily tied value (bf16 deltas)
-// at an end of the window costs no memory.
+// counts or from radix selection over the candidates only (radix_select.h on each
+// chunk's candidate segment: ~1% of the keys, left in place), and the per-chunk ties
+// at it (the lowest-index-first rule) from the per-chunk counts or the candidates'
+// chunk segments, so the statistics pass is not needed for the ties. A model whose
+// window misses its k-th key (or whose candidates overflow the cap) falls back to the
+// radix passes over all keys: the threshold is exact either way, so the result is the
+// same; only the time differs. Keys equal to lo or hi are counted rather than stored,
+// so a heavily tied value (bf16 deltas) at an end of the window costs no memory.
+// Passes over the inputs: the sample's fraction + 1, against 2 radix passes (+ 1
+// statistics pass for partly kept ties) before.
 
 constexpr int64_t kWindowMinN = int64_t(1) << 21;  // smaller units: radix (the sample would be a large part)
 // The window's width in ranks is ~ 2 kSampleSigmas sqrt(q (1 - q) / m) n for a sample
