@@ -8,6 +8,7 @@
 #include "radix_select.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -333,7 +334,8 @@ std::vector<Key> sample_keys(const std::vector<TaskTensor>& ts, const std::vecto
 
 template <class T, class Key>
 void window_chunk(const TaskTensor& t, const Chunk& c, std::vector<ModelWindow<Key>>& wins, int thread,
-                  int64_t thread_budget, int64_t* thread_used, int64_t* used, char* overflow, WindowCounts* counts) {
+                  int64_t budget, std::atomic<int64_t>& total_used, int64_t* used, char* overflow,
+                  WindowCounts* counts) {
   const T* base = static_cast<const T*>(t.base);
   alignas(64) compute_t<T> b[kTile];
   alignas(64) Key keys[kTile];
@@ -358,8 +360,13 @@ void window_chunk(const TaskTensor& t, const Chunk& c, std::vector<ModelWindow<K
       wc.eq_lo += el;
       wc.mid += md;
       if (md == 0 || overflow[a]) continue;
-      if (used[a] + md > w.cap_per_thread || *thread_used + md > thread_budget) {
+      if (used[a] + md > w.cap_per_thread) {
         overflow[a] = 1;  // this model falls back to radix; its counts are then unused
+        continue;
+      }
+      if (total_used.fetch_add(md, std::memory_order_relaxed) + md > budget) {
+        total_used.fetch_sub(md, std::memory_order_relaxed);  // not stored: leave the room to others
+        overflow[a] = 1;
         continue;
       }
       // The flags are sparse (the window holds ~1% of the keys): skip 8 at a time.
@@ -377,7 +384,6 @@ void window_chunk(const TaskTensor& t, const Chunk& c, std::vector<ModelWindow<K
         if (flags[j]) *dst++ = keys[j];
       }
       used[a] += md;
-      *thread_used += md;
     }
   }
 }
@@ -394,13 +400,14 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
   const int64_t nchunks = int64_t(chunks.size());
   int64_t input_bytes = 0;
   for (const TaskTensor& t : ts) input_bytes += int64_t(plans.size() + 1) * t.numel * dtype_bytes(t.dtype);
-  // The cap on the candidates of all models, per thread (static schedule: equal shares
-  // of the chunks). Each model's buffer is reserved for twice its expected candidates
-  // but left untouched (uninitialised): only the pages written count, and this cap
-  // bounds them.
-  const int64_t thread_budget = int64_t(kWindowMemory * double(input_bytes)) / int64_t(sizeof(Key)) / threads;
+  // The cap on the candidates of all models and threads together (one atomic count,
+  // so that a thread whose chunks hold more of the window than others may use the
+  // room they leave). Each model's buffer is reserved per thread for twice its
+  // expected candidates but left untouched (uninitialised): only the pages written
+  // count, and this cap bounds them.
+  const int64_t budget = int64_t(kWindowMemory * double(input_bytes)) / int64_t(sizeof(Key));
 
-  int64_t budget_left = thread_budget * threads;
+  int64_t budget_left = budget;
   std::vector<ModelWindow<Key>> wins;
   for (int k = 0; k < int(plans.size()); ++k) {
     const ModelPlan& p = plans[k];
@@ -436,7 +443,7 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
     const int64_t expected = int64_t(1.1 * expect * double(n));
     if (expected > budget_left) continue;
     budget_left -= expected;
-    w.cap_per_thread = std::min(thread_budget, int64_t(2.0 * expect * double(n) / double(threads)) + 2 * kTile);
+    w.cap_per_thread = std::min(budget, int64_t(2.0 * expect * double(n))) + 2 * kTile;
     w.buf.reset(new Key[size_t(w.cap_per_thread * threads)]);
     wins.push_back(std::move(w));
   }
@@ -445,7 +452,7 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
 
   std::vector<WindowCounts> counts(size_t(nchunks) * A);
   std::vector<int64_t> used(size_t(threads) * A, 0);
-  std::vector<int64_t> thread_used(size_t(threads), 0);
+  std::atomic<int64_t> total_used{0};
   std::vector<char> overflow(size_t(threads) * A, 0);
 #pragma omp parallel for schedule(static) if (nchunks > 1)
   for (int64_t i = 0; i < nchunks; ++i) {
@@ -453,9 +460,8 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
     const Chunk& c = chunks[size_t(i)];
     const TaskTensor& t = ts[size_t(c.tensor)];
     with_storage_type(t.dtype, [&](auto tag) {
-      window_chunk<decltype(tag), Key>(t, c, wins, th, thread_budget, &thread_used[size_t(th)],
-                                       used.data() + size_t(th) * A, overflow.data() + size_t(th) * A,
-                                       counts.data() + size_t(i) * A);
+      window_chunk<decltype(tag), Key>(t, c, wins, th, budget, total_used, used.data() + size_t(th) * A,
+                                       overflow.data() + size_t(th) * A, counts.data() + size_t(i) * A);
     });
   }
 
