@@ -38,13 +38,18 @@ each op with the impls
                    only, far too slow at full size
 gbps counts the op's minimal traffic for every row: read base and the K models once and
 write the output, (K + 2) n elements; time_vs_ceiling = ms / lerp_'s ms. Our kernel reads
-its inputs more than once (the stderr summary's "passes"): task arithmetic once; TIES 2
-radix-selection passes + the fused pass, + 1 statistics pass in the tensors where a
-model's threshold has more ties than it keeps (exactly k are kept: bf16 deltas tie
-often, fp32 ones rarely); DARE with the l1 rescale 2 (statistics + fused); PCB 5
-(2 radix passes for the clamp bounds, 2 for the score threshold, the fused pass).
-These are the CPU kernel's passes (16-bit digits); the GPU kernels select with 11-bit
-digits, one pass more per selection, which the summary does not count.
+its inputs more than once (the stderr summary's "passes"): task arithmetic once; TIES,
+in tensors of >= 2^21 elements, the sample of the candidate window (min(2^19, n/16)
+elements of each input: that fraction of a pass) + the window pass (counts, and the
+keys inside the window kept) + the fused pass; in smaller tensors 2 radix-selection
+passes + the fused pass, + 1 statistics pass where a model's threshold has more ties
+than it keeps (exactly k are kept: bf16 deltas tie often, fp32 ones rarely); a window
+that misses falls back to the radix passes as well, which the count does not see (a
+normal N(0, s^2) delta set does not miss); DARE with the l1 rescale 2 (statistics +
+fused); PCB 5 (2 radix passes for the clamp bounds, 2 for the score threshold, the
+fused pass). These are the CPU kernel's passes (16-bit digits); the GPU kernels select
+with 11-bit digits (no window), one pass more per selection and the statistics pass,
+which the summary does not count.
 extra_mib: the peak resident memory of a call beyond what was allocated before it, less
 the output it returns (n elements in the storage dtype, alike for every impl; the lerp_
 and out= rows write into memory allocated before). Each call allocates its output: our API returns new tensors, so
@@ -483,7 +488,11 @@ def run(args):
                      ceiling_ms=ceiling_ms, extra_bytes=extra[key])
 
         sizes = [b.numel() for b in base]
-        ties_passes = 3 + sum(s for s, p in zip(sizes, partial) if p) / n
+        # TIES per tensor (task_merge_kernels.cpp): the window (its sample's fraction + 1
+        # pass) from 2^21 elements on, else 2 radix passes (+ 1 for partly kept ties);
+        # then the fused pass.
+        ties_passes = 1 + sum((1 + min(2 ** 19, s // 16) / s) * s if s >= 2 ** 21 else (2 + p) * s
+                              for s, p in zip(sizes, partial)) / n
         select = 4 if dtype == torch.float64 else 2  # radix passes over 64- or 32-bit keys
         passes = {"task_arithmetic": 1.0, "ties": ties_passes, "dare_linear": 2.0, "dare_ties": 2.0,
                   "pcb": 2 * select + 1.0}

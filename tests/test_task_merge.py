@@ -1268,3 +1268,110 @@ def test_triton_compiles_for_gpu_without_fma():
     if run.returncode and "ptxas" in run.stderr and "assert" not in run.stderr:
         pytest.skip(f"no CUDA toolchain for Triton here: {run.stderr.strip().splitlines()[-1]}")
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------
+# The C++ TIES thresholds by candidate window (task_merge_kernels.cpp): a sample
+# of each model's keys picks a window around its k-th largest; one pass counts and
+# keeps the keys inside it; where the window misses (or its candidates would not
+# fit), the radix passes select instead. Both paths must equal the reference bit
+# for bit; M2N2_TIES_SELECT=window makes a fallback an error, so each case also
+# asserts which path ran. Units of >= 2^21 elements: smaller ones skip the window.
+# ---------------------------------------------------------------------------
+
+WINDOW_N = 1 << 21
+
+
+def window_case(kind, dtype, n=WINDOW_N, K=3, seed=0):
+    """A base and K models whose deltas follow `kind`."""
+    g = torch.Generator().manual_seed(seed)
+    base = (torch.randn(n, generator=g) * 0.02).to(dtype)
+    models = []
+    for k in range(K):
+        if kind == "normal":  # the benchmark's: N(0, 0.001^2) deltas
+            d = torch.randn(n, generator=g) * 1e-3
+        elif kind == "equal":  # every |d| equal: the threshold's ties are the whole unit
+            d = (torch.randint(0, 2, (n,), generator=g) * 2 - 1) * 2.0 ** -8
+        elif kind == "gap":  # 25% near 1, the rest near 1e-3: the 0.2 quantile inside the top cluster's spread,
+            top = torch.rand(n, generator=g) < 0.25  # density 0.25 exactly at the gap
+            d = torch.where(top, 1 + torch.rand(n, generator=g), 1e-3 * torch.rand(n, generator=g))
+        elif kind == "grid":  # 7 magnitudes: many ties at the threshold
+            d = torch.randint(-3, 4, (n,), generator=g) * 2.0 ** -6
+        elif kind == "aliased":  # large deltas only where the deterministic sample does not look
+            i = torch.arange(n)
+            d = torch.where(i % 128 < 32, 1.0 + torch.rand(n, generator=g), 1e-3 * torch.rand(n, generator=g))
+        else:
+            raise ValueError(kind)
+        models.append((base.double() + d.double()).to(dtype))
+    return base, models
+
+
+def ties_by(select, monkeypatch, base, models, **kw):
+    monkeypatch.setenv("M2N2_TIES_SELECT", select)
+    return task_merge(base, models, [0.5, 1.0, -0.25][:len(models)], backend="cpp", sparsify="magnitude",
+                      consensus="sum", normalize=True, lam=0.7, **kw)
+
+
+@pytest.mark.parametrize("kind,dtype,density,rescale,path", [
+    ("normal", torch.float32, 0.2, None, "window"),
+    ("normal", torch.bfloat16, 0.2, None, "window"),  # bf16 deltas tie at lo and hi: few keys inside
+    ("normal", torch.float16, 0.2, None, "radix"),  # 2^21: K = 3 windows of 2-byte inputs exceed the memory cap
+    ("normal", torch.float64, 0.2, None, "window"),
+    ("normal", torch.bfloat16, 0.2, "l1", "window"),
+    ("normal", torch.float32, 1 / WINDOW_N, None, "window"),  # k = 1
+    ("normal", torch.float32, 0.999, None, "window"),
+    ("normal", torch.float32, 1.0, None, "window"),  # every element kept: nothing to select
+    ("equal", torch.float32, 0.2, None, "window"),
+    ("equal", torch.bfloat16, 0.5, "l1", "window"),
+    ("gap", torch.float32, 0.25, None, "window"),
+    ("gap", torch.float32, 0.2, None, "window"),
+    ("grid", torch.bfloat16, 0.3, None, "window"),
+    ("grid", torch.float32, 0.1, "l1", "window"),
+    ("aliased", torch.float32, 0.2, None, "radix"),
+    ("aliased", torch.bfloat16, 0.2, "l1", "radix"),
+])
+def test_cpp_ties_window_equals_reference(monkeypatch, kind, dtype, density, rescale, path):
+    base, models = window_case(kind, dtype)
+    want = task_merge(base, models, [0.5, 1.0, -0.25], backend="torch", sparsify="magnitude", density=density,
+                      consensus="sum", rescale=rescale, normalize=True, lam=0.7)
+    got = ties_by("auto", monkeypatch, base, models, density=density, rescale=rescale)
+    radix = ties_by("radix", monkeypatch, base, models, density=density, rescale=rescale)
+    if dtype == torch.float64 and rescale == "l1":
+        torch.testing.assert_close(got, want, rtol=4e-16, atol=0)
+    else:
+        assert torch.equal(got, want), (got != want).sum()
+    assert torch.equal(got, radix)
+    if path == "window":  # the window selected every threshold
+        ties_by("window", monkeypatch, base, models, density=density, rescale=rescale)
+    else:  # the window missed: the radix passes selected
+        with pytest.raises(RuntimeError, match="needed the radix passes"):
+            ties_by("window", monkeypatch, base, models, density=density, rescale=rescale)
+
+
+def test_cpp_ties_window_global_scope_and_small_units(monkeypatch):
+    """A global unit over several tensors (chunks of different tensors, ties kept in
+    flat index order across them) takes the window; per-tensor units below 2^21
+    elements take the radix passes; both equal the reference."""
+    b1, m1 = window_case("grid", torch.bfloat16, n=WINDOW_N - 1000, seed=1)
+    b2, m2 = window_case("normal", torch.bfloat16, n=3000, seed=2)
+    base = [b1, b2.reshape(30, 100)]
+    models = [[x, y.reshape(30, 100)] for x, y in zip(m1, m2)]
+    for scope, path in (("global", "window"), ("tensor", "radix")):
+        kw = dict(density=0.3, scope=scope)
+        want = task_merge(base, models, [0.5, 1.0, -0.25], backend="torch", sparsify="magnitude", consensus="sum",
+                          normalize=True, lam=0.7, **kw)
+        got = ties_by("auto", monkeypatch, base, models, **kw)
+        for x, y in zip(got, want):
+            assert torch.equal(x, y), scope
+        if path == "window":
+            ties_by("window", monkeypatch, base, models, **kw)
+        else:
+            with pytest.raises(RuntimeError, match="needed the radix passes"):
+                ties_by("window", monkeypatch, base, models, **kw)
+
+
+def test_cpp_ties_select_env_checked(monkeypatch):
+    base, models = window_case("normal", torch.float32, n=100)
+    monkeypatch.setenv("M2N2_TIES_SELECT", "fast")
+    with pytest.raises(ValueError, match="M2N2_TIES_SELECT"):
+        task_merge(base, models, [1.0, 1.0, 1.0], backend="cpp", sparsify="magnitude", density=0.5)

@@ -1,6 +1,7 @@
 // Exact order statistics without sorting (torch-free): radix selection over the bits
 // of unsigned ordering keys, shared by the CPU merge kernels (TIES thresholds in
-// task_merge_kernels.cpp; PCB's clamp bounds and drop thresholds in pcb_kernels.cpp).
+// task_merge_kernels.cpp, over all keys or over a candidate window's keys; PCB's
+// clamp bounds and drop thresholds in pcb_kernels.cpp).
 //
 // Each pass histograms one 16-bit digit of the keys of every source (a model) whose
 // targets are still open, over all chunks at once (OpenMP, one histogram per thread);

@@ -1,4 +1,4 @@
-// CPU task-vector merges: radix selection, statistics and the fused pass.
+// CPU task-vector merges: candidate-window and radix selection, statistics and the fused pass.
 #include "task_merge_kernels.h"
 
 #include <omp.h>
@@ -8,7 +8,12 @@
 #include "radix_select.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
 
 
 namespace m2n2::cpu {
@@ -31,6 +36,7 @@ struct ModelPlan {
   uint64_t threshold = 0;  // magnitude: the key of the k-th largest |d|
   int64_t need = 0;        // magnitude: ties at the threshold to keep (lowest index first)
   bool partial_ties = false;
+  bool ties_known = false;  // tie_start already filled (by the candidate window)
   uint32_t dare_threshold = 0;  // random: keep iff draw24 < this
   double scale = 1.0;
   std::vector<int64_t> tie_start;  // per chunk: ties at the threshold before it (partial ties only)
@@ -185,10 +191,11 @@ void magnitude_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector
 // that is fewer than all of them. Count as in radix_select.
 template <class Key, class Count>
 void select_thresholds(const std::vector<TaskTensor>& ts, const std::vector<Chunk>& chunks,
-                       std::vector<ModelPlan>& plans, const std::vector<int64_t>& keep, int64_t n) {
+                       std::vector<ModelPlan>& plans, const std::vector<int64_t>& keep, int64_t n,
+                       const std::vector<char>& selected) {
   std::vector<RadixTarget> targets;
   for (int k = 0; k < int(plans.size()); ++k) {
-    if (plans[k].keep_all || plans[k].keep_none) continue;
+    if (plans[k].keep_all || plans[k].keep_none || selected[size_t(k)]) continue;
     RadixTarget target;
     target.source = k;
     target.rank = n - keep[k];
@@ -205,6 +212,347 @@ void select_thresholds(const std::vector<TaskTensor>& ts, const std::vector<Chun
     p.threshold = target.key;
     p.need = keep[size_t(target.source)] - above;
     p.partial_ties = p.need < target.equal;
+  }
+}
+
+// ---- candidate-window selection ----------------------------------------------------
+//
+// The radix passes scatter every key into a 2^16-bin histogram (about 1 ns a key, the
+// cost of TIES on CPU). Instead, a small deterministic sample of each model's keys
+// estimates its k-th largest key and a window [lo, hi] around it, kSampleSigmas
+// standard deviations of the sample quantile wide on either side; ONE pass over the
+// unit (all models) then counts, per chunk, the keys > hi, == hi and == lo with
+// vectorised compares and copies the few keys strictly inside (lo, hi) into
+// per-thread candidate buffers, in chunk order. The exact threshold follows from the
+// counts or from radix selection over the candidates only (radix_select.h on each
+// chunk's candidate segment: ~1% of the keys, left in place), and the per-chunk ties
+// at it (the lowest-index-first rule) from the per-chunk counts or the candidates'
+// chunk segments, so the statistics pass is not needed for the ties. A model whose
+// window misses its k-th key (or whose candidates overflow the cap) falls back to the
+// radix passes over all keys: the threshold is exact either way, so the result is the
+// same; only the time differs. Keys equal to lo or hi are counted rather than stored,
+// so a heavily tied value (bf16 deltas) at an end of the window costs no memory.
+// Passes over the inputs: the sample's fraction + 1, against 2 radix passes (+ 1
+// statistics pass for partly kept ties) before.
+
+constexpr int64_t kWindowMinN = int64_t(1) << 21;  // smaller units: radix (the sample would be a large part)
+// The window's width in ranks is ~ 2 kSampleSigmas sqrt(q (1 - q) / m) n for a sample
+// of m keys: 2^19 keys (3% of a 4096 x 4096 unit, n / 16 at most) keep it near 0.45%
+// of n for q = 0.8, so that K = 3 models' candidates stay under the memory cap below
+// even for 2-byte inputs in units of 2^24 elements and more. kSampleSigmas = 4: an
+// i.i.d. unit misses with probability ~6e-5 per model (then radix, same result).
+constexpr int64_t kSampleBlock = 8;                 // contiguous elements per sample block
+constexpr int64_t kSampleKeys = int64_t(1) << 19;   // sampled keys per model, at most
+constexpr double kSampleSigmas = 4.0;
+// Candidate memory cap, as a fraction of the unit's input bytes (base + K models).
+constexpr double kWindowMemory = 0.01;
+
+// M2N2_TIES_SELECT: unset or "auto" (window, radix where it misses), "radix" (the
+// radix passes only: the A/B baseline), "window" (as auto, but a model that needs the
+// radix passes is an error: lets tests assert which path ran).
+enum class SelectMode : int { kAuto, kRadix, kWindowStrict };
+
+SelectMode select_mode() {
+  const char* v = std::getenv("M2N2_TIES_SELECT");
+  if (v == nullptr || std::strcmp(v, "") == 0 || std::strcmp(v, "auto") == 0) return SelectMode::kAuto;
+  if (std::strcmp(v, "radix") == 0) return SelectMode::kRadix;
+  if (std::strcmp(v, "window") == 0) return SelectMode::kWindowStrict;
+  throw std::invalid_argument("M2N2_TIES_SELECT must be auto, radix or window");
+}
+
+// Counts over a tile against the window, and flags[j] = lo < key < hi (the keys to
+// store). int counters: a tile holds at most kTile keys.
+template <class Key>
+M2N2_HD void window_tile(const Key* keys, int64_t len, Key lo, Key hi, uint8_t* flags, int* gt, int* eq_hi,
+                         int* eq_lo, int* mid) {
+  int g = 0, eh = 0, el = 0, md = 0;
+#pragma omp simd reduction(+ : g, eh, el, md)
+  for (int64_t j = 0; j < len; ++j) {
+    const Key key = keys[j];
+    const int in = (key > lo) & (key < hi);
+    flags[j] = uint8_t(in);
+    g += key > hi ? 1 : 0;
+    eh += key == hi ? 1 : 0;
+    el += key == lo ? 1 : 0;
+    md += in;
+  }
+  *gt = g;
+  *eq_hi = eh;
+  *eq_lo = el;
+  *mid = md;
+}
+
+M2N2_CLONES void window_tile_k(const uint32_t* keys, int64_t len, uint32_t lo, uint32_t hi, uint8_t* flags, int* gt,
+                               int* eq_hi, int* eq_lo, int* mid) {
+  window_tile<uint32_t>(keys, len, lo, hi, flags, gt, eq_hi, eq_lo, mid);
+}
+M2N2_CLONES void window_tile_k(const uint64_t* keys, int64_t len, uint64_t lo, uint64_t hi, uint8_t* flags, int* gt,
+                               int* eq_hi, int* eq_lo, int* mid) {
+  window_tile<uint64_t>(keys, len, lo, hi, flags, gt, eq_hi, eq_lo, mid);
+}
+
+// One model's window and candidate buffer (per thread: cap_per_thread keys each).
+template <class Key>
+struct ModelWindow {
+  int model = 0;
+  Key lo = 0, hi = 0;
+  int64_t cap_per_thread = 0;
+  std::unique_ptr<Key[]> buf;  // threads x cap_per_thread, uninitialised: pages fault in as used
+};
+
+// Per (chunk, window) counts of the candidate pass.
+struct WindowCounts {
+  int64_t gt_hi = 0, eq_hi = 0, eq_lo = 0, mid = 0;
+  int64_t start = 0;  // where the chunk's candidates start in its thread's buffer
+  int thread = 0;
+};
+
+// The sample: kSampleKeys / kSampleBlock blocks of contiguous elements, block j
+// centred on unit index (j + 1/2) n / blocks (a block is cut at its chunk's end).
+template <class Key>
+std::vector<Key> sample_keys(const std::vector<TaskTensor>& ts, const std::vector<Chunk>& chunks, int k, int64_t n) {
+  const int64_t blocks = std::min(kSampleKeys, n / 16) / kSampleBlock;
+  std::vector<Key> out;
+  out.reserve(size_t(kSampleKeys));
+  size_t ci = 0;
+  for (int64_t j = 0; j < blocks; ++j) {
+    const int64_t centre = int64_t((double(j) + 0.5) * double(n) / double(blocks));
+    const int64_t start = std::clamp<int64_t>(centre - kSampleBlock / 2, 0, n - kSampleBlock);
+    while (ci + 1 < chunks.size() && chunks[ci + 1].flat <= start) ++ci;  // starts ascend with j
+    const Chunk& c = chunks[ci];
+    const TaskTensor& t = ts[size_t(c.tensor)];
+    const int64_t i0 = c.begin + (start - c.flat);
+    const int64_t i1 = std::min(c.end, i0 + kSampleBlock);
+    with_storage_type(t.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      const T* base = static_cast<const T*>(t.base);
+      const T* m = model_ptr<T>(t, k);
+      for (int64_t i = i0; i < i1; ++i) out.push_back(key_of<Key>(to_compute(m[i]) - to_compute(base[i])));
+    });
+  }
+  return out;
+}
+
+template <class T, class Key>
+void window_chunk(const TaskTensor& t, const Chunk& c, std::vector<ModelWindow<Key>>& wins, int thread,
+                  int64_t budget, std::atomic<int64_t>& total_used, int64_t* used, char* overflow,
+                  WindowCounts* counts) {
+  const T* base = static_cast<const T*>(t.base);
+  alignas(64) compute_t<T> b[kTile];
+  alignas(64) Key keys[kTile];
+  alignas(64) uint8_t flags[kTile];
+  const size_t A = wins.size();
+  for (size_t a = 0; a < A; ++a) {
+    counts[a] = WindowCounts{};
+    counts[a].start = used[a];
+    counts[a].thread = thread;
+  }
+  for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
+    const int64_t len = std::min(kTile, c.end - t0);
+    to_compute_tile_k(base + t0, len, b);
+    for (size_t a = 0; a < A; ++a) {
+      ModelWindow<Key>& w = wins[a];
+      keys_tile_k(model_ptr<T>(t, w.model) + t0, b, len, keys);
+      int gt, eh, el, md;
+      window_tile_k(keys, len, w.lo, w.hi, flags, &gt, &eh, &el, &md);
+      WindowCounts& wc = counts[a];
+      wc.gt_hi += gt;
+      wc.eq_hi += eh;
+      wc.eq_lo += el;
+      wc.mid += md;
+      if (md == 0 || overflow[a]) continue;
+      if (used[a] + md > w.cap_per_thread) {
+        overflow[a] = 1;  // this model falls back to radix; its counts are then unused
+        continue;
+      }
+      if (total_used.fetch_add(md, std::memory_order_relaxed) + md > budget) {
+        total_used.fetch_sub(md, std::memory_order_relaxed);  // not stored: leave the room to others
+        overflow[a] = 1;
+        continue;
+      }
+      // The flags are sparse (the window holds ~1% of the keys): skip 8 at a time.
+      Key* dst = w.buf.get() + int64_t(thread) * w.cap_per_thread + used[a];
+      int64_t j = 0;
+      for (; j + 8 <= len; j += 8) {
+        uint64_t word;
+        std::memcpy(&word, flags + j, 8);
+        while (word != 0) {
+          *dst++ = keys[j + (__builtin_ctzll(word) >> 3)];
+          word &= word - 1;
+        }
+      }
+      for (; j < len; ++j) {
+        if (flags[j]) *dst++ = keys[j];
+      }
+      used[a] += md;
+    }
+  }
+}
+
+// Selects the thresholds of the partly keeping models by candidate windows where it
+// can; marks them in `selected` (the rest go to radix). Fills tie_start where a
+// model keeps part of its ties.
+template <class Key>
+void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vector<Chunk>& chunks,
+                              std::vector<ModelPlan>& plans, const std::vector<int64_t>& keep, int64_t n,
+                              std::vector<char>& selected) {
+  if (n < kWindowMinN) return;
+  const int threads = omp_get_max_threads();
+  const int64_t nchunks = int64_t(chunks.size());
+  int64_t input_bytes = 0;
+  for (const TaskTensor& t : ts) input_bytes += int64_t(plans.size() + 1) * t.numel * dtype_bytes(t.dtype);
+  // The cap on the candidates of all models and threads together (one atomic count,
+  // so that a thread whose chunks hold more of the window than others may use the
+  // room they leave). Each model's buffer is reserved per thread for twice its
+  // expected candidates but left untouched (uninitialised): only the pages written
+  // count, and this cap bounds them.
+  const int64_t budget = int64_t(kWindowMemory * double(input_bytes)) / int64_t(sizeof(Key));
+
+  int64_t budget_left = budget;
+  std::vector<ModelWindow<Key>> wins;
+  for (int k = 0; k < int(plans.size()); ++k) {
+    const ModelPlan& p = plans[k];
+    if (p.keep_all || p.keep_none) continue;
+    std::vector<Key> s = sample_keys<Key>(ts, chunks, k, n);
+    const int64_t m = int64_t(s.size());
+    const double q = double(n - keep[k]) / double(n);  // ascending rank of the k-th largest, as a fraction
+    const double margin = kSampleSigmas * std::sqrt(double(m) * q * (1.0 - q)) + 2.0;
+    const int64_t lo_i = int64_t(std::floor(q * double(m) - margin));
+    const int64_t hi_i = int64_t(std::ceil(q * double(m) + margin));
+    ModelWindow<Key> w;
+    w.model = k;
+    w.lo = 0;
+    w.hi = ~Key(0);
+    if (lo_i >= 0) {
+      std::nth_element(s.begin(), s.begin() + lo_i, s.end());
+      w.lo = s[size_t(lo_i)];
+    }
+    if (hi_i < m) {
+      std::nth_element(s.begin() + std::max<int64_t>(lo_i + 1, 0), s.begin() + hi_i, s.end());
+      w.hi = s[size_t(hi_i)];
+    }
+    // The sample's share strictly inside (lo, hi): what the pass will store (keys equal
+    // to lo or hi are only counted, which matters where 2-byte deltas tie heavily).
+    // After the two nth_elements, those keys lie between positions lo_i and hi_i.
+    int64_t inside = 0;
+    for (int64_t j = std::max<int64_t>(lo_i + 1, 0); j < std::min(hi_i, m); ++j) {
+      inside += (s[size_t(j)] > w.lo && s[size_t(j)] < w.hi) ? 1 : 0;
+    }
+    const double expect = double(inside) / double(m);
+    // Expected candidates beyond what is left of the cap: this model's window would
+    // likely overflow and waste its share of the pass; radix selects it instead.
+    const int64_t expected = int64_t(1.1 * expect * double(n));
+    if (expected > budget_left) continue;
+    budget_left -= expected;
+    w.cap_per_thread = std::min(budget, int64_t(2.0 * expect * double(n))) + 2 * kTile;
+    w.buf.reset(new Key[size_t(w.cap_per_thread * threads)]);
+    wins.push_back(std::move(w));
+  }
+  if (wins.empty()) return;
+  const size_t A = wins.size();
+
+  std::vector<WindowCounts> counts(size_t(nchunks) * A);
+  std::vector<int64_t> used(size_t(threads) * A, 0);
+  std::atomic<int64_t> total_used{0};
+  std::vector<char> overflow(size_t(threads) * A, 0);
+#pragma omp parallel for schedule(static) if (nchunks > 1)
+  for (int64_t i = 0; i < nchunks; ++i) {
+    const int th = omp_get_thread_num();
+    const Chunk& c = chunks[size_t(i)];
+    const TaskTensor& t = ts[size_t(c.tensor)];
+    with_storage_type(t.dtype, [&](auto tag) {
+      window_chunk<decltype(tag), Key>(t, c, wins, th, budget, total_used, used.data() + size_t(th) * A,
+                                       overflow.data() + size_t(th) * A, counts.data() + size_t(i) * A);
+    });
+  }
+
+  // Where each model's kk-th largest key lies: above the window (missed), at hi,
+  // strictly inside, at lo, or below it (missed).
+  enum Where : int { kMiss, kHi, kMid, kLo };
+  std::vector<Where> where(A, kMiss);
+  std::vector<int64_t> above_window(A, 0);  // keys > hi, plus those == hi when inside
+  std::vector<RadixTarget> targets;          // source: index into wins
+  for (size_t a = 0; a < A; ++a) {
+    const ModelWindow<Key>& w = wins[a];
+    ModelPlan& p = plans[size_t(w.model)];
+    bool over = false;
+    for (int th = 0; th < threads; ++th) over |= overflow[size_t(th) * A + a] != 0;
+    if (over) continue;
+    int64_t gt = 0, eh = 0, el = 0, md = 0;
+    for (int64_t i = 0; i < nchunks; ++i) {
+      const WindowCounts& wc = counts[size_t(i) * A + a];
+      gt += wc.gt_hi;
+      eh += wc.eq_hi;
+      el += wc.eq_lo;
+      md += wc.mid;
+    }
+    if (w.lo == w.hi) el = 0;  // the same keys as eq_hi
+    const int64_t kk = keep[size_t(w.model)];
+    if (kk <= gt) continue;
+    if (kk <= gt + eh) {
+      where[a] = kHi;
+      p.threshold = w.hi;
+      p.need = kk - gt;
+      p.partial_ties = p.need < eh;
+    } else if (kk <= gt + eh + md) {
+      where[a] = kMid;
+      above_window[a] = gt + eh;
+      RadixTarget target;
+      target.source = int(a);
+      target.rank = md - (kk - gt - eh);  // ascending, among the candidates
+      targets.push_back(target);
+    } else if (kk <= gt + eh + md + el) {
+      where[a] = kLo;
+      p.threshold = w.lo;
+      p.need = kk - (gt + eh + md);
+      p.partial_ties = p.need < el;
+    }
+  }
+  // The candidates' exact order statistics: radix selection over the candidates only
+  // (~1% of the keys), each chunk's segment in place (their chunk order is kept for
+  // the ties below).
+  if (!targets.empty()) {
+    radix_select<Key, uint32_t>(nchunks, targets, [&](int64_t i, const std::vector<int>& sources, auto&& sink) {
+      for (size_t s = 0; s < sources.size(); ++s) {
+        const size_t a = size_t(sources[s]);
+        const WindowCounts& wc = counts[size_t(i) * A + a];
+        if (wc.mid > 0) sink(int(s), wins[a].buf.get() + int64_t(wc.thread) * wins[a].cap_per_thread + wc.start, wc.mid);
+      }
+    });
+    for (const RadixTarget& target : targets) {
+      const size_t a = size_t(target.source);
+      ModelPlan& p = plans[size_t(wins[a].model)];
+      int64_t md = 0;
+      for (int64_t i = 0; i < nchunks; ++i) md += counts[size_t(i) * A + a].mid;
+      p.threshold = target.key;
+      p.need = keep[size_t(wins[a].model)] - (above_window[a] + md - target.below - target.equal);
+      p.partial_ties = p.need < target.equal;
+    }
+  }
+  for (size_t a = 0; a < A; ++a) {
+    if (where[a] == kMiss) continue;
+    const ModelWindow<Key>& w = wins[a];
+    ModelPlan& p = plans[size_t(w.model)];
+    selected[size_t(w.model)] = 1;
+    if (!p.partial_ties) continue;
+    // The ties at the threshold before each chunk, in chunk order: what the statistics
+    // pass would count.
+    p.tie_start.resize(size_t(nchunks));
+    int64_t ties = 0;
+    for (int64_t i = 0; i < nchunks; ++i) {
+      const WindowCounts& wc = counts[size_t(i) * A + a];
+      p.tie_start[size_t(i)] = ties;
+      if (where[a] == kHi) {
+        ties += wc.eq_hi;
+      } else if (where[a] == kLo) {
+        ties += wc.eq_lo;
+      } else {
+        const Key* from = w.buf.get() + int64_t(wc.thread) * w.cap_per_thread + wc.start;
+        const Key t = Key(p.threshold);
+        for (int64_t j = 0; j < wc.mid; ++j) ties += from[j] == t ? 1 : 0;
+      }
+    }
+    p.ties_known = true;
   }
 }
 
@@ -230,7 +578,7 @@ void stats_chunk(const TaskTensor& t, const Chunk& c, const std::vector<ModelPla
     to_compute_tile_k(base + t0, len, b);
     for (int k = 0; k < K; ++k) {
       const ModelPlan& p = plans[k];
-      if (p.keep_all || p.keep_none || !(l1 || p.partial_ties)) continue;
+      if (p.keep_all || p.keep_none || !(l1 || (p.partial_ties && !p.ties_known))) continue;
       if (!l1) {  // only the ties at the threshold: integer keys, no fp64 sums
         keys_tile_k(model_ptr<T>(t, k) + t0, b, len, keys);
         int64_t ties = 0;
@@ -463,7 +811,7 @@ int64_t keep_count(double rho, int64_t n) {
 }
 
 template <class Key>
-void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg) {
+void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg, SelectMode mode) {
   std::vector<Chunk> chunks;
   int64_t n = 0;
   for (int64_t p = 0; p < int64_t(ts.size()); ++p) {
@@ -492,17 +840,24 @@ void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg) {
     if (cfg.rescale == Rescale::kDensity && !p.keep_all && !p.keep_none) p.scale = 1.0 / rho;
   }
   if (cfg.sparsify == Sparsify::kMagnitude) {
+    std::vector<char> selected(size_t(K), 0);
+    if (mode != SelectMode::kRadix) select_thresholds_window<Key>(ts, chunks, plans, keep, n, selected);
+    for (int k = 0; k < K; ++k) {
+      if (mode == SelectMode::kWindowStrict && !selected[size_t(k)] && !plans[k].keep_all && !plans[k].keep_none) {
+        throw std::runtime_error("M2N2_TIES_SELECT=window: a TIES threshold needed the radix passes");
+      }
+    }
     if (n < (int64_t(1) << 32)) {
-      select_thresholds<Key, uint32_t>(ts, chunks, plans, keep, n);
+      select_thresholds<Key, uint32_t>(ts, chunks, plans, keep, n, selected);
     } else {
-      select_thresholds<Key, uint64_t>(ts, chunks, plans, keep, n);
+      select_thresholds<Key, uint64_t>(ts, chunks, plans, keep, n, selected);
     }
   }
 
   const bool l1 = cfg.rescale == Rescale::kL1;
   bool need_stats = false;
   for (const ModelPlan& p : plans) {
-    need_stats |= !p.keep_all && !p.keep_none && (l1 || p.partial_ties);
+    need_stats |= !p.keep_all && !p.keep_none && (l1 || (p.partial_ties && !p.ties_known));
   }
   if (need_stats) {
     std::vector<ChunkStats> stats(static_cast<size_t>(nchunks));
@@ -523,11 +878,12 @@ void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg) {
       if (p.keep_all || p.keep_none) continue;
       double abs_sum = 0.0, kept_sum = 0.0;
       int64_t ties = 0;
-      if (p.partial_ties) p.tie_start.resize(static_cast<size_t>(nchunks));
+      const bool fill_ties = p.partial_ties && !p.ties_known;
+      if (fill_ties) p.tie_start.resize(static_cast<size_t>(nchunks));
       for (int64_t i = 0; i < nchunks; ++i) {  // chunk order: independent of the threads
         abs_sum += stats[i].abs_sum[k];
         kept_sum += stats[i].kept_sum[k];
-        if (p.partial_ties) p.tie_start[i] = ties;
+        if (fill_ties) p.tie_start[i] = ties;
         ties += stats[i].ties[k];
       }
       if (cfg.sparsify == Sparsify::kMagnitude) {
@@ -549,23 +905,24 @@ void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg) {
   }
 }
 
-void merge_unit_any(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg) {
+void merge_unit_any(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg, SelectMode mode) {
   const bool wide = std::any_of(ts.begin(), ts.end(), [](const TaskTensor& t) { return t.dtype == Dtype::kDouble; });
   if (wide) {
-    merge_unit<uint64_t>(ts, cfg);
+    merge_unit<uint64_t>(ts, cfg, mode);
   } else {
-    merge_unit<uint32_t>(ts, cfg);
+    merge_unit<uint32_t>(ts, cfg, mode);
   }
 }
 
 }  // namespace
 
 void task_merge(const std::vector<TaskTensor>& tensors, const TaskMergeConfig& config) {
+  const SelectMode mode = select_mode();
   if (config.global_scope) {
-    merge_unit_any(tensors, config);
+    merge_unit_any(tensors, config, mode);
     return;
   }
-  for (const TaskTensor& t : tensors) merge_unit_any({t}, config);
+  for (const TaskTensor& t : tensors) merge_unit_any({t}, config, mode);
 }
 
 }  // namespace m2n2::cpu

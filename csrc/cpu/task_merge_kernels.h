@@ -1,9 +1,12 @@
 // CPU task-vector merges (task arithmetic, TIES, DARE) on raw pointers (torch-free).
 //
 // A few streaming passes per unit (a tensor, or the whole list with a global scope):
-// TIES' thresholds by radix selection over the bits of |d| (16 bits per pass, all K
-// models in each pass), a statistics pass where a rescale or a partly kept tie needs
-// it, then one fused pass that masks, elects signs, mixes and writes. Work is cut into
+// TIES' thresholds by a candidate window (a sample, then one pass that counts and
+// keeps the keys near each model's threshold; units of >= 2^21 elements) or, where
+// the window misses or the unit is small, radix selection over the bits of |d| (16
+// bits per pass, all K models in each pass); a statistics pass where an l1 rescale,
+// or a partly kept tie the window did not count, needs it; then one fused pass that
+// masks, elects signs, mixes and writes. Work is cut into
 // chunks whose boundaries do not depend on the thread count; counts are integers and
 // fp64 sums are combined in chunk order, so results do not depend on the threads.
 #pragma once
