@@ -141,8 +141,7 @@ def load_sharded(evo, folder, *, expect_extra=None):
     with torch.no_grad():
         for q, path in enumerate(metas):
             old = ShardLayout(layout.params, old_world, q)
-            runs = [(0, 0, layout.n_local)] if old_world == comm.world and q == comm.rank else (
-                layout.overlaps(old) if old_world != comm.world else [])
+            runs = layout.overlaps(old)  # on as many ranks as before: our own file, piece by piece
             if not runs:
                 continue
             with safe_open(path, framework="pt") as f:

@@ -104,22 +104,22 @@ class ShardedEvolution(Evolution):
         seed = step_seed(cfg.seed, self.step_count)
         first, second, split, w = (t.tolist() for t in (first, second, split, w))
         offsets = layout.global_offsets
+        parents = [(layout.views(a.params[first[j]]), layout.views(a.params[second[j]])) for j in range(k)]
         sums = None
         if method == "slerp":
             if layout.pieces:
                 sums = torch.stack([
-                    mk.interp_sums(layout.views(a.params[first[j]]), layout.views(a.params[second[j]]), split[j],
-                                   index_offsets=offsets, backend=self.backend)
-                    for j in range(k)
+                    mk.interp_sums(x, y, split[j], index_offsets=offsets, backend=self.backend)
+                    for j, (x, y) in enumerate(parents)
                 ])
             else:  # this rank holds none of the vector: it adds nothing
                 sums = torch.zeros(k, 2, 3, dtype=torch.float64, device=self.device)
             self.comm.all_reduce_sum(sums, "sums")
         if not layout.pieces:
             return
-        for j in range(k):
+        for j, (x, y) in enumerate(parents):
             mk.split_interpolate(
-                layout.views(a.params[first[j]]), layout.views(a.params[second[j]]), split[j], w[j],
+                x, y, split[j], w[j],
                 method=method, omega=cfg.omega, noise_std=cfg.mutation_std, seed=seed, stream=j,
                 index_offsets=offsets, sums=None if sums is None else sums[j], out=layout.views(a.children[j]),
                 backend=self.backend,
