@@ -241,7 +241,7 @@ constexpr int64_t kWindowMinN = int64_t(1) << 21;  // smaller units: radix (the 
 // of n for q = 0.8, so that K = 3 models' candidates stay under the memory cap below
 // even for 2-byte inputs in units of 2^24 elements and more. kSampleSigmas = 4: an
 // i.i.d. unit misses with probability ~6e-5 per model (then radix, same result).
-constexpr int64_t kSampleBlock = 8;                 // contiguous elements per sample block
+constexpr int64_t kSampleBlock = 32;                // contiguous elements per sample block (one or two cache lines)
 constexpr int64_t kSampleKeys = int64_t(1) << 19;   // sampled keys per model, at most
 constexpr double kSampleSigmas = 4.0;
 // Candidate memory cap, as a fraction of the unit's input bytes (base + K models).
@@ -309,28 +309,79 @@ struct WindowCounts {
 
 // The sample: kSampleKeys / kSampleBlock blocks of contiguous elements, block j
 // centred on unit index (j + 1/2) n / blocks (a block is cut at its chunk's end).
-template <class Key>
-std::vector<Key> sample_keys(const std::vector<TaskTensor>& ts, const std::vector<Chunk>& chunks, int k, int64_t n) {
+// Where block j's keys go in the sample is fixed before any is read, so the blocks
+// are read in parallel and the sample does not depend on the threads.
+struct SampleBlock {
+  int64_t tensor, i0, i1;  // elements [i0, i1) of position `tensor`
+  int64_t at;              // index of its first key in the sample
+};
+
+inline std::vector<SampleBlock> sample_blocks(const std::vector<Chunk>& chunks, int64_t n) {
   const int64_t blocks = std::min(kSampleKeys, n / 16) / kSampleBlock;
-  std::vector<Key> out;
-  out.reserve(size_t(kSampleKeys));
+  std::vector<SampleBlock> out;
+  out.reserve(size_t(blocks));
   size_t ci = 0;
+  int64_t at = 0;
   for (int64_t j = 0; j < blocks; ++j) {
     const int64_t centre = int64_t((double(j) + 0.5) * double(n) / double(blocks));
-    const int64_t start = std::clamp<int64_t>(centre - kSampleBlock / 2, 0, n - kSampleBlock);
+    const int64_t aligned = (centre - kSampleBlock / 2) / kSampleBlock * kSampleBlock;
+    const int64_t start = std::clamp<int64_t>(aligned, 0, n - kSampleBlock);
     while (ci + 1 < chunks.size() && chunks[ci + 1].flat <= start) ++ci;  // starts ascend with j
     const Chunk& c = chunks[ci];
-    const TaskTensor& t = ts[size_t(c.tensor)];
     const int64_t i0 = c.begin + (start - c.flat);
     const int64_t i1 = std::min(c.end, i0 + kSampleBlock);
+    out.push_back({c.tensor, i0, i1, at});
+    at += i1 - i0;
+  }
+  return out;
+}
+
+// One model's sample, its blocks read in parallel. A block is one or two cache lines
+// of the model and of the base, so the read costs the lines the blocks touch, not the
+// keys they hold: blocks of kSampleBlock elements aligned to a multiple of it.
+template <class Key>
+std::vector<Key> sample_keys(const std::vector<TaskTensor>& ts, const std::vector<SampleBlock>& blocks, int k) {
+  const int64_t m = blocks.empty() ? 0 : blocks.back().at + (blocks.back().i1 - blocks.back().i0);
+  std::vector<Key> out(static_cast<size_t>(m));
+  const int64_t nblocks = int64_t(blocks.size());
+#pragma omp parallel for schedule(static) if (nblocks > 1)
+  for (int64_t j = 0; j < nblocks; ++j) {
+    const SampleBlock& blk = blocks[size_t(j)];
+    const TaskTensor& t = ts[size_t(blk.tensor)];
     with_storage_type(t.dtype, [&](auto tag) {
       using T = decltype(tag);
       const T* base = static_cast<const T*>(t.base);
-      const T* m = model_ptr<T>(t, k);
-      for (int64_t i = i0; i < i1; ++i) out.push_back(key_of<Key>(to_compute(m[i]) - to_compute(base[i])));
+      const T* mk = model_ptr<T>(t, k);
+      Key* dst = out.data() + blk.at - blk.i0;
+      for (int64_t i = blk.i0; i < blk.i1; ++i) dst[i] = key_of<Key>(to_compute(mk[i]) - to_compute(base[i]));
     });
   }
   return out;
+}
+
+// The keys of ranks lo_i and hi_i of a sample (0 and ~0 where the rank lies outside
+// it) and how many keys lie strictly between them, by radix selection over the
+// sample in pieces (in parallel, and two histogram passes where two nth_elements
+// were several serial passes).
+template <class Key>
+void sample_window(const std::vector<Key>& s, int64_t lo_i, int64_t hi_i, Key& lo, Key& hi, int64_t& inside) {
+  const int64_t m = int64_t(s.size());
+  constexpr int64_t kPieces = 16;
+  std::vector<RadixTarget> targets(2);
+  targets[0].rank = std::clamp<int64_t>(lo_i, 0, m - 1);
+  targets[1].rank = std::clamp<int64_t>(hi_i, 0, m - 1);
+  radix_select<Key, uint32_t>(kPieces, targets, [&](int64_t i, const std::vector<int>&, auto&& sink) {
+    const int64_t p0 = m * i / kPieces, p1 = m * (i + 1) / kPieces;
+    if (p1 > p0) sink(0, s.data() + p0, p1 - p0);
+  });
+  const RadixTarget &l = targets[0], &h = targets[1];
+  lo = lo_i >= 0 ? Key(l.key) : Key(0);
+  hi = hi_i < m ? Key(h.key) : ~Key(0);
+  // #(key < hi) - #(key <= lo); at the sample's ends the extreme target counts the
+  // keys equal to 0 or to ~0.
+  const int64_t below_hi = hi_i < m ? h.below : m - (Key(h.key) == hi ? h.equal : 0);
+  const int64_t upto_lo = lo_i >= 0 ? l.below + l.equal : (Key(l.key) == lo ? l.equal : 0);
+  inside = std::max<int64_t>(0, below_hi - upto_lo);
 }
 
 template <class T, class Key>
@@ -408,12 +459,13 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
   // count, and this cap bounds them.
   const int64_t budget = int64_t(kWindowMemory * double(input_bytes)) / int64_t(sizeof(Key));
 
+  const std::vector<SampleBlock> blocks = sample_blocks(chunks, n);
   int64_t budget_left = budget;
   std::vector<ModelWindow<Key>> wins;
   for (int k = 0; k < int(plans.size()); ++k) {
     const ModelPlan& p = plans[k];
     if (p.keep_all || p.keep_none) continue;
-    std::vector<Key> s = sample_keys<Key>(ts, chunks, k, n);
+    const std::vector<Key> s = sample_keys<Key>(ts, blocks, k);
     const int64_t m = int64_t(s.size());
     const double q = double(n - keep[k]) / double(n);  // ascending rank of the k-th largest, as a fraction
     const double margin = kSampleSigmas * std::sqrt(double(m) * q * (1.0 - q)) + 2.0;
@@ -421,23 +473,10 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
     const int64_t hi_i = int64_t(std::ceil(q * double(m) + margin));
     ModelWindow<Key> w;
     w.model = k;
-    w.lo = 0;
-    w.hi = ~Key(0);
-    if (lo_i >= 0) {
-      std::nth_element(s.begin(), s.begin() + lo_i, s.end());
-      w.lo = s[size_t(lo_i)];
-    }
-    if (hi_i < m) {
-      std::nth_element(s.begin() + std::max<int64_t>(lo_i + 1, 0), s.begin() + hi_i, s.end());
-      w.hi = s[size_t(hi_i)];
-    }
     // The sample's share strictly inside (lo, hi): what the pass will store (keys equal
     // to lo or hi are only counted, which matters where 2-byte deltas tie heavily).
-    // After the two nth_elements, those keys lie between positions lo_i and hi_i.
     int64_t inside = 0;
-    for (int64_t j = std::max<int64_t>(lo_i + 1, 0); j < std::min(hi_i, m); ++j) {
-      inside += (s[size_t(j)] > w.lo && s[size_t(j)] < w.hi) ? 1 : 0;
-    }
+    sample_window<Key>(s, lo_i, hi_i, w.lo, w.hi, inside);
     const double expect = double(inside) / double(m);
     // Expected candidates beyond what is left of the cap: this model's window would
     // likely overflow and waste its share of the pass; radix selects it instead.
