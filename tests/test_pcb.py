@@ -65,6 +65,29 @@ def assert_matches_reference(got, want, dtype, what="", base=None):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_cpp_large_products_take_the_full_tanh(dtype):
+    """The CPU kernel evaluates tanh(d S) by its series alone over a tile whose every
+    |d S| is below 1/8 (the common case) and by the full pcb_tanh elsewhere: tiles of
+    large deltas (|d S| up to past 22, where tanh rounds to 1), tiles of small ones
+    with one large element, a NaN-free mix at every position of a 256-element tile,
+    all equal to the reference."""
+    g = gen(7)
+    n = 5 * 256 + 77
+    base = torch.randn(n, generator=g, dtype=torch.float64)
+    spread = torch.full((n,), 0.01, dtype=torch.float64)
+    spread[256:512] = 3.0  # a tile of large deltas
+    spread[700] = 5.0  # one large delta in a tile of small ones
+    spread[1024::7] = 0.6  # a scattered mix
+    models = [(base + spread * torch.randn(n, generator=g, dtype=torch.float64)).to(dtype) for _ in range(3)]
+    base = base.to(dtype)
+    for ratio in (0.1, 0.5):
+        kw = dict(ratio=ratio, lam=1.0, scope="tensor", clamp=1e-4)
+        want = pcb_merge([base], [[m] for m in models], backend="torch", **kw)
+        got = pcb_merge([base], [[m] for m in models], backend="cpp", **kw)
+        assert_matches_reference(got, want, dtype, f"ratio {ratio}", [base])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [0, 1, 2, 7, 3001])
 @pytest.mark.parametrize("K", [1, 2, 5])
 @pytest.mark.parametrize("ratio", [1e-3, 0.1, 0.5, 1.0])

@@ -80,10 +80,11 @@ M2N2_HD double pcb_expm1(double x) {
   return two_k * p + (two_k - 1.0);
 }
 
-// tanh: the odd Taylor series below 1/8 (terms past y^17 below 1e-19 relative),
-// t / (t + 2) with t = e^{2|y|} - 1 up to 22, where tanh rounds to 1, then +-1.
-M2N2_HD double pcb_tanh(double y) {
-  const double a = y < 0.0 ? -y : y;
+// tanh below 1/8 (|y| < kPcbTanhSeriesMax): the odd Taylor series (terms past y^17
+// below 1e-19 relative); tanh(+-0) = +-0.
+constexpr double kPcbTanhSeriesMax = 0.125;
+
+M2N2_HD double pcb_tanh_series(double y) {
   const double y2 = y * y;
   double q = 6404582.0 / 10854718875.0;
   q = q * y2 - 929569.0 / 638512875.0;
@@ -93,11 +94,18 @@ M2N2_HD double pcb_tanh(double y) {
   q = q * y2 - 17.0 / 315.0;
   q = q * y2 + 2.0 / 15.0;
   q = q * y2 - 1.0 / 3.0;
-  const double series = y + y * (y2 * q);
+  return y == 0.0 ? y : y + y * (y2 * q);
+}
+
+// tanh: the series below 1/8, t / (t + 2) with t = e^{2|y|} - 1 up to 22, where tanh
+// rounds to 1, then +-1.
+M2N2_HD double pcb_tanh(double y) {
+  const double a = y < 0.0 ? -y : y;
+  const double series = pcb_tanh_series(y);
   const double t = pcb_expm1(2.0 * (a > 22.0 ? 22.0 : a));  // a NaN stays NaN
   const double ratio = t / (t + 2.0);
   const double big = a >= 22.0 ? 1.0 : ratio;
-  return a < 0.125 ? (y == 0.0 ? y : series) : (y < 0.0 ? -big : big);  // tanh(-0) = -0
+  return a < kPcbTanhSeriesMax ? series : (y < 0.0 ? -big : big);
 }
 
 // |x| by clearing the sign bit (no comparison: a loop over it vectorises).
@@ -152,18 +160,33 @@ M2N2_HD double pcb_intra(C m, const PcbRange& r, double K) {
   return pcb_exp(K * (u * u));
 }
 
-// Inter-balancing, tanh(d S) in fp64 (S: the sum of the K deltas in C).
-template <class C>
+// Inter-balancing, tanh(d S) in fp64 (S: the sum of the K deltas in C). Series: the
+// caller knows |d S| < kPcbTanhSeriesMax (pcb_inter_in_series), where pcb_tanh takes
+// the series anyway: the same bits without the other branch, which a vectorised
+// loop would compute and discard.
+template <class C, bool Series = false>
 M2N2_HD double pcb_inter(C d, C S) {
-  return pcb_tanh(double(d) * double(S));
+  const double y = double(d) * double(S);
+  if constexpr (Series) {
+    return pcb_tanh_series(y);
+  } else {
+    return pcb_tanh(y);
+  }
+}
+
+// Whether |d S| lies in the series' range (false for a NaN).
+template <class C>
+M2N2_HD bool pcb_inter_in_series(C d, C S) {
+  const double y = double(d) * double(S);
+  return (y < 0.0 ? -y : y) < kPcbTanhSeriesMax;
 }
 
 // The score g of one delta d, its magnitude clamped to [lo, hi] (r = pcb_range(lo,
-// hi)), rounded to C.
-template <class C>
+// hi)), rounded to C. Series as pcb_inter.
+template <class C, bool Series = false>
 M2N2_HD C pcb_score(C d, C S, C lo, C hi, const PcbRange& r, double K) {
   const C m = pcb_clamp_magnitude(pcb_abs(d), lo, hi);
-  return C(pcb_intra(m, r, K) * pcb_inter(d, S));
+  return C(pcb_intra(m, r, K) * pcb_inter<C, Series>(d, S));
 }
 
 // The drop-and-rescale factor of a score: (clamp(g, theta, G) - theta) / (G - theta)
