@@ -65,3 +65,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def run_native_check(tmp_path, name, flags=()):
+    """Compiles tests/native/<name>.cpp (torch-free code of csrc/ against its own
+    oracle) with the C++ compiler here and runs it: (returncode, stdout). Skips where
+    there is no compiler."""
+    import shutil
+    import subprocess
+
+    cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    exe = tmp_path / name
+    subprocess.run([cxx, "-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Werror", *flags,
+                    "-I", os.path.join(root, "csrc", "include"), "-I", os.path.join(root, "csrc"),
+                    os.path.join(root, "tests", "native", f"{name}.cpp"), "-o", str(exe)], check=True)
+    run = subprocess.run([str(exe)], capture_output=True, text=True)
+    return run.returncode, run.stdout

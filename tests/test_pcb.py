@@ -290,19 +290,10 @@ def test_bad_input(backend, case):
 def test_exp_and_tanh_accuracy(tmp_path):
     """The kernel's own fp64 exp and tanh (pcb.h), compiled here, against long double:
     within the ulp docs/semantics.md states, tanh(-0) = -0, NaN kept."""
-    import os
-    import shutil
-    import subprocess
+    from conftest import run_native_check
 
-    cxx = shutil.which(os.environ.get("CXX", "c++"))
-    if cxx is None:
-        pytest.skip("no C++ compiler")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    exe = tmp_path / "pcb_math_check"
-    subprocess.run([cxx, "-std=c++17", "-O2", "-ffp-contract=off", "-I", os.path.join(root, "csrc", "include"),
-                    os.path.join(root, "tests", "native", "pcb_math_check.cpp"), "-o", str(exe)], check=True)
-    run = subprocess.run([str(exe)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout
+    returncode, stdout = run_native_check(tmp_path, "pcb_math_check")
+    assert returncode == 0, stdout
 
 
 def test_sixty_four_models():

@@ -781,21 +781,24 @@ def test_dare_draws_avx512_equal_portable(tmp_path):
     tests/native/dare_draws_check.cpp holds it equal to the portable loop and to
     dare_draws4, bit for bit, at counters whose low word wraps (past 2^34 elements),
     which no tensor here could reach."""
-    import shutil
-    import subprocess
+    from conftest import run_native_check
 
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    exe = tmp_path / "dare_draws_check"
-    subprocess.run([cxx, "-std=c++17", "-O2", "-ffp-contract=off", "-fopenmp-simd", "-Wall", "-Werror", "-I",
-                    os.path.join(root, "csrc", "include"), "-I", os.path.join(root, "csrc"),
-                    os.path.join(root, "tests", "native", "dare_draws_check.cpp"), "-o", str(exe)], check=True)
-    run = subprocess.run([str(exe)], capture_output=True, text=True)
-    if run.returncode == 2:
-        pytest.skip(f"this CPU has no AVX-512 (the portable draws were checked): {run.stdout.strip()}")
-    assert run.returncode == 0, run.stdout
+    returncode, stdout = run_native_check(tmp_path, "dare_draws_check", ["-fopenmp-simd"])
+    if returncode == 2:
+        pytest.skip(f"this CPU has no AVX-512 (the portable draws were checked): {stdout.strip()}")
+    assert returncode == 0, stdout
+
+
+def test_radix_select_equals_sorting(tmp_path):
+    """The exact order statistics under TIES' and PCB's thresholds (radix_select.h):
+    tests/native/radix_select_check.cpp holds every rank's key, and the keys below and
+    equal to it, to sorting, for 32- and 64-bit keys spread thinly (the second pass
+    collects the few keys left under a prefix) and heavily tied (it histograms), at
+    1 to 3 threads."""
+    from conftest import run_native_check
+
+    returncode, stdout = run_native_check(tmp_path, "radix_select_check", ["-fopenmp"])
+    assert returncode == 0, stdout
 
 
 # ---------------------------------------------------------------------------

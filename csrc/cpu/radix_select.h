@@ -7,8 +7,14 @@
 // targets are still open, over all chunks at once (OpenMP, one histogram per thread);
 // the counts are integers, so their sum and the result do not depend on the threads.
 // Targets of the same source that share a prefix share a histogram (two ranks of one
-// model cost one histogram in the first pass). Extra memory: threads x histograms x
-// 2^16 counters.
+// model cost one histogram in the first pass). After the first pass, where the keys
+// left under the targets' prefixes (the counts of their bins, known exactly) take
+// less memory than the next pass's histograms, that pass collects those keys instead
+// and finishes each target by nth_element over them: exact, and the same whatever the
+// threads (a rank in a multiset). Typically a few thousand keys against threads x
+// targets x 2^16 counters, and for 64-bit keys two passes instead of four. Extra
+// memory: threads x sources x 2^16 counters (the first pass), then the smaller of the
+// two.
 #pragma once
 
 #include <omp.h>
@@ -83,6 +89,53 @@ inline void radix_count(const Key* keys, int64_t len, int shift, bool first, uin
   }
 }
 
+// The last stage of radix_select: the keys under each slot's prefix (their bits from
+// `high` up equal to it) gathered from every chunk, then each target's key by
+// nth_element over its slot's keys at its remaining rank, with the keys below and
+// equal to it there.
+template <class Key, class KeysOfChunk>
+void radix_finish_by_collecting(int64_t nchunks, std::vector<RadixTarget>& targets, const RadixSlots& slots,
+                                int high, const std::vector<int64_t>& remaining, KeysOfChunk&& keys_of_chunk) {
+  const int threads = omp_get_max_threads();
+  const size_t nslots = slots.slot_prefix.size();
+  std::vector<std::vector<Key>> got(size_t(threads) * nslots);  // per thread and slot
+#pragma omp parallel for schedule(static) if (nchunks > 1)
+  for (int64_t i = 0; i < nchunks; ++i) {
+    std::vector<Key>* mine = got.data() + size_t(omp_get_thread_num()) * nslots;
+    keys_of_chunk(i, slots.sources, [&](int a, const Key* keys, int64_t len) {
+      for (int q : slots.slots_of[size_t(a)]) {
+        const uint64_t want = slots.slot_prefix[size_t(q)];
+        std::vector<Key>& v = mine[size_t(q)];
+        for (int64_t j = 0; j < len; ++j) {
+          if (uint64_t(keys[j] >> high) == want) v.push_back(keys[j]);
+        }
+      }
+    });
+  }
+  for (size_t q = 0; q < nslots; ++q) {
+    std::vector<Key> keys;
+    for (int th = 0; th < threads; ++th) {
+      std::vector<Key>& v = got[size_t(th) * nslots + q];
+      keys.insert(keys.end(), v.begin(), v.end());
+      std::vector<Key>().swap(v);
+    }
+    for (size_t t = 0; t < targets.size(); ++t) {
+      if (size_t(slots.target_slot[t]) != q) continue;
+      const int64_t r = remaining[t];
+      std::nth_element(keys.begin(), keys.begin() + r, keys.end());
+      const Key key = keys[size_t(r)];
+      int64_t below = 0, equal = 0;
+      for (const Key k : keys) {
+        below += k < key ? 1 : 0;
+        equal += k == key ? 1 : 0;
+      }
+      targets[t].key = key;
+      targets[t].below += below;
+      targets[t].equal = equal;
+    }
+  }
+}
+
 }  // namespace detail
 
 // Selects every target. keys_of_chunk(chunk, sources, sink) must produce the keys of
@@ -105,6 +158,18 @@ void radix_select(int64_t nchunks, std::vector<RadixTarget>& targets, KeysOfChun
     const bool first = shift + kRadixDigitBits >= int(8 * sizeof(Key));
     const detail::RadixSlots slots = detail::radix_slots(targets, prefix);
     const size_t nslots = slots.slot_prefix.size();
+    if (!first) {
+      std::vector<int64_t> open(nslots, 0);  // keys under each slot's prefix: its targets' last bin count
+      for (size_t t = 0; t < ntargets; ++t) open[size_t(slots.target_slot[t])] = targets[t].equal;
+      int64_t open_keys = 0;
+      for (int64_t o : open) open_keys += o;
+      const uint64_t hist_bytes = uint64_t(threads) * nslots * kRadixBins * sizeof(Count);
+      if (uint64_t(open_keys) * sizeof(Key) <= hist_bytes) {
+        detail::radix_finish_by_collecting<Key>(nchunks, targets, slots, shift + kRadixDigitBits, remaining,
+                                                keys_of_chunk);
+        return;
+      }
+    }
     hist.assign(size_t(threads) * nslots * kRadixBins, Count(0));
 #pragma omp parallel for schedule(static) if (nchunks > 1)
     for (int64_t i = 0; i < nchunks; ++i) {

@@ -1,0 +1,93 @@
+// radix_select (csrc/cpu/radix_select.h) against sorting: for each target the key of
+// its rank and the keys below and equal to it, over sources of 32- and 64-bit keys
+// that take each way of finishing: keys spread thinly (the second pass collects the
+// few keys under each prefix), heavily tied keys (one bin holds more keys than the
+// histograms: the second pass histograms), two ranks of one source under one prefix
+// and under two, and ranks 0 and n - 1. Exits 1 on the first difference.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "cpu/radix_select.h"
+
+using namespace m2n2::cpu;
+
+namespace {
+
+template <class Key>
+bool check(const char* what, const std::vector<std::vector<Key>>& sources, const std::vector<RadixTarget>& want_targets) {
+  std::vector<RadixTarget> targets = want_targets;
+  constexpr int64_t kChunks = 7;
+  radix_select<Key, uint32_t>(kChunks, targets, [&](int64_t i, const std::vector<int>& which, auto&& sink) {
+    for (size_t a = 0; a < which.size(); ++a) {
+      const std::vector<Key>& s = sources[size_t(which[a])];
+      const int64_t n = int64_t(s.size());
+      const int64_t p0 = n * i / kChunks, p1 = n * (i + 1) / kChunks;
+      // In two pieces, as a kernel's tiles hand them on.
+      const int64_t mid = (p0 + p1) / 2;
+      if (mid > p0) sink(int(a), s.data() + p0, mid - p0);
+      if (p1 > mid) sink(int(a), s.data() + mid, p1 - mid);
+    }
+  });
+  for (const RadixTarget& t : targets) {
+    std::vector<Key> sorted = sources[size_t(t.source)];
+    std::sort(sorted.begin(), sorted.end());
+    const Key key = sorted[size_t(t.rank)];
+    const int64_t below = std::lower_bound(sorted.begin(), sorted.end(), key) - sorted.begin();
+    const int64_t equal = std::upper_bound(sorted.begin(), sorted.end(), key) - sorted.begin() - below;
+    if (Key(t.key) != key || t.below != below || t.equal != equal) {
+      std::printf("%s: source %d rank %lld: got key %llx below %lld equal %lld, want %llx %lld %lld\n", what,
+                  t.source, (long long)t.rank, (unsigned long long)t.key, (long long)t.below, (long long)t.equal,
+                  (unsigned long long)key, (long long)below, (long long)equal);
+      return false;
+    }
+  }
+  return true;
+}
+
+template <class Key>
+bool run(const char* what, std::mt19937_64& rng) {
+  const int64_t n = 300000;  // tied: 300,000 equal keys, more than the histograms hold
+  std::vector<std::vector<Key>> sources(4, std::vector<Key>(size_t(n)));
+  for (auto& k : sources[0]) k = Key(rng());                        // spread thinly
+  for (auto& k : sources[1]) k = Key(0x3A5C0000u + (rng() % 50));  // few values, one prefix
+  for (auto& k : sources[2]) k = Key(0x1234u) << (8 * sizeof(Key) - 16);  // all equal
+  for (size_t j = 0; j < sources[3].size(); ++j) {
+    sources[3][j] = j % 3 == 0 ? Key(7) : Key(rng() >> 1);           // ties at the bottom, spread above
+  }
+  std::vector<RadixTarget> targets;
+  for (int s = 0; s < 4; ++s) {
+    for (int64_t r : {int64_t(0), n / 5, n / 5 + 1, n / 2, n - 2, n - 1}) {
+      RadixTarget t;
+      t.source = s;
+      t.rank = r;
+      targets.push_back(t);
+    }
+  }
+  // All targets at once (many slots: the second pass collects), then each source
+  // alone (one or a few slots: the tied sources' second pass histograms).
+  if (!check<Key>(what, sources, targets)) return false;
+  for (int s = 0; s < 4; ++s) {
+    std::vector<RadixTarget> own;
+    for (const RadixTarget& t : targets) {
+      if (t.source == s) own.push_back(t);
+    }
+    if (!check<Key>(what, sources, own)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937_64 rng(12345);
+  for (int threads : {1, 2, 3}) {
+    omp_set_num_threads(threads);
+    if (!run<uint32_t>("32-bit keys", rng) || !run<uint64_t>("64-bit keys", rng)) return 1;
+  }
+  std::printf("radix_select: every rank equal to sorting (32- and 64-bit keys, 1 to 3 threads)\n");
+  return 0;
+}
