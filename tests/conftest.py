@@ -84,3 +84,20 @@ def run_native_check(tmp_path, name, flags=()):
                     os.path.join(root, "tests", "native", f"{name}.cpp"), "-o", str(exe)], check=True)
     run = subprocess.run([str(exe)], capture_output=True, text=True)
     return run.returncode, run.stdout
+
+
+def run_triton_compile_check(script):
+    """Runs `script` (Python that compiles Triton kernels for a GPU target and prints
+    "ok") in a fresh interpreter without TRITON_INTERPRET; skips where Triton finds no
+    CUDA toolchain, else asserts it printed "ok"."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=600)
+    if run.returncode and "ptxas" in run.stderr and "assert" not in run.stderr:
+        pytest.skip(f"no CUDA toolchain for Triton here: {run.stderr.strip().splitlines()[-1]}")
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]

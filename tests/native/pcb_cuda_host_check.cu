@@ -20,6 +20,7 @@
 
 #include "cpu/pcb_kernels.h"
 #include "cuda/kernels/pcb.cuh"
+#include "task_unit_host_check.h"
 
 using namespace m2n2;
 namespace kernels = m2n2::cuda;  // (plain `cuda::` would be ambiguous with libcu++'s ::cuda)
@@ -33,15 +34,7 @@ using kernels::TaskSegment;
 
 namespace {
 
-int failures = 0;
-int checks = 0;
 int changed = 0;  // outputs that differ from base (the comparison is not of two untouched copies)
-
-void expect(bool ok, const std::string& what) {
-  ++checks;
-  if (!ok && failures < 40) std::printf("FAIL: %s\n", what.c_str());
-  if (!ok) ++failures;
-}
 
 // ---- emulation of the launches of one unit ----
 
@@ -165,57 +158,20 @@ void emulate_unit(const std::vector<TaskSegment>& segs, const PcbParams& p) {
 
 // ---- data ----
 
-// Storage whose first element sits `shift` elements past a 64-byte boundary.
-struct Buffer {
-  std::vector<unsigned char> store;
-  void* data = nullptr;
-  Buffer(int64_t n, Dtype dtype, int shift) : store(size_t(n + 8) * 8 + 64, 0) {
-    const uintptr_t p = (reinterpret_cast<uintptr_t>(store.data()) + 63) & ~uintptr_t(63);
-    data = reinterpret_cast<void*>(p + uintptr_t(shift) * uintptr_t(dtype_bytes(dtype)));
-  }
-};
-
-void put(Dtype dtype, void* data, int64_t i, double x) {
-  switch (dtype) {
-    case Dtype::kFloat: static_cast<float*>(data)[i] = float(x); break;
-    case Dtype::kDouble: static_cast<double*>(data)[i] = x; break;
-    case Dtype::kBFloat16: static_cast<bf16_t*>(data)[i] = from_compute<bf16_t>(float(x)); break;
-    case Dtype::kHalf: static_cast<half_t*>(data)[i] = from_compute<half_t>(float(x)); break;
-    default: break;
-  }
-}
-
-const char* dtype_name(Dtype d) {
-  switch (d) {
-    case Dtype::kFloat: return "fp32";
-    case Dtype::kDouble: return "fp64";
-    case Dtype::kBFloat16: return "bf16";
-    case Dtype::kHalf: return "fp16";
-    default: return "?";
-  }
-}
-
 struct Settings {
   int K;
   double ratio, lam, clamp;
   bool global;
 };
 
-struct Position {
-  Dtype dtype;
-  int64_t numel;
-};
-
 // Data: 0 normal deltas, 1 ties (deltas from a few values, many zeros), 2 every model
 // equal to base (no spread: scales all 0), 3 one model equal to base, the others normal.
 std::string describe(const std::vector<Position>& list, const Settings& st, int shift, int64_t budget, int data,
                      bool in_place) {
-  std::string s = "list [";
-  for (const Position& q : list) s += std::string(dtype_name(q.dtype)) + ":" + std::to_string(q.numel) + " ";
-  s += "] K " + std::to_string(st.K) + " ratio " + std::to_string(st.ratio) + " clamp " + std::to_string(st.clamp) +
-       " lam " + std::to_string(st.lam) + " global " + std::to_string(st.global) + " shift " + std::to_string(shift) +
-       " budget " + std::to_string(budget) + " data " + std::to_string(data) + " in_place " + std::to_string(in_place);
-  return s;
+  return list_text(list) + " K " + std::to_string(st.K) + " ratio " + std::to_string(st.ratio) + " clamp " +
+         std::to_string(st.clamp) + " lam " + std::to_string(st.lam) + " global " + std::to_string(st.global) +
+         " shift " + std::to_string(shift) + " budget " + std::to_string(budget) + " data " + std::to_string(data) +
+         " in_place " + std::to_string(in_place);
 }
 
 // Runs the CPU kernel and the emulated launches on the same inputs and compares the
@@ -224,22 +180,19 @@ void check_case(const std::vector<Position>& list, const Settings& st, int shift
                 bool in_place, std::mt19937_64& rng) {
   const int K = st.K;
   const size_t L = list.size();
-  std::vector<Buffer> base, out_cpu, out_gpu;
-  std::vector<std::vector<Buffer>> models(static_cast<size_t>(K));
+  CaseBuffers bufs(list, K, shift);
+  std::vector<Buffer>& base = bufs.base;
+  std::vector<std::vector<Buffer>>& models = bufs.models;
   std::normal_distribution<double> normal(0.0, 1.0);
   std::uniform_int_distribution<int> few(-3, 3);
   for (size_t i = 0; i < L; ++i) {
     const Position& q = list[i];
-    base.emplace_back(q.numel, q.dtype, shift);
-    out_cpu.emplace_back(q.numel, q.dtype, shift);
-    out_gpu.emplace_back(q.numel, q.dtype, shift);
     std::vector<double> b(size_t(q.numel));
     for (int64_t j = 0; j < q.numel; ++j) {
       b[size_t(j)] = data == 1 ? 0.25 * few(rng) : normal(rng);
       put(q.dtype, base[i].data, j, b[size_t(j)]);
     }
     for (int k = 0; k < K; ++k) {
-      models[size_t(k)].emplace_back(q.numel, q.dtype, shift);
       const bool same = data == 2 || (data == 3 && k == K / 2);
       for (int64_t j = 0; j < q.numel; ++j) {
         double x = b[size_t(j)];
@@ -249,66 +202,28 @@ void check_case(const std::vector<Position>& list, const Settings& st, int shift
       }
       if (same) std::memcpy(models[size_t(k)][i].data, base[i].data, size_t(q.numel) * size_t(dtype_bytes(q.dtype)));
     }
-    const size_t bytes = size_t(q.numel) * size_t(dtype_bytes(q.dtype));
-    std::memcpy(out_cpu[i].data, base[i].data, bytes);  // in place: out starts as base
-    std::memcpy(out_gpu[i].data, base[i].data, bytes);
   }
+  bufs.start_outputs(list);
 
   // The CPU kernel.
-  std::vector<cpu::TaskTensor> tensors;
-  for (size_t i = 0; i < L; ++i) {
-    cpu::TaskTensor t{list[i].dtype, in_place ? out_cpu[i].data : base[i].data, {}, out_cpu[i].data, list[i].numel};
-    for (int k = 0; k < K; ++k) t.models.push_back(models[size_t(k)][i].data);
-    tensors.push_back(t);
-  }
-  cpu::pcb_merge(tensors, {st.ratio, st.lam, st.clamp, st.global, K});
+  cpu::pcb_merge(bufs.cpu_tensors(list, in_place), {st.ratio, st.lam, st.clamp, st.global, K});
 
   // The emulated launches, unit by unit (as csrc/cuda/pcb.cu).
-  auto unit = [&](size_t first, size_t last) {
-    std::vector<TaskSegment> segs;
-    int64_t n = 0;
-    bool wide = false;
-    for (size_t i = first; i < last; ++i) {
-      TaskSegment s{};
-      s.base = in_place ? out_gpu[i].data : base[i].data;
-      s.out = out_gpu[i].data;
-      for (int k = 0; k < K; ++k) s.models[k] = models[size_t(k)][i].data;
-      s.numel = list[i].numel;
-      s.flat = n;
-      s.dtype = list[i].dtype;
-      n += s.numel;
-      wide = wide || s.dtype == Dtype::kDouble;
-      segs.push_back(s);
-    }
-    if (n == 0) return;
+  bufs.for_each_unit(list, st.global, in_place, [&](std::vector<TaskSegment>& segs, int64_t n, bool wide) {
     PcbParams p = kernels::make_pcb_params(K, st.ratio, st.lam, st.clamp, wide, n);
     p.total_blocks = kernels::plan_task_unit(segs, K, budget, 1);
     for (const TaskSegment& s : segs) {
       expect(s.vec == (shift == 0 ? kernels::task_vector_elems(s.dtype) : 1) || s.numel == 0, "plan: vector width");
     }
     emulate_unit(segs, p);
-  };
-  if (st.global) {
-    unit(0, L);
-  } else {
-    for (size_t i = 0; i < L; ++i) unit(i, i + 1);
-  }
+  });
 
   for (size_t i = 0; i < L; ++i) {
     const size_t bytes = size_t(list[i].numel) * size_t(dtype_bytes(list[i].dtype));
-    const bool same = std::memcmp(out_cpu[i].data, out_gpu[i].data, bytes) == 0;
-    if (std::memcmp(out_cpu[i].data, base[i].data, bytes) != 0) ++changed;
-    int64_t first = -1;
-    if (!same) {
-      const size_t w = size_t(dtype_bytes(list[i].dtype));
-      for (int64_t j = 0; j < list[i].numel && first < 0; ++j) {
-        if (std::memcmp(static_cast<char*>(out_cpu[i].data) + j * w, static_cast<char*>(out_gpu[i].data) + j * w, w)) {
-          first = j;
-        }
-      }
-    }
+    const bool same = std::memcmp(bufs.out_cpu[i].data, bufs.out_gpu[i].data, bytes) == 0;
+    if (std::memcmp(bufs.out_cpu[i].data, base[i].data, bytes) != 0) ++changed;
     expect(same, describe(list, st, shift, budget, data, in_place) + ": position " + std::to_string(i) +
-                     " differs first at " + std::to_string(first));
+                     " differs first at " + std::to_string(same ? -1 : bufs.first_difference(list, i)));
   }
 }
 

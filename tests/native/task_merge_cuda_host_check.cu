@@ -21,6 +21,7 @@
 
 #include "cpu/task_merge_kernels.h"
 #include "cuda/kernels/task_merge.cuh"
+#include "task_unit_host_check.h"
 
 using namespace m2n2;
 namespace kernels = m2n2::cuda;  // (plain `cuda::` would be ambiguous with libcu++'s ::cuda)
@@ -36,15 +37,7 @@ using kernels::TaskSegment;
 
 namespace {
 
-int failures = 0;
-int checks = 0;
 int approx_fp64 = 0;  // fp64 outputs with an l1 rescale compared to a tolerance (not bit for bit)
-
-void expect(bool ok, const std::string& what) {
-  ++checks;
-  if (!ok && failures < 40) std::printf("FAIL: %s\n", what.c_str());
-  if (!ok) ++failures;
-}
 
 // ---- emulation of the launches of one unit ----
 
@@ -235,36 +228,6 @@ void emulate_unit(const std::vector<TaskSegment>& segs, const TaskParams& p) {
 
 // ---- data ----
 
-// Storage whose first element sits `shift` elements past a 64-byte boundary.
-struct Buffer {
-  std::vector<unsigned char> store;
-  void* data = nullptr;
-  Buffer(int64_t n, Dtype dtype, int shift) : store(size_t(n + 8) * 8 + 64, 0) {
-    const uintptr_t p = (reinterpret_cast<uintptr_t>(store.data()) + 63) & ~uintptr_t(63);
-    data = reinterpret_cast<void*>(p + uintptr_t(shift) * uintptr_t(dtype_bytes(dtype)));
-  }
-};
-
-void put(Dtype dtype, void* data, int64_t i, double x) {
-  switch (dtype) {
-    case Dtype::kFloat: static_cast<float*>(data)[i] = float(x); break;
-    case Dtype::kDouble: static_cast<double*>(data)[i] = x; break;
-    case Dtype::kBFloat16: static_cast<bf16_t*>(data)[i] = from_compute<bf16_t>(float(x)); break;
-    case Dtype::kHalf: static_cast<half_t*>(data)[i] = from_compute<half_t>(float(x)); break;
-    default: break;
-  }
-}
-
-const char* dtype_name(Dtype d) {
-  switch (d) {
-    case Dtype::kFloat: return "fp32";
-    case Dtype::kDouble: return "fp64";
-    case Dtype::kBFloat16: return "bf16";
-    case Dtype::kHalf: return "fp16";
-    default: return "?";
-  }
-}
-
 struct Settings {
   Sparsify sparsify;
   Consensus consensus;
@@ -276,16 +239,9 @@ struct Settings {
   std::vector<double> weights, density;
 };
 
-struct Position {
-  Dtype dtype;
-  int64_t numel;
-};
-
 std::string describe(const std::vector<Position>& list, const Settings& st, int shift, int64_t budget, bool ties,
                      bool in_place) {
-  std::string s = "list [";
-  for (const Position& q : list) s += std::string(dtype_name(q.dtype)) + ":" + std::to_string(q.numel) + " ";
-  s += "] sparsify " + std::to_string(int(st.sparsify)) + " consensus " + std::to_string(int(st.consensus)) +
+  std::string s = list_text(list) + " sparsify " + std::to_string(int(st.sparsify)) + " consensus " + std::to_string(int(st.consensus)) +
        " rescale " + std::to_string(int(st.rescale)) + " normalize " + std::to_string(st.normalize) + " global " +
        std::to_string(st.global) + " K " + std::to_string(st.weights.size()) + " density";
   for (double d : st.density) s += " " + std::to_string(d);
@@ -300,18 +256,15 @@ void check_case(const std::vector<Position>& list, const Settings& st, int shift
                 bool in_place, std::mt19937_64& rng) {
   const int K = int(st.weights.size());
   const size_t L = list.size();
-  std::vector<Buffer> base, out_cpu, out_gpu;
-  std::vector<std::vector<Buffer>> models(static_cast<size_t>(K));
+  CaseBuffers bufs(list, K, shift);
+  std::vector<Buffer>& base = bufs.base;
+  std::vector<std::vector<Buffer>>& models = bufs.models;
   std::normal_distribution<double> normal(0.0, 1.0);
   std::uniform_int_distribution<int> few(-3, 3);
   for (size_t i = 0; i < L; ++i) {
     const Position& q = list[i];
-    base.emplace_back(q.numel, q.dtype, shift);
-    out_cpu.emplace_back(q.numel, q.dtype, shift);
-    out_gpu.emplace_back(q.numel, q.dtype, shift);
     for (int64_t j = 0; j < q.numel; ++j) put(q.dtype, base[i].data, j, ties ? 0.25 * few(rng) : normal(rng));
     for (int k = 0; k < K; ++k) {
-      models[size_t(k)].emplace_back(q.numel, q.dtype, shift);
       for (int64_t j = 0; j < q.numel; ++j) {
         // ties: deltas from a few exact values (and many zeros)
         const double b = ties ? 0.25 * double(few(rng)) : 0.0;
@@ -323,40 +276,16 @@ void check_case(const std::vector<Position>& list, const Settings& st, int shift
       std::memcpy(base[i].data, models[size_t(K - 1)][i].data, size_t(q.numel) * size_t(dtype_bytes(q.dtype)));
       for (int64_t j = 0; j < q.numel; j += 3) put(q.dtype, base[i].data, j, 0.25 * few(rng));
     }
-    const size_t bytes = size_t(q.numel) * size_t(dtype_bytes(q.dtype));
-    std::memcpy(out_cpu[i].data, base[i].data, bytes);  // in place: out starts as base
-    std::memcpy(out_gpu[i].data, base[i].data, bytes);
   }
+  bufs.start_outputs(list);
 
   // The CPU kernel.
-  std::vector<cpu::TaskTensor> tensors;
-  for (size_t i = 0; i < L; ++i) {
-    cpu::TaskTensor t{list[i].dtype, in_place ? out_cpu[i].data : base[i].data, {}, out_cpu[i].data, list[i].numel};
-    for (int k = 0; k < K; ++k) t.models.push_back(models[size_t(k)][i].data);
-    tensors.push_back(t);
-  }
   cpu::TaskMergeConfig cfg{st.sparsify, st.consensus, st.rescale, st.normalize, st.lam, st.global, st.seed,
                            st.weights, st.density};
-  cpu::task_merge(tensors, cfg);
+  cpu::task_merge(bufs.cpu_tensors(list, in_place), cfg);
 
   // The emulated launches, unit by unit (as csrc/cuda/task_merge.cu).
-  auto unit = [&](size_t first, size_t last) {
-    std::vector<TaskSegment> segs;
-    int64_t n = 0;
-    bool wide = false;
-    for (size_t i = first; i < last; ++i) {
-      TaskSegment s{};
-      s.base = in_place ? out_gpu[i].data : base[i].data;
-      s.out = out_gpu[i].data;
-      for (int k = 0; k < K; ++k) s.models[k] = models[size_t(k)][i].data;
-      s.numel = list[i].numel;
-      s.flat = n;
-      s.dtype = list[i].dtype;
-      n += s.numel;
-      wide = wide || s.dtype == Dtype::kDouble;
-      segs.push_back(s);
-    }
-    if (n == 0) return;
+  bufs.for_each_unit(list, st.global, in_place, [&](std::vector<TaskSegment>& segs, int64_t n, bool wide) {
     TaskParams p = kernels::make_task_params(K, st.sparsify, st.consensus, st.rescale, st.normalize, st.lam, st.seed,
                                              st.weights.data(), st.density.data(), wide, n);
     p.total_blocks = kernels::plan_task_unit(segs, K, budget, 1);
@@ -368,36 +297,22 @@ void check_case(const std::vector<Position>& list, const Settings& st, int shift
              "plan: chunks cover the segment");
     }
     emulate_unit(segs, p);
-  };
-  if (st.global) {
-    unit(0, L);
-  } else {
-    for (size_t i = 0; i < L; ++i) unit(i, i + 1);
-  }
+  });
 
   for (size_t i = 0; i < L; ++i) {
     const size_t bytes = size_t(list[i].numel) * size_t(dtype_bytes(list[i].dtype));
-    bool same = std::memcmp(out_cpu[i].data, out_gpu[i].data, bytes) == 0;
+    bool same = std::memcmp(bufs.out_cpu[i].data, bufs.out_gpu[i].data, bytes) == 0;
     if (!same && list[i].dtype == Dtype::kDouble && st.rescale == Rescale::kL1 && st.sparsify != Sparsify::kNone) {
       // The l1 ratio of fp64 storage is an fp64 ratio of fp64 sums, which the CPU and
       // the GPU add in different orders: equal to within a few ulps, not bit for bit.
       same = true;
-      const double* a = static_cast<const double*>(out_cpu[i].data);
-      const double* b = static_cast<const double*>(out_gpu[i].data);
+      const double* a = static_cast<const double*>(bufs.out_cpu[i].data);
+      const double* b = static_cast<const double*>(bufs.out_gpu[i].data);
       for (int64_t j = 0; j < list[i].numel; ++j) same = same && std::fabs(a[j] - b[j]) <= 1e-13 * (1.0 + std::fabs(a[j]));
       ++approx_fp64;
     }
-    int64_t first = -1;
-    if (!same) {
-      const size_t w = size_t(dtype_bytes(list[i].dtype));
-      for (int64_t j = 0; j < list[i].numel && first < 0; ++j) {
-        if (std::memcmp(static_cast<char*>(out_cpu[i].data) + j * w, static_cast<char*>(out_gpu[i].data) + j * w, w)) {
-          first = j;
-        }
-      }
-    }
     expect(same, describe(list, st, shift, budget, ties, in_place) + ": position " + std::to_string(i) +
-                     " differs first at " + std::to_string(first));
+                     " differs first at " + std::to_string(same ? -1 : bufs.first_difference(list, i)));
   }
 }
 
