@@ -240,7 +240,10 @@ constexpr int64_t kWindowMinN = int64_t(1) << 21;  // smaller units: radix (the 
 // of m keys: 2^19 keys (3% of a 4096 x 4096 unit, n / 16 at most) keep it near 0.45%
 // of n for q = 0.8, so that K = 3 models' candidates stay under the memory cap below
 // even for 2-byte inputs in units of 2^24 elements and more. kSampleSigmas = 4: an
-// i.i.d. unit misses with probability ~6e-5 per model (then radix, same result).
+// i.i.d. unit misses with probability ~6e-5 per model (then radix, same result). A
+// block's keys are neighbours in one row: where neighbours' magnitudes go together,
+// the sample is worth fewer independent keys and the window misses more often (the
+// same result again, only slower).
 constexpr int64_t kSampleBlock = 32;                // contiguous elements per sample block (one or two cache lines)
 constexpr int64_t kSampleKeys = int64_t(1) << 19;   // sampled keys per model, at most
 constexpr double kSampleSigmas = 4.0;
@@ -361,8 +364,7 @@ std::vector<Key> sample_keys(const std::vector<TaskTensor>& ts, const std::vecto
 
 // The keys of ranks lo_i and hi_i of a sample (0 and ~0 where the rank lies outside
 // it) and how many keys lie strictly between them, by radix selection over the
-// sample in pieces (in parallel, and two histogram passes where two nth_elements
-// were several serial passes).
+// sample in pieces (in parallel, where two nth_elements ran on one thread).
 template <class Key>
 void sample_window(const std::vector<Key>& s, int64_t lo_i, int64_t hi_i, Key& lo, Key& hi, int64_t& inside) {
   const int64_t m = int64_t(s.size());
