@@ -11,10 +11,10 @@
 // left under the targets' prefixes (the counts of their bins, known exactly) take
 // less memory than the next pass's histograms, that pass collects those keys instead
 // and finishes each target by nth_element over them: exact, and the same whatever the
-// threads (a rank in a multiset). Typically a few thousand keys against threads x
-// targets x 2^16 counters, and for 64-bit keys two passes instead of four. Extra
-// memory: threads x sources x 2^16 counters (the first pass), then the smaller of the
-// two.
+// threads (a rank in a multiset). A bin of a 16-bit digit of float keys spans under
+// 1% of a value, so this is typically far fewer keys than threads x targets x 2^16
+// counters, and for 64-bit keys two passes instead of four. Extra memory: threads x
+// sources x 2^16 counters (the first pass), then the smaller of the two.
 #pragma once
 
 #include <omp.h>
@@ -165,6 +165,7 @@ void radix_select(int64_t nchunks, std::vector<RadixTarget>& targets, KeysOfChun
       for (int64_t o : open) open_keys += o;
       const uint64_t hist_bytes = uint64_t(threads) * nslots * kRadixBins * sizeof(Count);
       if (uint64_t(open_keys) * sizeof(Key) <= hist_bytes) {
+        std::vector<Count>().swap(hist);  // the first pass's histograms, before the keys
         detail::radix_finish_by_collecting<Key>(nchunks, targets, slots, shift + kRadixDigitBits, remaining,
                                                 keys_of_chunk);
         return;
