@@ -1370,3 +1370,38 @@ def test_cpp_ties_select_env_checked(monkeypatch):
     monkeypatch.setenv("M2N2_TIES_SELECT", "fast")
     with pytest.raises(ValueError, match="M2N2_TIES_SELECT"):
         task_merge(base, models, [1.0, 1.0, 1.0], backend="cpp", sparsify="magnitude", density=0.5)
+
+
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_cpp_independent_of_the_thread_count(monkeypatch, scope):
+    """The C++ kernel's results do not depend on its threads: chunks are cut whatever
+    the thread count, counts are integers, fp64 sums are added in chunk order, the
+    window's sample has fixed places. TIES by the window (a 2^21-element tensor) and
+    by the radix passes (small tensors), with an l1 rescale; DARE with the l1 rescale
+    and DARE-TIES; at 1, 2 and 3 threads, bit for bit."""
+    b1, m1 = window_case("normal", torch.float32, n=WINDOW_N + 12345, seed=3)
+    b2, m2 = window_case("grid", torch.bfloat16, n=70_001, seed=4)
+    base = [b1, b2]
+    models = [[x, y] for x, y in zip(m1, m2)]
+    w = [0.5, 1.0, -0.25]
+    merges = {
+        "ties": dict(sparsify="magnitude", density=0.2, consensus="sum", normalize=True),
+        "ties_l1": dict(sparsify="magnitude", density=0.3, consensus="count", rescale="l1"),
+        "dare_l1": dict(sparsify="random", density=0.3, rescale="l1", seed=11),
+        "dare_ties": dict(sparsify="random", density=0.5, consensus="sum", rescale="l1", normalize=True, seed=12),
+    }
+    monkeypatch.setenv("M2N2_TIES_SELECT", "auto")
+    threads = torch.get_num_threads()
+    try:
+        results = {}
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            for name, kw in merges.items():
+                results.setdefault(name, []).append(task_merge(base, models, w, backend="cpp", scope=scope, **kw))
+    finally:
+        torch.set_num_threads(threads)
+    for name, runs in results.items():
+        for other in runs[1:]:
+            for x, y in zip(runs[0], other):
+                assert torch.equal(x.view(torch.int16 if x.dtype == torch.bfloat16 else torch.int32),
+                                   y.view(torch.int16 if y.dtype == torch.bfloat16 else torch.int32)), name
