@@ -943,6 +943,25 @@ def test_cpp_equals_reference(dtype, sparsify, consensus, rescale, density):
                 assert torch.equal(x, y), (scope, (x != y).sum())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("K", range(1, 10))
+def test_cpp_task_arithmetic_every_model_count(dtype, K):
+    """Task arithmetic takes a one-loop path compiled per model count up to 8 (and
+    the general path past it): each count equal to the reference bit for bit, with
+    and without normalize, at sizes that end in a partial tile."""
+    g = torch.Generator().manual_seed(K)
+    sizes = [(1000,), (3, 5), (257,)]
+    base = [torch.randn(s, generator=g).to(dtype) for s in sizes]
+    models = [[(b.double() + 0.01 * torch.randn(b.shape, generator=g, dtype=torch.float64)).to(dtype) for b in base]
+              for _ in range(K)]
+    w = [0.3 + 0.25 * k * (-1) ** k for k in range(K)]
+    for normalize, lam in ((False, 1.0), (True, 0.7)):
+        want = task_merge(base, models, w, normalize=normalize, lam=lam, backend="torch")
+        got = task_merge(base, models, w, normalize=normalize, lam=lam, backend="cpp")
+        for x, y in zip(got, want):
+            assert torch.equal(x, y), (normalize, (x != y).sum())
+
+
 @pytest.mark.parametrize("in_place", [False, True])
 def test_opcheck(in_place):
     """The op's schema, fake kernel and dispatcher registration (torch.library.opcheck)."""

@@ -752,8 +752,50 @@ M2N2_HD void store_tile(const compute_t<T>* x, int64_t len, T* out) {
   for (int64_t j = 0; j < len; ++j) out[j] = from_compute<T>(x[j]);
 }
 
+// The tile of a unit where every model is kept whole and there is no consensus (task
+// arithmetic), for a number of models known when compiling: the factors, their sum,
+// the normalisation and the write in one loop along the tile, in registers, where
+// the general path stores the factors and reloads them in five more loops. The same
+// operations in the same order as factors_tile (kAll), combine_tile
+// (Consensus::kNone) and store_tile, so the same bits.
+constexpr int kPlainMaxModels = 8;
+
+template <class T, int K>
+M2N2_HD void plain_tile(const T* const* m, const compute_t<T>* b, int64_t len, const compute_t<T>* s,
+                        const compute_t<T>* w, bool normalize, compute_t<T> divisor, compute_t<T> lam, T* out) {
+  using C = compute_t<T>;
+  const T* mk[K];
+  C sk[K], wk[K];
+  for (int k = 0; k < K; ++k) {
+    mk[k] = m[k];
+    sk[k] = s[k];
+    wk[k] = w[k];
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) {
+    C x = C(0);
+    for (int k = 0; k < K; ++k) x = x + ((to_compute(mk[k][j]) - b[j]) * sk[k]) * wk[k];
+    const C v = normalize ? x / divisor : x;
+    out[j] = from_compute<T>(b[j] + v * lam);
+  }
+}
+
 // One clone set per storage type (target_clones does not apply to templates).
 #define M2N2_DEFINE_TILE_KERNELS(T)                                                                        \
+  M2N2_CLONES void plain_tile_k(const T* const* m, const compute_t<T>* b, int64_t len, int K,                \
+                                const compute_t<T>* s, const compute_t<T>* w, bool normalize,               \
+                                compute_t<T> divisor, compute_t<T> lam, T* out) {                           \
+    switch (K) {                                                                                           \
+      case 1: plain_tile<T, 1>(m, b, len, s, w, normalize, divisor, lam, out); break;                      \
+      case 2: plain_tile<T, 2>(m, b, len, s, w, normalize, divisor, lam, out); break;                      \
+      case 3: plain_tile<T, 3>(m, b, len, s, w, normalize, divisor, lam, out); break;                      \
+      case 4: plain_tile<T, 4>(m, b, len, s, w, normalize, divisor, lam, out); break;                      \
+      case 5: plain_tile<T, 5>(m, b, len, s, w, normalize, divisor, lam, out); break;                      \
+      case 6: plain_tile<T, 6>(m, b, len, s, w, normalize, divisor, lam, out); break;                      \
+      case 7: plain_tile<T, 7>(m, b, len, s, w, normalize, divisor, lam, out); break;                      \
+      default: plain_tile<T, 8>(m, b, len, s, w, normalize, divisor, lam, out); break;                     \
+    }                                                                                                      \
+  }                                                                                                        \
   M2N2_CLONES void factors_tile_k(const T* m, const compute_t<T>* b, int64_t len, KeepMode mode, bool wide, \
                                   uint64_t threshold, const uint32_t* draws, uint32_t dare_thr,            \
                                   compute_t<T> s, compute_t<T> w, compute_t<T>* e) {                       \
@@ -806,9 +848,17 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
   alignas(64) C merged[kTile];
   alignas(64) uint32_t draws[kTile];
   alignas(64) Key keys[kTile];
+  const bool plain = cfg.consensus == Consensus::kNone && K <= kPlainMaxModels &&
+                     std::all_of(mode, mode + K, [](KeepMode md) { return md == KeepMode::kAll; });
+  const T* tile_models[kPlainMaxModels];
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
     to_compute_tile_k(base + t0, len, b);
+    if (plain) {
+      for (int k = 0; k < K; ++k) tile_models[k] = model_ptr<T>(t, k) + t0;
+      plain_tile_k(tile_models, b, len, K, s, w, cfg.normalize, plain_divisor, lam, out + t0);
+      continue;
+    }
     for (int k = 0; k < K; ++k) {
       const ModelPlan& p = plans[k];
       const T* m = model_ptr<T>(t, k) + t0;
