@@ -945,9 +945,18 @@ def test_cpp_equals_reference(dtype, sparsify, consensus, rescale, density):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("K", range(1, 10))
-def test_cpp_task_arithmetic_every_model_count(dtype, K):
-    """Task arithmetic takes a one-loop path compiled per model count up to 8 (and
-    the general path past it): each count equal to the reference bit for bit, with
+@pytest.mark.parametrize("merge", [
+    dict(),  # task arithmetic: one loop per tile
+    dict(sparsify="magnitude", density=0.3, consensus="sum"),
+    dict(sparsify="magnitude", density=0.3, consensus="count", rescale="l1"),
+    dict(sparsify="random", density=0.4, rescale="l1", seed=5),
+    dict(sparsify="random", density=0.4, consensus="sum", seed=6),
+], ids=["ta", "ties_sum", "ties_count_l1", "dare_l1", "dare_ties"])
+def test_cpp_every_model_count(dtype, K, merge):
+    """The C++ fused pass combines and writes in one loop compiled per model count up
+    to 8 (task arithmetic also forms its factors there), and takes the general loops
+    past it: each count equal to the reference bit for bit (fp64 with an l1 rescale
+    within an ulp of the base's size: its fp64 sums are added in another order), with
     and without normalize, at sizes that end in a partial tile."""
     g = torch.Generator().manual_seed(K)
     sizes = [(1000,), (3, 5), (257,)]
@@ -956,10 +965,14 @@ def test_cpp_task_arithmetic_every_model_count(dtype, K):
               for _ in range(K)]
     w = [0.3 + 0.25 * k * (-1) ** k for k in range(K)]
     for normalize, lam in ((False, 1.0), (True, 0.7)):
-        want = task_merge(base, models, w, normalize=normalize, lam=lam, backend="torch")
-        got = task_merge(base, models, w, normalize=normalize, lam=lam, backend="cpp")
-        for x, y in zip(got, want):
-            assert torch.equal(x, y), (normalize, (x != y).sum())
+        want = task_merge(base, models, w, normalize=normalize, lam=lam, backend="torch", **merge)
+        got = task_merge(base, models, w, normalize=normalize, lam=lam, backend="cpp", **merge)
+        for x, y, b in zip(got, want, base):
+            if dtype == torch.float64 and merge.get("rescale") == "l1":
+                # An ulp of the l1 ratio, on base + delta: an ulp of the base's size.
+                torch.testing.assert_close(x, y, rtol=4e-16, atol=4e-16 * float(b.abs().max()))
+            else:
+                assert torch.equal(x, y), (normalize, (x != y).sum())
 
 
 @pytest.mark.parametrize("in_place", [False, True])

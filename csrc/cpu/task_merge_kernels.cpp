@@ -780,8 +780,62 @@ M2N2_HD void plain_tile(const T* const* m, const compute_t<T>* b, int64_t len, c
   }
 }
 
+// combine_tile then store_tile for a number of models known when compiling: one loop
+// along the tile that reads the K factors (twice for an election) and writes the
+// storage type. The same operations in the same order, so the same bits.
+template <class T, int K>
+M2N2_HD void combine_store_tile(const compute_t<T>* e, const compute_t<T>* w, Consensus consensus, bool normalize,
+                                compute_t<T> lam, compute_t<T> plain_divisor, const compute_t<T>* b, int64_t len,
+                                T* out) {
+  using C = compute_t<T>;
+  C wk[K];
+  for (int k = 0; k < K; ++k) wk[k] = w[k];
+  if (consensus == Consensus::kNone) {
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) {
+      C x = C(0);
+      for (int k = 0; k < K; ++k) x = x + e[k * kTile + j];
+      const C v = normalize ? x / plain_divisor : x;
+      out[j] = from_compute<T>(b[j] + v * lam);
+    }
+    return;
+  }
+  const bool by_sum = consensus == Consensus::kSum;
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) {
+    C vote = C(0);
+    for (int k = 0; k < K; ++k) vote = vote + (by_sum ? e[k * kTile + j] : sign_of(e[k * kTile + j]));
+    const C sigma = vote >= C(0) ? C(1) : C(-1);
+    C x = C(0), dsum = C(0);
+    for (int k = 0; k < K; ++k) {
+      const C ek = e[k * kTile + j];
+      const bool agree = sign_of(ek) == sigma;
+      x = x + (agree ? ek : C(0));
+      dsum = dsum + (agree ? wk[k] : C(0));
+    }
+    const C divisor = dsum == C(0) ? C(1) : dsum;
+    const C v = normalize ? x / divisor : x;
+    out[j] = from_compute<T>(b[j] + v * lam);
+  }
+}
+
 // One clone set per storage type (target_clones does not apply to templates).
 #define M2N2_DEFINE_TILE_KERNELS(T)                                                                        \
+  M2N2_CLONES void combine_store_tile_k(const compute_t<T>* e, const compute_t<T>* w, int K,                \
+                                        Consensus consensus, bool normalize, compute_t<T> lam,              \
+                                        compute_t<T> plain_divisor, const compute_t<T>* b, int64_t len,     \
+                                        T* out) {                                                           \
+    switch (K) {                                                                                           \
+      case 1: combine_store_tile<T, 1>(e, w, consensus, normalize, lam, plain_divisor, b, len, out); break; \
+      case 2: combine_store_tile<T, 2>(e, w, consensus, normalize, lam, plain_divisor, b, len, out); break; \
+      case 3: combine_store_tile<T, 3>(e, w, consensus, normalize, lam, plain_divisor, b, len, out); break; \
+      case 4: combine_store_tile<T, 4>(e, w, consensus, normalize, lam, plain_divisor, b, len, out); break; \
+      case 5: combine_store_tile<T, 5>(e, w, consensus, normalize, lam, plain_divisor, b, len, out); break; \
+      case 6: combine_store_tile<T, 6>(e, w, consensus, normalize, lam, plain_divisor, b, len, out); break; \
+      case 7: combine_store_tile<T, 7>(e, w, consensus, normalize, lam, plain_divisor, b, len, out); break; \
+      default: combine_store_tile<T, 8>(e, w, consensus, normalize, lam, plain_divisor, b, len, out); break; \
+    }                                                                                                      \
+  }                                                                                                        \
   M2N2_CLONES void plain_tile_k(const T* const* m, const compute_t<T>* b, int64_t len, int K,                \
                                 const compute_t<T>* s, const compute_t<T>* w, bool normalize,               \
                                 compute_t<T> divisor, compute_t<T> lam, T* out) {                           \
@@ -888,8 +942,12 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
       }
       factors_tile_k(m, b, len, mode[k], wide, threshold, draws, p.dare_threshold, s[k], w[k], ek);
     }
-    combine_tile_k(e.data(), w, K, cfg.consensus, cfg.normalize, lam, plain_divisor, b, len, merged);
-    store_tile_k(merged, len, out + t0);
+    if (K <= kPlainMaxModels) {
+      combine_store_tile_k(e.data(), w, K, cfg.consensus, cfg.normalize, lam, plain_divisor, b, len, out + t0);
+    } else {
+      combine_tile_k(e.data(), w, K, cfg.consensus, cfg.normalize, lam, plain_divisor, b, len, merged);
+      store_tile_k(merged, len, out + t0);
+    }
   }
 }
 
