@@ -338,7 +338,7 @@ void merge_unit(const std::vector<TaskTensor>& ts, const PcbConfig& cfg) {
 
   // Pass 3: score, scale, mix, write.
   const U lam = U(cfg.lam);
-#pragma omp parallel for schedule(static) if (nchunks > 1)
+#pragma omp parallel for schedule(dynamic) if (nchunks > 1)
   for (int64_t i = 0; i < nchunks; ++i) {
     const Chunk& c = chunks[size_t(i)];
     with_storage_type<U>(ts[c.tensor].dtype,

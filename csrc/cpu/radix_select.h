@@ -99,7 +99,7 @@ void radix_finish_by_collecting(int64_t nchunks, std::vector<RadixTarget>& targe
   const int threads = omp_get_max_threads();
   const size_t nslots = slots.slot_prefix.size();
   std::vector<std::vector<Key>> got(size_t(threads) * nslots);  // per thread and slot
-#pragma omp parallel for schedule(static) if (nchunks > 1)
+#pragma omp parallel for schedule(dynamic) if (nchunks > 1)
   for (int64_t i = 0; i < nchunks; ++i) {
     std::vector<Key>* mine = got.data() + size_t(omp_get_thread_num()) * nslots;
     keys_of_chunk(i, slots.sources, [&](int a, const Key* keys, int64_t len) {
@@ -172,7 +172,7 @@ void radix_select(int64_t nchunks, std::vector<RadixTarget>& targets, KeysOfChun
       }
     }
     hist.assign(size_t(threads) * nslots * kRadixBins, Count(0));
-#pragma omp parallel for schedule(static) if (nchunks > 1)
+#pragma omp parallel for schedule(dynamic) if (nchunks > 1)
     for (int64_t i = 0; i < nchunks; ++i) {
       Count* h = hist.data() + size_t(omp_get_thread_num()) * nslots * kRadixBins;
       keys_of_chunk(i, slots.sources, [&](int a, const Key* keys, int64_t len) {

@@ -496,7 +496,7 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
   std::vector<int64_t> used(size_t(threads) * A, 0);
   std::atomic<int64_t> total_used{0};
   std::vector<char> overflow(size_t(threads) * A, 0);
-#pragma omp parallel for schedule(static) if (nchunks > 1)
+#pragma omp parallel for schedule(dynamic) if (nchunks > 1)
   for (int64_t i = 0; i < nchunks; ++i) {
     const int th = omp_get_thread_num();
     const Chunk& c = chunks[size_t(i)];
@@ -1010,7 +1010,7 @@ void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg, S
   }
   if (need_stats) {
     std::vector<ChunkStats> stats(static_cast<size_t>(nchunks));
-#pragma omp parallel for schedule(static) if (nchunks > 1)
+#pragma omp parallel for schedule(dynamic) if (nchunks > 1)
     for (int64_t i = 0; i < nchunks; ++i) {
       const Chunk& c = chunks[i];
       ChunkStats& st = stats[i];
@@ -1046,7 +1046,7 @@ void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg, S
     }
   }
 
-#pragma omp parallel for schedule(static) if (nchunks > 1)
+#pragma omp parallel for schedule(dynamic) if (nchunks > 1)
   for (int64_t i = 0; i < nchunks; ++i) {
     const Chunk& c = chunks[i];
     const TaskTensor& t = ts[c.tensor];
