@@ -14,6 +14,7 @@
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <type_traits>
 
 
 namespace m2n2::cpu {
@@ -142,8 +143,9 @@ M2N2_HD void stats_tile(const T* m, const compute_t<T>* b, int64_t len, bool mag
   *ties += tie;
 }
 
+// (to_compute_tile_k of fp32 and fp64 is unused: base_tile reads those in place.)
 #define M2N2_DEFINE_PASS_TILES(T)                                                                             \
-  M2N2_CLONES void to_compute_tile_k(const T* x, int64_t len, compute_t<T>* out) {                            \
+  [[maybe_unused]] M2N2_CLONES void to_compute_tile_k(const T* x, int64_t len, compute_t<T>* out) {           \
     to_compute_tile<T>(x, len, out);                                                                          \
   }                                                                                                           \
   M2N2_CLONES void keys_tile_k(const T* m, const compute_t<T>* b, int64_t len, uint32_t* keys) {              \
@@ -168,17 +170,29 @@ M2N2_DEFINE_PASS_TILES(bf16_t)
 M2N2_DEFINE_PASS_TILES(half_t)
 #undef M2N2_DEFINE_PASS_TILES
 
+// The base of a tile in the compute type: the storage itself where they are the same
+// type (fp32, fp64), else converted into `buf`.
+template <class T>
+const compute_t<T>* base_tile(const T* base, int64_t len, compute_t<T>* buf) {
+  if constexpr (std::is_same_v<T, compute_t<T>>) {
+    return base;
+  } else {
+    to_compute_tile_k(base, len, buf);
+    return buf;
+  }
+}
+
 // ---- radix selection (radix_select.h) ---------------------------------------------
 
 // The magnitude keys of the listed models over one chunk, tile by tile.
 template <class T, class Key, class Sink>
 void magnitude_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector<int>& models, Sink&& sink) {
   const T* base = static_cast<const T*>(t.base);
-  alignas(64) compute_t<T> b[kTile];
+  alignas(64) compute_t<T> b_buf[kTile];
   alignas(64) Key keys[kTile];
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
-    to_compute_tile_k(base + t0, len, b);
+    const compute_t<T>* b = base_tile<T>(base + t0, len, b_buf);
     for (size_t a = 0; a < models.size(); ++a) {
       keys_tile_k(model_ptr<T>(t, models[a]) + t0, b, len, keys);
       sink(int(a), keys, len);
@@ -391,7 +405,7 @@ void window_chunk(const TaskTensor& t, const Chunk& c, std::vector<ModelWindow<K
                   int64_t budget, std::atomic<int64_t>& total_used, int64_t* used, char* overflow,
                   WindowCounts* counts) {
   const T* base = static_cast<const T*>(t.base);
-  alignas(64) compute_t<T> b[kTile];
+  alignas(64) compute_t<T> b_buf[kTile];
   alignas(64) Key keys[kTile];
   alignas(64) uint8_t flags[kTile];
   const size_t A = wins.size();
@@ -402,7 +416,7 @@ void window_chunk(const TaskTensor& t, const Chunk& c, std::vector<ModelWindow<K
   }
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
-    to_compute_tile_k(base + t0, len, b);
+    const compute_t<T>* b = base_tile<T>(base + t0, len, b_buf);
     for (size_t a = 0; a < A; ++a) {
       ModelWindow<Key>& w = wins[a];
       keys_tile_k(model_ptr<T>(t, w.model) + t0, b, len, keys);
@@ -611,12 +625,12 @@ void stats_chunk(const TaskTensor& t, const Chunk& c, const std::vector<ModelPla
   const T* base = static_cast<const T*>(t.base);
   const int K = int(plans.size());
   const bool magnitude = sparsify == Sparsify::kMagnitude;
-  alignas(64) compute_t<T> b[kTile];
+  alignas(64) compute_t<T> b_buf[kTile];
   alignas(64) uint32_t draws[kTile];
   alignas(64) Key keys[kTile];
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
-    to_compute_tile_k(base + t0, len, b);
+    const compute_t<T>* b = base_tile<T>(base + t0, len, b_buf);
     for (int k = 0; k < K; ++k) {
       const ModelPlan& p = plans[k];
       if (p.keep_all || p.keep_none || !(l1 || (p.partial_ties && !p.ties_known))) continue;
@@ -898,7 +912,7 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
   const C plain_divisor = (wsum < C(0) ? -wsum : wsum) < C(kDivisorMin) ? C(1) : wsum;
   const C lam = C(cfg.lam);
   std::vector<C> e(size_t(K) * kTile);
-  alignas(64) C b[kTile];
+  alignas(64) C b_buf[kTile];
   alignas(64) C merged[kTile];
   alignas(64) uint32_t draws[kTile];
   alignas(64) Key keys[kTile];
@@ -907,7 +921,7 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
   const T* tile_models[kPlainMaxModels];
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
-    to_compute_tile_k(base + t0, len, b);
+    const compute_t<T>* b = base_tile<T>(base + t0, len, b_buf);
     if (plain) {
       for (int k = 0; k < K; ++k) tile_models[k] = model_ptr<T>(t, k) + t0;
       plain_tile_k(tile_models, b, len, K, s, w, cfg.normalize, plain_divisor, lam, out + t0);
