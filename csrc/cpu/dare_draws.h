@@ -91,6 +91,10 @@ __attribute__((target("avx512f"))) inline void draws_tile_avx512(uint64_t seed, 
   alignas(64) uint32_t z[4 * kGroups];
   const uint64_t g0 = i0 >> 2;
   const int64_t groups = int64_t(((i0 + uint64_t(len) + 3) >> 2) - g0);
+  // A tile that starts on a group and fills whole steps of 64 draws (every full tile
+  // of a unit) is written in place; others go through z and are cut out of it.
+  const bool direct = (i0 & 3) == 0 && len % 64 == 0 && (reinterpret_cast<uintptr_t>(draws) & 63) == 0;
+  uint32_t* dst = direct ? draws : z;
   const __m512i m0 = _mm512_set1_epi64(int64_t(kPhiloxM0));
   const __m512i m1 = _mm512_set1_epi64(int64_t(kPhiloxM1));
   const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
@@ -110,10 +114,10 @@ __attribute__((target("avx512f"))) inline void draws_tile_avx512(uint64_t seed, 
       k0 += kPhiloxW0;
       k1 += kPhiloxW1;
     }
-    store_lanes(a, z + 4 * g);
-    store_lanes(b, z + 4 * g + 32);
+    store_lanes(a, dst + 4 * g);
+    store_lanes(b, dst + 4 * g + 32);
   }
-  std::memcpy(draws, z + (i0 - 4 * g0), size_t(len) * sizeof(uint32_t));
+  if (!direct) std::memcpy(draws, z + (i0 - 4 * g0), size_t(len) * sizeof(uint32_t));
 }
 #pragma GCC diagnostic pop
 #endif

@@ -1,9 +1,10 @@
 // DARE's draws: the AVX-512 loop of csrc/cpu/dare_draws.h against the portable one,
-// bit for bit, over tiles of every length at counters where the group's low 32-bit
-// word wraps (element indices near k 2^34) and for seeds and streams with both halves
-// set; also the portable loop against dare_draws4 element by element. Exits 1 on the
-// first difference. Built and run by tests/test_task_merge.py (it skips where the CPU
-// lacks AVX-512, after the portable check).
+// bit for bit (into aligned and unaligned buffers), over tiles of every length at
+// counters where the group's low 32-bit word wraps (element indices near k 2^34) and
+// for seeds and streams with both halves set; also the portable loop against
+// dare_draws4 element by element. Exits 1 on the first difference. Built and run by
+// tests/test_task_merge.py (it skips where the CPU lacks AVX-512, after the portable
+// check).
 #include <cstdio>
 #include <cstring>
 
@@ -49,10 +50,14 @@ int main() {
             }
 #if M2N2_AVX512_DRAWS
             if (__builtin_cpu_supports("avx512f")) {
-              uint32_t want[kDrawTile], got[kDrawTile];
+              // Into a 64-byte aligned buffer (whole tiles are written in place) and
+              // one that is not (through the staging buffer).
+              alignas(64) uint32_t want[kDrawTile], got[kDrawTile], off[kDrawTile + 1];
               draws_tile_portable(seed, stream, i0, len, want);
               draws_tile_avx512(seed, stream, i0, len, got);
-              if (std::memcmp(want, got, sizeof(uint32_t) * size_t(len)) != 0) {
+              draws_tile_avx512(seed, stream, i0, len, off + 1);
+              if (std::memcmp(want, got, sizeof(uint32_t) * size_t(len)) != 0 ||
+                  std::memcmp(want, off + 1, sizeof(uint32_t) * size_t(len)) != 0) {
                 std::printf("AVX-512 draws differ: seed %llx stream %llx i0 %llu len %lld\n",
                             (unsigned long long)seed, (unsigned long long)stream, (unsigned long long)i0,
                             (long long)len);
