@@ -833,36 +833,36 @@ M2N2_HD void combine_store_tile(const compute_t<T>* e, const compute_t<T>* w, Co
   }
 }
 
+// The call for a model count K <= kPlainMaxModels, with K as a template argument: a
+// switch written out (a lambda would lose the clone's instruction set).
+#define M2N2_BY_MODEL_COUNT(T, K, CALL) \
+  switch (K) {                         \
+    case 1: CALL(T, 1); break;        \
+    case 2: CALL(T, 2); break;        \
+    case 3: CALL(T, 3); break;        \
+    case 4: CALL(T, 4); break;        \
+    case 5: CALL(T, 5); break;        \
+    case 6: CALL(T, 6); break;        \
+    case 7: CALL(T, 7); break;        \
+    default: CALL(T, 8); break;       \
+  }
+#define M2N2_COMBINE_STORE_TILE(T, N) \
+  combine_store_tile<T, N>(e, w, consensus, normalize, lam, plain_divisor, b, len, out)
+#define M2N2_PLAIN_TILE(T, N) plain_tile<T, N>(m, b, len, s, w, normalize, divisor, lam, out)
+static_assert(kPlainMaxModels == 8, "M2N2_BY_MODEL_COUNT spells out the counts 1 to 8");
+
 // One clone set per storage type (target_clones does not apply to templates).
 #define M2N2_DEFINE_TILE_KERNELS(T)                                                                        \
   M2N2_CLONES void combine_store_tile_k(const compute_t<T>* e, const compute_t<T>* w, int K,                \
                                         Consensus consensus, bool normalize, compute_t<T> lam,              \
                                         compute_t<T> plain_divisor, const compute_t<T>* b, int64_t len,     \
                                         T* out) {                                                           \
-    switch (K) {                                                                                           \
-      case 1: combine_store_tile<T, 1>(e, w, consensus, normalize, lam, plain_divisor, b, len, out); break; \
-      case 2: combine_store_tile<T, 2>(e, w, consensus, normalize, lam, plain_divisor, b, len, out); break; \
-      case 3: combine_store_tile<T, 3>(e, w, consensus, normalize, lam, plain_divisor, b, len, out); break; \
-      case 4: combine_store_tile<T, 4>(e, w, consensus, normalize, lam, plain_divisor, b, len, out); break; \
-      case 5: combine_store_tile<T, 5>(e, w, consensus, normalize, lam, plain_divisor, b, len, out); break; \
-      case 6: combine_store_tile<T, 6>(e, w, consensus, normalize, lam, plain_divisor, b, len, out); break; \
-      case 7: combine_store_tile<T, 7>(e, w, consensus, normalize, lam, plain_divisor, b, len, out); break; \
-      default: combine_store_tile<T, 8>(e, w, consensus, normalize, lam, plain_divisor, b, len, out); break; \
-    }                                                                                                      \
+    M2N2_BY_MODEL_COUNT(T, K, M2N2_COMBINE_STORE_TILE)                                                     \
   }                                                                                                        \
   M2N2_CLONES void plain_tile_k(const T* const* m, const compute_t<T>* b, int64_t len, int K,                \
                                 const compute_t<T>* s, const compute_t<T>* w, bool normalize,               \
                                 compute_t<T> divisor, compute_t<T> lam, T* out) {                           \
-    switch (K) {                                                                                           \
-      case 1: plain_tile<T, 1>(m, b, len, s, w, normalize, divisor, lam, out); break;                      \
-      case 2: plain_tile<T, 2>(m, b, len, s, w, normalize, divisor, lam, out); break;                      \
-      case 3: plain_tile<T, 3>(m, b, len, s, w, normalize, divisor, lam, out); break;                      \
-      case 4: plain_tile<T, 4>(m, b, len, s, w, normalize, divisor, lam, out); break;                      \
-      case 5: plain_tile<T, 5>(m, b, len, s, w, normalize, divisor, lam, out); break;                      \
-      case 6: plain_tile<T, 6>(m, b, len, s, w, normalize, divisor, lam, out); break;                      \
-      case 7: plain_tile<T, 7>(m, b, len, s, w, normalize, divisor, lam, out); break;                      \
-      default: plain_tile<T, 8>(m, b, len, s, w, normalize, divisor, lam, out); break;                     \
-    }                                                                                                      \
+    M2N2_BY_MODEL_COUNT(T, K, M2N2_PLAIN_TILE)                                                             \
   }                                                                                                        \
   M2N2_CLONES void factors_tile_k(const T* m, const compute_t<T>* b, int64_t len, KeepMode mode, bool wide, \
                                   uint64_t threshold, const uint32_t* draws, uint32_t dare_thr,            \
@@ -876,6 +876,9 @@ M2N2_DEFINE_TILE_KERNELS(double)
 M2N2_DEFINE_TILE_KERNELS(bf16_t)
 M2N2_DEFINE_TILE_KERNELS(half_t)
 #undef M2N2_DEFINE_TILE_KERNELS
+#undef M2N2_BY_MODEL_COUNT
+#undef M2N2_COMBINE_STORE_TILE
+#undef M2N2_PLAIN_TILE
 
 M2N2_CLONES void combine_tile_k(const float* e, const float* w, int K, Consensus consensus, bool normalize, float lam,
                                 float plain_divisor, const float* b, int64_t len, float* out) {
