@@ -258,7 +258,7 @@ constexpr int64_t kWindowMinN = int64_t(1) << 21;  // smaller units: radix (the 
 // block's keys are neighbours in one row: where neighbours' magnitudes go together,
 // the sample is worth fewer independent keys and the window misses more often (the
 // same result again, only slower).
-constexpr int64_t kSampleBlock = 32;                // contiguous elements per sample block (one or two cache lines)
+constexpr int64_t kSampleBlock = 32;                // elements per sample block: 1, 2 or 4 cache lines (2-, 4-, 8-byte)
 constexpr int64_t kSampleKeys = int64_t(1) << 19;   // sampled keys per model, at most
 constexpr double kSampleSigmas = 4.0;
 // Candidate memory cap, as a fraction of the unit's input bytes (base + K models).
@@ -325,7 +325,8 @@ struct WindowCounts {
 };
 
 // The sample: kSampleKeys / kSampleBlock blocks of contiguous elements, block j
-// centred on unit index (j + 1/2) n / blocks (a block is cut at its chunk's end).
+// starting at the multiple of kSampleBlock just below (j + 1/2) n / blocks -
+// kSampleBlock / 2, so that its lines are whole (a block is cut at its chunk's end).
 // Where block j's keys go in the sample is fixed before any is read, so the blocks
 // are read in parallel and the sample does not depend on the threads.
 struct SampleBlock {
@@ -353,9 +354,9 @@ inline std::vector<SampleBlock> sample_blocks(const std::vector<Chunk>& chunks, 
   return out;
 }
 
-// One model's sample, its blocks read in parallel. A block is one or two cache lines
-// of the model and of the base, so the read costs the lines the blocks touch, not the
-// keys they hold: blocks of kSampleBlock elements aligned to a multiple of it.
+// One model's sample, its blocks read in parallel. A block is whole cache lines of
+// the model and of the base, so the read costs the lines the blocks touch, not the
+// keys they hold.
 template <class Key>
 std::vector<Key> sample_keys(const std::vector<TaskTensor>& ts, const std::vector<SampleBlock>& blocks, int k) {
   const int64_t m = blocks.empty() ? 0 : blocks.back().at + (blocks.back().i1 - blocks.back().i0);
