@@ -77,12 +77,14 @@ TORCH_LIBRARY(m2n2, m) {
   // ---- task-vector merges (docs/semantics.md, "Task-vector merges") ----
   // base: L tensors; models: K x L tensors, model-major (model k's position i is
   // models[k * L + i]); out: L tensors, each base[i] itself (in place) or fresh.
-  // weights, density: K numbers. sparsify: none | magnitude | random; consensus:
-  // none | sum | count; rescale: none | l1 | density; scope: tensor | global; seed
-  // keys the random sparsification (its 64 bits).
+  // weights, density, gamma: K numbers (gamma: the fraction of largest magnitudes
+  // magnitude_outliers drops, read by it only). sparsify: none | magnitude | random |
+  // magnitude_outliers; consensus: none | sum | count; rescale: none | l1 | density;
+  // scope: tensor | global; seed keys the random sparsification (its 64 bits).
   m.def(
       "task_merge_out(Tensor[] base, Tensor[] models, Tensor(a!)[] out, float[] weights, float[] density, "
-      "str sparsify, str consensus, str rescale, bool normalize, float lam, str scope, int seed) -> ()");
+      "float[] gamma, str sparsify, str consensus, str rescale, bool normalize, float lam, str scope, "
+      "int seed) -> ()");
 
   // ---- PCB merging (docs/semantics.md, "PCB merging") ----
   // base, models, out as task_merge_out (models model-major, K x L). ratio: the

@@ -19,7 +19,9 @@ namespace m2n2 {
 
 inline Sparsify parse_sparsify(const std::string& s) {
   return parse_choice<Sparsify>(
-      s, "sparsify", {{"none", Sparsify::kNone}, {"magnitude", Sparsify::kMagnitude}, {"random", Sparsify::kRandom}});
+      s, "sparsify",
+      {{"none", Sparsify::kNone}, {"magnitude", Sparsify::kMagnitude}, {"random", Sparsify::kRandom},
+       {"magnitude_outliers", Sparsify::kOutliers}});
 }
 
 inline Consensus parse_consensus(const std::string& s) {
@@ -45,6 +47,15 @@ inline int64_t task_models_count(at::TensorList base, at::TensorList models) {
   const int64_t K = int64_t(models.size() / base.size());
   TORCH_CHECK_VALUE(K <= kMaxModels, "models must hold at most ", kMaxModels, " models, got ", K);
   return K;
+}
+
+// magnitude_outliers selects 2K virtual models (each model twice), so K is at most half
+// the kernels' model count there.
+constexpr int64_t kMaxOutlierModels = kMaxModels / 2;
+
+inline void check_task_model_count(int64_t K, Sparsify sparsify) {
+  TORCH_CHECK_VALUE(sparsify != Sparsify::kOutliers || K <= kMaxOutlierModels, "models must hold at most ",
+                    kMaxOutlierModels, " models with sparsify='magnitude_outliers', got ", K);
 }
 
 inline std::vector<double> task_per_model(at::ArrayRef<double> values, int64_t K, const char* name, bool unit_range) {

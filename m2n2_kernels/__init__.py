@@ -15,13 +15,14 @@ from .crossover import crossover_batch, interp_sums, split_interpolate, split_in
 from .niches import NicheStats, attraction, fitness, niche_stats, replace_index
 from .pcb import pcb_merge
 from .scores import sample_scores
-from .task_vectors import dare_merge, task_arithmetic, task_merge, ties_merge
+from .task_vectors import breadcrumbs_merge, dare_merge, task_arithmetic, task_merge, ties_merge
 
 __version__ = "0.1.0"
 
 __all__ = [
     "NicheStats",
     "attraction",
+    "breadcrumbs_merge",
     "build_info",
     "crossover_batch",
     "dare_merge",

@@ -99,19 +99,20 @@ def triton_sample_scores_out(logits, target, mask, ignore_index, kind, reduce, o
 
 
 @torch.library.register_fake("m2n2::task_merge_out")
-def _task_merge_out_fake(base, models, out, weights, density, sparsify, consensus, rescale, normalize, lam, scope,
-                         seed):
+def _task_merge_out_fake(base, models, out, weights, density, gamma, sparsify, consensus, rescale, normalize, lam,
+                         scope, seed):
     return None
 
 
-def triton_task_merge_out(base, models, out, weights, density, sparsify, consensus, rescale, normalize, lam, scope,
-                          seed):
+def triton_task_merge_out(base, models, out, weights, density, gamma, sparsify, consensus, rescale, normalize, lam,
+                          scope, seed):
     from .triton import task_merge as ttm
 
     base, models, out = list(base), list(models), list(out)
-    task_vectors.check_op_canonical(base, models, out, weights, density, sparsify, consensus, rescale, normalize, lam,
-                                    scope, seed)
-    ttm.task_merge_out(base, models, out, weights, density, sparsify, consensus, rescale, normalize, lam, scope, seed)
+    task_vectors.check_op_canonical(base, models, out, weights, density, gamma, sparsify, consensus, rescale, normalize,
+                                    lam, scope, seed)
+    ttm.task_merge_out(base, models, out, weights, density, gamma, sparsify, consensus, rescale, normalize, lam, scope,
+                       seed)
 
 
 # ---- PCB merging (m2n2_kernels/pcb.py) ----

@@ -43,8 +43,8 @@ def check_op_canonical(base, models, out, ratio, lam, scope, clamp):
     canonical checks, run with settings that are always valid), then the numbers."""
     L = max(len(base), 1)
     K = len(models) // L
-    task_vectors.check_op_canonical(base, models, out, [1.0] * K, [1.0] * K, "none", "none", "none", False, 1.0,
-                                    "tensor", 0)
+    task_vectors.check_op_canonical(base, models, out, [1.0] * K, [1.0] * K, [0.0] * K, "none", "none", "none",
+                                    False, 1.0, "tensor", 0)
     check_scalars(ratio, lam, scope, clamp)
 
 

@@ -441,6 +441,28 @@ def _magnitude_mask(d, rho):
     return mask
 
 
+def outlier_band(rho, gamma, n):
+    """The descending magnitude ranks [start, end) magnitude_outliers keeps of n:
+    int(rho n) after the int(gamma n) largest, or the int(rho n) smallest where fewer
+    are left (mergekit's magnitude_outliers); all for rho >= 1."""
+    if rho >= 1 or n == 0:
+        return 0, n
+    t = int(rho * n) if rho > 0 else 0
+    top = int(gamma * n) if gamma > 0 else 0
+    start = min(top, n - t)
+    return start, start + t
+
+
+def _outlier_mask(d, rho, gamma):
+    """The band of outlier_band in descending |d| order, ties lowest index first."""
+    start, end = outlier_band(rho, gamma, d.numel())
+    mask = torch.zeros(d.numel(), dtype=torch.bool, device=d.device)
+    if end > start:
+        order = torch.sort(d.abs(), descending=True, stable=True).indices
+        mask[order[start:end]] = True
+    return mask
+
+
 def _random_mask(rho, model, seed, n, device):
     if rho >= 1:
         return torch.ones(n, dtype=torch.bool, device=device)
@@ -461,15 +483,18 @@ def _rescale(d, mask, rho, rescale, cdt):
     return torch.tensor(before / after, dtype=torch.float64).to(cdt).item()
 
 
-def _partial(sparsify, rho, n):
+def _partial(sparsify, rho, n, gamma=0.0):
     """The sparsification rule keeps some of a unit's n elements but not all."""
     if sparsify == "magnitude":
         return 0 < _keep_count(rho, n) < n
+    if sparsify == "magnitude_outliers":
+        start, end = outlier_band(rho, gamma, n)
+        return 0 < end - start < n
     return sparsify == "random" and 0.0 < rho < 1.0
 
 
 def task_merge(base, models, weights, *, sparsify=None, density=1.0, consensus=None, rescale=None, normalize=False,
-               lam=1.0, scope="tensor", seed=0):
+               lam=1.0, scope="tensor", seed=0, gamma=0.01):
     """The task-vector merge of `models` onto `base` (tensors, or lists of tensors):
     see docs/semantics.md. Returns a new tensor (list) in base's dtypes."""
     is_list = isinstance(base, (list, tuple))
@@ -478,6 +503,7 @@ def task_merge(base, models, weights, *, sparsify=None, density=1.0, consensus=N
     K = len(model_lists)
     w = [float(v) for v in weights]
     rho = _per_model(density, K)
+    gam = _per_model(gamma, K)
     cdts = [_compute_dtype(t.dtype) for t in base_list]
     # Units: each position (scope "tensor") or the whole list (scope "global"), as
     # flat vectors in the list's widest compute type.
@@ -493,9 +519,12 @@ def task_merge(base, models, weights, *, sparsify=None, density=1.0, consensus=N
                 mask = _magnitude_mask(d, rho[k])
             elif sparsify == "random":
                 mask = _random_mask(rho[k], k, seed, d.numel(), d.device)
+            elif sparsify == "magnitude_outliers":
+                mask = _outlier_mask(d, rho[k], gam[k])
             else:
                 mask = torch.ones(d.numel(), dtype=torch.bool, device=d.device)
-            s = _rescale(d, mask, rho[k], rescale, cdt) if _partial(sparsify, rho[k], d.numel()) else 1.0
+            partial = _partial(sparsify, rho[k], d.numel(), gam[k])
+            s = _rescale(d, mask, rho[k], rescale, cdt) if partial else 1.0
             start = 0
             for i, size in zip(unit, sizes):
                 dk = d[start:start + size].to(cdts[i])

@@ -1,9 +1,9 @@
-"""Task-vector merges: task arithmetic, TIES, DARE (docs/semantics.md).
+"""Task-vector merges: task arithmetic, TIES, DARE, Model Breadcrumbs (docs/semantics.md).
 
 One op, `task_merge`, computes mergekit's generalized task arithmetic in a few
 streaming passes (thresholds or sums, then one fused pass that masks, elects signs,
 mixes and writes); `task_arithmetic`, `ties_merge` and `dare_merge` name its
-settings. Inputs are `base` and K `models`, each a tensor or a list of tensors (a
+settings, and `breadcrumbs_merge` mergekit's magnitude_outliers. Inputs are `base` and K `models`, each a tensor or a list of tensors (a
 whole model in one call; dtypes may differ between list positions).
 """
 import torch
@@ -11,11 +11,18 @@ import torch
 from . import _backend, _checks, reference
 
 # The op's choices; None in the Python API means "none".
-SPARSIFY = ("none", "magnitude", "random")
+SPARSIFY = ("none", "magnitude", "random", "magnitude_outliers")
 CONSENSUS = ("none", "sum", "count")
 RESCALE = ("none", "l1", "density")
 SCOPES = ("tensor", "global")
 MAX_MODELS = 64  # csrc/include/m2n2/task_merge.h, kMaxModels
+MAX_OUTLIER_MODELS = MAX_MODELS // 2  # csrc/task_merge_args.h: two virtual models per model
+
+
+def _check_model_count(K, sparsify):
+    if sparsify == "magnitude_outliers" and K > MAX_OUTLIER_MODELS:
+        raise ValueError(f"models must hold at most {MAX_OUTLIER_MODELS} models with "
+                         f"sparsify='magnitude_outliers', got {K}")
 
 
 def _model_lists(base, models):
@@ -107,25 +114,27 @@ def _per_model(values, K, name, *, unit_range=False):
     return out
 
 
-def check_op_task_merge(base, models, weights, sparsify, density, consensus, rescale, lam, scope, seed):
+def check_op_task_merge(base, models, weights, sparsify, density, consensus, rescale, lam, scope, seed, gamma=0.01):
     """Every argument of task_merge, checked before anything is written; returns the
-    canonical form (base_list, model_lists, is_list, n, weights, densities, lam, seed
-    as int64, [sparsify, consensus, rescale] as the op's strings)."""
+    canonical form (base_list, model_lists, is_list, n, weights, densities, gammas,
+    lam, seed as int64, [sparsify, consensus, rescale] as the op's strings)."""
     base_list, lists, is_list, n = _model_lists(base, models)
     K = len(lists)
     if isinstance(weights, (int, float)) or (isinstance(weights, torch.Tensor) and weights.dim() == 0):
         raise TypeError(f"weights must hold one number per model (K = {K}), got a single number")
     w = _per_model(weights, K, "weights")
     rho = _per_model(density, K, "density", unit_range=True)
+    gam = _per_model(gamma, K, "gamma", unit_range=True)
     choices = [_checks.choice("none" if v is None else v, name, allowed) for v, name, allowed in (
         (sparsify, "sparsify", SPARSIFY), (consensus, "consensus", CONSENSUS), (rescale, "rescale", RESCALE))]
+    _check_model_count(K, choices[0])
     _checks.choice(scope, "scope", SCOPES)
     lam = _checks.as_finite_float(lam, "lam")
     seed = _checks.as_seed(seed)
-    return base_list, lists, is_list, n, w, rho, lam, seed, choices
+    return base_list, lists, is_list, n, w, rho, gam, lam, seed, choices
 
 
-def check_op_canonical(base, models, out, weights, density, sparsify, consensus, rescale, normalize, lam, scope,
+def check_op_canonical(base, models, out, weights, density, gamma, sparsify, consensus, rescale, normalize, lam, scope,
                        seed):
     """The op's own checks on its canonical arguments (models flat, model-major; the
     choices as strings), in the order and words of csrc/task_merge_args.h: what
@@ -142,8 +151,11 @@ def check_op_canonical(base, models, out, weights, density, sparsify, consensus,
         raise ValueError(f"models must hold at most {MAX_MODELS} models, got {K}")
     _per_model(list(weights), K, "weights")
     _per_model(list(density), K, "density", unit_range=True)
-    for value, name, allowed in ((sparsify, "sparsify", SPARSIFY), (consensus, "consensus", CONSENSUS),
-                                 (rescale, "rescale", RESCALE), (scope, "scope", SCOPES)):
+    _per_model(list(gamma), K, "gamma", unit_range=True)
+    _checks.choice(sparsify, "sparsify", SPARSIFY)
+    _check_model_count(K, sparsify)
+    for value, name, allowed in ((consensus, "consensus", CONSENSUS), (rescale, "rescale", RESCALE),
+                                 (scope, "scope", SCOPES)):
         _checks.choice(value, name, allowed)
     _checks.as_finite_float(lam, "lam")
     if len(out) != L:
@@ -168,25 +180,28 @@ def check_op_canonical(base, models, out, weights, density, sparsify, consensus,
 
 
 def task_merge(base, models, weights, *, sparsify=None, density=1.0, consensus=None, rescale=None, normalize=False,
-               lam=1.0, scope="tensor", seed=0, out=None, backend=None):
+               lam=1.0, scope="tensor", seed=0, gamma=0.01, out=None, backend=None):
     """base + lam * merged task vectors (docs/semantics.md, "Task-vector merges").
 
     `sparsify`: None, "magnitude" (keep each model's max(1, int(density * n)) largest
     |d_k| per unit: TIES) or "random" (keep each element with probability density,
-    keyed by (seed, model, element): DARE); `density`: one number or one per model;
+    keyed by (seed, model, element): DARE) or "magnitude_outliers" (of each model's
+    magnitudes per unit, drop the int(gamma * n) largest and keep the int(density *
+    n) next: Model Breadcrumbs, as mergekit); `density`, `gamma`: one number or one
+    per model;
     `consensus`: None, "sum" or "count" (TIES' sign election); `rescale`: None, "l1"
     or "density"; `scope`: "tensor" (each list position is a unit) or "global" (the
     whole list); `out`: None (a new tensor or list), or base itself (in place).
     """
-    base_list, lists, is_list, n, w, rho, lam, seed, (sp, cons, resc) = check_op_task_merge(
-        base, models, weights, sparsify, density, consensus, rescale, lam, scope, seed)
+    base_list, lists, is_list, n, w, rho, gam, lam, seed, (sp, cons, resc) = check_op_task_merge(
+        base, models, weights, sparsify, density, consensus, rescale, lam, scope, seed, gamma)
     out_list = _out_list(out, base_list, lists, is_list)
 
     def torch_route():
         return reference.task_merge(base_list, lists, w, sparsify=None if sp == "none" else sp, density=rho,
                                     consensus=None if cons == "none" else cons,
                                     rescale=None if resc == "none" else resc, normalize=bool(normalize), lam=lam,
-                                    scope=scope, seed=seed % 2**64)
+                                    scope=scope, seed=seed % 2**64, gamma=gam)
 
     def triton_route():
         from .triton import task_merge as triton_task_merge
@@ -195,7 +210,7 @@ def task_merge(base, models, weights, *, sparsify=None, density=1.0, consensus=N
 
     result = run_routed(backend, base_list, lists, out_list, out is not None, torch_route,
                         lambda: torch.ops.m2n2.task_merge_out, triton_route,
-                        (w, rho, sp, cons, resc, bool(normalize), lam, scope, seed))
+                        (w, rho, gam, sp, cons, resc, bool(normalize), lam, scope, seed))
     return result if is_list else result[0]
 
 
@@ -242,4 +257,15 @@ def dare_merge(base, models, weights, density, *, seed, consensus=None, rescale=
     DARE-TIES."""
     return task_merge(base, models, weights, sparsify="random", density=density, consensus=consensus,
                       rescale=rescale, normalize=normalize, lam=lam, scope=scope, seed=seed, out=out,
+                      backend=backend)
+
+
+def breadcrumbs_merge(base, models, weights, density, *, gamma=0.01, consensus=None, rescale=None, normalize=False,
+                      lam=1.0, scope="tensor", out=None, backend=None):
+    """Model Breadcrumbs (mergekit's breadcrumbs; breadcrumbs_ties with
+    consensus="sum"): per unit, each model drops its int(gamma * n) largest |d_k|
+    (the outliers) and keeps the int(density * n) next (the smallest of all where
+    fewer are left), ties lowest index first; then as TIES."""
+    return task_merge(base, models, weights, sparsify="magnitude_outliers", density=density, gamma=gamma,
+                      consensus=consensus, rescale=rescale, normalize=normalize, lam=lam, scope=scope, out=out,
                       backend=backend)

@@ -86,17 +86,37 @@ def run_native_check(tmp_path, name, flags=()):
     return run.returncode, run.stdout
 
 
+# What a compile check's script starts with: Triton, and compile_ptx(fn, pointers,
+# consts), the PTX of a @triton.jit kernel for sm_90 (no GPU needed) with the pointer
+# types of its first arguments (the others int64) and its constexprs, compiled as its
+# launcher does (the WARPS of its module, no FMA contraction).
+_TRITON_COMPILE_PRELUDE = r"""
+import sys
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+def compile_ptx(fn, pointers, consts):
+    sig = {a: (pointers[i] if i < len(pointers) else "i64") for i, a in enumerate(fn.arg_names) if a not in consts}
+    sig.update({a: "constexpr" for a in consts})
+    warps = sys.modules[fn.fn.__module__].WARPS
+    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": warps, "enable_fp_fusion": False}).asm["ptx"]
+"""
+
+
 def run_triton_compile_check(script):
-    """Runs `script` (Python that compiles Triton kernels for a GPU target and prints
-    "ok") in a fresh interpreter without TRITON_INTERPRET; skips where Triton finds no
-    CUDA toolchain, else asserts it printed "ok"."""
+    """Runs `script` (Python that compiles Triton kernels for a GPU target with
+    compile_ptx, defined before it, and prints "ok") in a fresh interpreter without
+    TRITON_INTERPRET; skips where Triton finds no CUDA toolchain, else asserts it
+    printed "ok"."""
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-c", _TRITON_COMPILE_PRELUDE + script], env=env, cwd=root, capture_output=True, text=True,
                          timeout=600)
     if run.returncode and "ptxas" in run.stderr and "assert" not in run.stderr:
         pytest.skip(f"no CUDA toolchain for Triton here: {run.stderr.strip().splitlines()[-1]}")

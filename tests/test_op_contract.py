@@ -224,8 +224,8 @@ def _sums_cases():
 
 def _task_merge_cases():
     base, m0, m1, out = torch.randn(6), torch.randn(6), torch.randn(6), torch.empty(6)
-    args = dict(weights=[0.5, 0.5], density=[0.5, 0.5], sparsify="magnitude", consensus="sum", rescale="none",
-                normalize=True, lam=1.0, scope="tensor", seed=0)
+    args = dict(weights=[0.5, 0.5], density=[0.5, 0.5], gamma=[0.01, 0.01], sparsify="magnitude", consensus="sum",
+                rescale="none", normalize=True, lam=1.0, scope="tensor", seed=0)
 
     def call(b, ms, o, **kw):
         return ("task_merge_out", (b, ms, o, *{**args, **kw}.values()))
@@ -235,11 +235,16 @@ def _task_merge_cases():
         call([], [m0, m1], []),
         call([base], [], [out]),
         call([base, base[:3]], [m0, m1, m0], [out, out[:3]]),
-        call([base], [m0] * 65, [out], weights=[1.0] * 65, density=[1.0] * 65),
+        call([base], [m0] * 65, [out], weights=[1.0] * 65, density=[1.0] * 65, gamma=[0.0] * 65),
         call([base], [m0, m1], [out], weights=[1.0]),
         call([base], [m0, m1], [out], weights=[1.0, float("nan")]),
         call([base], [m0, m1], [out], density=[0.5, 1.5]),
         call([base], [m0, m1], [out], density=[-0.1, 0.5]),
+        call([base], [m0, m1], [out], gamma=[0.5]),
+        call([base], [m0, m1], [out], gamma=[0.5, 1.01]),
+        call([base], [m0, m1], [out], gamma=[float("nan"), 0.5]),
+        call([base], [m0] * 33, [out], weights=[1.0] * 33, density=[1.0] * 33, gamma=[0.0] * 33,
+             sparsify="magnitude_outliers"),
         call([base], [m0, m1], [out], sparsify="top"),
         call([base], [m0, m1], [out], consensus="vote"),
         call([base], [m0, m1], [out], rescale="l2"),

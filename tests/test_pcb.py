@@ -457,16 +457,7 @@ def test_triton_index_past_2_pow_31():
 # approximate division, no hardware exp or tanh, and pcb.h's constants in fp64.
 _COMPILE_CHECK = r"""
 import struct
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from m2n2_kernels.triton import pcb as tp
-
-def compile_ptx(fn, pointers, consts):
-    sig = {a: (pointers[i] if i < len(pointers) else "i64") for i, a in enumerate(fn.arg_names) if a not in consts}
-    sig.update({a: "constexpr" for a in consts})
-    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": tp.WARPS, "enable_fp_fusion": False}).asm["ptx"]
 
 hist = [compile_ptx(tp._hist_kernel, [f"*{dt}", "*i64", f"*{u}", "*i64", "*i64"],
                     dict(BLOCK=1024, BINS=tp.BINS, CDT=c, UDT=getattr(tl, "float" + u[2:]), SCORE=s))

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from m2n2_kernels.reference import DARE_STREAM, philox_uniform24
-from m2n2_kernels.task_vectors import dare_merge, task_arithmetic, task_merge, ties_merge
+from m2n2_kernels.task_vectors import breadcrumbs_merge, dare_merge, task_arithmetic, task_merge, ties_merge
 
 from conftest import available_backends
 
@@ -85,6 +85,20 @@ def kept_by_magnitude(d, density):
     return set(order[:k])
 
 
+def kept_by_outliers(d, density, gamma):
+    """The indices Model Breadcrumbs keeps, as mergekit's magnitude_outliers states it:
+    t = int(density n), n_top = int(gamma n), n_bot = max(0, n - t - n_top); in
+    ascending order of |d| (the reverse of TIES' order: among equal magnitudes the
+    higher index first), positions [n_bot, n_bot + t). All for density >= 1."""
+    n = len(d)
+    if density >= 1:
+        return set(range(n))
+    t, n_top = int(density * n), int(gamma * n)
+    n_bot = max(0, n - t - n_top)
+    order = sorted(range(n), key=lambda i: (abs(d[i]), -i))
+    return set(order[n_bot:n_bot + t])
+
+
 def dare_kept(seed, k, n, density):
     if density >= 1:
         return [True] * n
@@ -93,15 +107,16 @@ def dare_kept(seed, k, n, density):
 
 
 def merge_oracle(base, models, weights, *, sparsify=None, density=1.0, consensus=None, rescale=None,
-                 normalize=False, lam=1.0, seed=0):
+                 normalize=False, lam=1.0, seed=0, gamma=0.01):
     """One unit (flat lists of floats), in fp64 with Python loops, from the docs."""
     n, K = len(base), len(models)
     rho = list(density) if isinstance(density, (list, tuple)) else [density] * K
+    gam = list(gamma) if isinstance(gamma, (list, tuple)) else [gamma] * K
     e = []
     for k in range(K):
         d = [models[k][i] - base[i] for i in range(n)]
-        if sparsify == "magnitude":
-            keep = kept_by_magnitude(d, rho[k])
+        if sparsify in ("magnitude", "magnitude_outliers"):
+            keep = kept_by_magnitude(d, rho[k]) if sparsify == "magnitude" else kept_by_outliers(d, rho[k], gam[k])
             kept = [i in keep for i in range(n)]
         elif sparsify == "random":
             kept = dare_kept(seed, k, n, rho[k])
@@ -110,7 +125,10 @@ def merge_oracle(base, models, weights, *, sparsify=None, density=1.0, consensus
         # s_k is 1 where the rule keeps every element or none (not where the draws
         # happen to): magnitude k = n or 0, random rho >= 1 or <= 0.
         s = 1.0
-        partial = (0 < len(keep) < n) if sparsify == "magnitude" else (sparsify == "random" and 0 < rho[k] < 1)
+        if sparsify in ("magnitude", "magnitude_outliers"):
+            partial = 0 < len(keep) < n
+        else:
+            partial = sparsify == "random" and 0 < rho[k] < 1
         if partial:
             if rescale == "density":
                 s = 1.0 / rho[k]
@@ -252,17 +270,21 @@ def test_ties_keep_count_is_int_of_fp64_product(backend):
     assert torch.equal(got, torch.tensor([10.0, 9, 8, 7, 6, 5, 4, 0, 0, 0]))
 
 
+def small_case(g, K, n=13):
+    """A base, K models of it whose deltas are rounded to 1/4 (equal magnitudes and zero
+    deltas occur), weights in [-0.5, 1.5) and densities in [0, 1), all drawn from g."""
+    base = torch.randn(n, generator=g, dtype=torch.float64)
+    models = [base + torch.round(4 * torch.randn(n, generator=g, dtype=torch.float64)) / 4 for _ in range(K)]
+    weights = [float(x) for x in torch.rand(K, generator=g, dtype=torch.float64) * 2 - 0.5]
+    density = [float(x) for x in torch.rand(K, generator=g, dtype=torch.float64)]
+    return base, models, weights, density
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("trial", range(6))
 def test_ties_random_small_cases(backend, trial):
     # Several models, per-model densities, both consensus rules, against the fp64 loops.
-    g = gen(100 + trial)
-    n, K = 13, 1 + trial % 4
-    base = torch.randn(n, generator=g, dtype=torch.float64)
-    # Rounded to 1/4: equal magnitudes and zero deltas occur.
-    models = [base + torch.round(4 * torch.randn(n, generator=g, dtype=torch.float64)) / 4 for _ in range(K)]
-    weights = [float(x) for x in torch.rand(K, generator=g, dtype=torch.float64) * 2 - 0.5]
-    density = [float(x) for x in torch.rand(K, generator=g, dtype=torch.float64)]
+    base, models, weights, density = small_case(gen(100 + trial), 1 + trial % 4)
     for consensus in ("sum", "count"):
         for normalize in (False, True):
             got = ties_merge(base, models, weights, density, consensus=consensus, normalize=normalize, lam=0.9,
@@ -270,6 +292,73 @@ def test_ties_random_small_cases(backend, trial):
             want = merge_oracle(flat(base), [flat(m) for m in models], weights, sparsify="magnitude",
                                 density=density, consensus=consensus, normalize=normalize, lam=0.9)
             torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# Model Breadcrumbs (magnitude_outliers).
+# ---------------------------------------------------------------------------
+
+# Ten deltas of distinct magnitudes 1..10 (index i holds 10 - i, signs alternating).
+# density 0.5, gamma 0.2: t = 5, n_top = 2, n_bot = 3: drop 10, 9 and 1, 2, 3; keep 8..4.
+# density 0.5, gamma 0.7: n_bot = max(0, 10 - 5 - 7) = 0: the 5 smallest, 5..1.
+# density 0.05: t = int(0.5) = 0, nothing (no max(1, ...) here, unlike TIES).
+# density 1: everything, whatever gamma (mergekit returns the tensor).
+# gamma 0: TIES' band (t largest), gamma 1: the t smallest.
+BREADCRUMBS = [(0.5, 0.2, [8, 7, 6, 5, 4]), (0.5, 0.7, [5, 4, 3, 2, 1]), (0.05, 0.2, []),
+               (1.0, 0.5, list(range(10, 0, -1))), (0.3, 0.0, [10, 9, 8]), (0.3, 1.0, [3, 2, 1]),
+               (0.0, 0.0, [])]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("density,gamma,kept", BREADCRUMBS)
+def test_breadcrumbs_band_by_hand(backend, dtype, density, gamma, kept):
+    base = torch.zeros(10, dtype=dtype)
+    model = torch.tensor([(10 - i) * (-1) ** i for i in range(10)], dtype=dtype)
+    got = breadcrumbs_merge(base, [model], [1.0], density, gamma=gamma, backend=backend)
+    want = torch.where(torch.isin(model.abs(), torch.tensor(kept, dtype=dtype)), model, torch.zeros((), dtype=dtype))
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_breadcrumbs_ties_at_both_ends_lowest_index_first(backend):
+    # |d| = 3, 3, 3, 3 (i = 0..3), 2, 2, 2 (4..6), 1 (7): descending ranks 0..7 in index
+    # order. density 0.25, gamma 0.25: drop ranks 0, 1 (i = 0, 1), keep ranks 2, 3 (i = 2, 3).
+    # density 0.5, gamma 0.125: drop rank 0 (i = 0), keep ranks 1..4: i = 1, 2, 3 and 4.
+    model = torch.tensor([3.0, -3, 3, -3, 2, -2, 2, 1])
+    base = torch.zeros(8)
+    got = breadcrumbs_merge(base, [model], [1.0], 0.25, gamma=0.25, backend=backend)
+    assert torch.equal(got, torch.tensor([0.0, 0, 3, -3, 0, 0, 0, 0]))
+    got = breadcrumbs_merge(base, [model], [1.0], 0.5, gamma=0.125, backend=backend)
+    assert torch.equal(got, torch.tensor([0.0, -3, 3, -3, 2, 0, 0, 0]))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("trial", range(6))
+def test_breadcrumbs_random_small_cases(backend, trial):
+    # Several models, per-model densities and gammas, consensus and rescale, against the
+    # fp64 loops (which state the band as mergekit does).
+    g = gen(200 + trial)
+    base, models, weights, density = small_case(g, 1 + trial % 4)
+    gamma = [float(x) for x in torch.rand(len(models), generator=g, dtype=torch.float64) * 0.5]
+    for consensus, rescale in ((None, None), ("sum", "l1"), ("count", "density")):
+        for normalize in (False, True):
+            kw = dict(density=density, gamma=gamma, consensus=consensus, rescale=rescale, normalize=normalize,
+                      lam=0.9)
+            got = breadcrumbs_merge(base, models, weights, backend=backend, **kw)
+            want = merge_oracle(flat(base), [flat(m) for m in models], weights, sparsify="magnitude_outliers", **kw)
+            torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_breadcrumbs_global_scope_spans_tensors(backend):
+    # Global scope ranks the whole list: n = 8, density 0.5, gamma 0.25 drop the two
+    # largest of the list (8, 7: both in tensor 1) and keep the next four (6, 5, 4, 3).
+    base = [torch.zeros(3), torch.zeros(5)]
+    model = [torch.tensor([5.0, 1, 4]), torch.tensor([8.0, 2, 7, 3, 6])]
+    got = breadcrumbs_merge(base, [model], [1.0], 0.5, gamma=0.25, scope="global", backend=backend)
+    assert torch.equal(got[0], torch.tensor([5.0, 0, 4]))
+    assert torch.equal(got[1], torch.tensor([0.0, 0, 0, 3, 6]))
 
 
 # ---------------------------------------------------------------------------
@@ -855,8 +944,15 @@ BAD = [
      r"density\[1\] must be finite, got nan"),
     ("density per model length", lambda: (B, [M, M], [1.0, 1.0], dict(density=[0.5])), ValueError,
      r"density must hold one number per model \(K = 2\), got 1"),
+    ("gamma above 1", lambda: (B, [M], [1.0], dict(sparsify="magnitude_outliers", gamma=1.5)), ValueError,
+     r"gamma must lie in \[0, 1\], got 1.5"),
+    ("gamma nan", lambda: (B, [M], [1.0], dict(gamma=math.nan)), ValueError, r"gamma\[0\] must be finite, got nan"),
+    ("gamma per model length", lambda: (B, [M, M], [1.0, 1.0], dict(gamma=[0.5])), ValueError,
+     r"gamma must hold one number per model \(K = 2\), got 1"),
+    ("outliers K > 32", lambda: (B, [M] * 33, [1.0] * 33, dict(sparsify="magnitude_outliers")), ValueError,
+     r"models must hold at most 32 models with sparsify='magnitude_outliers', got 33"),
     ("sparsify", lambda: (B, [M], [1.0], dict(sparsify="topk")), ValueError,
-     r"sparsify must be one of \('none', 'magnitude', 'random'\), got 'topk'"),
+     r"sparsify must be one of \('none', 'magnitude', 'random', 'magnitude_outliers'\), got 'topk'"),
     ("consensus", lambda: (B, [M], [1.0], dict(consensus="vote")), ValueError,
      r"consensus must be one of \('none', 'sum', 'count'\), got 'vote'"),
     ("rescale", lambda: (B, [M], [1.0], dict(rescale="l2")), ValueError,
@@ -921,6 +1017,7 @@ def test_bad_input_leaves_base_untouched(backend):
 @pytest.mark.parametrize("sparsify,consensus,rescale", [
     (None, None, None), ("magnitude", "sum", None), ("magnitude", "count", "l1"), ("magnitude", None, "density"),
     ("random", None, "l1"), ("random", "sum", "density"), ("random", "count", None),
+    ("magnitude_outliers", None, "l1"), ("magnitude_outliers", "sum", None), ("magnitude_outliers", "count", "density"),
 ])
 @pytest.mark.parametrize("density", [0.0, 1 / 7, 0.5, 1.0])
 def test_cpp_equals_reference(dtype, sparsify, consensus, rescale, density):
@@ -933,7 +1030,7 @@ def test_cpp_equals_reference(dtype, sparsify, consensus, rescale, density):
         models.append([(b.double() + torch.randint(-3, 4, b.shape, generator=g) * step).to(dtype) for b in base])
     for scope in ("tensor", "global"):
         kw = dict(sparsify=sparsify, density=density, consensus=consensus, rescale=rescale, normalize=True,
-                  lam=0.7, scope=scope, seed=11)
+                  lam=0.7, scope=scope, seed=11, gamma=[0.0, 0.01, 0.6])
         want = task_merge(base, models, [0.5, 1.0, -0.25], backend="torch", **kw)
         got = task_merge(base, models, [0.5, 1.0, -0.25], backend="cpp", **kw)
         for x, y in zip(got, want):
@@ -951,7 +1048,8 @@ def test_cpp_equals_reference(dtype, sparsify, consensus, rescale, density):
     dict(sparsify="magnitude", density=0.3, consensus="count", rescale="l1"),
     dict(sparsify="random", density=0.4, rescale="l1", seed=5),
     dict(sparsify="random", density=0.4, consensus="sum", seed=6),
-], ids=["ta", "ties_sum", "ties_count_l1", "dare_l1", "dare_ties"])
+    dict(sparsify="magnitude_outliers", density=0.5, gamma=0.1, consensus="sum", rescale="l1"),
+], ids=["ta", "ties_sum", "ties_count_l1", "dare_l1", "dare_ties", "breadcrumbs_ties_l1"])
 def test_cpp_every_model_count(dtype, K, merge):
     """The C++ fused pass combines and writes in one loop compiled per model count up
     to 8 (task arithmetic also forms its factors there), and takes the general loops
@@ -983,7 +1081,7 @@ def test_opcheck(in_place):
     models = [torch.randn(37, generator=g), torch.randn(3, 4, generator=g).double(),
               torch.randn(37, generator=g), torch.randn(3, 4, generator=g).double()]
     out = base if in_place else [torch.empty_like(b) for b in base]
-    args = ([0.6, 0.4], [0.5, 0.5], "magnitude", "sum", "l1", True, 1.0, "global", 7)
+    args = ([0.6, 0.4], [0.5, 0.5], [0.1, 0.2], "magnitude_outliers", "sum", "l1", True, 1.0, "global", 7)
     torch.library.opcheck(torch.ops.m2n2.task_merge_out, (base, models, out, *args))
 
 
@@ -1099,7 +1197,8 @@ def test_triton_ties_across_blocks(dtype):
         for block in (16, 2048):  # 16: two histogram programs of four blocks each
             out = [torch.empty_like(b, device=TRITON_DEVICE) for b in base]
             ttm.task_merge_out(moved(base, TRITON_DEVICE), [t.to(TRITON_DEVICE) for m in models for t in m], out,
-                               [1.0, 0.5], [0.1, 0.55], "magnitude", "sum", "l1", True, 1.0, scope, 0, block=block)
+                               [1.0, 0.5], [0.1, 0.55], [0.0, 0.0], "magnitude", "sum", "l1", True, 1.0, scope, 0,
+                               block=block)
             assert_same(moved(out, "cpu"), want, "l1")
 
 
@@ -1113,8 +1212,8 @@ def test_triton_block_size_does_not_change_dare():
     outs = []
     for block in (32, 2048):
         out = [torch.empty_like(b, device=TRITON_DEVICE) for b in base]
-        ttm.task_merge_out(moved(base, TRITON_DEVICE), flat_models, out, [0.5, 0.3, 0.2], [0.3, 0.6, 0.9], "random",
-                           "count", "l1", True, 1.1, "global", 2**63 + 3, block=block)
+        ttm.task_merge_out(moved(base, TRITON_DEVICE), flat_models, out, [0.5, 0.3, 0.2], [0.3, 0.6, 0.9],
+                           [0.0] * 3, "random", "count", "l1", True, 1.1, "global", 2**63 + 3, block=block)
         outs.append(moved(out, "cpu"))
     assert_same(outs[0], outs[1])
     assert_same(outs[0], task_merge(base, models, [0.5, 0.3, 0.2], sparsify="random", density=[0.3, 0.6, 0.9],
@@ -1173,7 +1272,7 @@ def test_triton_registered_op_wrapper():
     from m2n2_kernels import ops
 
     base, models = [randn(50, torch.float32, 1)], [randn(50, torch.float32, 2), randn(50, torch.float32, 3)]
-    args = ([0.6, 0.4], [0.3, 0.7], "magnitude", "count", "l1", True, 0.9, "tensor", 5)
+    args = ([0.6, 0.4], [0.3, 0.7], [0.01, 0.01], "magnitude", "count", "l1", True, 0.9, "tensor", 5)
     want = [torch.empty(50)]
     torch.ops.m2n2.task_merge_out(base, models, want, *args)
     base, models = moved(base, TRITON_DEVICE), moved(models, TRITON_DEVICE)
@@ -1260,18 +1359,7 @@ def test_triton_index_past_2_pow_31(start):
 # fused pass holds no FMA (Triton would contract a * b + c) and no approximate
 # division: the roundings that make it equal the C++ kernel.
 _COMPILE_CHECK = r"""
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from m2n2_kernels.triton import task_merge as ttm
-
-def compile_ptx(fn, pointers, consts):
-    names = fn.arg_names
-    sig = {a: (pointers[i] if i < len(pointers) else "i64") for i, a in enumerate(names) if a not in consts}
-    sig.update({a: "constexpr" for a in consts})
-    src = ASTSource(fn=fn, signature=sig, constexprs=consts)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": ttm.WARPS, "enable_fp_fusion": False}).asm["ptx"]
 
 fused = ["*bf16", "*bf16", "*i64", "*i32", "*fp64", "*fp64", "*i64", "*i64", "*i64", "*i64"]
 ptx = [compile_ptx(ttm._fused_kernel, fused, dict(BLOCK=2048, CDT=tl.float32, WIDE=False, SPARSIFY=1, CONSENSUS=1,
@@ -1375,6 +1463,30 @@ def test_cpp_ties_window_equals_reference(monkeypatch, kind, dtype, density, res
             ties_by("window", monkeypatch, base, models, density=density, rescale=rescale)
 
 
+@pytest.mark.parametrize("kind,dtype,density,gamma,rescale", [
+    ("normal", torch.float32, 0.5, 0.01, None),
+    ("grid", torch.bfloat16, 0.3, 0.05, "l1"),  # ties at both thresholds
+    ("normal", torch.float64, 0.9, 0.2, "l1"),  # n - t < top: the t smallest
+])
+def test_cpp_breadcrumbs_window_equals_reference(monkeypatch, kind, dtype, density, gamma, rescale):
+    """magnitude_outliers selects its two thresholds per model as TIES selects one (2K
+    virtual models): by the candidate windows in a 2^21-element unit, equal to the
+    reference and to the radix passes."""
+    base, models = window_case(kind, dtype)
+    kw = dict(sparsify="magnitude_outliers", density=density, gamma=gamma, consensus="sum", rescale=rescale,
+              normalize=True, lam=0.7)
+    want = task_merge(base, models, [0.5, 1.0, -0.25], backend="torch", **kw)
+    got = {}
+    for select in ("auto", "radix"):
+        monkeypatch.setenv("M2N2_TIES_SELECT", select)
+        got[select] = task_merge(base, models, [0.5, 1.0, -0.25], backend="cpp", **kw)
+    if dtype == torch.float64 and rescale == "l1":  # an ulp of the l1 ratio, on base + delta
+        torch.testing.assert_close(got["auto"], want, rtol=4e-16, atol=4e-16 * float(base.abs().max()))
+    else:
+        assert torch.equal(got["auto"], want), (got["auto"] != want).sum()
+    assert torch.equal(got["auto"], got["radix"])
+
+
 def test_cpp_ties_window_global_scope_and_small_units(monkeypatch):
     """A global unit over several tensors (chunks of different tensors, ties kept in
     flat index order across them) takes the window; per-tensor units below 2^21
@@ -1410,7 +1522,8 @@ def test_cpp_independent_of_the_thread_count(monkeypatch, scope):
     the thread count, counts are integers, fp64 sums are added in chunk order, the
     window's sample has fixed places. TIES by the window (a 2^21-element tensor) and
     by the radix passes (small tensors), with an l1 rescale; DARE with the l1 rescale
-    and DARE-TIES; at 1, 2 and 3 threads, bit for bit."""
+    and DARE-TIES; Model Breadcrumbs with the l1 rescale; at 1, 2 and 3 threads, bit
+    for bit."""
     b1, m1 = window_case("normal", torch.float32, n=WINDOW_N + 12345, seed=3)
     b2, m2 = window_case("grid", torch.bfloat16, n=70_001, seed=4)
     base = [b1, b2]
@@ -1421,6 +1534,7 @@ def test_cpp_independent_of_the_thread_count(monkeypatch, scope):
         "ties_l1": dict(sparsify="magnitude", density=0.3, consensus="count", rescale="l1"),
         "dare_l1": dict(sparsify="random", density=0.3, rescale="l1", seed=11),
         "dare_ties": dict(sparsify="random", density=0.5, consensus="sum", rescale="l1", normalize=True, seed=12),
+        "breadcrumbs_l1": dict(sparsify="magnitude_outliers", density=0.4, gamma=0.02, rescale="l1"),
     }
     monkeypatch.setenv("M2N2_TIES_SELECT", "auto")
     threads = torch.get_num_threads()

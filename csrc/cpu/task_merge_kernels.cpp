@@ -143,6 +143,30 @@ M2N2_HD void stats_tile(const T* m, const compute_t<T>* b, int64_t len, bool mag
   *ties += tie;
 }
 
+// magnitude_outliers' statistics over a tile: sum |d|, the sum of |d| over lo <= key <
+// hi (the keys strictly inside the band's two thresholds) and the keys equal to each
+// threshold (te, ts; ~0, which no key is, where a threshold is not selected); fp64.
+template <class T, class Key>
+M2N2_HD void band_stats_tile(const T* m, const compute_t<T>* b, int64_t len, Key lo, Key hi, Key te, Key ts,
+                             double* abs_sum, double* kept_sum, int64_t* ties_e, int64_t* ties_s) {
+  double a = 0.0, kept = 0.0;
+  int64_t e = 0, s = 0;
+#pragma omp simd reduction(+ : a, kept, e, s)
+  for (int64_t j = 0; j < len; ++j) {
+    const auto d = to_compute(m[j]) - b[j];
+    const double ad = std::fabs(double(d));
+    const Key key = key_of<Key>(d);
+    a += ad;
+    kept += key >= lo && key < hi ? ad : 0.0;
+    e += key == te ? 1 : 0;
+    s += key == ts ? 1 : 0;
+  }
+  *abs_sum += a;
+  *kept_sum += kept;
+  *ties_e += e;
+  *ties_s += s;
+}
+
 // (to_compute_tile_k of fp32 and fp64 is unused: base_tile reads those in place.)
 #define M2N2_DEFINE_PASS_TILES(T)                                                                             \
   [[maybe_unused]] M2N2_CLONES void to_compute_tile_k(const T* x, int64_t len, compute_t<T>* out) {           \
@@ -162,6 +186,16 @@ M2N2_HD void stats_tile(const T* m, const compute_t<T>* b, int64_t len, bool mag
     } else {                                                                                                  \
       stats_tile<T, uint32_t>(m, b, len, magnitude, threshold, draws, dare_thr, abs_sum, kept_sum, ties);     \
     }                                                                                                         \
+  }                                                                                                           \
+  M2N2_CLONES void band_stats_tile_k(const T* m, const compute_t<T>* b, int64_t len, uint32_t lo, uint32_t hi, \
+                                     uint32_t te, uint32_t ts, double* abs_sum, double* kept_sum,             \
+                                     int64_t* ties_e, int64_t* ties_s) {                                      \
+    band_stats_tile<T, uint32_t>(m, b, len, lo, hi, te, ts, abs_sum, kept_sum, ties_e, ties_s);               \
+  }                                                                                                           \
+  M2N2_CLONES void band_stats_tile_k(const T* m, const compute_t<T>* b, int64_t len, uint64_t lo, uint64_t hi, \
+                                     uint64_t te, uint64_t ts, double* abs_sum, double* kept_sum,             \
+                                     int64_t* ties_e, int64_t* ties_s) {                                      \
+    band_stats_tile<T, uint64_t>(m, b, len, lo, hi, te, ts, abs_sum, kept_sum, ties_e, ties_s);               \
   }
 
 M2N2_DEFINE_PASS_TILES(float)
@@ -463,12 +497,12 @@ void window_chunk(const TaskTensor& t, const Chunk& c, std::vector<ModelWindow<K
 template <class Key>
 void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vector<Chunk>& chunks,
                               std::vector<ModelPlan>& plans, const std::vector<int64_t>& keep, int64_t n,
-                              std::vector<char>& selected) {
+                              int input_models, std::vector<char>& selected) {
   if (n < kWindowMinN) return;
   const int threads = omp_get_max_threads();
   const int64_t nchunks = int64_t(chunks.size());
   int64_t input_bytes = 0;
-  for (const TaskTensor& t : ts) input_bytes += int64_t(plans.size() + 1) * t.numel * dtype_bytes(t.dtype);
+  for (const TaskTensor& t : ts) input_bytes += int64_t(input_models + 1) * t.numel * dtype_bytes(t.dtype);
   // The cap on the candidates of all models and threads together (one atomic count,
   // so that a thread whose chunks hold more of the window than others may use the
   // room they leave). Each model's buffer is reserved per thread for twice its
@@ -614,6 +648,29 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
 
 // ---- statistics: l1 sums and tie counts per chunk ---------------------------------
 
+// magnitude_outliers: the bounds of model k's band statistics from its two plans (p:
+// the end largest, q: the start largest): keys in [lo, hi) lie strictly between the
+// two thresholds; te, ts: the thresholds whose ties to count (~0 where not selected).
+template <class Key>
+struct BandBounds {
+  bool selected;  // some threshold was selected: the band is neither empty nor the whole unit
+  Key lo, hi, te, ts;
+};
+
+template <class Key>
+BandBounds<Key> band_bounds(const ModelPlan& p, const ModelPlan& q) {
+  const bool p_sel = !p.keep_all && !p.keep_none, q_sel = !q.keep_all && !q.keep_none;
+  constexpr Key kNever = ~Key(0);                     // above every key (keys clear the top bit)
+  constexpr Key kAboveAll = Key(1) << (8 * sizeof(Key) - 1);
+  BandBounds<Key> bb;
+  bb.selected = p_sel || q_sel;
+  bb.lo = p.keep_all ? Key(0) : Key(p.threshold + 1);
+  bb.hi = q.keep_none ? kAboveAll : Key(q.threshold);
+  bb.te = p_sel ? Key(p.threshold) : kNever;
+  bb.ts = q_sel ? Key(q.threshold) : kNever;
+  return bb;
+}
+
 struct ChunkStats {
   std::vector<double> abs_sum;   // per model: sum |d|
   std::vector<double> kept_sum;  // per model: sum |d| over the kept (magnitude: key > threshold)
@@ -625,13 +682,25 @@ void stats_chunk(const TaskTensor& t, const Chunk& c, const std::vector<ModelPla
                  bool l1, uint64_t seed, ChunkStats& out) {
   const T* base = static_cast<const T*>(t.base);
   const int K = int(plans.size());
-  const bool magnitude = sparsify == Sparsify::kMagnitude;
+  const bool magnitude = sparsify == Sparsify::kMagnitude;  // (outliers: their own branch)
   alignas(64) compute_t<T> b_buf[kTile];
   alignas(64) uint32_t draws[kTile];
   alignas(64) Key keys[kTile];
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
     const compute_t<T>* b = base_tile<T>(base + t0, len, b_buf);
+    if (sparsify == Sparsify::kOutliers) {
+      // Per model, both thresholds at once (plans[k]: the end largest, plans[K + k]:
+      // the start largest; K = half the plans): the band's sum directly, not as a
+      // difference of two sums (which loses the bits of a narrow band).
+      for (int k = 0; k < K / 2; ++k) {
+        const BandBounds<Key> bb = band_bounds<Key>(plans[size_t(k)], plans[size_t(K / 2 + k)]);
+        if (!bb.selected) continue;
+        band_stats_tile_k(model_ptr<T>(t, k) + t0, b, len, bb.lo, bb.hi, bb.te, bb.ts, &out.abs_sum[k],
+                          &out.kept_sum[k], &out.ties[k], &out.ties[K / 2 + k]);
+      }
+      continue;
+    }
     for (int k = 0; k < K; ++k) {
       const ModelPlan& p = plans[k];
       if (p.keep_all || p.keep_none || !(l1 || (p.partial_ties && !p.ties_known))) continue;
@@ -890,16 +959,53 @@ M2N2_CLONES void combine_tile_k(const double* e, const double* w, int K, Consens
   combine_tile<double>(e, w, K, consensus, normalize, lam, plain_divisor, b, len, out);
 }
 
+// magnitude_outliers: zeroes the factors of the elements among the model's `start`
+// largest (plan q: its threshold, and its ties kept lowest index first by the running
+// count `rank`, as fused_chunk keeps a threshold's ties).
+template <class T, class Key>
+void drop_largest_tile(const T* m, const compute_t<T>* b, int64_t len, const ModelPlan& q, int64_t& rank, Key* keys,
+                       compute_t<T>* e) {
+  using C = compute_t<T>;
+  if (q.keep_none) return;
+  if (q.keep_all) {
+    std::fill(e, e + len, C(0));
+    return;
+  }
+  keys_tile_k(m, b, len, keys);
+  const Key thr = Key(q.threshold);
+  int64_t ties = 0;
+  if (q.partial_ties) {
+    for (int64_t j = 0; j < len; ++j) ties += keys[j] == thr ? 1 : 0;
+  }
+  if (!q.partial_ties || rank + ties <= q.need) {  // every tie here is among the largest
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) e[j] = keys[j] >= thr ? C(0) : e[j];
+  } else if (rank >= q.need) {  // none is
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) e[j] = keys[j] > thr ? C(0) : e[j];
+  } else {
+    for (int64_t j = 0; j < len; ++j) {
+      const bool largest = keys[j] > thr || (keys[j] == thr && rank++ < q.need);
+      if (largest) e[j] = C(0);
+    }
+    return;
+  }
+  rank += ties;
+}
+
 template <class T, class Key>
 void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const std::vector<ModelPlan>& plans,
                  const TaskMergeConfig& cfg) {
   using C = compute_t<T>;
   const T* base = static_cast<const T*>(t.base);
   T* out = static_cast<T*>(t.out);
-  const int K = int(plans.size());
+  // magnitude_outliers: plans[K + k] is model k's `start` largest, dropped from what
+  // plans[k] (its `end` largest) keeps.
+  const int K = int(cfg.weights.size());
+  const bool outliers = cfg.sparsify == Sparsify::kOutliers;
   const bool wide = sizeof(Key) == 8;
   C w[kMaxModels], s[kMaxModels];
-  int64_t rank[kMaxModels];
+  int64_t rank[kMaxModels], drop_rank[kMaxModels];
   KeepMode mode[kMaxModels];
   C wsum = C(0);
   for (int k = 0; k < K; ++k) {
@@ -909,8 +1015,12 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
     rank[k] = p.partial_ties ? p.tie_start[chunk_index] : 0;
     mode[k] = p.keep_all ? KeepMode::kAll
               : p.keep_none ? KeepMode::kNone
-              : cfg.sparsify == Sparsify::kMagnitude ? KeepMode::kAtLeast
-                                                      : KeepMode::kDraw;
+              : cfg.sparsify == Sparsify::kRandom ? KeepMode::kDraw
+                                                  : KeepMode::kAtLeast;
+    if (outliers) {
+      const ModelPlan& q = plans[size_t(K + k)];
+      drop_rank[k] = q.partial_ties ? q.tie_start[chunk_index] : 0;
+    }
     wsum = wsum + w[k];
   }
   const C plain_divisor = (wsum < C(0) ? -wsum : wsum) < C(kDivisorMin) ? C(1) : wsum;
@@ -920,9 +1030,10 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
   alignas(64) C merged[kTile];
   alignas(64) uint32_t draws[kTile];
   alignas(64) Key keys[kTile];
-  const bool plain = cfg.consensus == Consensus::kNone && K <= kPlainMaxModels &&
+  const bool plain = !outliers && cfg.consensus == Consensus::kNone && K <= kPlainMaxModels &&
                      std::all_of(mode, mode + K, [](KeepMode md) { return md == KeepMode::kAll; });
   const T* tile_models[kPlainMaxModels];
+  constexpr uint64_t kScalarDone = ~uint64_t(0);  // (no key is this) the tile's factors are filled
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
     const compute_t<T>* b = base_tile<T>(base + t0, len, b_buf);
@@ -951,14 +1062,20 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
             const bool keep = keys[j] > Key(p.threshold) || (keys[j] == Key(p.threshold) && rank[k]++ < p.need);
             ek[j] = keep ? (d * s[k]) * w[k] : C(0);
           }
-          continue;
+          threshold = kScalarDone;
+        } else {
+          rank[k] += ties;
         }
-        rank[k] += ties;
       }
-      if (mode[k] == KeepMode::kDraw) {
-        draws_tile(cfg.seed, kDareStream + uint64_t(k), uint64_t(c.flat + (t0 - c.begin)), len, draws);
+      if (threshold != kScalarDone) {
+        if (mode[k] == KeepMode::kDraw) {
+          draws_tile(cfg.seed, kDareStream + uint64_t(k), uint64_t(c.flat + (t0 - c.begin)), len, draws);
+        }
+        factors_tile_k(m, b, len, mode[k], wide, threshold, draws, p.dare_threshold, s[k], w[k], ek);
       }
-      factors_tile_k(m, b, len, mode[k], wide, threshold, draws, p.dare_threshold, s[k], w[k], ek);
+      if (outliers && mode[k] != KeepMode::kNone) {
+        drop_largest_tile<T, Key>(m, b, len, plans[size_t(K + k)], drop_rank[k], keys, ek);
+      }
     }
     if (K <= kPlainMaxModels) {
       combine_store_tile_k(e.data(), w, K, cfg.consensus, cfg.normalize, lam, plain_divisor, b, len, out + t0);
@@ -978,7 +1095,23 @@ int64_t keep_count(double rho, int64_t n) {
 }
 
 template <class Key>
-void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg, SelectMode mode) {
+void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg, SelectMode mode) {
+  const int K = int(cfg.weights.size());
+  const bool outliers = cfg.sparsify == Sparsify::kOutliers;
+  const bool magnitude = cfg.sparsify == Sparsify::kMagnitude || outliers;
+  // magnitude_outliers selects 2K virtual models, each model twice: plans[k] its `end`
+  // largest, plans[K + k] its `start` largest (dropped from the former). The passes
+  // below then read each model twice where they read every plan's keys.
+  std::vector<TaskTensor> twice;
+  if (outliers) {
+    twice = given;
+    for (TaskTensor& t : twice) {
+      const std::vector<const void*> models = t.models;
+      t.models.insert(t.models.end(), models.begin(), models.end());
+    }
+  }
+  const std::vector<TaskTensor>& ts = outliers ? twice : given;
+  const int V = outliers ? 2 * K : K;  // plans
   std::vector<Chunk> chunks;
   int64_t n = 0;
   for (int64_t p = 0; p < int64_t(ts.size()); ++p) {
@@ -988,13 +1121,29 @@ void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg, S
     n += ts[p].numel;
   }
   if (n == 0) return;
-  const int K = int(cfg.weights.size());
   const int64_t nchunks = int64_t(chunks.size());
-  std::vector<ModelPlan> plans(static_cast<size_t>(K));
-  std::vector<int64_t> keep(size_t(K), n);
+  std::vector<ModelPlan> plans(static_cast<size_t>(V));
+  std::vector<int64_t> keep(size_t(V), n);
+  std::vector<char> band_partial(size_t(K), 0);  // outliers: keeps some of the unit but not all
   for (int k = 0; k < K; ++k) {
     ModelPlan& p = plans[k];
     const double rho = cfg.density[k];
+    if (outliers) {
+      int64_t start = 0, end = 0;
+      outlier_band(rho, cfg.gamma[size_t(k)], n, start, end);
+      band_partial[size_t(k)] = end > start && end - start < n;
+      ModelPlan& q = plans[size_t(K + k)];
+      keep[size_t(k)] = end;
+      keep[size_t(K + k)] = start;
+      // An empty band selects nothing; else the end largest (all where end = n)
+      // minus the start largest (none where start = 0).
+      p.keep_none = end == start;
+      p.keep_all = !p.keep_none && end == n;
+      q.keep_none = p.keep_none || start == 0;
+      q.keep_all = false;  // start < n wherever the band is not empty
+      if (cfg.rescale == Rescale::kDensity && band_partial[size_t(k)]) p.scale = 1.0 / rho;
+      continue;
+    }
     if (cfg.sparsify == Sparsify::kMagnitude) {
       keep[k] = keep_count(rho, n);
       p.keep_all = keep[k] == n;
@@ -1006,10 +1155,10 @@ void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg, S
     }
     if (cfg.rescale == Rescale::kDensity && !p.keep_all && !p.keep_none) p.scale = 1.0 / rho;
   }
-  if (cfg.sparsify == Sparsify::kMagnitude) {
-    std::vector<char> selected(size_t(K), 0);
-    if (mode != SelectMode::kRadix) select_thresholds_window<Key>(ts, chunks, plans, keep, n, selected);
-    for (int k = 0; k < K; ++k) {
+  if (magnitude) {
+    std::vector<char> selected(size_t(V), 0);
+    if (mode != SelectMode::kRadix) select_thresholds_window<Key>(ts, chunks, plans, keep, n, K, selected);
+    for (int k = 0; k < V; ++k) {
       if (mode == SelectMode::kWindowStrict && !selected[size_t(k)] && !plans[k].keep_all && !plans[k].keep_none) {
         throw std::runtime_error("M2N2_TIES_SELECT=window: a TIES threshold needed the radix passes");
       }
@@ -1032,15 +1181,15 @@ void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg, S
     for (int64_t i = 0; i < nchunks; ++i) {
       const Chunk& c = chunks[i];
       ChunkStats& st = stats[i];
-      st.abs_sum.assign(size_t(K), 0.0);
-      st.kept_sum.assign(size_t(K), 0.0);
-      st.ties.assign(size_t(K), 0);
+      st.abs_sum.assign(size_t(V), 0.0);
+      st.kept_sum.assign(size_t(V), 0.0);
+      st.ties.assign(size_t(V), 0);
       const TaskTensor& t = ts[c.tensor];
       with_storage_type(t.dtype, [&](auto tag) {
         stats_chunk<decltype(tag), Key>(t, c, plans, cfg.sparsify, l1, cfg.seed, st);
       });
     }
-    for (int k = 0; k < K; ++k) {
+    for (int k = 0; k < V; ++k) {
       ModelPlan& p = plans[k];
       if (p.keep_all || p.keep_none) continue;
       double abs_sum = 0.0, kept_sum = 0.0;
@@ -1053,14 +1202,37 @@ void merge_unit(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cfg, S
         if (fill_ties) p.tie_start[i] = ties;
         ties += stats[i].ties[k];
       }
-      if (cfg.sparsify == Sparsify::kMagnitude) {
+      if (magnitude) {
         // The kept ties all have |d| = the threshold's value.
         const double at = sizeof(Key) == 8 ? bits_double(p.threshold) : double(bits_float(uint32_t(p.threshold)));
         kept_sum += double(p.need) * at;
       }
-      if (cfg.rescale == Rescale::kL1 && abs_sum >= kRescaleMin && kept_sum >= kRescaleMin) {
-        p.scale = abs_sum / kept_sum;
+      if (!outliers && l1 && abs_sum >= kRescaleMin && kept_sum >= kRescaleMin) p.scale = abs_sum / kept_sum;
+    }
+    for (int k = 0; outliers && l1 && k < K; ++k) {
+      // The band's sum: |d| strictly between the thresholds, then the kept ties at
+      // each (all ties at the start threshold but the `need` among the start largest;
+      // `need` at the end one), or need_end - need_start where the two are one key.
+      const ModelPlan &p = plans[size_t(k)], &q = plans[size_t(K + k)];
+      if (!band_bounds<Key>(p, q).selected) continue;
+      const bool p_sel = !p.keep_all && !p.keep_none, q_sel = !q.keep_all && !q.keep_none;
+      double abs_sum = 0.0, kept_sum = 0.0;
+      int64_t ties_s = 0;
+      for (int64_t i = 0; i < nchunks; ++i) {  // chunk order: independent of the threads
+        abs_sum += stats[size_t(i)].abs_sum[size_t(k)];
+        kept_sum += stats[size_t(i)].kept_sum[size_t(k)];
+        ties_s += stats[size_t(i)].ties[size_t(K + k)];
       }
+      auto value = [](uint64_t key) {
+        return sizeof(Key) == 8 ? bits_double(key) : double(bits_float(uint32_t(key)));
+      };
+      if (p_sel && q_sel && p.threshold == q.threshold) {
+        kept_sum += double(p.need - q.need) * value(p.threshold);
+      } else {
+        if (q_sel) kept_sum += double(ties_s - q.need) * value(q.threshold);
+        if (p_sel) kept_sum += double(p.need) * value(p.threshold);
+      }
+      if (abs_sum >= kRescaleMin && kept_sum >= kRescaleMin) plans[size_t(k)].scale = abs_sum / kept_sum;
     }
   }
 

@@ -38,6 +38,7 @@ struct TaskMergeConfig {
   uint64_t seed;
   std::vector<double> weights;  // K
   std::vector<double> density;  // K, in [0, 1]
+  std::vector<double> gamma;    // K, in [0, 1] (magnitude_outliers only)
 };
 
 void task_merge(const std::vector<TaskTensor>& tensors, const TaskMergeConfig& config);

@@ -21,12 +21,15 @@ namespace m2n2 {
 namespace {
 
 void task_merge_out_cuda(at::TensorList base, at::TensorList models, at::TensorList out, at::ArrayRef<double> weights,
-                         at::ArrayRef<double> density, c10::string_view sparsify, c10::string_view consensus,
-                         c10::string_view rescale, bool normalize, double lam, c10::string_view scope, int64_t seed) {
+                         at::ArrayRef<double> density, at::ArrayRef<double> gamma, c10::string_view sparsify,
+                         c10::string_view consensus, c10::string_view rescale, bool normalize, double lam,
+                         c10::string_view scope, int64_t seed) {
   const int64_t K = task_models_count(base, models);
   const std::vector<double> w = task_per_model(weights, K, "weights", false);
   const std::vector<double> rho = task_per_model(density, K, "density", true);
+  const std::vector<double> gam = task_per_model(gamma, K, "gamma", true);
   const Sparsify sp = parse_sparsify(std::string(sparsify));
+  check_task_model_count(K, sp);
   const Consensus co = parse_consensus(std::string(consensus));
   const Rescale re = parse_rescale(std::string(rescale));
   const bool global_scope = parse_scope(std::string(scope));
@@ -39,8 +42,9 @@ void task_merge_out_cuda(at::TensorList base, at::TensorList models, at::TensorL
   for_each_task_unit(base, models, out, dtypes, K, global_scope,
                      [&](std::vector<cuda::TaskSegment>& segs, int64_t n, bool wide) {
     cuda::TaskParams p = cuda::make_task_params(int(K), sp, co, re, normalize, lam, uint64_t(seed), w.data(),
-                                                rho.data(), wide, n);
+                                                rho.data(), gam.data(), wide, n);
     p.total_blocks = cuda::plan_task_unit(segs, int(K), budget);
+    cuda::task_virtual_models(segs, p);
     // Freed when the unit is enqueued: the caching allocator hands the memory out
     // again only in this stream's order.
     const at::Tensor workspace =

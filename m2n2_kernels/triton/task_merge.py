@@ -1,17 +1,18 @@
-"""Task-vector merges in Triton: task arithmetic, TIES, DARE (the GPU path when the
-CUDA C++ kernels were not compiled; CPU tensors under TRITON_INTERPRET=1).
+"""Task-vector merges in Triton: task arithmetic, TIES, DARE, Model Breadcrumbs (the
+GPU path when the CUDA C++ kernels were not compiled; CPU tensors under
+TRITON_INTERPRET=1).
 
 Semantics: docs/semantics.md ("Task-vector merges"), reference.task_merge; the
 per-element maths is combine_factors of csrc/include/m2n2/task_merge.h. Per unit
 (a tensor, or the whole list for scope "global"), in streaming passes that never
 store an n-element buffer (deltas d_k = m_k - base are formed again in each pass):
-1. magnitude only: exact radix selection of each model's k-th largest |d| over the
-   bits of |d| (key = bits & 0x7FF..., 32-bit, or 64-bit when the unit holds fp64),
-   DIGIT_BITS per pass (3 passes for 32-bit keys, 6 for 64-bit): per program and
-   model a histogram (tl.histogram) over HIST_TILES blocks, its non-empty bins
-   added into one int64 histogram per model with integer atomics (exact, so
-   order-free); torch picks each model's digit on the device (nothing is read
-   back to the host).
+1. magnitude and magnitude_outliers only: exact radix selection of each model's
+   k-th largest |d| over the bits of |d| (key = bits & 0x7FF..., 32-bit, or 64-bit
+   when the unit holds fp64), DIGIT_BITS per pass (3 passes for 32-bit keys, 6 for
+   64-bit): per program and model a histogram (tl.histogram) over HIST_TILES
+   blocks, its non-empty bins added into one int64 histogram per model with
+   integer atomics (exact, so order-free); torch picks each model's digit on the
+   device (nothing is read back to the host).
 2. statistics, where needed: per block and model, sum |d| and the kept sum in fp64
    (l1 rescale) and the count of ties at the threshold; an exclusive scan of the
    tie counts (torch.cumsum) gives each block the ties before it, so that ties are
@@ -19,14 +20,20 @@ store an n-element buffer (deltas d_k = m_k - base are formed again in each pass
 3. one fused pass: masks, factors e_k = (d_k s_k) w_k, the sign election and the
    mix, written once. Launched with enable_fp_fusion=False: no FMA contraction, so
    each step rounds as the C++ code does (division by div_rn for fp32).
+magnitude_outliers (Model Breadcrumbs) keeps model k's descending magnitude ranks
+[start, end): its `end` largest minus its `start` largest, each exactly as magnitude
+selects (ties lowest index first). Passes 1 and 2 run on 2K virtual models (virtual
+k: model k keeping `end`; K + k: model k keeping `start`; the pointer tables list
+each model twice); only the plan, the kept sum of pass 2 and the fused pass know
+that they pair up.
 DARE's draws are Philox words keyed by (seed, DARE_STREAM + k, unit index), the
 same in the statistics and the fused pass: one Philox call per counter group of
 four where a position starts at a multiple of 4 (always for scope "tensor").
 
-Models reach the kernels as a table of K data pointers per list position (any K up
-to 64 without recompiling). Indices are int64; every kernel takes `block_offset`,
-the first block it handles (0 in normal use), so a test can run only the last
-blocks of a tensor past 2**31 elements.
+Models reach the kernels as a table of K data pointers per list position (2K for
+magnitude_outliers; any K up to 64 without recompiling). Indices are int64; every
+kernel takes `block_offset`, the first block it handles (0 in normal use), so a
+test can run only the last blocks of a tensor past 2**31 elements.
 """
 
 import numpy as np
@@ -48,9 +55,10 @@ BINS = 1 << DIGIT_BITS  # int32 counts of one block: 8 KiB of shared memory
 KEEP_ALL = tl.constexpr(0)
 KEEP_NONE = tl.constexpr(1)
 KEEP_SOME = tl.constexpr(2)
-_SPARSIFY = {"none": 0, "magnitude": 1, "random": 2}
+_SPARSIFY = {"none": 0, "magnitude": 1, "random": 2, "magnitude_outliers": 3}
 _CONSENSUS = {"none": 0, "sum": 1, "count": 2}
 _MASK32 = 0xFFFFFFFF
+_KEY_MAX = 2**63 - 1  # a threshold key above every key (int32 keys compare widened to int64)
 _DARE_STREAM_HI = reference.DARE_STREAM >> 32  # its low half is 0: model k's stream is (k, this)
 
 
@@ -179,7 +187,10 @@ def _stats_kernel(
 ):
     """Per block and model selecting: sum |d| and the sum over the kept in fp64
     (magnitude: keys above the threshold; the ties are added on the host), and the
-    ties at the threshold."""
+    ties at the threshold. magnitude_outliers: dthr_ptr holds each (virtual) model's
+    upper bound, the kept are the keys strictly between the two thresholds: the
+    band's sum formed directly, never as a difference of two sums (which would
+    cancel where the dropped outliers outweigh the band)."""
     DT: tl.constexpr = base_ptr.dtype.element_ty
     block, offs, mask = _block_offsets(block_offset, n, BLOCK)
     b = tl.load(base_ptr + offs, mask=mask, other=0.0).to(CDT)
@@ -190,10 +201,12 @@ def _stats_kernel(
         if tl.load(kind_ptr + k) == KEEP_SOME:
             d = _delta(table_ptr, k, offs, mask, b, DT)
             a = tl.where(mask, tl.abs(d.to(tl.float64)), 0.0)
-            if SPARSIFY == 1:
+            if SPARSIFY == 1 or SPARSIFY == 3:
                 key = _key(d, WIDE)
                 t = tl.load(thr_ptr + k)
                 kept = key > t
+                if SPARSIFY == 3:
+                    kept = kept & (key < tl.load(dthr_ptr + k))
                 ties = tl.sum((mask & (key == t)).to(tl.int64), axis=0)
             else:
                 kept = _draws24(first, k, seed_lo, seed_hi, stream_hi, BLOCK, ALIGNED) < tl.load(dthr_ptr + k)
@@ -235,6 +248,9 @@ def _fused_kernel(
             if kind == KEEP_SOME:
                 if SPARSIFY == 1:
                     keep = _magnitude_keep(d, k, thr_ptr, need_ptr, tie_row_ptr, nblocks, WIDE)
+                elif SPARSIFY == 3:  # among the `end` largest (virtual k), not the `start` largest (K + k)
+                    keep = (_magnitude_keep(d, k, thr_ptr, need_ptr, tie_row_ptr, nblocks, WIDE)
+                            & ~_magnitude_keep(d, k + K, thr_ptr, need_ptr, tie_row_ptr, nblocks, WIDE))
                 else:
                     keep = _draws24(first, k, seed_lo, seed_hi, stream_hi, BLOCK, ALIGNED) < tl.load(dthr_ptr + k)
         w = tl.load(w_ptr + k).to(CDT)
@@ -289,15 +305,24 @@ def dare_threshold(rho: float) -> int:
     return f if f == t else f + 1
 
 
-def _model_rules(sparsify, rescale, density, n):
-    """Per model: KEEP_ALL / KEEP_NONE / KEEP_SOME, magnitude's keep count, the DARE
-    threshold and the host-known scale (1, or 1 / rho for "density")."""
+def _kind(count, n):
+    """What keeping `count` of n elements is."""
+    return KEEP_ALL.value if count == n else KEEP_NONE.value if count == 0 else KEEP_SOME.value
+
+
+def _model_rules(sparsify, rescale, density, gamma, n):
+    """Per model: KEEP_ALL / KEEP_NONE / KEEP_SOME, magnitude's keep count
+    (magnitude_outliers: its band of ranks (start, end)), the DARE threshold and the
+    host-known scale (1, or 1 / rho for "density")."""
     kinds, keeps, dthrs, scales = [], [], [], []
-    for rho in density:
+    for rho, g in zip(density, gamma):
         keep, dthr, kind = n, 0, KEEP_ALL.value
         if sparsify == "magnitude":
             keep = keep_count(rho, n)
-            kind = KEEP_ALL.value if keep == n else KEEP_NONE.value if keep == 0 else KEEP_SOME.value
+            kind = _kind(keep, n)
+        elif sparsify == "magnitude_outliers":
+            keep = reference.outlier_band(rho, g, n)  # the same fp64 products as the reference
+            kind = _kind(keep[1] - keep[0], n)
         elif sparsify == "random":
             dthr = dare_threshold(rho)
             kind = KEEP_ALL.value if rho >= 1.0 else KEEP_NONE.value if dthr == 0 else KEEP_SOME.value
@@ -406,29 +431,70 @@ def _plain_divisor(weights, dtype):
 class _Plan:
     """What each model keeps of a unit and its scale, as device tensors indexed by
     model: kind, DARE threshold, magnitude threshold key and ties to keep, the scanned
-    tie counts per block ([K, blocks]) and s_k (fp64)."""
+    tie counts per block ([K, blocks]) and s_k (fp64). magnitude_outliers: the
+    thresholds, ties to keep and tie scans are those of the 2K virtual models."""
 
-    def __init__(self, unit, density, sparsify, rescale, seed, block):
+    def __init__(self, unit, density, gamma, sparsify, rescale, seed, block):
         dev, K = unit.device, len(density)
-        kinds, keeps, dthrs, scales = _model_rules(sparsify, rescale, density, unit.n)
+        kinds, keeps, dthrs, scales = _model_rules(sparsify, rescale, density, gamma, unit.n)
         self.kinds = torch.tensor(kinds, dtype=torch.int32, device=dev)
         self.dthr = torch.tensor(dthrs, dtype=torch.int64, device=dev)
         self.scale = torch.tensor(scales, dtype=torch.float64, device=dev)
         self.thr = self.need = self.tie_start = torch.zeros(K, dtype=torch.int64, device=dev)
         if KEEP_SOME.value not in kinds:
             return
+        stat_kinds, bound = self.kinds, self.dthr
         if sparsify == "magnitude":
             self.thr, self.need = _select_thresholds(unit, self.kinds, keeps, block)
-        if sparsify == "magnitude" or rescale == "l1":
-            self._add_stats(unit, sparsify, rescale, seed, block)
+        elif sparsify == "magnitude_outliers":
+            stat_kinds, bound = self._select_band(unit, kinds, keeps, block)
+        if sparsify in ("magnitude", "magnitude_outliers") or rescale == "l1":  # tie scans; l1 sums
+            self._add_stats(unit, sparsify, rescale, stat_kinds, bound, seed, block)
 
-    def _add_stats(self, unit, sparsify, rescale, seed, block):
-        abs_sum, kept_sum, ties = _unit_stats(unit, sparsify, self.kinds, self.thr, self.dthr, seed, block)
+    def _select_band(self, unit, kinds, bands, block):
+        """magnitude_outliers: the thresholds of virtual models k (model k's `end`
+        largest) and K + k (its `start` largest), as magnitude selects them; where a
+        virtual model keeps every key, a threshold key below all keys, where none
+        (or its model is not partial), one above all, so that the statistics and the
+        fused pass need no kinds of their own for them. Returns the statistics'
+        kinds and upper bounds: rows k of the partial models (sum |d| and the band's
+        kept sum, keys between the two thresholds, and the ties at `end`'s), rows
+        K + k of the start virtual models selecting (the ties at `start`'s)."""
+        K, n = len(kinds), unit.n
+        some = [kind == KEEP_SOME.value for kind in kinds]
+        counts = [end if p else 0 for (_, end), p in zip(bands, some)] + [
+            start if p else 0 for (start, _), p in zip(bands, some)]
+        vkinds = torch.tensor([_kind(c, n) for c in counts], dtype=torch.int32, device=unit.device)
+        thr, need = _select_thresholds(unit, vkinds, counts, block)
+        selecting = vkinds == KEEP_SOME.value
+        self.thr = torch.where(selecting, thr, torch.where(vkinds == KEEP_ALL.value, -1, _KEY_MAX))
+        self.need = torch.where(selecting, need, 0)
+        return torch.cat([self.kinds, vkinds[K:]]), torch.cat([self.thr[K:], torch.full_like(self.thr[K:], _KEY_MAX)])
+
+    def _add_stats(self, unit, sparsify, rescale, stat_kinds, bound, seed, block):
+        abs_sum, kept_sum, ties = _unit_stats(unit, sparsify, stat_kinds, self.thr, bound, seed, block)
         self.tie_start = ties.cumsum(1) - ties  # ties in the blocks before each block
         if sparsify == "magnitude":  # the kept ties all have |d| = the threshold's value
             kept_sum = kept_sum + self.need.double() * _threshold_value(self.thr, unit.wide)
+        elif sparsify == "magnitude_outliers":
+            abs_sum, kept_sum = abs_sum[:self.kinds.numel()], self._band_ties_sum(kept_sum, ties.sum(1), unit.wide)
         if rescale == "l1":
             self.scale = _l1_scale(abs_sum, kept_sum, self.kinds == KEEP_SOME.value)
+
+    def _band_ties_sum(self, kept_sum, ties, wide):
+        """The band's kept sum: the keys strictly between the thresholds (the
+        statistics), plus its ties at each threshold times the threshold's value:
+        at `end`'s, the first need_end; at `start`'s, all but the first need_start
+        (both at once where the thresholds are one key: ranks need_start ..
+        need_end - 1 of its ties). Counts of 0 add nothing: a sentinel threshold's
+        value is not a number."""
+        K = self.kinds.numel()
+        value = _threshold_value(self.thr, wide)
+        same = self.thr[:K] == self.thr[K:]
+        at_end = torch.where(same, self.need[:K] - self.need[K:], self.need[:K])
+        at_start = torch.where(same, 0, ties[K:] - self.need[K:])
+        kept = kept_sum[:K] + torch.where(at_end > 0, at_end.double() * value[:K], 0.0)
+        return kept + torch.where(at_start > 0, at_start.double() * value[K:], 0.0)
 
 
 def _fused_pass(unit, out, plan, weights, sparsify, consensus, normalize, lam, seed, block):
@@ -445,8 +511,8 @@ def _fused_pass(unit, out, plan, weights, sparsify, consensus, normalize, lam, s
         )
 
 
-def task_merge_out(base, models, out, weights, density, sparsify, consensus, rescale, normalize, lam, scope, seed,
-                   block=BLOCK):
+def task_merge_out(base, models, out, weights, density, gamma, sparsify, consensus, rescale, normalize, lam, scope,
+                   seed, block=BLOCK):
     """out[i] = the merge of position i (m2n2::task_merge_out's canonical arguments:
     models model-major, K x L; contiguous tensors; out[i] may be base[i]: each
     element is read before it is written, by one program, in the last pass).
@@ -454,9 +520,11 @@ def task_merge_out(base, models, out, weights, density, sparsify, consensus, res
     depend on it)."""
     seed = int(seed) & (2**64 - 1)
     units = [[i] for i in range(len(base))] if scope == "tensor" else [list(range(len(base)))]
+    if sparsify == "magnitude_outliers":  # the tables list the 2K virtual models: each model twice
+        models = list(models) * 2
     with on_device(base[0].device):
         for positions in units:
             unit = _Unit(positions, base, models, block)
             if unit.n:
-                plan = _Plan(unit, list(density), sparsify, rescale, seed, block)
+                plan = _Plan(unit, list(density), list(gamma), sparsify, rescale, seed, block)
                 _fused_pass(unit, out, plan, list(weights), sparsify, consensus, normalize, lam, seed, block)

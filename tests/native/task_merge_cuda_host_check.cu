@@ -5,13 +5,15 @@
 // launches of each unit one after another on the CPU (shared-memory histograms and
 // block scans as whole-block phases, in thread order) and compares the merged tensors
 // with the CPU kernel (csrc/cpu/task_merge_kernels.cpp, torch-free) byte for byte. It
-// covers every storage dtype and lists mixing them, sparsify none / magnitude / random,
-// consensus none / sum / count, rescale none / l1 / density, normalize, densities
-// {0, 1/n, 0.1, 0.5, 1}, scopes "tensor" and "global", K in {1, 2, 5, 9} (9: the path
-// for more than 8 models), ties at the threshold (deltas from a few values), sizes
-// 0, 1, odd and not a multiple of the vector, unaligned buffers (the scalar path),
-// launch budgets from one block to many, in-place outputs, and DARE draws at unit
-// indices past 2^32. Build and run: `make cuda-host-check`.
+// covers every storage dtype and lists mixing them, sparsify none / magnitude / random /
+// magnitude_outliers, consensus none / sum / count, rescale none / l1 / density,
+// normalize, densities {0, 1/n, 0.1, 0.5, 1}, gammas {0, 0.01, 0.3, 1}, scopes "tensor"
+// and "global", K in {1, 2, 5, 9} (9: the path for more than 8 models) and 32 (the most
+// magnitude_outliers takes), ties at the thresholds (deltas from a few values), deltas
+// all zero, sizes 0, 1, odd and not a multiple of the vector, unaligned buffers (the
+// scalar path), launch budgets from one block to many, in-place outputs, and DARE draws
+// at unit indices past 2^32. Build and run: `make cuda-host-check`.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -50,7 +52,7 @@ struct Workspace {
 
 template <class T, int V>
 void emulate_histogram(const TaskSegment& s, const TaskParams& p, Workspace& ws, int pass) {
-  for (int k = 0; k < p.K; ++k) {
+  for (int k = 0; k < p.KV; ++k) {
     if (p.mode[k] != TaskMode::kSelect) continue;
     for (int64_t bx = 0; bx < s.blocks; ++bx) {
       std::vector<uint32_t> h(kBins, 0);
@@ -77,7 +79,7 @@ void histogram_any(const TaskSegment& s, const TaskParams& p, Workspace& ws, int
 }
 
 void emulate_select(const TaskParams& p, Workspace& ws, int pass) {
-  for (int k = 0; k < p.K; ++k) {
+  for (int k = 0; k < p.KV; ++k) {
     if (p.mode[k] != TaskMode::kSelect) continue;
     unsigned long long* h = ws.hist.data() + size_t(k) * kBins;
     std::vector<uint64_t> counts(size_t(kThreads) * kBinsPerThread);
@@ -97,16 +99,16 @@ void emulate_select(const TaskParams& p, Workspace& ws, int pass) {
 
 template <class T, int V>
 void emulate_stats(const TaskSegment& s, const TaskParams& p, Workspace& ws) {
-  for (int k = 0; k < p.K; ++k) {
-    const ModelState st = ws.state[k];
-    if (!kernels::needs_stats(p, st, k)) continue;
+  for (int k = 0; k < p.KV; ++k) {
+    if (!kernels::needs_stats(p, ws.state[k], k)) continue;
+    const kernels::StatsKeys keys = kernels::stats_keys(p, ws.state.data(), k);
     for (int64_t bx = 0; bx < s.blocks; ++bx) {
       const int64_t begin = bx * s.chunk, end = std::min(s.numel, begin + s.chunk);
       StatsAcc total{0.0, 0.0, 0};
       for (int tid = 0; tid < kThreads; ++tid) {
         StatsAcc acc{0.0, 0.0, 0};
         for (int64_t j0 = begin + int64_t(tid) * V; j0 < end; j0 += int64_t(kThreads) * V) {
-          kernels::stats_thread<T, V>(s, p, k, st.prefix, j0, end, acc);
+          kernels::stats_thread<T, V>(s, p, k, keys, j0, end, acc);
         }
         total = kernels::StatsAdd()(total, acc);  // (CUB adds in a tree: fp64 sums may differ in the last bits)
       }
@@ -128,7 +130,7 @@ void stats_any(const TaskSegment& s, const TaskParams& p, Workspace& ws) {
 }
 
 void emulate_finish(const TaskParams& p, Workspace& ws) {
-  for (int k = 0; k < p.K; ++k) {
+  for (int k = 0; k < p.KV; ++k) {
     if (!kernels::needs_stats(p, ws.state[k], k)) continue;
     const size_t row = size_t(k * p.total_blocks);
     std::vector<StatsAcc> mine(kThreads);
@@ -143,16 +145,17 @@ void emulate_finish(const TaskParams& p, Workspace& ws) {
       if (ws.state[k].partial != 0) kernels::finish_thread_ties(&ws.tie_part[row], p.total_blocks, tid, before);
       before += mine[tid].ties;
     }
-    kernels::finish_scale(p, k, total, &ws.state[k]);
+    kernels::finish_scale(p, k, total, ws.state.data());
   }
 }
 
 template <class T, int V, int KMAX>
 void emulate_fused(const TaskSegment& s, const TaskParams& p, const Workspace& ws) {
   using C = compute_t<T>;
+  constexpr int R = kernels::kFusedRows<KMAX>;
   std::vector<FusedModel> models(kMaxModels);
   bool any_partial = false;
-  for (int k = 0; k < p.K; ++k) {
+  for (int k = 0; k < p.KV; ++k) {
     models[k] = kernels::fused_model(p, ws.state[k], k);
     any_partial |= models[k].partial;
   }
@@ -160,19 +163,19 @@ void emulate_fused(const TaskSegment& s, const TaskParams& p, const Workspace& w
   const C plain_divisor = kernels::fused_weights<C, KMAX>(p, w);
   for (int64_t bx = 0; bx < s.blocks; ++bx) {
     const int64_t begin = bx * s.chunk, end = std::min(s.numel, begin + s.chunk);
-    std::vector<int64_t> running(KMAX, 0);
-    for (int k = 0; k < p.K; ++k) {
+    std::vector<int64_t> running(R, 0);
+    for (int k = 0; k < p.KV; ++k) {
       if (models[k].partial) running[k] = ws.tie_part[size_t(k * p.total_blocks + s.block0 + bx)];
     }
-    std::vector<int64_t> rank(size_t(kThreads) * KMAX, 0);
+    std::vector<int64_t> rank(size_t(kThreads) * R, 0);
     for (int64_t t0 = begin; t0 < end; t0 += int64_t(kThreads) * V) {
       if (any_partial) {
-        for (int k = 0; k < p.K; ++k) {
+        for (int k = 0; k < p.KV; ++k) {
           if (!models[k].partial) continue;
           int64_t before = 0;
           for (int tid = 0; tid < kThreads; ++tid) {
             const int64_t j0 = t0 + int64_t(tid) * V;
-            rank[size_t(tid) * KMAX + k] = running[k] + before;
+            rank[size_t(tid) * R + k] = running[k] + before;
             before += kernels::count_ties_thread<T, V>(s, p.wide, k, models[k].threshold, j0, end);
           }
           running[k] += before;
@@ -182,7 +185,7 @@ void emulate_fused(const TaskSegment& s, const TaskParams& p, const Workspace& w
         const int64_t j0 = t0 + int64_t(tid) * V;
         if (j0 < end) {
           kernels::fused_thread<T, V, KMAX>(s, p, models.data(), w, plain_divisor, j0, end,
-                                            &rank[size_t(tid) * KMAX]);
+                                            &rank[size_t(tid) * R]);
         }
       }
     }
@@ -206,8 +209,8 @@ void emulate_unit(const std::vector<TaskSegment>& segs, const TaskParams& p) {
   ws.abs_part.assign(parts, std::nan(""));
   ws.kept_part.assign(parts, std::nan(""));
   ws.tie_part.assign(parts, -1);
-  for (int k = 0; k < p.K; ++k) kernels::init_model(p, k, ws.state.data());
-  if (p.sparsify == Sparsify::kMagnitude && kernels::task_any_select(p)) {
+  for (int k = 0; k < p.KV; ++k) kernels::init_model(p, k, ws.state.data());
+  if (kernels::task_any_select(p)) {
     for (int pass = 0; pass < kernels::radix_passes(p.wide); ++pass) {
       for (const TaskSegment& s : segs) {
         if (s.blocks > 0) M2N2_DISPATCH_FLOAT(s.dtype, histogram_any, s, p, ws, pass)
@@ -237,23 +240,33 @@ struct Settings {
   bool global;
   uint64_t seed;
   std::vector<double> weights, density;
+  std::vector<double> gamma;  // magnitude_outliers (zeros where empty)
 };
 
-std::string describe(const std::vector<Position>& list, const Settings& st, int shift, int64_t budget, bool ties,
+// The deltas of a case: normal draws, a few exact values (many ties at every
+// threshold), or all zero (the models equal the base).
+enum class Data { kNormal, kTies, kZero };
+
+std::string describe(const std::vector<Position>& list, const Settings& st, int shift, int64_t budget, Data data,
                      bool in_place) {
   std::string s = list_text(list) + " sparsify " + std::to_string(int(st.sparsify)) + " consensus " + std::to_string(int(st.consensus)) +
        " rescale " + std::to_string(int(st.rescale)) + " normalize " + std::to_string(st.normalize) + " global " +
        std::to_string(st.global) + " K " + std::to_string(st.weights.size()) + " density";
   for (double d : st.density) s += " " + std::to_string(d);
-  s += " shift " + std::to_string(shift) + " budget " + std::to_string(budget) + " ties " + std::to_string(ties) +
+  if (!st.gamma.empty()) s += " gamma";
+  for (double g : st.gamma) s += " " + std::to_string(g);
+  s += " shift " + std::to_string(shift) + " budget " + std::to_string(budget) + " data " + std::to_string(int(data)) +
        " in_place " + std::to_string(in_place);
   return s;
 }
 
 // Runs the CPU kernel and the emulated launches on the same inputs and compares the
 // outputs byte for byte.
-void check_case(const std::vector<Position>& list, const Settings& st, int shift, int64_t budget, bool ties,
+void check_case(const std::vector<Position>& list, const Settings& st_in, int shift, int64_t budget, Data data,
                 bool in_place, std::mt19937_64& rng) {
+  Settings st = st_in;
+  if (st.gamma.empty()) st.gamma.assign(st.weights.size(), 0.0);
+  const bool ties = data == Data::kTies;
   const int K = int(st.weights.size());
   const size_t L = list.size();
   CaseBuffers bufs(list, K, shift);
@@ -276,19 +289,25 @@ void check_case(const std::vector<Position>& list, const Settings& st, int shift
       std::memcpy(base[i].data, models[size_t(K - 1)][i].data, size_t(q.numel) * size_t(dtype_bytes(q.dtype)));
       for (int64_t j = 0; j < q.numel; j += 3) put(q.dtype, base[i].data, j, 0.25 * few(rng));
     }
+    if (data == Data::kZero) {
+      for (int k = 0; k < K; ++k) {
+        std::memcpy(models[size_t(k)][i].data, base[i].data, size_t(q.numel) * size_t(dtype_bytes(q.dtype)));
+      }
+    }
   }
   bufs.start_outputs(list);
 
   // The CPU kernel.
   cpu::TaskMergeConfig cfg{st.sparsify, st.consensus, st.rescale, st.normalize, st.lam, st.global, st.seed,
-                           st.weights, st.density};
+                           st.weights, st.density, st.gamma};
   cpu::task_merge(bufs.cpu_tensors(list, in_place), cfg);
 
   // The emulated launches, unit by unit (as csrc/cuda/task_merge.cu).
   bufs.for_each_unit(list, st.global, in_place, [&](std::vector<TaskSegment>& segs, int64_t n, bool wide) {
     TaskParams p = kernels::make_task_params(K, st.sparsify, st.consensus, st.rescale, st.normalize, st.lam, st.seed,
-                                             st.weights.data(), st.density.data(), wide, n);
+                                             st.weights.data(), st.density.data(), st.gamma.data(), wide, n);
     p.total_blocks = kernels::plan_task_unit(segs, K, budget, 1);
+    kernels::task_virtual_models(segs, p);
     for (const TaskSegment& s : segs) {
       const bool aligned = shift == 0;
       expect(s.vec == (aligned ? kernels::task_vector_elems(s.dtype) : 1) || s.numel == 0, "plan: vector width");
@@ -311,7 +330,7 @@ void check_case(const std::vector<Position>& list, const Settings& st, int shift
       for (int64_t j = 0; j < list[i].numel; ++j) same = same && std::fabs(a[j] - b[j]) <= 1e-13 * (1.0 + std::fabs(a[j]));
       ++approx_fp64;
     }
-    expect(same, describe(list, st, shift, budget, ties, in_place) + ": position " + std::to_string(i) +
+    expect(same, describe(list, st, shift, budget, data, in_place) + ": position " + std::to_string(i) +
                      " differs first at " + std::to_string(same ? -1 : bufs.first_difference(list, i)));
   }
 }
@@ -379,6 +398,35 @@ std::vector<double> densities(int K, int64_t n, std::mt19937_64& rng) {
   return d;
 }
 
+std::vector<double> gammas(int K, std::mt19937_64& rng) {
+  const double choices[4] = {0.0, 0.01, 0.3, 1.0};
+  std::uniform_int_distribution<int> pick(0, 3);
+  std::vector<double> g(static_cast<size_t>(K));
+  for (int k = 0; k < K; ++k) g[size_t(k)] = choices[pick(rng)];
+  return g;
+}
+
+// A case's settings with the rest drawn: normalize, lam, scope, seed, weights, each
+// model's density from the set (n: the elements of the unit the scope makes) and,
+// for magnitude_outliers, its gamma.
+Settings draw_settings(Sparsify sp, Consensus co, Rescale re, int K, int64_t total, int64_t last,
+                       std::mt19937_64& rng) {
+  std::uniform_int_distribution<int> coin(0, 1);
+  std::uniform_real_distribution<double> uni(-0.5, 1.5);
+  Settings st;
+  st.sparsify = sp;
+  st.consensus = co;
+  st.rescale = re;
+  st.normalize = coin(rng) == 1;
+  st.lam = coin(rng) == 1 ? 1.0 : 0.7;
+  st.global = coin(rng) == 1;
+  st.seed = rng();
+  for (int k = 0; k < K; ++k) st.weights.push_back(uni(rng));
+  st.density = densities(K, st.global ? total : last, rng);
+  if (sp == Sparsify::kOutliers) st.gamma = gammas(K, rng);
+  return st;
+}
+
 }  // namespace
 
 int main() {
@@ -408,21 +456,12 @@ int main() {
         for (Rescale re : rescales) {
           for (int K : {1, 2, 5, 9}) {
             if (K == 9 && co == Consensus::kCount) continue;  // (keeps the run short)
-            Settings st;
-            st.sparsify = sp;
-            st.consensus = co;
-            st.rescale = re;
-            st.normalize = coin(rng) == 1;
-            st.lam = coin(rng) == 1 ? 1.0 : 0.7;
-            st.global = coin(rng) == 1;
-            st.seed = rng();
-            for (int k = 0; k < K; ++k) st.weights.push_back(uni(rng));
-            st.density = densities(K, st.global ? total : list.back().numel, rng);
+            const Settings st = draw_settings(sp, co, re, K, total, list.back().numel, rng);
             const int shift = (cases % 5 == 3) ? 1 : 0;
             const int64_t budget = cases % 3 == 0 ? 1 : (cases % 3 == 1 ? 5 : 1000);
             const bool ties = sp == Sparsify::kMagnitude && coin(rng) == 1;
             const bool in_place = cases % 7 == 2;
-            check_case(list, st, shift, budget, ties, in_place, rng);
+            check_case(list, st, shift, budget, ties ? Data::kTies : Data::kNormal, in_place, rng);
             ++cases;
           }
         }
@@ -434,10 +473,67 @@ int main() {
     for (bool ties : {false, true}) {
       for (bool global : {false, true}) {
         Settings st{Sparsify::kMagnitude, Consensus::kSum, Rescale::kL1, true, 1.0, global, 11, {0.8, 0.3}, {d, d}};
-        check_case({{Dtype::kFloat, 5001}, {Dtype::kBFloat16, 77}}, st, 0, 3, ties, false, rng);
+        check_case({{Dtype::kFloat, 5001}, {Dtype::kBFloat16, 77}}, st, 0, 3, ties ? Data::kTies : Data::kNormal,
+                   false, rng);
         ++cases;
       }
     }
+  }
+  // magnitude_outliers: every list, consensus, rescale and K as above, each model's
+  // density and gamma drawn from the sets, deltas normal, tied or zero.
+  for (const auto& list : lists) {
+    int64_t total = 0;
+    for (const Position& q : list) total += q.numel;
+    for (Consensus co : consensuses) {
+      for (Rescale re : rescales) {
+        for (int K : {1, 2, 5, 9}) {
+          const Settings st = draw_settings(Sparsify::kOutliers, co, re, K, total, list.back().numel, rng);
+          const int shift = (cases % 5 == 3) ? 1 : 0;
+          const int64_t budget = cases % 3 == 0 ? 1 : (cases % 3 == 1 ? 5 : 1000);
+          const Data data = cases % 11 == 4 ? Data::kZero : coin(rng) == 1 ? Data::kTies : Data::kNormal;
+          check_case(list, st, shift, budget, data, cases % 7 == 2, rng);
+          ++cases;
+        }
+      }
+    }
+  }
+  // Every (density, gamma) pair for model 0 (model 1 another pair), both scopes,
+  // bf16 with many ties at both thresholds of a band, and normal deltas.
+  {
+    const double rhos[5] = {0.0, 1.0 / 4099.0, 0.1, 0.5, 1.0};
+    const double gams[4] = {0.0, 0.01, 0.3, 1.0};
+    const Rescale sweep_rescales[3] = {Rescale::kL1, Rescale::kDensity, Rescale::kNone};
+    int i = 0;
+    for (double d : rhos) {
+      for (double g : gams) {
+        for (Data data : {Data::kTies, Data::kNormal}) {
+          for (bool global : {false, true}) {
+            Settings st{Sparsify::kOutliers, consensuses[i % 3], sweep_rescales[(i / 3) % 3], i % 2 == 0, 1.0, global,
+                        uint64_t(i), {0.8, 0.3}, {d, rhos[(i + 2) % 5]}, {g, gams[(i + 1) % 4]}};
+            check_case({{Dtype::kBFloat16, 4099}, {Dtype::kFloat, 77}}, st, 0, 3, data, false, rng);
+            ++cases;
+            ++i;
+          }
+        }
+      }
+    }
+  }
+  // The most models magnitude_outliers takes (64 virtual ones).
+  for (Data data : {Data::kTies, Data::kNormal}) {
+    Settings st;
+    st.sparsify = Sparsify::kOutliers;
+    st.consensus = Consensus::kSum;
+    st.rescale = Rescale::kL1;
+    st.normalize = true;
+    st.lam = 1.0;
+    st.global = true;
+    st.seed = 3;
+    const int K = kMaxModels / 2;
+    for (int k = 0; k < K; ++k) st.weights.push_back(uni(rng));
+    st.density = densities(K, 3001 + 700, rng);
+    st.gamma = gammas(K, rng);
+    check_case({{Dtype::kFloat, 3001}, {Dtype::kBFloat16, 700}}, st, 0, 4, data, false, rng);
+    ++cases;
   }
   if (failures == 0) {
     std::printf("task_merge CUDA host check: all passed (%d cases, %d checks; %d fp64 l1 outputs within 1e-13, the "

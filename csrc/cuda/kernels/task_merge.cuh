@@ -29,7 +29,17 @@
 //      ratio, the ties before each block by an exclusive scan).
 //   3. fused_kernel: masks, elects signs, mixes and writes; a partly kept tie is kept
 //      iff the ties before it (block offset + block scan of the step) are < need.
-// Extra memory: the per-model state, [K, 2048] histograms and [K, blocks] partials.
+// magnitude_outliers keeps a band of ranks [start, end): steps 0-2 run on 2K virtual
+// models, virtual k selecting model k's `end` largest and virtual K + k its `start`
+// largest (the segments hold each model pointer twice), so each has the "magnitude"
+// tie rule; the fused kernel keeps what virtual k keeps and virtual K + k does not.
+// For an l1 rescale, virtual k's statistics sum |d| strictly between the two
+// thresholds and finish_stats adds the band's ties at each (the band's sum directly:
+// a difference of the two kept sums would lose a narrow band's bits to cancellation).
+// Only the host setup, the statistics' bounds, the scale and the fused kernel know
+// the band.
+// Extra memory: the per-model state, [KV, 2048] histograms and [KV, blocks] partials
+// (KV: K, or 2K for magnitude_outliers).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -49,13 +59,20 @@ inline int64_t task_keep_count(double rho, int64_t n) {
   return std::max<int64_t>(1, int64_t(rho * double(n)));
 }
 
+// The mode of a magnitude selection of `keep` of n elements.
+inline TaskMode task_select_mode(int64_t keep, int64_t n) {
+  return keep == n ? TaskMode::kAll : keep == 0 ? TaskMode::kNone : TaskMode::kSelect;
+}
+
 // A unit's settings: what each model keeps and its host-known scale (the CPU kernel's
-// plan). weights and density hold K values; n is the unit's element count.
+// plan). weights, density and gamma (read by magnitude_outliers only) hold K values;
+// n is the unit's element count.
 inline TaskParams make_task_params(int K, Sparsify sparsify, Consensus consensus, Rescale rescale, bool normalize,
-                                   double lam, uint64_t seed, const double* weights, const double* density, bool wide,
-                                   int64_t n) {
+                                   double lam, uint64_t seed, const double* weights, const double* density,
+                                   const double* gamma, bool wide, int64_t n) {
   TaskParams p{};
   p.K = K;
+  p.KV = sparsify == Sparsify::kOutliers ? 2 * K : K;
   p.sparsify = sparsify;
   p.consensus = consensus;
   p.rescale = rescale;
@@ -69,29 +86,48 @@ inline TaskParams make_task_params(int K, Sparsify sparsify, Consensus consensus
     p.weight[k] = weights[k];
     p.mode[k] = TaskMode::kAll;
     p.keep[k] = n;
+    bool sparse = false;
     if (sparsify == Sparsify::kMagnitude) {
       p.keep[k] = task_keep_count(rho, n);
-      p.mode[k] = p.keep[k] == n ? TaskMode::kAll : p.keep[k] == 0 ? TaskMode::kNone : TaskMode::kSelect;
+      p.mode[k] = task_select_mode(p.keep[k], n);
+      sparse = p.mode[k] == TaskMode::kSelect;
     } else if (sparsify == Sparsify::kRandom) {
       p.dare_thr[k] = dare_threshold(rho);
       p.mode[k] = rho >= 1.0 ? TaskMode::kAll : p.dare_thr[k] == 0 ? TaskMode::kNone : TaskMode::kDraw;
+      sparse = p.mode[k] == TaskMode::kDraw;
+    } else if (sparsify == Sparsify::kOutliers) {
+      int64_t start = 0, end = 0;
+      outlier_band(rho, gamma[k], n, start, end);
+      sparse = end - start > 0 && end - start < n;
+      // An empty band selects nothing (both none); a full one is start 0, end n.
+      p.keep[k] = end > start ? end : 0;
+      p.keep[K + k] = end > start ? start : 0;
+      p.mode[k] = task_select_mode(p.keep[k], n);
+      p.mode[K + k] = task_select_mode(p.keep[K + k], n);
+      p.host_scale[K + k] = 1.0;
     }
-    const bool sparse = p.mode[k] == TaskMode::kSelect || p.mode[k] == TaskMode::kDraw;
     p.host_scale[k] = rescale == Rescale::kDensity && sparse ? 1.0 / rho : 1.0;
   }
   return p;
 }
 
+// magnitude_outliers: virtual models K .. 2K - 1 read models 0 .. K - 1 again.
+inline void task_virtual_models(std::vector<TaskSegment>& segs, const TaskParams& p) {
+  for (TaskSegment& s : segs) {
+    for (int k = p.K; k < p.KV; ++k) s.models[k] = s.models[k - p.K];
+  }
+}
+
 // Which passes a unit runs (known on the host; the device skips a model's statistics
 // when its selection needs none).
 inline bool task_any_select(const TaskParams& p) {
-  for (int k = 0; k < p.K; ++k) {
+  for (int k = 0; k < p.KV; ++k) {
     if (p.mode[k] == TaskMode::kSelect) return true;
   }
   return false;
 }
 inline bool task_may_need_stats(const TaskParams& p) {
-  for (int k = 0; k < p.K; ++k) {
+  for (int k = 0; k < p.KV; ++k) {
     if (p.mode[k] == TaskMode::kSelect) return true;  // partial ties, or l1
     if (p.mode[k] == TaskMode::kDraw && p.rescale == Rescale::kL1) return true;
   }
@@ -100,15 +136,17 @@ inline bool task_may_need_stats(const TaskParams& p) {
 
 // The unit's device workspace, carved from one buffer of task_workspace_bytes(p).
 struct TaskWorkspace {
-  ModelState* state;               // [K]
-  unsigned long long* hist;        // [K, kBins] (selection only)
-  double* abs_part;                // [K, total_blocks] (statistics only)
+  ModelState* state;               // [KV]
+  unsigned long long* hist;        // [KV, kBins] (selection only)
+  double* abs_part;                // [KV, total_blocks] (statistics only)
   double* kept_part;
   int64_t* tie_part;
 };
 
-inline int64_t task_hist_bins(const TaskParams& p) { return task_any_select(p) ? int64_t(p.K) * kBins : 0; }
-inline int64_t task_partials(const TaskParams& p) { return task_may_need_stats(p) ? int64_t(p.K) * p.total_blocks : 0; }
+inline int64_t task_hist_bins(const TaskParams& p) { return task_any_select(p) ? int64_t(p.KV) * kBins : 0; }
+inline int64_t task_partials(const TaskParams& p) {
+  return task_may_need_stats(p) ? int64_t(p.KV) * p.total_blocks : 0;
+}
 
 inline int64_t task_workspace_bytes(const TaskParams& p) {
   return int64_t(sizeof(ModelState)) * kMaxModels + 8 * task_hist_bins(p) + 24 * task_partials(p);
@@ -131,7 +169,7 @@ inline TaskWorkspace task_workspace(const TaskParams& p, void* buffer) {
 template <class T>
 void launch_histogram_t(const TaskSegment& s, const TaskParams& p, const TaskWorkspace& ws, int pass,
                         cudaStream_t stream) {
-  const dim3 grid(unsigned(s.blocks), unsigned(p.K));
+  const dim3 grid(unsigned(s.blocks), unsigned(p.KV));
   if (s.vec > 1) {
     histogram_kernel<T, vector_elems<T>()><<<grid, kThreads, 0, stream>>>(s, p, ws.state, pass, ws.hist);
   } else {
@@ -141,7 +179,7 @@ void launch_histogram_t(const TaskSegment& s, const TaskParams& p, const TaskWor
 
 template <class T>
 void launch_stats_t(const TaskSegment& s, const TaskParams& p, const TaskWorkspace& ws, cudaStream_t stream) {
-  const dim3 grid(unsigned(s.blocks), unsigned(p.K));
+  const dim3 grid(unsigned(s.blocks), unsigned(p.KV));
   if (s.vec > 1) {
     stats_kernel<T, vector_elems<T>()>
         <<<grid, kThreads, 0, stream>>>(s, p, ws.state, ws.abs_part, ws.kept_part, ws.tie_part);
@@ -162,25 +200,25 @@ void launch_fused_t(const TaskSegment& s, const TaskParams& p, const TaskWorkspa
   }
 }
 
-// Every launch of one unit (p.n > 0; plan_task_unit done; the workspace of
-// task_workspace_bytes(p) bytes, 16-byte aligned). Returns cudaGetLastError().
+// Every launch of one unit (p.n > 0; plan_task_unit and task_virtual_models done; the
+// workspace of task_workspace_bytes(p) bytes, 16-byte aligned). Returns cudaGetLastError().
 inline cudaError_t launch_task_unit(const std::vector<TaskSegment>& segs, const TaskParams& p, void* workspace,
                                     cudaStream_t stream) {
   const TaskWorkspace ws = task_workspace(p, workspace);
   init_kernel<<<1, kThreads, 0, stream>>>(p, ws.state, ws.hist, task_hist_bins(p));
-  if (p.sparsify == Sparsify::kMagnitude && task_any_select(p)) {
+  if (task_any_select(p)) {  // magnitude, magnitude_outliers
     for (int pass = 0; pass < radix_passes(p.wide); ++pass) {
       for (const TaskSegment& s : segs) {
         if (s.blocks > 0) M2N2_DISPATCH_FLOAT(s.dtype, launch_histogram_t, s, p, ws, pass, stream)
       }
-      select_digit_kernel<<<unsigned(p.K), kThreads, 0, stream>>>(p, ws.state, ws.hist, pass);
+      select_digit_kernel<<<unsigned(p.KV), kThreads, 0, stream>>>(p, ws.state, ws.hist, pass);
     }
   }
   if (task_may_need_stats(p)) {
     for (const TaskSegment& s : segs) {
       if (s.blocks > 0) M2N2_DISPATCH_FLOAT(s.dtype, launch_stats_t, s, p, ws, stream)
     }
-    finish_stats_kernel<<<unsigned(p.K), kThreads, 0, stream>>>(p, ws.state, ws.abs_part, ws.kept_part,
+    finish_stats_kernel<<<unsigned(p.KV), kThreads, 0, stream>>>(p, ws.state, ws.abs_part, ws.kept_part,
                                                                  ws.tie_part);
   }
   for (const TaskSegment& s : segs) {

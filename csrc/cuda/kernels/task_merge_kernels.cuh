@@ -28,8 +28,13 @@ namespace m2n2::cuda {
 enum class TaskMode : uint8_t { kAll, kNone, kSelect, kDraw };
 
 // The call's settings, per unit (a kernel parameter: under 4 KB with the segment).
+// The selection and statistics run on KV virtual models: the K models, or for
+// magnitude_outliers 2K, virtual k (its `end` largest) and K + k (its `start` largest)
+// both model k, the segments' model pointers doubled (task_virtual_models); the
+// per-model arrays below are per virtual model, weight per model.
 struct TaskParams {
   int K;
+  int KV;
   Sparsify sparsify;
   Consensus consensus;
   Rescale rescale;
@@ -41,7 +46,7 @@ struct TaskParams {
   int64_t total_blocks;  // blocks of the unit, all segments
   double weight[kMaxModels];
   double host_scale[kMaxModels];  // 1, or 1 / rho for rescale "density"
-  int64_t keep[kMaxModels];       // magnitude: elements to keep
+  int64_t keep[kMaxModels];       // magnitude (outliers: each virtual model): elements to keep
   uint32_t dare_thr[kMaxModels];  // random: keep iff draw24 < this
   TaskMode mode[kMaxModels];
 };
@@ -106,7 +111,7 @@ M2N2_HD void init_model(const TaskParams& p, int k, ModelState* st) {
 
 __global__ void __launch_bounds__(kThreads)
     init_kernel(const TaskParams p, ModelState* st, unsigned long long* hist, int64_t hist_bins) {
-  if (threadIdx.x < unsigned(p.K)) init_model(p, int(threadIdx.x), st);
+  if (threadIdx.x < unsigned(p.KV)) init_model(p, int(threadIdx.x), st);
   for (int64_t i = threadIdx.x; i < hist_bins; i += kThreads) hist[i] = 0;
 }
 
@@ -190,26 +195,53 @@ struct StatsAcc {
   int64_t ties;
 };
 
+// What a virtual model's magnitude statistics count: kept_sum over the keys in
+// [lo, hi), ties of the key `tie`. Magnitude: the keys above the threshold, the ties
+// at it. magnitude_outliers' virtual k: the keys strictly inside its model's band
+// (above virtual k's threshold, or all where it keeps all; below virtual K + k's,
+// where that selects), the ties at virtual k's threshold where it selects.
+struct StatsKeys {
+  uint64_t lo, hi, tie;
+};
+
+constexpr uint64_t kNoKey = ~uint64_t(0);  // above every key (keys clear the top bit)
+
+M2N2_HD StatsKeys stats_keys(const TaskParams& p, const ModelState* st, int k) {
+  const uint64_t thr = st[k].prefix;
+  if (p.KV == p.K || k >= p.K) return StatsKeys{thr + 1, kNoKey, thr};
+  const bool top_sel = p.mode[p.K + k] == TaskMode::kSelect;
+  const bool all = p.mode[k] == TaskMode::kAll;
+  return StatsKeys{all ? 0 : thr + 1, top_sel ? st[p.K + k].prefix : kNoKey, all ? kNoKey : thr};
+}
+
 struct StatsAdd {
   M2N2_HD StatsAcc operator()(const StatsAcc& x, const StatsAcc& y) const {
     return StatsAcc{x.abs_sum + y.abs_sum, x.kept_sum + y.kept_sum, x.ties + y.ties};
   }
 };
 
-// Whether model k needs the statistics pass (read from the state after the selection).
+// Whether virtual model k needs the statistics pass (read from the state after the
+// selection). magnitude_outliers: virtual k sums its model's band where either of the
+// two selects (l1), virtual K + k counts only its ties.
 M2N2_HD bool needs_stats(const TaskParams& p, const ModelState& s, int k) {
+  if (p.KV > p.K) {
+    const bool partial = p.mode[k] == TaskMode::kSelect && s.partial != 0;
+    if (k >= p.K) return partial;
+    const bool band = p.mode[k] == TaskMode::kSelect || p.mode[p.K + k] == TaskMode::kSelect;
+    return partial || (p.rescale == Rescale::kL1 && band);
+  }
   const bool sparse = p.mode[k] == TaskMode::kSelect || p.mode[k] == TaskMode::kDraw;
   return sparse && (p.rescale == Rescale::kL1 || s.partial != 0);
 }
 
 template <class T, int V>
-M2N2_HD void stats_thread(const TaskSegment& seg, const TaskParams& p, int k, uint64_t threshold, int64_t j0,
+M2N2_HD void stats_thread(const TaskSegment& seg, const TaskParams& p, int k, StatsKeys keys, int64_t j0,
                           int64_t end, StatsAcc& acc) {
   using C = compute_t<T>;
   C b[V], m[V];
   load_elems<T, V>(static_cast<const T*>(seg.base), j0, end, b);
   load_elems<T, V>(static_cast<const T*>(seg.models[k]), j0, end, m);
-  if (p.mode[k] == TaskMode::kSelect) {
+  if (p.mode[k] != TaskMode::kDraw) {
     M2N2_UNROLL
     for (int j = 0; j < V; ++j) {
       if (j0 + j < end) {
@@ -217,8 +249,8 @@ M2N2_HD void stats_thread(const TaskSegment& seg, const TaskParams& p, int k, ui
         const double ad = fabs(double(d));
         const uint64_t key = task_key<C>(d, p.wide);
         acc.abs_sum += ad;
-        acc.kept_sum += key > threshold ? ad : 0.0;
-        acc.ties += key == threshold ? 1 : 0;
+        acc.kept_sum += key >= keys.lo && key < keys.hi ? ad : 0.0;
+        acc.ties += key == keys.tie ? 1 : 0;
       }
     }
   } else {
@@ -244,13 +276,13 @@ __global__ void __launch_bounds__(kThreads)
   using Reduce = cub::BlockReduce<StatsAcc, kThreads>;
   __shared__ typename Reduce::TempStorage temp;
   const int k = int(blockIdx.y);
-  const ModelState s = st[k];
-  if (!needs_stats(p, s, k)) return;
+  if (!needs_stats(p, st[k], k)) return;
+  const StatsKeys keys = stats_keys(p, st, k);
   const int64_t begin = int64_t(blockIdx.x) * seg.chunk;
   const int64_t end = min64(seg.numel, begin + seg.chunk);
   StatsAcc acc{0.0, 0.0, 0};
   for (int64_t j0 = begin + int64_t(threadIdx.x) * V; j0 < end; j0 += int64_t(kThreads) * V) {
-    stats_thread<T, V>(seg, p, k, s.prefix, j0, end, acc);
+    stats_thread<T, V>(seg, p, k, keys, j0, end, acc);
   }
   const StatsAcc total = Reduce(temp).Reduce(acc, StatsAdd());
   if (threadIdx.x == 0) {
@@ -285,15 +317,33 @@ M2N2_HD void finish_thread_ties(int64_t* tie_part, int64_t blocks, int tid, int6
   }
 }
 
-// The scale s_k from the unit's sums (the kept ties all have |d| = the threshold's value).
-M2N2_HD void finish_scale(const TaskParams& p, int k, StatsAcc total, ModelState* s) {
-  if (p.rescale != Rescale::kL1) return;
+// The |d| of a key of the unit's width.
+M2N2_HD double key_value(uint64_t key, bool wide) {
+  return wide ? bits_double(key) : double(bits_float(uint32_t(key)));
+}
+
+// The l1 scale s_k from the unit's sums: the kept ties all have |d| = their threshold's
+// value. magnitude_outliers (virtual k, which summed its model's band): the band's
+// ties at virtual K + k's threshold (those it does not keep) and at virtual k's (those
+// it keeps), or, where the two thresholds are one key, the ranks between the two needs.
+M2N2_HD void finish_scale(const TaskParams& p, int k, StatsAcc total, ModelState* st) {
+  if (p.rescale != Rescale::kL1 || k >= p.K) return;  // (virtual K + k: ties only)
+  ModelState& s = st[k];
+  const bool sel = p.mode[k] == TaskMode::kSelect;
   double kept = total.kept_sum;
-  if (p.mode[k] == TaskMode::kSelect) {
-    const double at = p.wide ? bits_double(s->prefix) : double(bits_float(uint32_t(s->prefix)));
-    kept += double(s->remaining) * at;
+  if (p.KV > p.K) {
+    const ModelState& top = st[p.K + k];
+    const bool top_sel = p.mode[p.K + k] == TaskMode::kSelect;
+    if (sel && top_sel && s.prefix == top.prefix) {
+      kept += double(s.remaining - top.remaining) * key_value(s.prefix, p.wide);
+    } else {
+      if (top_sel) kept += double(top.last_count - top.remaining) * key_value(top.prefix, p.wide);
+      if (sel) kept += double(s.remaining) * key_value(s.prefix, p.wide);
+    }
+  } else if (sel) {
+    kept += double(s.remaining) * key_value(s.prefix, p.wide);
   }
-  if (total.abs_sum >= kRescaleMin && kept >= kRescaleMin) s->scale = total.abs_sum / kept;
+  if (total.abs_sum >= kRescaleMin && kept >= kRescaleMin) s.scale = total.abs_sum / kept;
 }
 
 // One block per model: the totals (per-thread ranges in order, then CUB's fixed tree)
@@ -318,7 +368,7 @@ __global__ void __launch_bounds__(kThreads)
   int64_t before = 0;
   Scan(temp.scan).ExclusiveSum(mine.ties, before);
   if (st[k].partial != 0) finish_thread_ties(tie_part + row, B, tid, before);
-  if (tid == 0) finish_scale(p, k, total, st + k);
+  if (tid == 0) finish_scale(p, k, total, st);
 }
 
 // ---------------------------------------------------------------------------
@@ -369,6 +419,19 @@ M2N2_HD int combine_count(int K) {
   return KMAX <= kSmallModels ? KMAX : K;
 }
 
+// Rows of the fused pass's tie ranks: the virtual models of up to KMAX models.
+template <int KMAX>
+constexpr int kFusedRows = 2 * KMAX < kMaxModels ? 2 * KMAX : kMaxModels;
+
+// Whether a virtual model keeps an element of key `key` (`valid`: inside the segment):
+// all, none, or above its threshold with ties kept while rank < need (rank counts the
+// virtual model's ties, lowest index first).
+M2N2_HD bool virtual_keeps(const FusedModel& md, uint64_t key, bool valid, int64_t& rank) {
+  if (md.mode != TaskMode::kSelect) return md.mode == TaskMode::kAll;
+  if (key != md.threshold) return key > md.threshold;
+  return valid && (!md.partial || rank++ < md.need);
+}
+
 // The weights in c (zero past K) and the divisor without consensus: their sum, 1 where
 // |sum| < 1e-8 (the CPU kernel's rule and order).
 template <class C, int KMAX>
@@ -383,13 +446,16 @@ M2N2_HD C fused_weights(const TaskParams& p, C* w) {
 }
 
 // Thread's elements j0 .. j0 + V - 1 (before `end`): e_k for every model, then
-// combine_factors per element. rank[k]: for a model with partial ties, the unit rank
-// of the first tie among these elements (ties kept while rank < need).
+// combine_factors per element. rank[k]: for a virtual model with partial ties, the
+// unit rank of the first tie among these elements (ties kept while rank < need).
+// magnitude_outliers keeps an element of model k iff virtual k keeps it and virtual
+// K + k does not.
 template <class T, int V, int KMAX>
 M2N2_HD void fused_thread(const TaskSegment& seg, const TaskParams& p, const FusedModel* models,
                           const compute_t<T>* w, compute_t<T> plain_divisor, int64_t j0, int64_t end, int64_t* rank) {
   using C = compute_t<T>;
   const int K = p.K;
+  const bool band = p.KV > K;  // magnitude_outliers
   C b[V];
   load_elems<T, V>(static_cast<const T*>(seg.base), j0, end, b);
   C e[KMAX * V];
@@ -401,6 +467,7 @@ M2N2_HD void fused_thread(const TaskSegment& seg, const TaskParams& p, const Fus
       continue;
     }
     const FusedModel md = models[k];
+    const FusedModel top = band ? models[K + k] : md;  // (read only for a band)
     C m[V];
     load_elems<T, V>(static_cast<const T*>(seg.models[k]), j0, end, m);
     uint32_t draws[V];
@@ -410,10 +477,11 @@ M2N2_HD void fused_thread(const TaskSegment& seg, const TaskParams& p, const Fus
     for (int j = 0; j < V; ++j) {
       const C d = m[j] - b[j];
       bool keep = md.mode == TaskMode::kAll;
-      if (md.mode == TaskMode::kSelect) {
+      if (md.mode == TaskMode::kSelect || band) {
         const uint64_t key = task_key<C>(d, p.wide);
-        keep = key > md.threshold;
-        if (key == md.threshold && j0 + j < end) keep = md.partial ? rank[k]++ < md.need : true;
+        const bool valid = j0 + j < end;
+        keep = virtual_keeps(md, key, valid, rank[k]);
+        if (band) keep = !virtual_keeps(top, key, valid, rank[K + k]) && keep;  // both count their ties
       } else if (md.mode == TaskMode::kDraw) {
         keep = draws[j] < md.dare_thr;
       }
@@ -431,8 +499,8 @@ M2N2_HD void fused_thread(const TaskSegment& seg, const TaskParams& p, const Fus
 }
 
 // One block per chunk, in steps of kThreads V elements (consecutive threads,
-// consecutive elements: the thread order is the index order). Models with partial
-// ties: the ties before each step's thread come from a block scan of the threads'
+// consecutive elements: the thread order is the index order). Virtual models with
+// partial ties: the ties before each step's thread come from a block scan of the threads'
 // counts, started at the block's offset (finish_stats_kernel), so ties are kept
 // lowest index first whatever the launch.
 template <class T, int V, int KMAX>
@@ -442,25 +510,25 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ typename Scan::TempStorage temp;
   __shared__ FusedModel models[kMaxModels];
   const int tid = int(threadIdx.x);
-  if (tid < p.K) models[tid] = fused_model(p, st[tid], tid);
+  if (tid < p.KV) models[tid] = fused_model(p, st[tid], tid);
   __syncthreads();
   compute_t<T> w[KMAX];
   const compute_t<T> plain_divisor = fused_weights<compute_t<T>, KMAX>(p, w);
   bool any_partial = false;
-  for (int k = 0; k < p.K; ++k) any_partial |= models[k].partial;
+  for (int k = 0; k < p.KV; ++k) any_partial |= models[k].partial;
   const int64_t begin = int64_t(blockIdx.x) * seg.chunk;
   const int64_t end = min64(seg.numel, begin + seg.chunk);
-  int64_t running[KMAX];  // partial models: ties before the current step
-  int64_t rank[KMAX];
+  int64_t running[kFusedRows<KMAX>];  // partial virtual models: ties before the current step
+  int64_t rank[kFusedRows<KMAX>];
   if (any_partial) {
-    for (int k = 0; k < p.K; ++k) {
+    for (int k = 0; k < p.KV; ++k) {
       running[k] = models[k].partial ? tie_start[int64_t(k) * p.total_blocks + seg.block0 + blockIdx.x] : 0;
     }
   }
   for (int64_t t0 = begin; t0 < end; t0 += int64_t(kThreads) * V) {
     const int64_t j0 = t0 + int64_t(tid) * V;
     if (any_partial) {  // block-uniform
-      for (int k = 0; k < p.K; ++k) {
+      for (int k = 0; k < p.KV; ++k) {
         if (!models[k].partial) continue;
         const int64_t c = count_ties_thread<T, V>(seg, p.wide, k, models[k].threshold, j0, end);
         int64_t before = 0, step = 0;

@@ -8,7 +8,9 @@
 
 namespace m2n2 {
 
-enum class Sparsify : int { kNone, kMagnitude, kRandom };
+// kOutliers: mergekit's magnitude_outliers (Model Breadcrumbs): a band of magnitude
+// ranks, the largest ones (the outliers) dropped as well as the smallest.
+enum class Sparsify : int { kNone, kMagnitude, kRandom, kOutliers };
 enum class Consensus : int { kNone, kSum, kCount };
 enum class Rescale : int { kNone, kL1, kDensity };
 
@@ -18,6 +20,24 @@ constexpr uint64_t kDareStream = 0xDA4E000000000000ull;
 constexpr double kRescaleMin = 1e-7;  // l1 rescale: 1 where either sum is below
 constexpr double kDivisorMin = 1e-8;  // no consensus: |sum of weights| below divides by 1
 constexpr int kMaxModels = 64;        // models per call (per-element state lives in registers)
+
+// magnitude_outliers keeps, of a unit of n elements in descending order of |d| (ties
+// lowest index first), the ranks [start, end): t = int(rho n) of them after dropping
+// the int(gamma n) largest, or the t smallest where fewer than t are left (mergekit's
+// int(density n), int(gamma n) and max(0, n - t - n_top) smallest dropped; rho >= 1
+// keeps every element, rho <= 0 none). Kernels select it as two virtual models per
+// model: its `end` largest minus its `start` largest.
+M2N2_HD void outlier_band(double rho, double gamma, int64_t n, int64_t& start, int64_t& end) {
+  if (rho >= 1.0 || n == 0) {
+    start = 0;
+    end = n;
+    return;
+  }
+  const int64_t t = rho <= 0.0 ? 0 : int64_t(rho * double(n));
+  const int64_t top = gamma <= 0.0 ? 0 : int64_t(gamma * double(n));
+  start = top < n - t ? top : n - t;
+  end = start + t;
+}
 
 // Ordering key of |d|: for non-negative floats the bit pattern orders as the value.
 M2N2_HD uint32_t magnitude_key(float d) { return float_bits(d) & 0x7FFFFFFFu; }
