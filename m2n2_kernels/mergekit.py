@@ -1,19 +1,20 @@
 """mergekit's task-vector merges on the fused `task_merge` op: a drop-in.
 
     import m2n2_kernels.mergekit
-    m2n2_kernels.mergekit.install()     # task_arithmetic, ties, dare_ties, dare_linear run fused
+    m2n2_kernels.mergekit.install()     # task_arithmetic, ties, dare_ties, dare_linear,
+                                        # breadcrumbs, breadcrumbs_ties run fused
 
     python -m m2n2_kernels.mergekit CONFIG.yml OUT [mergekit-yaml's options]
 
 mergekit (LGPL-3.0, an optional extra: `pip install m2n2-kernels[mergekit]`) is
 imported, never copied. Its registry has no plugin entry point, so `install()`
-replaces the four methods' objects in it with subclasses of its own
+replaces the six methods' objects in it with subclasses of its own
 `GeneralizedTaskArithmeticMerge` whose `merge_group` calls `task_merge` with
-mergekit's parameters (weight, density, lambda, normalize, rescale; int8_mask only
-saves mergekit memory and changes nothing here) and mergekit's semantics, e.g. its
-`k = max(1, int(density * n))`. A group the op cannot serve (a parameter that is not
-a number, a dtype it does not compute) goes to mergekit's own code, with one log
-line per method and reason. The fused methods are also registered as `m2n2_<name>`
+mergekit's parameters (weight, density, gamma, lambda, normalize, rescale; int8_mask
+only saves mergekit memory and changes nothing here) and mergekit's semantics, e.g.
+its `k = max(1, int(density * n))`. A group the op cannot serve (a parameter that is
+not a number, a dtype it does not compute, della's sparsification) goes to mergekit's
+own code, with one log line per method and reason. The fused methods are also registered as `m2n2_<name>`
 so that a YAML config can ask for them explicitly. DARE draws its seed from torch's
 global generator, as mergekit's `bernoulli` does, so `torch.manual_seed` still
 decides the masks (which differ from mergekit's: another generator, the same
@@ -29,7 +30,8 @@ from .task_vectors import task_merge as _fused_task_merge
 
 log = logging.getLogger(__name__)
 
-METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
+METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties")
+MAX_OUTLIER_MODELS = 32  # task_vectors.MAX_OUTLIER_MODELS
 PREFIX = "m2n2_"
 _ORIGINAL = {}
 _NOTED = set()
@@ -83,12 +85,21 @@ def fused_arguments(method, group, parameters):
     density = [parameters["density"][e.id] for e in entries]
     if not all(_number(v) for v in weights + density):
         return "a weight or density that is not a number"
-    sparsify = {None: None, "magnitude": "magnitude", "random": "random"}.get(
+    sparsify = {None: None, "magnitude": "magnitude", "random": "random",
+                "magnitude_outliers": "magnitude_outliers"}.get(
         None if method.sparsification_method is None else str(method.sparsification_method.value), "other")
     if sparsify == "other":
         return f"sparsification {method.sparsification_method.value}"
     if sparsify and not all(0.0 <= d <= 1.0 for d in density):
         return "a density outside [0, 1]"
+    gamma = 0.0
+    if sparsify == "magnitude_outliers":
+        gamma = [parameters["gamma"][e.id] for e in entries]
+        if not all(_number(g) and 0.0 <= g <= 1.0 for g in gamma):
+            return "a gamma that is not a number in [0, 1]"
+        if len(entries) > MAX_OUTLIER_MODELS:
+            return f"more than {MAX_OUTLIER_MODELS} models"
+        gamma = [float(g) for g in gamma]
     lam = parameters.get("lambda", 1.0)
     if not _number(lam):
         return "a lambda that is not a number"
@@ -103,6 +114,7 @@ def fused_arguments(method, group, parameters):
         normalize=bool(parameters.get("normalize")),
         lam=float(lam),
         seed=int(torch.randint(0, 2**62, (), dtype=torch.int64)) if sparsify == "random" else 0,
+        gamma=gamma,
     )
 
 
@@ -113,8 +125,9 @@ def _note_fallback(name, reason):
 
 
 def install():
-    """Make mergekit's task_arithmetic, ties, dare_ties and dare_linear run on the
-    fused op, and register them as m2n2_<name> too. Idempotent; returns the names."""
+    """Make mergekit's task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs and
+    breadcrumbs_ties run on the fused op, and register them as m2n2_<name> too.
+    Idempotent; returns the names."""
     registry = _require_mergekit()
     fused_class = _fused_class()
     names = []

@@ -2,9 +2,9 @@
 
 In memory (mergekit's merge_tensors with and without install()) and end to end
 (mergekit-yaml against `python -m m2n2_kernels.mergekit` on a tiny Llama-shaped model
-made here): task arithmetic equal within fp32 rounding, TIES equal except at
-elements tied with the threshold, DARE equal in distribution (and exactly with
-density 1); the fused methods compute exactly this package's ops.
+made here): task arithmetic equal within fp32 rounding, TIES and Model Breadcrumbs
+equal except at elements tied with a threshold, DARE equal in distribution (and
+exactly with density 1); the fused methods compute exactly this package's ops.
 """
 import json
 import logging
@@ -21,7 +21,7 @@ from mergekit.merge_methods.api import merge_tensors  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import m2n2_kernels.mergekit as m2k  # noqa: E402
-from m2n2_kernels import task_arithmetic, ties_merge  # noqa: E402
+from m2n2_kernels import breadcrumbs_merge, task_arithmetic, ties_merge  # noqa: E402
 
 PARAMS = dict(weight=[0.5, 0.3, 0.2], density=[0.3, 0.3, 0.3])
 
@@ -53,7 +53,8 @@ def _both(name, base, models, params=PARAMS):
 def test_install_replaces_and_registers():
     names = m2k.install()
     try:
-        assert names == ["task_arithmetic", "ties", "dare_ties", "dare_linear"] == m2k.installed()
+        assert names == ["task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
+                         "breadcrumbs_ties"] == m2k.installed()
         assert type(get("ties")).__name__ == "FusedTaskArithmeticMerge"
         assert get("m2n2_ties").spec.name == "m2n2_ties"
         assert m2k.install() == names  # idempotent
@@ -73,6 +74,37 @@ def test_ties_equal_except_threshold_ties():
     theirs, ours = _both("ties", base, models)
     differ = (theirs - ours).abs() > 1e-6
     assert differ.float().mean() < 1e-3  # where a model's |d| ties with its threshold
+
+
+@pytest.mark.parametrize("name,params", [
+    ("breadcrumbs", dict(weight=[0.5, 0.3, 0.2], density=[0.3, 0.5, 0.9], gamma=[0.01, 0.1, 0.2])),
+    ("breadcrumbs_ties", dict(weight=[0.5, 0.3, 0.2], density=[0.3, 0.5, 0.9], gamma=[0.01, 0.1, 0.2],
+                              rescale=True, normalize=True)),
+    ("breadcrumbs", dict(weight=[0.5, 0.3, 0.2], density=[0.3, 0.3, 0.3])),  # mergekit's default gamma 0.01
+])
+def test_breadcrumbs_equal_except_threshold_ties(name, params):
+    # fp32 deltas of N(0, 0.01^2): few magnitudes tie, so the bands are the same sets.
+    base, models = _inputs()
+    theirs, ours = _both(name, base, models, params)
+    differ = (theirs - ours).abs() > 1e-6
+    assert differ.float().mean() < 1e-3
+    assert ((ours != base).float().mean() - (theirs != base).float().mean()).abs() < 1e-3
+
+
+def test_breadcrumbs_fused_is_our_op(fused):
+    base, models = _inputs(dtype=torch.bfloat16)
+    params = dict(weight=[0.5, 0.3, 0.2], density=[0.3, 0.5, 0.9], gamma=[0.05, 0.1, 0.2])
+    got = merge_tensors([base, *models], "breadcrumbs_ties", parameters=params, base_index=0)
+    assert torch.equal(got, breadcrumbs_merge(base, models, params["weight"], params["density"],
+                                              gamma=params["gamma"], consensus="sum"))
+
+
+def test_breadcrumbs_fallback_for_gamma_outside_unit_range(fused, caplog):
+    base, models = _inputs()
+    params = dict(weight=[0.5, 0.3, 0.2], density=[0.3, 0.3, 0.3], gamma=[0.01, 0.01, 1.5])
+    with caplog.at_level(logging.WARNING, logger="m2n2_kernels.mergekit"):
+        merge_tensors([base, *models], "breadcrumbs", parameters=params, base_index=0)
+    assert any("breadcrumbs on a gamma that is not a number in [0, 1]" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("name", ["dare_linear", "dare_ties"])
@@ -151,7 +183,7 @@ def _yaml(tmp_path, cmd, out):
     return load_file(str(tmp_path / out / "model.safetensors"))
 
 
-@pytest.mark.parametrize("method", ["ties", "task_arithmetic"])
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic", "breadcrumbs_ties"])
 def test_mergekit_yaml_end_to_end(tmp_path, method):
     base = _llama(str(tmp_path / "base"), 0)
     m1, m2 = _llama(str(tmp_path / "m1"), 1, base), _llama(str(tmp_path / "m2"), 2, base)
@@ -166,6 +198,8 @@ def test_mergekit_yaml_end_to_end(tmp_path, method):
     for k in base:
         if method == "ties":
             want = ties_merge(base[k], [m1[k], m2[k]], [0.6, 0.4], 0.3)
+        elif method == "breadcrumbs_ties":  # mergekit's defaults: gamma 0.01, no rescale, no normalize
+            want = breadcrumbs_merge(base[k], [m1[k], m2[k]], [0.6, 0.4], 0.3, gamma=0.01, consensus="sum")
         else:
             want = task_arithmetic(base[k], [m1[k], m2[k]], [0.6, 0.4])
         assert torch.equal(ours[k], want), k  # the fused method ran, with mergekit's parameters
