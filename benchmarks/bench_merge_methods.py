@@ -13,6 +13,8 @@ each model = base + N(0, 0.001^2), stored in the dtype), for every dtype of --dt
   ties             magnitude density 0.2 per tensor, consensus sum, normalize
   dare_linear      random density 0.2, rescale l1
   dare_ties        random density 0.2, rescale l1, consensus sum
+  breadcrumbs      magnitude_outliers density 0.2, gamma 0.01 per tensor (mergekit's
+                   breadcrumbs: no consensus, no rescale)
   pcb              PCB merging, ratio 0.2, clamp 1e-4, per tensor (no mergekit row:
                    mergekit has no PCB)
 each op with the impls
@@ -28,7 +30,8 @@ each op with the impls
                    base (1 - sum w) + sum w_k m_k with add_(alpha=); TIES with each model's
                    threshold from kthvalue of |d_k| (as FusionBench; it keeps every tie at
                    the threshold), masks, sign election and mix; DARE with a rand < density
-                   mask, the l1 rescale and the mix; PCB as the authors' code (K x n
+                   mask, the l1 rescale and the mix; breadcrumbs with both thresholds
+                   from kthvalue (the band between them, every tie kept); PCB as the authors' code (K x n
                    stacked deltas, fp32 exp and tanh) with kthvalue for its sort
   mergekit         only where `import mergekit` works and it has
                    mergekit.merge_methods.api.merge_tensors (left out with a note
@@ -46,7 +49,9 @@ passes + the fused pass, + 1 statistics pass where a model's threshold has more 
 than it keeps (exactly k are kept: bf16 deltas tie often, fp32 ones rarely); a window
 that misses falls back to the radix passes as well, which the count does not see (a
 normal N(0, s^2) delta set does not miss); DARE with the l1 rescale 2 (statistics +
-fused); PCB 5 (2 radix passes for the clamp bounds, 2 for the score threshold, the
+fused); breadcrumbs as TIES, its selection passes reading every model twice (two
+thresholds per model: 2K virtual models), so counted (2K + 1) / (K + 1) passes each;
+PCB 5 (2 radix passes for the clamp bounds, 2 for the score threshold, the
 fused pass). These are the CPU kernel's passes (16-bit digits); the GPU kernels select
 with 11-bit digits (no window), one pass more per selection and the statistics pass,
 which the summary does not count.
@@ -60,7 +65,8 @@ fastest. Values: before timing, task arithmetic's and TIES' outputs (best torch,
 mergekit's in float32) are checked against ours: task arithmetic close within rounding,
 TIES equal in > 99.9% of the elements no model ties at its threshold; DARE's draws
 differ by design (a keyed generator in ours), so only the merged delta's L1 norm is
-compared (within 5%); PCB's best torch close to ours in > 99% of the elements.
+compared (within 5%); breadcrumbs equal in > 99.9% of the elements no model ties at one
+of its two thresholds; PCB's best torch close to ours in > 99% of the elements.
 CSV columns: benchmarks/_common.py, KERNEL_FIELDS, to stdout (and --csv); a summary
 against the targets (TIES >= 10x mergekit and >= 3x best torch; DARE and task arithmetic
 >= 3x mergekit; ms within 3x lerp_'s ms per pass; extra memory <= 1% of the inputs) to
@@ -88,7 +94,8 @@ import m2n2_kernels as mk  # noqa: E402
 DENSITY = 0.2
 SEED = 1234
 RESCALE_MIN = 1e-7  # mergekit's eps for the l1 rescale (docs/semantics.md)
-OPS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "pcb")
+GAMMA = 0.01  # breadcrumbs drops this fraction of each model's largest |d| (mergekit's default)
+OPS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "pcb")
 PCB_RATIO = 0.2  # PCB keeps this fraction of each model's scores
 PCB_CLAMP = 1e-4  # the authors' min/max ratio
 CEILING = "lerp_"
@@ -105,6 +112,7 @@ MERGEKIT_METHODS = {
     "ties": ("ties", {"density": DENSITY, "normalize": True}),
     "dare_linear": ("dare_linear", {"density": DENSITY, "rescale": True}),
     "dare_ties": ("dare_ties", {"density": DENSITY, "rescale": True}),
+    "breadcrumbs": ("breadcrumbs", {"density": DENSITY, "gamma": GAMMA}),
 }
 
 
@@ -135,6 +143,8 @@ def ours(op, base, models, w, backend, out=None):
         return mk.ties_merge(base, models, w, DENSITY, backend=backend, out=out)
     if op == "pcb":
         return mk.pcb_merge(base, models, ratio=PCB_RATIO, clamp=PCB_CLAMP, backend=backend, out=out)
+    if op == "breadcrumbs":
+        return mk.breadcrumbs_merge(base, models, w, DENSITY, gamma=GAMMA, backend=backend, out=out)
     return mk.dare_merge(base, models, w, DENSITY, seed=SEED, consensus="sum" if op == "dare_ties" else None,
                          backend=backend, out=out)
 
@@ -209,6 +219,30 @@ def torch_ties(base, models, w):
     return out
 
 
+def torch_breadcrumbs(base, models, w):
+    """Per tensor: each model's two thresholds from kthvalue of |d_k| (the int(GAMMA n)-th
+    and the (int(GAMMA n) + int(DENSITY n))-th largest), the band between them (every
+    tie kept), the plain weighted sum."""
+    out = []
+    for i, b in enumerate(base):
+        n = b.numel()
+        bf = b.reshape(-1).float()
+        x = bf.clone()
+        d = torch.empty(n, device=bf.device)
+        t, top = int(DENSITY * n), int(GAMMA * n)
+        start = min(top, n - t)
+        for k in range(len(models)):
+            _delta_into(d, models[k][i], bf)
+            a = d.abs()
+            keep = a >= a.kthvalue(n - (start + t) + 1).values if start + t > 0 else torch.zeros_like(a, dtype=bool)
+            if start > 0:
+                keep &= a < a.kthvalue(n - start + 1).values
+            x.add_(d.mul_(keep), alpha=w[k])
+            del a, keep
+        out.append(_finish(x, b))
+    return out
+
+
 def torch_dare(base, models, w, *, ties, gen):
     """Per tensor: keep each delta element with probability DENSITY (rand < density), the
     l1 rescale (mergekit's), then the plain sum (dare_linear) or TIES' election (dare_ties)."""
@@ -272,6 +306,8 @@ def best_torch(op, base, models, w, gen):
         return torch_ties(base, models, w)
     if op == "pcb":
         return torch_pcb(base, models)
+    if op == "breadcrumbs":
+        return torch_breadcrumbs(base, models, w)
     return torch_dare(base, models, w, ties=op == "dare_ties", gen=gen)
 
 
@@ -346,6 +382,26 @@ def tie_stats(base, models):
     return masks, partial
 
 
+def band_ties(base, models):
+    """Per tensor: the mask of elements where some model's |d| equals one of its two
+    breadcrumbs thresholds (where a baseline may keep another tie than ours)."""
+    masks = []
+    for i, b in enumerate(base):
+        n = b.numel()
+        bf = b.reshape(-1).float()
+        at = torch.zeros(n, dtype=torch.bool, device=bf.device)
+        t, top = int(DENSITY * n), int(GAMMA * n)
+        start = min(top, n - t)
+        for m in models:
+            a = _delta_into(torch.empty(n, device=bf.device), m[i], bf).abs_()
+            for rank in (start, start + t):
+                if 0 < rank <= n:
+                    at |= a == a.kthvalue(n - rank + 1).values
+            del a
+        masks.append(at)
+    return masks
+
+
 def _close(x, y, dtype):
     x, y = x.reshape(-1).float(), y.reshape(-1).float()
     if dtype == torch.bfloat16:  # one bf16 rounding apart at most
@@ -353,7 +409,7 @@ def _close(x, y, dtype):
     return torch.isclose(x, y, rtol=1e-5, atol=1e-6 * 0.02)
 
 
-def check_values(op, name, got, want, base, dtype, ties_at):
+def check_values(op, name, got, want, base, models, dtype, ties_at):
     """Raises (best torch) or returns a reason (mergekit) when `got` is not ours' job."""
     if op == "task_arithmetic":
         bad = sum(int((~_close(g, o, dtype)).sum()) for g, o in zip(got, want))
@@ -365,6 +421,15 @@ def check_values(op, name, got, want, base, dtype, ties_at):
         print(f"# {dtype_name(dtype)} pcb: {name} equals ours in {agree / total:.4%} of the elements", file=sys.stderr)
         if agree < 0.99 * total:  # fp32 exp/tanh move a few scores across a threshold, no more
             return f"{op}: {name} equals ours in only {agree}/{total} elements"
+    elif op == "breadcrumbs":
+        total = sum(b.numel() for b in base)
+        tied = band_ties(base, models)
+        free = sum(int((~t).sum()) for t in tied)
+        agree = sum(int((_close(g, o, dtype) & ~t).sum()) for g, o, t in zip(got, want, tied))
+        print(f"# {dtype_name(dtype)} breadcrumbs: {name} equals ours in {agree / max(free, 1):.4%} of the "
+              f"{free / total:.2%} no model ties at a threshold", file=sys.stderr)
+        if agree < 0.999 * free:
+            return f"{op}: {name} equals ours in only {agree}/{free} tie-free elements"
     elif op == "ties":
         total = sum(b.numel() for b in base)
         free = sum(int((~t).sum()) for t in ties_at)
@@ -452,7 +517,7 @@ def run(args):
                 continue
             reason = None
             if impl == BEST or (impl == MERGEKIT and dtype == torch.float32):
-                reason = check_values(op, impl, box.pop(), held[op], base, dtype, ties_at)
+                reason = check_values(op, impl, box.pop(), held[op], base, models, dtype, ties_at)
             if reason and impl == BEST:
                 raise RuntimeError(f"{dtype_name(dtype)} {reason}: the baseline does not do our job")
             if reason:  # mergekit doing another job: its ratios would mean nothing
@@ -494,8 +559,9 @@ def run(args):
         ties_passes = 1 + sum((1 + min(2 ** 19, s // 16) / s) * s if s >= 2 ** 21 else (2 + p) * s
                               for s, p in zip(sizes, partial)) / n
         select = 4 if dtype == torch.float64 else 2  # radix passes over 64- or 32-bit keys
+        twice = (2 * K + 1) / (K + 1)  # a selection pass of breadcrumbs reads every model twice
         passes = {"task_arithmetic": 1.0, "ties": ties_passes, "dare_linear": 2.0, "dare_ties": 2.0,
-                  "pcb": 2 * select + 1.0}
+                  "breadcrumbs": 1 + twice * (ties_passes - 1), "pcb": 2 * select + 1.0}
         for be in backends:
             summary = []
             for op in OPS:
@@ -516,7 +582,7 @@ def run(args):
 
 def print_summary(summary, K, n, backend):
     """Ours against the issue's targets, on stderr (the CSV is stdout's)."""
-    want_mk = {"ties": 10.0, "task_arithmetic": 3.0, "dare_linear": 3.0, "dare_ties": 3.0}
+    want_mk = {"ties": 10.0, "task_arithmetic": 3.0, "dare_linear": 3.0, "dare_ties": 3.0}  # (none for breadcrumbs)
     want_torch = {"ties": 3.0}
     err = sys.stderr
     print(f"# summary: m2n2_kernels ({backend}), K = {K}, n = {n} per model; targets in brackets", file=err)
@@ -530,8 +596,8 @@ def print_summary(summary, K, n, backend):
         op = s["op"]
         vt = f"{s['vs_torch']:.2f}x" + (f" [{want_torch[op]:g}x {mark(s['vs_torch'] >= want_torch[op])}]"
                                          if op in want_torch else "")
-        vm = ("n/a" if s["vs_mergekit"] is None else
-              f"{s['vs_mergekit']:.2f}x [{want_mk[op]:g}x {mark(s['vs_mergekit'] >= want_mk[op])}]")
+        vm = ("n/a" if s["vs_mergekit"] is None else f"{s['vs_mergekit']:.2f}x" + (
+            f" [{want_mk[op]:g}x {mark(s['vs_mergekit'] >= want_mk[op])}]" if op in want_mk else ""))
         per_pass = s["out_vs_ceiling"] / s["passes"]
         pp = f"{per_pass:.2f} [3 {mark(per_pass <= 3.0)}]"
         ex = f"{s['extra_pct']:.3f} [1 {mark(s['extra_pct'] <= 1.0)}]"
