@@ -1,5 +1,5 @@
 """Task-vector merges (docs/semantics.md, "Task-vector merges: task arithmetic, TIES,
-DARE") against values worked out independently in the tests: plain fp64 maths and
+DARE, Model Breadcrumbs") against values worked out independently in the tests: plain fp64 maths and
 loops written again from the docs, and small cases worked out by hand. reference.py
 is used only for its Philox draws (philox_uniform24, itself checked here against
 Random123's known answers), never as the oracle of a merge; except at the end,
