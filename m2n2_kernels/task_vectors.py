@@ -2,9 +2,10 @@
 
 One op, `task_merge`, computes mergekit's generalized task arithmetic in a few
 streaming passes (thresholds or sums, then one fused pass that masks, elects signs,
-mixes and writes); `task_arithmetic`, `ties_merge` and `dare_merge` name its
-settings, and `breadcrumbs_merge` mergekit's magnitude_outliers. Inputs are `base` and K `models`, each a tensor or a list of tensors (a
-whole model in one call; dtypes may differ between list positions).
+mixes and writes); `task_arithmetic`, `ties_merge`, `dare_merge` and
+`breadcrumbs_merge` (mergekit's magnitude_outliers) name its settings. Inputs are
+`base` and K `models`, each a tensor or a list of tensors (a whole model in one call;
+dtypes may differ between list positions).
 """
 import torch
 

@@ -116,8 +116,8 @@ def run_triton_compile_check(script):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run([sys.executable, "-c", _TRITON_COMPILE_PRELUDE + script], env=env, cwd=root, capture_output=True, text=True,
-                         timeout=600)
+    run = subprocess.run([sys.executable, "-c", _TRITON_COMPILE_PRELUDE + script], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=600)
     if run.returncode and "ptxas" in run.stderr and "assert" not in run.stderr:
         pytest.skip(f"no CUDA toolchain for Triton here: {run.stderr.strip().splitlines()[-1]}")
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]

@@ -12,8 +12,9 @@ namespace m2n2 {
 namespace {
 
 void task_merge_out_cpu(at::TensorList base, at::TensorList models, at::TensorList out, at::ArrayRef<double> weights,
-                        at::ArrayRef<double> density, at::ArrayRef<double> gamma, c10::string_view sparsify, c10::string_view consensus,
-                        c10::string_view rescale, bool normalize, double lam, c10::string_view scope, int64_t seed) {
+                        at::ArrayRef<double> density, at::ArrayRef<double> gamma, c10::string_view sparsify,
+                        c10::string_view consensus, c10::string_view rescale, bool normalize, double lam,
+                        c10::string_view scope, int64_t seed) {
   const int64_t K = task_models_count(base, models);
   cpu::TaskMergeConfig cfg;
   cfg.weights = task_per_model(weights, K, "weights", false);
