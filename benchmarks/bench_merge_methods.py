@@ -219,6 +219,12 @@ def torch_ties(base, models, w):
     return out
 
 
+def _band(n):
+    """breadcrumbs' descending ranks [start, start + t) of n (docs/semantics.md)."""
+    t, top = int(DENSITY * n), int(GAMMA * n)
+    return min(top, n - t), t
+
+
 def torch_breadcrumbs(base, models, w):
     """Per tensor: each model's two thresholds from kthvalue of |d_k| (the int(GAMMA n)-th
     and the (int(GAMMA n) + int(DENSITY n))-th largest), the band between them (every
@@ -229,8 +235,7 @@ def torch_breadcrumbs(base, models, w):
         bf = b.reshape(-1).float()
         x = bf.clone()
         d = torch.empty(n, device=bf.device)
-        t, top = int(DENSITY * n), int(GAMMA * n)
-        start = min(top, n - t)
+        start, t = _band(n)
         for k in range(len(models)):
             _delta_into(d, models[k][i], bf)
             a = d.abs()
@@ -390,8 +395,7 @@ def band_ties(base, models):
         n = b.numel()
         bf = b.reshape(-1).float()
         at = torch.zeros(n, dtype=torch.bool, device=bf.device)
-        t, top = int(DENSITY * n), int(GAMMA * n)
-        start = min(top, n - t)
+        start, t = _band(n)
         for m in models:
             a = _delta_into(torch.empty(n, device=bf.device), m[i], bf).abs_()
             for rank in (start, start + t):

@@ -26,12 +26,12 @@ import sys
 
 import torch
 
+from .task_vectors import MAX_OUTLIER_MODELS
 from .task_vectors import task_merge as _fused_task_merge
 
 log = logging.getLogger(__name__)
 
 METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties")
-MAX_OUTLIER_MODELS = 32  # task_vectors.MAX_OUTLIER_MODELS
 PREFIX = "m2n2_"
 _ORIGINAL = {}
 _NOTED = set()

@@ -41,6 +41,8 @@ struct ModelPlan {
   uint32_t dare_threshold = 0;  // random: keep iff draw24 < this
   double scale = 1.0;
   std::vector<int64_t> tie_start;  // per chunk: ties at the threshold before it (partial ties only)
+
+  bool selects() const { return !keep_all && !keep_none; }  // keeps some elements but not all
 };
 
 // f(T{}) with T the storage type of `dtype`: one dispatch for passes templated on
@@ -70,6 +72,38 @@ M2N2_HD Key key_of(C d) {
   } else {
     return magnitude_key(float(d));
   }
+}
+
+// The |d| a key of the unit's width stands for.
+template <class Key>
+double key_value(uint64_t key) {
+  if constexpr (sizeof(Key) == 8) {
+    return bits_double(key);
+  } else {
+    return double(bits_float(uint32_t(key)));
+  }
+}
+
+// A threshold whose ties are kept lowest index first while their rank (counted in
+// index order across the unit) is below `need`. How a tile stands against it: every
+// tie in it kept, none, or the count passes `need` inside it (then element by element,
+// with in_top). For all and none, `rank` moves past the tile's ties.
+enum class TieRun : int { kAll, kNone, kSplit };
+
+template <class Key>
+TieRun tie_run(const Key* keys, int64_t len, Key threshold, int64_t& rank, int64_t need) {
+  int64_t ties = 0;
+  for (int64_t j = 0; j < len; ++j) ties += keys[j] == threshold ? 1 : 0;
+  if (rank < need && rank + ties > need) return TieRun::kSplit;
+  const TieRun run = rank >= need ? TieRun::kNone : TieRun::kAll;
+  rank += ties;
+  return run;
+}
+
+// Whether a key is among the largest kept (the element-by-element form of a split tile).
+template <class Key>
+bool in_top(Key key, Key threshold, int64_t& rank, int64_t need) {
+  return key > threshold || (key == threshold && rank++ < need);
 }
 
 // ---- tiles -------------------------------------------------------------------------
@@ -243,7 +277,7 @@ void select_thresholds(const std::vector<TaskTensor>& ts, const std::vector<Chun
                        const std::vector<char>& selected) {
   std::vector<RadixTarget> targets;
   for (int k = 0; k < int(plans.size()); ++k) {
-    if (plans[k].keep_all || plans[k].keep_none || selected[size_t(k)]) continue;
+    if (!plans[k].selects() || selected[size_t(k)]) continue;
     RadixTarget target;
     target.source = k;
     target.rank = n - keep[k];
@@ -515,7 +549,7 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
   std::vector<ModelWindow<Key>> wins;
   for (int k = 0; k < int(plans.size()); ++k) {
     const ModelPlan& p = plans[k];
-    if (p.keep_all || p.keep_none) continue;
+    if (!p.selects()) continue;
     const std::vector<Key> s = sample_keys<Key>(ts, blocks, k);
     const int64_t m = int64_t(s.size());
     const double q = double(n - keep[k]) / double(n);  // ascending rank of the k-th largest, as a fraction
@@ -659,7 +693,7 @@ struct BandBounds {
 
 template <class Key>
 BandBounds<Key> band_bounds(const ModelPlan& p, const ModelPlan& q) {
-  const bool p_sel = !p.keep_all && !p.keep_none, q_sel = !q.keep_all && !q.keep_none;
+  const bool p_sel = p.selects(), q_sel = q.selects();
   constexpr Key kNever = ~Key(0);                     // above every key (keys clear the top bit)
   constexpr Key kAboveAll = Key(1) << (8 * sizeof(Key) - 1);
   BandBounds<Key> bb;
@@ -690,20 +724,21 @@ void stats_chunk(const TaskTensor& t, const Chunk& c, const std::vector<ModelPla
     const int64_t len = std::min(kTile, c.end - t0);
     const compute_t<T>* b = base_tile<T>(base + t0, len, b_buf);
     if (sparsify == Sparsify::kOutliers) {
-      // Per model, both thresholds at once (plans[k]: the end largest, plans[K + k]:
-      // the start largest; K = half the plans): the band's sum directly, not as a
-      // difference of two sums (which loses the bits of a narrow band).
-      for (int k = 0; k < K / 2; ++k) {
-        const BandBounds<Key> bb = band_bounds<Key>(plans[size_t(k)], plans[size_t(K / 2 + k)]);
+      // Per model, both thresholds at once (plans[k]: the end largest, plans[M + k]:
+      // the start largest): the band's sum directly, not as a difference of two sums
+      // (which loses the bits of a narrow band).
+      const int M = K / 2;  // the models (half the plans)
+      for (int k = 0; k < M; ++k) {
+        const BandBounds<Key> bb = band_bounds<Key>(plans[size_t(k)], plans[size_t(M + k)]);
         if (!bb.selected) continue;
         band_stats_tile_k(model_ptr<T>(t, k) + t0, b, len, bb.lo, bb.hi, bb.te, bb.ts, &out.abs_sum[k],
-                          &out.kept_sum[k], &out.ties[k], &out.ties[K / 2 + k]);
+                          &out.kept_sum[k], &out.ties[k], &out.ties[M + k]);
       }
       continue;
     }
     for (int k = 0; k < K; ++k) {
       const ModelPlan& p = plans[k];
-      if (p.keep_all || p.keep_none || !(l1 || (p.partial_ties && !p.ties_known))) continue;
+      if (!p.selects() || !(l1 || (p.partial_ties && !p.ties_known))) continue;
       if (!l1) {  // only the ties at the threshold: integer keys, no fp64 sums
         keys_tile_k(model_ptr<T>(t, k) + t0, b, len, keys);
         int64_t ties = 0;
@@ -973,24 +1008,16 @@ void drop_largest_tile(const T* m, const compute_t<T>* b, int64_t len, const Mod
   }
   keys_tile_k(m, b, len, keys);
   const Key thr = Key(q.threshold);
-  int64_t ties = 0;
-  if (q.partial_ties) {
-    for (int64_t j = 0; j < len; ++j) ties += keys[j] == thr ? 1 : 0;
-  }
-  if (!q.partial_ties || rank + ties <= q.need) {  // every tie here is among the largest
-#pragma omp simd
-    for (int64_t j = 0; j < len; ++j) e[j] = keys[j] >= thr ? C(0) : e[j];
-  } else if (rank >= q.need) {  // none is
-#pragma omp simd
-    for (int64_t j = 0; j < len; ++j) e[j] = keys[j] > thr ? C(0) : e[j];
-  } else {
+  const TieRun run = q.partial_ties ? tie_run(keys, len, thr, rank, q.need) : TieRun::kAll;
+  if (run == TieRun::kSplit) {
     for (int64_t j = 0; j < len; ++j) {
-      const bool largest = keys[j] > thr || (keys[j] == thr && rank++ < q.need);
-      if (largest) e[j] = C(0);
+      if (in_top(keys[j], thr, rank, q.need)) e[j] = C(0);
     }
     return;
   }
-  rank += ties;
+  const Key lowest = run == TieRun::kAll ? thr : thr + 1;  // the smallest key among the largest
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) e[j] = keys[j] >= lowest ? C(0) : e[j];
 }
 
 template <class T, class Key>
@@ -1033,7 +1060,6 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
   const bool plain = !outliers && cfg.consensus == Consensus::kNone && K <= kPlainMaxModels &&
                      std::all_of(mode, mode + K, [](KeepMode md) { return md == KeepMode::kAll; });
   const T* tile_models[kPlainMaxModels];
-  constexpr uint64_t kScalarDone = ~uint64_t(0);  // (no key is this) the tile's factors are filled
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
     const compute_t<T>* b = base_tile<T>(base + t0, len, b_buf);
@@ -1047,27 +1073,23 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
       const T* m = model_ptr<T>(t, k) + t0;
       C* ek = e.data() + size_t(k) * kTile;
       uint64_t threshold = p.threshold;
+      bool filled = false;  // the factors of a split tile, element by element
       if (mode[k] == KeepMode::kAtLeast && p.partial_ties) {
         // Ties at the threshold are kept lowest index first, by a running count. Only
         // the tile where the count passes `need` takes it element by element; before
         // it every tie is kept (key >= threshold), after it none (key > threshold).
         keys_tile_k(m, b, len, keys);
-        int64_t ties = 0;
-        for (int64_t j = 0; j < len; ++j) ties += keys[j] == Key(p.threshold) ? 1 : 0;
-        if (rank[k] >= p.need) {
-          threshold = p.threshold + 1;  // keys are integers: >= threshold + 1 is > threshold
-        } else if (rank[k] + ties > p.need) {
+        const TieRun run = tie_run(keys, len, Key(p.threshold), rank[k], p.need);
+        if (run == TieRun::kNone) threshold = p.threshold + 1;  // keys are integers: > threshold
+        if (run == TieRun::kSplit) {
           for (int64_t j = 0; j < len; ++j) {
             const C d = to_compute(m[j]) - b[j];
-            const bool keep = keys[j] > Key(p.threshold) || (keys[j] == Key(p.threshold) && rank[k]++ < p.need);
-            ek[j] = keep ? (d * s[k]) * w[k] : C(0);
+            ek[j] = in_top(keys[j], Key(p.threshold), rank[k], p.need) ? (d * s[k]) * w[k] : C(0);
           }
-          threshold = kScalarDone;
-        } else {
-          rank[k] += ties;
+          filled = true;
         }
       }
-      if (threshold != kScalarDone) {
+      if (!filled) {
         if (mode[k] == KeepMode::kDraw) {
           draws_tile(cfg.seed, kDareStream + uint64_t(k), uint64_t(c.flat + (t0 - c.begin)), len, draws);
         }
@@ -1153,13 +1175,13 @@ void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg
       p.keep_all = rho >= 1.0;
       p.keep_none = p.dare_threshold == 0;
     }
-    if (cfg.rescale == Rescale::kDensity && !p.keep_all && !p.keep_none) p.scale = 1.0 / rho;
+    if (cfg.rescale == Rescale::kDensity && p.selects()) p.scale = 1.0 / rho;
   }
   if (magnitude) {
     std::vector<char> selected(size_t(V), 0);
     if (mode != SelectMode::kRadix) select_thresholds_window<Key>(ts, chunks, plans, keep, n, K, selected);
     for (int k = 0; k < V; ++k) {
-      if (mode == SelectMode::kWindowStrict && !selected[size_t(k)] && !plans[k].keep_all && !plans[k].keep_none) {
+      if (mode == SelectMode::kWindowStrict && !selected[size_t(k)] && plans[k].selects()) {
         throw std::runtime_error("M2N2_TIES_SELECT=window: a TIES threshold needed the radix passes");
       }
     }
@@ -1173,7 +1195,7 @@ void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg
   const bool l1 = cfg.rescale == Rescale::kL1;
   bool need_stats = false;
   for (const ModelPlan& p : plans) {
-    need_stats |= !p.keep_all && !p.keep_none && (l1 || (p.partial_ties && !p.ties_known));
+    need_stats |= p.selects() && (l1 || (p.partial_ties && !p.ties_known));
   }
   if (need_stats) {
     std::vector<ChunkStats> stats(static_cast<size_t>(nchunks));
@@ -1191,7 +1213,7 @@ void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg
     }
     for (int k = 0; k < V; ++k) {
       ModelPlan& p = plans[k];
-      if (p.keep_all || p.keep_none) continue;
+      if (!p.selects()) continue;
       double abs_sum = 0.0, kept_sum = 0.0;
       int64_t ties = 0;
       const bool fill_ties = p.partial_ties && !p.ties_known;
@@ -1204,8 +1226,7 @@ void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg
       }
       if (magnitude) {
         // The kept ties all have |d| = the threshold's value.
-        const double at = sizeof(Key) == 8 ? bits_double(p.threshold) : double(bits_float(uint32_t(p.threshold)));
-        kept_sum += double(p.need) * at;
+        kept_sum += double(p.need) * key_value<Key>(p.threshold);
       }
       if (!outliers && l1 && abs_sum >= kRescaleMin && kept_sum >= kRescaleMin) p.scale = abs_sum / kept_sum;
     }
@@ -1215,7 +1236,7 @@ void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg
       // `need` at the end one), or need_end - need_start where the two are one key.
       const ModelPlan &p = plans[size_t(k)], &q = plans[size_t(K + k)];
       if (!band_bounds<Key>(p, q).selected) continue;
-      const bool p_sel = !p.keep_all && !p.keep_none, q_sel = !q.keep_all && !q.keep_none;
+      const bool p_sel = p.selects(), q_sel = q.selects();
       double abs_sum = 0.0, kept_sum = 0.0;
       int64_t ties_s = 0;
       for (int64_t i = 0; i < nchunks; ++i) {  // chunk order: independent of the threads
@@ -1223,14 +1244,11 @@ void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg
         kept_sum += stats[size_t(i)].kept_sum[size_t(k)];
         ties_s += stats[size_t(i)].ties[size_t(K + k)];
       }
-      auto value = [](uint64_t key) {
-        return sizeof(Key) == 8 ? bits_double(key) : double(bits_float(uint32_t(key)));
-      };
       if (p_sel && q_sel && p.threshold == q.threshold) {
-        kept_sum += double(p.need - q.need) * value(p.threshold);
+        kept_sum += double(p.need - q.need) * key_value<Key>(p.threshold);
       } else {
-        if (q_sel) kept_sum += double(ties_s - q.need) * value(q.threshold);
-        if (p_sel) kept_sum += double(p.need) * value(p.threshold);
+        if (q_sel) kept_sum += double(ties_s - q.need) * key_value<Key>(q.threshold);
+        if (p_sel) kept_sum += double(p.need) * key_value<Key>(p.threshold);
       }
       if (abs_sum >= kRescaleMin && kept_sum >= kRescaleMin) plans[size_t(k)].scale = abs_sum / kept_sum;
     }
