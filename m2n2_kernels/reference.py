@@ -406,17 +406,32 @@ RESCALE_MIN = 1e-7  # l1 rescale: 1 where either sum is below this (mergekit's e
 DIVISOR_MIN = 1e-8  # without consensus: |sum of weights| below this divides by 1
 
 
-def philox_uniform24(seed: int, stream: int, index: torch.Tensor) -> torch.Tensor:
-    """u(seed, stream, i) in [0, 1): the top 24 bits of Philox word i % 4 of counter
-    (i >> 2, stream), times 2^-24, as float64 (exact)."""
-    seed &= 2**64 - 1
-    stream &= 2**64 - 1
-    group, lane = index >> 2, index & 3
+DARE_LOW_FLIP = 1 << 48  # stream ^ this: the stream of the draws' low 16 bits
+
+
+def _philox_words(seed: int, stream: int, group: torch.Tensor) -> torch.Tensor:
+    """The four Philox4x32-10 words of counters (group, stream), key seed: 4 x len."""
     zeros = torch.zeros_like(group)
     c = (group & _MASK32, (group >> 32) & _MASK32, zeros + (stream & _MASK32), zeros + (stream >> 32))
-    words = torch.stack(philox4x32_10(c, (seed & _MASK32, seed >> 32)))
-    word = words.gather(0, lane.reshape(1, -1)).reshape(-1)
-    return (word >> 8).to(torch.float64) * 2.0**-24
+    return torch.stack(philox4x32_10(c, (seed & _MASK32, seed >> 32)))
+
+
+def dare_uniform24(seed: int, stream: int, index: torch.Tensor) -> torch.Tensor:
+    """u(seed, stream, i) in [0, 1): u24 times 2^-24 as float64 (exact), u24 = hi16 2^8
+    + lo8 with hi16 half i % 2 (low half first) of Philox word (i >> 1) % 4 of counter
+    (i >> 3, stream) and lo8 byte i % 4 (low byte first) of word (i >> 2) % 4 of
+    counter (i >> 4, stream ^ DARE_LOW_FLIP). (The CPU and CUDA kernels draw lo8 only
+    where hi16 ties with the threshold's high half: the comparison with rho is the
+    same.)"""
+    seed &= 2**64 - 1
+    stream &= 2**64 - 1
+    index = index.to(torch.int64).reshape(-1)
+    hi_words = _philox_words(seed, stream, index >> 3)
+    hi = hi_words.gather(0, ((index >> 1) & 3).reshape(1, -1)).reshape(-1) >> (16 * (index & 1))
+    lo_words = _philox_words(seed, stream ^ DARE_LOW_FLIP, index >> 4)
+    lo = lo_words.gather(0, ((index >> 2) & 3).reshape(1, -1)).reshape(-1) >> (8 * (index & 3))
+    u24 = ((hi & 0xFFFF) << 8) | (lo & 0xFF)
+    return u24.to(torch.float64) * 2.0**-24
 
 
 def _per_model(x, k):
@@ -466,7 +481,7 @@ def _outlier_mask(d, rho, gamma):
 def _random_mask(rho, model, seed, n, device):
     if rho >= 1:
         return torch.ones(n, dtype=torch.bool, device=device)
-    return philox_uniform24(seed, DARE_STREAM + model, torch.arange(n, device=device)) < rho
+    return dare_uniform24(seed, DARE_STREAM + model, torch.arange(n, device=device)) < rho
 
 
 def _rescale(d, mask, rho, rescale, cdt):

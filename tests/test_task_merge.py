@@ -1,7 +1,7 @@
 """Task-vector merges (docs/semantics.md, "Task-vector merges: task arithmetic, TIES,
 DARE, Model Breadcrumbs") against values worked out independently in the tests: plain fp64 maths and
 loops written again from the docs, and small cases worked out by hand. reference.py
-is used only for its Philox draws (philox_uniform24, itself checked here against
+is used only for its Philox draws (dare_uniform24, itself checked here against
 Random123's known answers), never as the oracle of a merge; except at the end,
 where the C++ and Triton kernels are held to the reference bit for bit.
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from m2n2_kernels.reference import DARE_STREAM, philox_uniform24
+from m2n2_kernels.reference import DARE_STREAM, dare_uniform24
 from m2n2_kernels.task_vectors import breadcrumbs_merge, dare_merge, task_arithmetic, task_merge, ties_merge
 
 from conftest import available_backends
@@ -102,7 +102,7 @@ def kept_by_outliers(d, density, gamma):
 def dare_kept(seed, k, n, density):
     if density >= 1:
         return [True] * n
-    u = philox_uniform24(seed, DARE_STREAM + k, torch.arange(n, dtype=torch.int64)).tolist()
+    u = dare_uniform24(seed, DARE_STREAM + k, torch.arange(n, dtype=torch.int64)).tolist()
     return [x < density for x in u]
 
 
@@ -490,11 +490,17 @@ def test_global_ties_across_tensors_lowest_flat_index(backend):
 # ---------------------------------------------------------------------------
 
 
-def test_philox_uniform24_known_answer():
+def test_dare_uniform24_known_answer():
     # Random123's philox4x32_10 known answer for counter 0, key 0: words 6627e8d5,
-    # e169c58d, bc57ac4c, 9b00dbd8; u = top 24 bits * 2^-24 (seed 0, stream 0, i 0..3).
-    u = philox_uniform24(0, 0, torch.arange(4)).tolist()
-    assert u == [w / 2**24 for w in (0x6627E8, 0xE169C5, 0xBC57AC, 0x9B00DB)]
+    # e169c58d, bc57ac4c, 9b00dbd8. Elements 0 .. 7 (seed 0, stream 0) take their high
+    # 16 bits from these words, low half first; their low bytes come from counter 0 of
+    # stream 2^48, low byte first.
+    from m2n2_kernels.reference import DARE_LOW_FLIP, _philox_words
+
+    u24 = (dare_uniform24(0, 0, torch.arange(8)) * 2**24).long().tolist()
+    assert [v >> 8 for v in u24] == [0xE8D5, 0x6627, 0xC58D, 0xE169, 0xAC4C, 0xBC57, 0xDBD8, 0x9B00]
+    low = _philox_words(0, DARE_LOW_FLIP, torch.tensor([0])).reshape(-1).tolist()  # 4 words
+    assert [v & 0xFF for v in u24] == [(low[i >> 2] >> (8 * (i & 3))) & 0xFF for i in range(8)]
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -543,19 +549,20 @@ def test_dare_mask_is_philox(backend, n, seed, density):
     base = torch.zeros(n)
     got = dare_merge(base, [base.clone(), torch.ones(n)], [1.0, 1.0], density, seed=seed, rescale=None,
                      backend=backend)
-    want = philox_uniform24(seed, DARE_STREAM + 1, torch.arange(n)) < density
+    want = dare_uniform24(seed, DARE_STREAM + 1, torch.arange(n)) < density
     assert torch.equal(got, want.float())
     # K = 1: model 0's stream.
     got = dare_merge(base, [torch.ones(n)], [1.0], density, seed=seed, rescale=None, backend=backend)
-    assert torch.equal(got, (philox_uniform24(seed, DARE_STREAM, torch.arange(n)) < density).float())
+    assert torch.equal(got, (dare_uniform24(seed, DARE_STREAM, torch.arange(n)) < density).float())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dare_density_compared_exactly(backend):
     # u is a multiple of 2^-24; a density 2^-40 above one u keeps that element (u < rho
-    # in exact arithmetic), which rounding rho to fp32 would lose.
+    # in exact arithmetic), which rounding rho to fp32 would lose. Element j's high 16
+    # bits tie with the threshold's, so the kernels draw its low byte (their rare path).
     n, seed = 64, 77
-    u = philox_uniform24(seed, DARE_STREAM, torch.arange(n))
+    u = dare_uniform24(seed, DARE_STREAM, torch.arange(n))
     j = int(torch.argsort(u)[n // 2])
     base, model = torch.zeros(n), torch.ones(n)
     for rho in (u[j].item(), u[j].item() + 2.0**-40, u[j].item() - 2.0**-40):
@@ -626,7 +633,7 @@ def test_dare_density_rescale_divides_kept(backend):
     base = torch.zeros(n, dtype=torch.float64)
     model = randn(n, torch.float64, 6)
     got = dare_merge(base, [model], [1.0], rho, seed=3, rescale="density", backend=backend)
-    kept = philox_uniform24(3, DARE_STREAM, torch.arange(n)) < rho
+    kept = dare_uniform24(3, DARE_STREAM, torch.arange(n)) < rho
     torch.testing.assert_close(got[kept], model[kept] / rho, rtol=1e-15, atol=0)
     assert torch.equal(got[~kept], torch.zeros(int((~kept).sum()), dtype=torch.float64))
 
@@ -636,7 +643,7 @@ def test_rescale_follows_the_rule_not_the_draws(backend):
     # A density below 1 whose draws happen to keep every element: the rule keeps some,
     # so "density" still divides by rho; "l1" gives sum / sum = 1.
     n, seed = 6, 11
-    u = philox_uniform24(seed, DARE_STREAM, torch.arange(n))
+    u = dare_uniform24(seed, DARE_STREAM, torch.arange(n))
     rho = u.max().item() + 2.0**-30
     assert rho < 1
     base, model = torch.zeros(n, dtype=torch.float64), randn(n, torch.float64, 1)
@@ -668,7 +675,7 @@ def test_l1_rescale_below_threshold_is_one(backend):
     base = torch.zeros(n, dtype=torch.float64)
     model = torch.full((n,), 1e-9, dtype=torch.float64)
     got = dare_merge(base, [model], [1.0], 0.5, seed=seed, rescale="l1", backend=backend)
-    kept = philox_uniform24(seed, DARE_STREAM, torch.arange(n)) < 0.5
+    kept = dare_uniform24(seed, DARE_STREAM, torch.arange(n)) < 0.5
     assert 0 < int(kept.sum()) < n
     assert torch.equal(got, torch.where(kept, model, base))
     # Above the threshold (1e-6 each): scaled by n / kept.
@@ -686,7 +693,7 @@ def test_dare_ties_by_hand(backend):
     d = [[3.0, -1.0, 2.0, 4.0, -2.0, 1.0, -3.0, 2.0],
          [-2.0, 2.0, 1.0, -4.0, -1.0, 2.0, 3.0, -1.0],
          [1.0, -3.0, -2.0, 1.0, 2.0, -1.0, -1.0, 3.0]]
-    masks = [(philox_uniform24(seed, DARE_STREAM + k, torch.arange(n)) < 0.5).tolist() for k in range(3)]
+    masks = [(dare_uniform24(seed, DARE_STREAM + k, torch.arange(n)) < 0.5).tolist() for k in range(3)]
     want = []
     for i in range(n):
         e = [2.0 * d[k][i] if masks[k][i] else 0.0 for k in range(3)]
@@ -868,8 +875,9 @@ def test_out_bad_buffers_refused(backend):
 def test_dare_draws_avx512_equal_portable(tmp_path):
     """The CPU kernel draws DARE's masks with an AVX-512 loop where the CPU has it:
     tests/native/dare_draws_check.cpp holds it equal to the portable loop and to
-    dare_draws4, bit for bit, at counters whose low word wraps (past 2^34 elements),
-    which no tensor here could reach."""
+    dare_draw_at, bit for bit, at counters whose low word wraps (past 2^36 elements),
+    which no tensor here could reach, and the shortcut (low bits drawn only where the
+    high byte ties with the threshold's) equal to u24 compared in full."""
     from conftest import run_native_check
 
     returncode, stdout = run_native_check(tmp_path, "dare_draws_check", ["-fopenmp-simd"])
@@ -1316,7 +1324,8 @@ def test_triton_index_past_2_pow_31(start):
     lo = first * block
     model[lo:] = 1.0
     # start: the tensor's first unit index (a position of a global unit): draws past
-    # 2**33, by groups of four (aligned) or one element at a time.
+    # 2**33, by Philox calls per 8 (hi16) and 16 (lo8) elements (aligned) or one
+    # element at a time.
     table = torch.tensor([model.data_ptr()], dtype=torch.int64)
     one = torch.ones(1, dtype=torch.float64)
     zero = torch.zeros(1, dtype=torch.int64)
@@ -1325,9 +1334,9 @@ def test_triton_index_past_2_pow_31(start):
     ttm._fused_kernel[(2,)](
         base, out, table, kinds, one, one, zero, zero, zero, dthr, n, start, 1, 1, 0, double_bits(1.0),
         double_bits(1.0), seed & 0xFFFFFFFF, seed >> 32, ttm._DARE_STREAM_HI, first,
-        BLOCK=block, CDT=tl.float32, WIDE=False, SPARSIFY=2, CONSENSUS=0, NORMALIZE=False, ALIGNED=start % 4 == 0,
+        BLOCK=block, CDT=tl.float32, WIDE=False, SPARSIFY=2, CONSENSUS=0, NORMALIZE=False, ALIGNED=start % 16 == 0,
     )
-    want = philox_uniform24(seed, DARE_STREAM, torch.arange(start + lo, start + n)) < 0.4
+    want = dare_uniform24(seed, DARE_STREAM, torch.arange(start + lo, start + n)) < 0.4
     assert torch.equal(out[lo:], want.to(torch.float16))
     assert not out[lo - 64:lo].any()  # nothing written before the first block launched
     # The histogram of the top digit over the same blocks: every key is that of 1.0.
@@ -1343,7 +1352,7 @@ def test_triton_index_past_2_pow_31(start):
     ties = torch.zeros(1, 2, dtype=torch.int64)
     ttm._stats_kernel[(2,)](base, table, kinds, thr, dthr, abs_part, kept_part, ties, n, start, 1, 2, -first,
                             seed & 0xFFFFFFFF, seed >> 32, ttm._DARE_STREAM_HI, first, BLOCK=block, CDT=tl.float32,
-                            WIDE=False, SPARSIFY=1, ALIGNED=start % 4 == 0)
+                            WIDE=False, SPARSIFY=1, ALIGNED=start % 16 == 0)
     assert ties.tolist() == [[block, n - lo - block]] and abs_part.tolist() == [[block, n - lo - block]]
     need = torch.tensor([1500], dtype=torch.int64)
     ttm._fused_kernel[(2,)](
@@ -1352,6 +1361,37 @@ def test_triton_index_past_2_pow_31(start):
         BLOCK=block, CDT=tl.float32, WIDE=False, SPARSIFY=1, CONSENSUS=0, NORMALIZE=False, ALIGNED=True,
     )
     assert torch.equal(out[lo:], (torch.arange(n - lo) < 1500).to(torch.float16))
+
+
+try:  # a kernel that stores _draws24's draws (module level: the interpreter resolves names in its globals)
+    import triton
+    import triton.language as tl
+    from m2n2_kernels.triton import task_merge as ttm
+
+    @triton.jit
+    def _draws24_kernel(out_ptr, first, k, seed_lo, seed_hi, stream_hi, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+        tl.store(out_ptr + tl.arange(0, BLOCK), ttm._draws24(first, k, seed_lo, seed_hi, stream_hi, BLOCK, ALIGNED))
+except ImportError:
+    pass
+
+
+@needs_triton
+@pytest.mark.parametrize("first,block", [(0, 16), (2**35 - 32, 64), (2**36 - 32, 64), (5, 64), (2**35 - 37, 64),
+                                         (2**36 - 37, 64)],
+                         ids=["aligned", "aligned_wrap_hi", "aligned_wrap_lo", "unaligned", "unaligned_wrap_hi",
+                              "unaligned_wrap_lo"])
+def test_triton_draws24_equal_reference(first, block):
+    # _draws24 alone, bit for bit against dare_uniform24: the aligned path (one Philox
+    # call per 8 elements for hi16 and per 16 for lo8, interleaved into element order;
+    # block 16: two calls for hi16, one for lo8) and the unaligned one (a call per
+    # element), across the counters whose low word wraps: hi16's i >> 3 = 2**32 (past
+    # 2**35) and lo8's i >> 4 = 2**32 (past 2**36).
+    seed, k = 2**64 - 77, 3
+    out = torch.empty(block, dtype=torch.int32, device=TRITON_DEVICE)
+    _draws24_kernel[(1,)](out, first, k, seed & 0xFFFFFFFF, seed >> 32, ttm._DARE_STREAM_HI, BLOCK=block,
+                          ALIGNED=first % 16 == 0)
+    want = dare_uniform24(seed, DARE_STREAM + k, torch.arange(first, first + block)) * 2**24
+    assert torch.equal(out.cpu().to(torch.int64), want.to(torch.int64))
 
 
 # Compiled for a GPU (sm_90) without one, in a process without the interpreter: the
@@ -1366,6 +1406,8 @@ ptx = [compile_ptx(ttm._fused_kernel, fused, dict(BLOCK=2048, CDT=tl.float32, WI
                                                   NORMALIZE=True, ALIGNED=True)),
        compile_ptx(ttm._fused_kernel, fused, dict(BLOCK=2048, CDT=tl.float32, WIDE=True, SPARSIFY=2, CONSENSUS=2,
                                                   NORMALIZE=True, ALIGNED=False)),
+       compile_ptx(ttm._fused_kernel, fused, dict(BLOCK=2048, CDT=tl.float32, WIDE=False, SPARSIFY=2, CONSENSUS=0,
+                                                  NORMALIZE=False, ALIGNED=True)),
        compile_ptx(ttm._fused_kernel, ["*fp64", "*fp64"] + fused[2:],
                    dict(BLOCK=2048, CDT=tl.float64, WIDE=True, SPARSIFY=0, CONSENSUS=0, NORMALIZE=True, ALIGNED=True))]
 compile_ptx(ttm._hist_kernel, ["*bf16", "*i64", "*i32", "*i64", "*i64"],

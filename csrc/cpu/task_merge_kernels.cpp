@@ -38,7 +38,7 @@ struct ModelPlan {
   int64_t need = 0;        // magnitude: ties at the threshold to keep (lowest index first)
   bool partial_ties = false;
   bool ties_known = false;  // tie_start already filled (by the candidate window)
-  uint32_t dare_threshold = 0;  // random: keep iff draw24 < this
+  uint32_t dare_threshold = 0;  // random: keep iff draw < this (dare_draws.h)
   double scale = 1.0;
   std::vector<int64_t> tie_start;  // per chunk: ties at the threshold before it (partial ties only)
 
@@ -129,21 +129,23 @@ M2N2_HD void keys_tile(const T* m, const compute_t<T>* b, int64_t len, Key* keys
   for (int64_t j = 0; j < len; ++j) keys[j] = key_of<Key>(to_compute(m[j]) - b[j]);
 }
 
-// The 24-bit DARE draws of elements i0 .. i0 + len - 1 of one model's stream
-// (dare_draws.h), the portable loop compiled per ISA.
-M2N2_CLONES void draws_tile_generic(uint64_t seed, uint64_t stream, uint64_t i0, int64_t len, uint32_t* draws) {
-  draws_tile_portable(seed, stream, i0, len, draws);
+// The DARE draws of elements i0 .. i0 + len - 1 of one model's stream against the
+// threshold thr (dare_draws.h: draw < thr iff the element is kept), the portable loop
+// compiled per ISA.
+M2N2_CLONES void draws_tile_generic(uint64_t seed, uint64_t stream, uint64_t i0, int64_t len, uint32_t thr,
+                                    uint32_t* draws) {
+  draws_tile_portable(seed, stream, i0, len, thr, draws);
 }
 
-void draws_tile(uint64_t seed, uint64_t stream, uint64_t i0, int64_t len, uint32_t* draws) {
+void draws_tile(uint64_t seed, uint64_t stream, uint64_t i0, int64_t len, uint32_t thr, uint32_t* draws) {
 #if M2N2_AVX512_DRAWS
   static const bool avx512 = __builtin_cpu_supports("avx512f");
   if (avx512) {
-    draws_tile_avx512(seed, stream, i0, len, draws);
+    draws_tile_avx512(seed, stream, i0, len, thr, draws);
     return;
   }
 #endif
-  draws_tile_generic(seed, stream, i0, len, draws);
+  draws_tile_generic(seed, stream, i0, len, thr, draws);
 }
 
 // sum |d| and the sum of |d| where keep[j] (kept: key > threshold, or draw < thr),
@@ -746,7 +748,9 @@ void stats_chunk(const TaskTensor& t, const Chunk& c, const std::vector<ModelPla
         out.ties[k] += ties;
         continue;
       }
-      if (!magnitude) draws_tile(seed, kDareStream + uint64_t(k), uint64_t(c.flat + (t0 - c.begin)), len, draws);
+      if (!magnitude) {
+        draws_tile(seed, kDareStream + uint64_t(k), uint64_t(c.flat + (t0 - c.begin)), len, p.dare_threshold, draws);
+      }
       stats_tile_k(model_ptr<T>(t, k) + t0, b, len, magnitude, sizeof(Key) == 8, p.threshold, draws,
                    p.dare_threshold, &out.abs_sum[k], &out.kept_sum[k], &out.ties[k]);
     }
@@ -1091,7 +1095,8 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
       }
       if (!filled) {
         if (mode[k] == KeepMode::kDraw) {
-          draws_tile(cfg.seed, kDareStream + uint64_t(k), uint64_t(c.flat + (t0 - c.begin)), len, draws);
+          draws_tile(cfg.seed, kDareStream + uint64_t(k), uint64_t(c.flat + (t0 - c.begin)), len, p.dare_threshold,
+                     draws);
         }
         factors_tile_k(m, b, len, mode[k], wide, threshold, draws, p.dare_threshold, s[k], w[k], ek);
       }

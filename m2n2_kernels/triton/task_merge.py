@@ -26,9 +26,12 @@ selects (ties lowest index first). Passes 1 and 2 run on 2K virtual models (virt
 k: model k keeping `end`; K + k: model k keeping `start`; the pointer tables list
 each model twice); only the plan, the kept sum of pass 2 and the fused pass know
 that they pair up.
-DARE's draws are Philox words keyed by (seed, DARE_STREAM + k, unit index), the
-same in the statistics and the fused pass: one Philox call per counter group of
-four where a position starts at a multiple of 4 (always for scope "tensor").
+DARE's draws are u24 of reference.dare_uniform24, keyed by (seed, DARE_STREAM + k,
+unit index), the same in the statistics and the fused pass: a high half and a low
+byte drawn for every element, one Philox call per 8 elements (high) and per 16
+(low) where a position starts at a multiple of 16 (always for scope "tensor")
+(the CPU and CUDA kernels draw the low byte only where the high half ties with the
+threshold's; the kept elements are the same).
 
 Models reach the kernels as a table of K data pointers per list position (2K for
 magnitude_outliers; any K up to 64 without recompiling). Indices are int64; every
@@ -92,28 +95,50 @@ def _key(d, WIDE: tl.constexpr):
 
 
 @triton.jit
-def _draws24(first, k, seed_lo, seed_hi, stream_hi, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
-    """Model k's DARE draws at unit indices first .. first + BLOCK - 1: the top 24
-    bits of Philox word i % 4 of counter (i >> 2, stream DARE_STREAM + k). ALIGNED
-    (first % 4 == 0): one Philox call per group of four, its words interleaved in
-    element order; else one call per element, taking its word."""
-    if ALIGNED:
-        g = (first >> 2) + tl.arange(0, BLOCK // 4)
-    else:
-        idx = first + tl.arange(0, BLOCK)
-        g = idx >> 2
+def _philox_at(g, k, stream_hi, seed_lo, seed_hi):
+    """The four Philox4x32-10 words of counters (g, stream (k, stream_hi)), key
+    (seed_lo, seed_hi), for an int64 tensor of counter indices g."""
     g_lo = g.to(tl.uint32)  # truncation: the low 32 bits
     g_hi = (g >> 32).to(tl.uint32)
     zero = tl.zeros_like(g_lo)
-    w0, w1, w2, w3 = philox4x32_10(g_lo, g_hi, zero + tl.cast(k, tl.uint32), zero + tl.cast(stream_hi, tl.uint32),
-                                   tl.cast(seed_lo, tl.uint32), tl.cast(seed_hi, tl.uint32))
+    return philox4x32_10(g_lo, g_hi, zero + tl.cast(k, tl.uint32), zero + tl.cast(stream_hi, tl.uint32),
+                         tl.cast(seed_lo, tl.uint32), tl.cast(seed_hi, tl.uint32))
+
+
+@triton.jit
+def _in_order(x0, x1, x2, x3):
+    # interleave(interleave(x0, x2), interleave(x1, x3)) = x0[0], x1[0], x2[0], x3[0], x0[1], ...
+    return tl.interleave(tl.interleave(x0, x2), tl.interleave(x1, x3))
+
+
+@triton.jit
+def _draws24(first, k, seed_lo, seed_hi, stream_hi, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+    """Model k's DARE draws u24 = hi16 2^8 + lo8 at unit indices first .. first +
+    BLOCK - 1 (reference.dare_uniform24): hi16 half i % 2 (low half first) of Philox
+    word (i >> 1) % 4 of counter (i >> 3, stream DARE_STREAM + k), lo8 byte i % 4
+    (low byte first) of word (i >> 2) % 4 of counter (i >> 4, that stream ^
+    DARE_LOW_FLIP). Both parts for every element: the GPU computes every lane anyway.
+    ALIGNED (first % 16 == 0): one Philox call per 8 elements for hi16 and per 16 for
+    lo8, spread into element order by interleaving; else one call per element each."""
+    lo_stream = stream_hi ^ (1 << 16)  # DARE_LOW_FLIP = 1 << 48: bit 16 of the stream's high word
     if ALIGNED:
-        # interleave(interleave(w0, w2), interleave(w1, w3)) = w0[0], w1[0], w2[0], w3[0], w0[1], ...
-        word = tl.interleave(tl.interleave(w0, w2), tl.interleave(w1, w3))
+        h0, h1, h2, h3 = _philox_at((first >> 3) + tl.arange(0, BLOCK // 8), k, stream_hi, seed_lo, seed_hi)
+        hw = _in_order(h0, h1, h2, h3)  # the word of elements 2j, 2j + 1
+        hi = tl.interleave(hw & 0xFFFF, hw >> 16)
+        l0, l1, l2, l3 = _philox_at((first >> 4) + tl.arange(0, BLOCK // 16), k, lo_stream, seed_lo, seed_hi)
+        lw = _in_order(l0, l1, l2, l3)  # the word of elements 4j .. 4j + 3
+        lo = _in_order(lw & 0xFF, (lw >> 8) & 0xFF, (lw >> 16) & 0xFF, lw >> 24)
     else:
-        lane = idx & 3
-        word = tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
-    return (word >> 8).to(tl.int32)
+        idx = first + tl.arange(0, BLOCK)
+        h0, h1, h2, h3 = _philox_at(idx >> 3, k, stream_hi, seed_lo, seed_hi)
+        q = (idx >> 1) & 3
+        hw = tl.where(q == 0, h0, tl.where(q == 1, h1, tl.where(q == 2, h2, h3)))
+        hi = (hw >> ((idx & 1) * 16).to(tl.uint32)) & 0xFFFF
+        l0, l1, l2, l3 = _philox_at(idx >> 4, k, lo_stream, seed_lo, seed_hi)
+        q = (idx >> 2) & 3
+        lw = tl.where(q == 0, l0, tl.where(q == 1, l1, tl.where(q == 2, l2, l3)))
+        lo = (lw >> ((idx & 3) * 8).to(tl.uint32)) & 0xFF
+    return ((hi << 8) | lo).to(tl.int32)
 
 
 @triton.jit
@@ -403,7 +428,7 @@ def _unit_stats(unit, sparsify, kinds_t, thr, dthr_t, seed, block):
             b, unit.tables[i], kinds_t, thr, dthr_t, abs_part, kept_part, ties, b.numel(), unit.starts[i], K,
             unit.nblocks, unit.block_bases[i], seed & _MASK32, seed >> 32, _DARE_STREAM_HI, 0,
             BLOCK=block, CDT=compute_dtype(b.dtype), WIDE=unit.wide, SPARSIFY=_SPARSIFY[sparsify],
-            ALIGNED=unit.starts[i] % 4 == 0, **launch_opts(WARPS),
+            ALIGNED=unit.starts[i] % 16 == 0, **launch_opts(WARPS),
         )
     return abs_part.sum(1), kept_part.sum(1), ties
 
@@ -506,7 +531,7 @@ def _fused_pass(unit, out, plan, weights, sparsify, consensus, normalize, lam, s
             b.numel(), unit.starts[i], len(weights), unit.nblocks, unit.block_bases[i], double_bits(lam),
             double_bits(_plain_divisor(weights, b.dtype)), seed & _MASK32, seed >> 32, _DARE_STREAM_HI, 0,
             BLOCK=block, CDT=compute_dtype(b.dtype), WIDE=unit.wide, SPARSIFY=_SPARSIFY[sparsify],
-            CONSENSUS=_CONSENSUS[consensus], NORMALIZE=bool(normalize), ALIGNED=unit.starts[i] % 4 == 0,
+            CONSENSUS=_CONSENSUS[consensus], NORMALIZE=bool(normalize), ALIGNED=unit.starts[i] % 16 == 0,
             **launch_opts(WARPS),
         )
 

@@ -12,7 +12,8 @@
 // magnitude_outliers takes), ties at the thresholds (deltas from a few values), deltas
 // all zero, sizes 0, 1, odd and not a multiple of the vector, unaligned buffers (the
 // scalar path), launch budgets from one block to many, in-place outputs, and DARE draws
-// at unit indices past 2^32. Build and run: `make cuda-host-check`.
+// at unit indices past 2^36 (where the Philox counters' low word wraps). Build and
+// run: `make cuda-host-check`.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -335,23 +336,77 @@ void check_case(const std::vector<Position>& list, const Settings& st_in, int sh
   }
 }
 
-// DARE draws of a run of V elements at any unit index, past 2^32 too.
+// u24 of element i drawn in full from its definition (task_merge.h), for the check
+// below: spelt out from the Philox words by array indexing (check_draws compares it
+// with task_merge.h's dare_high16 and dare_low8 too).
+uint32_t full_u24(uint64_t seed, uint64_t stream, uint64_t i) {
+  uint32_t w[4], l[4];
+  dare_words(seed, stream, i >> 3, w[0], w[1], w[2], w[3]);
+  dare_words(seed, stream ^ kDareLowFlip, i >> 4, l[0], l[1], l[2], l[3]);
+  return ((w[(i >> 1) & 3] >> (16 * (i & 1)) & 0xFFFFu) << 8) | (l[(i >> 2) & 3] >> (8 * (i & 3)) & 0xFFu);
+}
+
+// DARE draws of a run of V elements against dare_draw_at and the full u24, at every
+// offset in the 8-element groups (runs that cross into the next group: f0 % 8 in
+// 5 .. 7), at counters whose low word wraps (high-half groups past 2^35 elements, low-
+// byte ones past 2^36). Thresholds: ones that keep all or none, 0.2's, 0xFFFFFF (these
+// almost never tie: one element in 65,536), and, for each element j of the run, its
+// own u24 and u24 + 1, so that its high half ties with the threshold's and the low
+// byte decides (dropped at u24, kept at u24 + 1).
 void check_draws() {
-  for (uint64_t f0 : {uint64_t(0), uint64_t(1), uint64_t(3), uint64_t(6), (uint64_t(1) << 32) - 2,
-                      (uint64_t(1) << 32) + 5, (uint64_t(1) << 40) + 3}) {
-    uint32_t d4[4], d1[1], d2[2];
-    kernels::dare_draws<4>(7, kDareStream + 2, f0, d4);
-    kernels::dare_draws<2>(7, kDareStream + 2, f0, d2);
-    kernels::dare_draws<1>(7, kDareStream + 2, f0, d1);
-    for (int j = 0; j < 4; ++j) {
-      uint32_t w[4];
-      const uint64_t i = f0 + uint64_t(j);
-      dare_draws4(7, kDareStream + 2, i >> 2, w[0], w[1], w[2], w[3]);
-      expect(d4[j] == w[i & 3], "dare_draws<4> at " + std::to_string(i));
-      if (j < 2) expect(d2[j] == w[i & 3], "dare_draws<2> at " + std::to_string(i));
-      if (j < 1) expect(d1[j] == w[i & 3], "dare_draws<1> at " + std::to_string(i));
+  const uint64_t bases[] = {0, (uint64_t(1) << 32) - 40, (uint64_t(1) << 35) - 40, (uint64_t(1) << 36) - 40,
+                            (uint64_t(1) << 40) + 3};
+  const uint64_t seed = 0x9E3779B97F4A7C15ull, stream = kDareStream + 2;
+  int64_t tie_dropped = 0, tie_kept = 0, tie_low_decides = 0, tie_next_group = 0;
+  auto check = [](bool ok, const char* what, int j, uint64_t f0, uint32_t thr) {
+    expect(ok, ok ? std::string() : std::string(what) + ", element " + std::to_string(j) + " of the run at " +
+                                        std::to_string(f0) + ", threshold " + std::to_string(thr));
+  };
+  for (uint64_t base : bases) {
+    for (uint64_t f0 = base; f0 < base + 4096; ++f0) {
+      uint32_t u[4];
+      for (int j = 0; j < 4; ++j) {
+        const uint64_t i = f0 + uint64_t(j);
+        u[j] = full_u24(seed, stream, i);
+        uint32_t w0, w1, w2, w3;
+        dare_words(seed, stream, i >> 3, w0, w1, w2, w3);
+        check(u[j] == ((dare_high16(i, w0, w1, w2, w3) << 8) | dare_low8(seed, stream, i)),
+              "dare_high16 / dare_low8 draw the u24 of the definition", j, f0, 0);
+      }
+      const uint32_t thresholds[] = {1u << 24,    0u,       dare_threshold(0.2), 0xFFFFFFu, u[0], u[0] + 1,
+                                     u[1],        u[1] + 1, u[2],                u[2] + 1,  u[3], u[3] + 1};
+      for (uint32_t thr : thresholds) {
+        uint32_t d4[4], d2[2], d1[1];
+        kernels::dare_draws<4>(seed, stream, f0, thr, d4);
+        kernels::dare_draws<2>(seed, stream, f0, thr, d2);
+        kernels::dare_draws<1>(seed, stream, f0, thr, d1);
+        for (int j = 0; j < 4; ++j) {
+          const uint64_t i = f0 + uint64_t(j);
+          const uint32_t want = dare_draw_at(seed, stream, i, thr);
+          const bool tie = (u[j] >> 8) == (thr >> 8);
+          check(want == (tie ? u[j] : u[j] & 0xFFFF00u), "dare_draw_at: u24 on a tie, hi16 << 8 elsewhere", j, f0,
+                thr);
+          check((want < thr) == (u[j] < thr), "dare_draw_at keeps as u24", j, f0, thr);
+          check(d4[j] == want, "dare_draws<4>", j, f0, thr);
+          if (j < 2) check(d2[j] == want, "dare_draws<2>", j, f0, thr);
+          if (j < 1) check(d1[j] == want, "dare_draws<1>", j, f0, thr);
+          if (tie) {
+            ++(u[j] < thr ? tie_kept : tie_dropped);
+            tie_low_decides += ((u[j] & 0xFFFF00u) < thr) != (u[j] < thr);
+            tie_next_group += int(f0 & 7u) + j >= 8;
+          }
+        }
+      }
     }
   }
+  // About 82,000 kept, as many dropped and decided by the low byte, 30,000 in the second
+  // group (the fixed thresholds add a handful); at least 100 of each.
+  expect(tie_kept >= 100 && tie_dropped >= 100 && tie_low_decides >= 100 && tie_next_group >= 100,
+         "ties of the high half with the threshold (low byte drawn): " + std::to_string(tie_kept) + " kept, " +
+             std::to_string(tie_dropped) + " dropped, " + std::to_string(tie_low_decides) +
+             " decided by the low byte, " + std::to_string(tie_next_group) + " in the run's second group");
+  std::printf("check_draws: ties %lld kept, %lld dropped, %lld decided by the low byte, %lld in the second group\n",
+              (long long)tie_kept, (long long)tie_dropped, (long long)tie_low_decides, (long long)tie_next_group);
 }
 
 void check_plan() {

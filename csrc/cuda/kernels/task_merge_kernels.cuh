@@ -4,7 +4,7 @@
 // __host__ __device__ so that tests/native/task_merge_cuda_host_check.cu runs every
 // block and thread of the planned launches on the CPU.
 //
-// The element maths is task_merge.h's (magnitude_key, dare_draws4, combine_factors),
+// The element maths is task_merge.h's (magnitude_key, dare_draw, combine_factors),
 // in the order of the CPU kernel (csrc/cpu/task_merge_kernels.cpp), so that the two
 // write the same bits.
 #pragma once
@@ -47,7 +47,7 @@ struct TaskParams {
   double weight[kMaxModels];
   double host_scale[kMaxModels];  // 1, or 1 / rho for rescale "density"
   int64_t keep[kMaxModels];       // magnitude (outliers: each virtual model): elements to keep
-  uint32_t dare_thr[kMaxModels];  // random: keep iff draw24 < this
+  uint32_t dare_thr[kMaxModels];  // random: keep iff draw < this (dare_draw)
   TaskMode mode[kMaxModels];
 };
 
@@ -62,26 +62,48 @@ M2N2_HD uint64_t task_key(C d, bool wide) {
   return wide ? magnitude_key(double(d)) : uint64_t(magnitude_key(float(d)));
 }
 
-// The 24-bit DARE draws of unit elements f0 .. f0 + V - 1 of one stream: the Philox
-// groups they touch (one or two), word i % 4 of group i / 4.
-// (Words picked by selects, not by indexing an array at a run-time offset, which
-// would put the array in local memory.)
-M2N2_HD uint32_t pick_word(int q, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3) {
-  return q == 0 ? a0 : q == 1 ? a1 : q == 2 ? a2 : a3;
+// lo8 of element i, out of line: the fused kernels inline dare_draws once per model
+// (64 times where K > 8), and a Philox call inlined in each rare branch cost registers
+// (and spills) that the common path paid for.
+__host__ __device__ __noinline__ inline uint32_t dare_low8_call(uint64_t seed, uint64_t stream, uint64_t i) {
+  return dare_low8(seed, stream, i);
 }
 
+// DARE draws of unit elements f0 .. f0 + V - 1 of one stream against the model's
+// threshold thr, as task_merge.h's dare_draw (compares with thr as u24 does). The high
+// halves come from the one or two 8-element Philox groups the run touches (the second
+// only when it crosses a group boundary, and then only its words 0 and 1); the low
+// bytes, one Philox call each, only where a high half ties with thr's (one element in
+// 65,536), at one call site in a loop that is not unrolled. Words, halves and draws are
+// picked by selects, not by indexing an array at a run-time offset, which would put the
+// array in local memory.
 template <int V>
-M2N2_HD void dare_draws(uint64_t seed, uint64_t stream, uint64_t f0, uint32_t* draws) {
+M2N2_HD void dare_draws(uint64_t seed, uint64_t stream, uint64_t f0, uint32_t thr, uint32_t* draws) {
   static_assert(V >= 1 && V <= 4, "at most two groups");
-  const uint64_t g0 = f0 >> 2;
-  const int off = int(f0 & 3u);
+  const uint64_t g0 = f0 >> 3;
+  const int off = int(f0 & 7u);
   uint32_t a0, a1, a2, a3, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
-  dare_draws4(seed, stream, g0, a0, a1, a2, a3);
-  if (off + V > 4) dare_draws4(seed, stream, g0 + 1, b0, b1, b2, b3);
+  dare_words(seed, stream, g0, a0, a1, a2, a3);
+  if (off + V > 8) dare_words(seed, stream, g0 + 1, b0, b1, b2, b3);
+  uint32_t ties = 0;  // bit j: element j's high half ties with thr's
   M2N2_UNROLL
   for (int j = 0; j < V; ++j) {
-    const int q = off + j;
-    draws[j] = q < 4 ? pick_word(q, a0, a1, a2, a3) : pick_word(q - 4, b0, b1, b2, b3);
+    const int q = off + j;  // 8 .. 10: elements 0 .. 2 of group g0 + 1, in its words 0 and 1
+    const uint32_t w = q < 8 ? pick_word(q >> 1, a0, a1, a2, a3) : (q < 10 ? b0 : b1);
+    const uint32_t hi16 = (w >> (16u * uint32_t(q & 1))) & 0xFFFFu;  // dare_high16: half i % 2 of word (i >> 1) % 4
+    draws[j] = hi16 << 8;
+    ties |= uint32_t(hi16 == (thr >> 8)) << j;
+  }
+  if (ties != 0) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll 1
+#endif
+    for (int t = 0; t < V; ++t) {
+      if (((ties >> t) & 1u) == 0) continue;
+      const uint32_t lo = dare_low8_call(seed, stream, f0 + uint64_t(t));
+      M2N2_UNROLL
+      for (int j = 0; j < V; ++j) draws[j] |= j == t ? lo : 0u;
+    }
   }
 }
 
@@ -255,7 +277,7 @@ M2N2_HD void stats_thread(const TaskSegment& seg, const TaskParams& p, int k, St
     }
   } else {
     uint32_t draws[V];
-    dare_draws<V>(p.seed, kDareStream + uint64_t(k), uint64_t(seg.flat + j0), draws);
+    dare_draws<V>(p.seed, kDareStream + uint64_t(k), uint64_t(seg.flat + j0), p.dare_thr[k], draws);
     M2N2_UNROLL
     for (int j = 0; j < V; ++j) {
       if (j0 + j < end) {
@@ -471,7 +493,9 @@ M2N2_HD void fused_thread(const TaskSegment& seg, const TaskParams& p, const Fus
     C m[V];
     load_elems<T, V>(static_cast<const T*>(seg.models[k]), j0, end, m);
     uint32_t draws[V];
-    if (md.mode == TaskMode::kDraw) dare_draws<V>(p.seed, kDareStream + uint64_t(k), uint64_t(seg.flat + j0), draws);
+    if (md.mode == TaskMode::kDraw) {
+      dare_draws<V>(p.seed, kDareStream + uint64_t(k), uint64_t(seg.flat + j0), md.dare_thr, draws);
+    }
     const C s = C(md.scale);
     M2N2_UNROLL
     for (int j = 0; j < V; ++j) {

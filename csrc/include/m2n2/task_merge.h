@@ -43,9 +43,18 @@ M2N2_HD void outlier_band(double rho, double gamma, int64_t n, int64_t& start, i
 M2N2_HD uint32_t magnitude_key(float d) { return float_bits(d) & 0x7FFFFFFFu; }
 M2N2_HD uint64_t magnitude_key(double d) { return double_bits(d) & 0x7FFFFFFFFFFFFFFFull; }
 
-// DARE keeps element i of model k iff u < rho, u = (Philox word i % 4 of counter
-// (i >> 2, stream)) >> 8 times 2^-24; with the integer threshold ceil(rho 2^24)
-// that is draw24 < threshold, exactly.
+// DARE keeps element i of model k iff u < rho, u = u24 2^-24 with the 24-bit draw
+// u24 = hi16 2^8 + lo8 (docs/semantics.md, "random"):
+//   hi16(i): half i % 2 (low half first) of Philox word (i >> 1) % 4 of counter
+//            (i >> 3, stream), stream = kDareStream + k: one call serves 8 elements;
+//   lo8(i):  byte i % 4 (low byte first) of Philox word (i >> 2) % 4 of counter
+//            (i >> 4, stream ^ kDareLowFlip).
+// With the integer threshold T = ceil(rho 2^24), keep iff u24 < T, exactly. The high
+// half alone decides unless hi16 == T >> 8 (one element in 65,536), so the kernels
+// draw lo8 only there: their "draw" is dare_draw(hi16, lo8 or 0, T), which compares
+// with T as u24 does, at half the Philox calls of one 24-bit word per element.
+constexpr uint64_t kDareLowFlip = 1ull << 48;  // kDareStream ^ this: 0xDA4F000000000000 + k
+
 M2N2_HD uint32_t dare_threshold(double rho) {
   if (rho >= 1.0) return 1u << 24;
   if (rho <= 0.0) return 0u;
@@ -54,16 +63,46 @@ M2N2_HD uint32_t dare_threshold(double rho) {
   return double(f) == t ? f : f + 1u;
 }
 
-// The four 24-bit draws of counter group g (elements 4g .. 4g + 3) of one stream.
-// Outputs are scalars rather than an array so that loops over groups vectorise.
-M2N2_HD void dare_draws4(uint64_t seed, uint64_t stream, uint64_t group, uint32_t& d0, uint32_t& d1, uint32_t& d2,
-                         uint32_t& d3) {
+// The four Philox words of counter (group, stream): draws of elements 8g .. 8g + 7
+// (high halves) or 16g .. 16g + 15 (low bytes, on the low stream). Outputs are scalars
+// rather than an array so that loops over groups vectorise.
+M2N2_HD void dare_words(uint64_t seed, uint64_t stream, uint64_t group, uint32_t& w0, uint32_t& w1, uint32_t& w2,
+                        uint32_t& w3) {
   uint32_t c[4] = {uint32_t(group), uint32_t(group >> 32), uint32_t(stream), uint32_t(stream >> 32)};
   philox4x32_10(c, uint32_t(seed), uint32_t(seed >> 32));
-  d0 = c[0] >> 8;
-  d1 = c[1] >> 8;
-  d2 = c[2] >> 8;
-  d3 = c[3] >> 8;
+  w0 = c[0];
+  w1 = c[1];
+  w2 = c[2];
+  w3 = c[3];
+}
+
+M2N2_HD uint32_t pick_word(int q, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3) {
+  return q == 0 ? a0 : q == 1 ? a1 : q == 2 ? a2 : a3;
+}
+
+// hi16 of element i, from the words of its group (i >> 3).
+M2N2_HD uint32_t dare_high16(uint64_t i, uint32_t w0, uint32_t w1, uint32_t w2, uint32_t w3) {
+  return (pick_word(int((i >> 1) & 3u), w0, w1, w2, w3) >> (16u * uint32_t(i & 1u))) & 0xFFFFu;
+}
+
+// lo8 of element i (one Philox call: the kernels need it for about one element in 65,536).
+M2N2_HD uint32_t dare_low8(uint64_t seed, uint64_t stream, uint64_t i) {
+  uint32_t w0, w1, w2, w3;
+  dare_words(seed, stream ^ kDareLowFlip, i >> 4, w0, w1, w2, w3);
+  return (pick_word(int((i >> 2) & 3u), w0, w1, w2, w3) >> (8u * uint32_t(i & 3u))) & 0xFFu;
+}
+
+// The kernels' draw of element i given its hi16: u24 where the high half ties with the
+// threshold's, else hi16 2^8 (which compares with T as u24 does).
+M2N2_HD uint32_t dare_draw(uint64_t seed, uint64_t stream, uint64_t i, uint32_t hi16, uint32_t thr) {
+  return hi16 == (thr >> 8) ? (hi16 << 8) | dare_low8(seed, stream, i) : hi16 << 8;
+}
+
+// The same for one element alone (tests; kernels that handle a single element).
+M2N2_HD uint32_t dare_draw_at(uint64_t seed, uint64_t stream, uint64_t i, uint32_t thr) {
+  uint32_t w0, w1, w2, w3;
+  dare_words(seed, stream, i >> 3, w0, w1, w2, w3);
+  return dare_draw(seed, stream, i, dare_high16(i, w0, w1, w2, w3), thr);
 }
 
 // The merged value of one element from the K factors e_k = e[k * stride] (0 where
