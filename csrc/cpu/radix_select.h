@@ -14,7 +14,9 @@
 // threads (a rank in a multiset). A bin of a 16-bit digit of float keys spans under
 // 1% of a value, so this is typically far fewer keys than threads x targets x 2^16
 // counters, and for 64-bit keys two passes instead of four. Extra memory: threads x
-// sources x 2^16 counters (the first pass), then the smaller of the two.
+// sources x 2^16 counters (the first pass), then the smaller of the two; where the
+// caller gives the sources' key counts and the keys take less memory than those
+// counters (a candidate window's), the keys are collected from the start.
 #pragma once
 
 #include <omp.h>
@@ -98,6 +100,7 @@ void radix_finish_by_collecting(int64_t nchunks, std::vector<RadixTarget>& targe
                                 int high, const std::vector<int64_t>& remaining, KeysOfChunk&& keys_of_chunk) {
   const int threads = omp_get_max_threads();
   const size_t nslots = slots.slot_prefix.size();
+  const bool all = high >= int(8 * sizeof(Key));  // no prefix yet: every key (and no shift by the width)
   std::vector<std::vector<Key>> got(size_t(threads) * nslots);  // per thread and slot
 #pragma omp parallel for schedule(dynamic) if (nchunks > 1)
   for (int64_t i = 0; i < nchunks; ++i) {
@@ -107,7 +110,7 @@ void radix_finish_by_collecting(int64_t nchunks, std::vector<RadixTarget>& targe
         const uint64_t want = slots.slot_prefix[size_t(q)];
         std::vector<Key>& v = mine[size_t(q)];
         for (int64_t j = 0; j < len; ++j) {
-          if (uint64_t(keys[j] >> high) == want) v.push_back(keys[j]);
+          if (all || uint64_t(keys[j] >> high) == want) v.push_back(keys[j]);
         }
       }
     });
@@ -141,9 +144,13 @@ void radix_finish_by_collecting(int64_t nchunks, std::vector<RadixTarget>& targe
 // Selects every target. keys_of_chunk(chunk, sources, sink) must produce the keys of
 // each listed source over chunk `chunk` (in any pieces, e.g. tiles) and hand them on
 // as sink(index into sources, keys, count). Count: the histogram counter, uint32_t
-// (half the cache of uint64_t) unless a source has 2^32 keys or more.
+// (half the cache of uint64_t) unless a source has 2^32 keys or more. source_keys
+// (optional): each source's key count, where the caller knows it; sources with fewer
+// keys than the first pass's histograms have counters are collected at once (a
+// candidate window's few keys need no 2^16 counters per thread).
 template <class Key, class Count, class KeysOfChunk>
-void radix_select(int64_t nchunks, std::vector<RadixTarget>& targets, KeysOfChunk&& keys_of_chunk) {
+void radix_select(int64_t nchunks, std::vector<RadixTarget>& targets, KeysOfChunk&& keys_of_chunk,
+                  const std::vector<int64_t>* source_keys = nullptr) {
   if (targets.empty()) return;
   const int threads = omp_get_max_threads();
   const size_t ntargets = targets.size();
@@ -158,9 +165,15 @@ void radix_select(int64_t nchunks, std::vector<RadixTarget>& targets, KeysOfChun
     const bool first = shift + kRadixDigitBits >= int(8 * sizeof(Key));
     const detail::RadixSlots slots = detail::radix_slots(targets, prefix);
     const size_t nslots = slots.slot_prefix.size();
-    if (!first) {
+    if (!first || source_keys != nullptr) {
       std::vector<int64_t> open(nslots, 0);  // keys under each slot's prefix: its targets' last bin count
-      for (size_t t = 0; t < ntargets; ++t) open[size_t(slots.target_slot[t])] = targets[t].equal;
+      if (first) {
+        for (size_t a = 0; a < slots.sources.size(); ++a) {
+          for (int q : slots.slots_of[a]) open[size_t(q)] = (*source_keys)[size_t(slots.sources[a])];
+        }
+      } else {
+        for (size_t t = 0; t < ntargets; ++t) open[size_t(slots.target_slot[t])] = targets[t].equal;
+      }
       int64_t open_keys = 0;
       for (int64_t o : open) open_keys += o;
       const uint64_t hist_bytes = uint64_t(threads) * nslots * kRadixBins * sizeof(Count);

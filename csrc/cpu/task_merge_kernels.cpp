@@ -638,13 +638,22 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
   // (~1% of the keys), each chunk's segment in place (their chunk order is kept for
   // the ties below).
   if (!targets.empty()) {
-    radix_select<Key, uint32_t>(nchunks, targets, [&](int64_t i, const std::vector<int>& sources, auto&& sink) {
-      for (size_t s = 0; s < sources.size(); ++s) {
-        const size_t a = size_t(sources[s]);
-        const WindowCounts& wc = counts[size_t(i) * A + a];
-        if (wc.mid > 0) sink(int(s), wins[a].buf.get() + int64_t(wc.thread) * wins[a].cap_per_thread + wc.start, wc.mid);
-      }
-    });
+    std::vector<int64_t> candidates(A, 0);  // per window: its keys, so that few are collected, not histogrammed
+    for (int64_t i = 0; i < nchunks; ++i) {
+      for (size_t a = 0; a < A; ++a) candidates[a] += counts[size_t(i) * A + a].mid;
+    }
+    radix_select<Key, uint32_t>(
+        nchunks, targets,
+        [&](int64_t i, const std::vector<int>& sources, auto&& sink) {
+          for (size_t s = 0; s < sources.size(); ++s) {
+            const size_t a = size_t(sources[s]);
+            const WindowCounts& wc = counts[size_t(i) * A + a];
+            if (wc.mid > 0) {
+              sink(int(s), wins[a].buf.get() + int64_t(wc.thread) * wins[a].cap_per_thread + wc.start, wc.mid);
+            }
+          }
+        },
+        &candidates);
     for (const RadixTarget& target : targets) {
       const size_t a = size_t(target.source);
       ModelPlan& p = plans[size_t(wins[a].model)];

@@ -3,7 +3,8 @@
 // that take each way of finishing: keys spread thinly (the second pass collects the
 // few keys under each prefix), heavily tied keys (one bin holds more keys than the
 // histograms: the second pass histograms), two ranks of one source under one prefix
-// and under two, and ranks 0 and n - 1. Exits 1 on the first difference.
+// and under two, and ranks 0 and n - 1; and, given the sources' key counts, sources
+// small enough to be collected without a histogram. Exits 1 on the first difference.
 #include <omp.h>
 
 #include <algorithm>
@@ -18,8 +19,11 @@ using namespace m2n2::cpu;
 namespace {
 
 template <class Key>
-bool check(const char* what, const std::vector<std::vector<Key>>& sources, const std::vector<RadixTarget>& want_targets) {
+bool check(const char* what, const std::vector<std::vector<Key>>& sources, const std::vector<RadixTarget>& want_targets,
+           bool with_counts) {
   std::vector<RadixTarget> targets = want_targets;
+  std::vector<int64_t> counts;  // with_counts: each source's keys (few enough are collected at once)
+  for (const auto& v : sources) counts.push_back(int64_t(v.size()));
   constexpr int64_t kChunks = 7;
   radix_select<Key, uint32_t>(kChunks, targets, [&](int64_t i, const std::vector<int>& which, auto&& sink) {
     for (size_t a = 0; a < which.size(); ++a) {
@@ -31,7 +35,7 @@ bool check(const char* what, const std::vector<std::vector<Key>>& sources, const
       if (mid > p0) sink(int(a), s.data() + p0, mid - p0);
       if (p1 > mid) sink(int(a), s.data() + mid, p1 - mid);
     }
-  });
+  }, with_counts ? &counts : nullptr);
   for (const RadixTarget& t : targets) {
     std::vector<Key> sorted = sources[size_t(t.source)];
     std::sort(sorted.begin(), sorted.end());
@@ -49,8 +53,9 @@ bool check(const char* what, const std::vector<std::vector<Key>>& sources, const
 }
 
 template <class Key>
-bool run(const char* what, std::mt19937_64& rng) {
-  const int64_t n = 300000;  // tied: 300,000 equal keys, more than the histograms hold
+bool run(const char* what, std::mt19937_64& rng, int64_t n, bool with_counts) {
+  // n = 300,000: more tied keys than the histograms hold; 5,000: fewer (with_counts:
+  // collected without a histogram).
   std::vector<std::vector<Key>> sources(4, std::vector<Key>(size_t(n)));
   for (auto& k : sources[0]) k = Key(rng());                        // spread thinly
   for (auto& k : sources[1]) k = Key(0x3A5C0000u + (rng() % 50));  // few values, one prefix
@@ -69,13 +74,13 @@ bool run(const char* what, std::mt19937_64& rng) {
   }
   // All targets at once (many slots: the second pass collects), then each source
   // alone (one or a few slots: the tied sources' second pass histograms).
-  if (!check<Key>(what, sources, targets)) return false;
+  if (!check<Key>(what, sources, targets, with_counts)) return false;
   for (int s = 0; s < 4; ++s) {
     std::vector<RadixTarget> own;
     for (const RadixTarget& t : targets) {
       if (t.source == s) own.push_back(t);
     }
-    if (!check<Key>(what, sources, own)) return false;
+    if (!check<Key>(what, sources, own, with_counts)) return false;
   }
   return true;
 }
@@ -86,8 +91,15 @@ int main() {
   std::mt19937_64 rng(12345);
   for (int threads : {1, 2, 3}) {
     omp_set_num_threads(threads);
-    if (!run<uint32_t>("32-bit keys", rng) || !run<uint64_t>("64-bit keys", rng)) return 1;
+    for (int64_t n : {int64_t(300000), int64_t(5000)}) {
+      for (bool with_counts : {false, true}) {
+        if (!run<uint32_t>("32-bit keys", rng, n, with_counts) || !run<uint64_t>("64-bit keys", rng, n, with_counts)) {
+          return 1;
+        }
+      }
+    }
   }
-  std::printf("radix_select: every rank equal to sorting (32- and 64-bit keys, 1 to 3 threads)\n");
+  std::printf("radix_select: every rank equal to sorting (32- and 64-bit keys, 1 to 3 threads, with and without "
+              "the sources' key counts)\n");
   return 0;
 }
