@@ -9,6 +9,7 @@ own). Every script takes the flags of `parser()`: --device, --reps, --csv, --qui
 """
 import argparse
 import csv
+import ctypes
 import statistics
 import sys
 import time
@@ -31,10 +32,21 @@ def _rss_bytes(field):
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _return_free_memory():
+    """Hands the C heap's free pages back to the OS (glibc's malloc_trim), so that a
+    call's temporary buffers fault in new pages and count in the resident set instead
+    of reusing pages an earlier call freed (which read as no extra memory at all)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_extra_bytes(fn, device):
     """Memory the call needs beyond what is allocated before it: on CUDA from the
     caching allocator's peak, on CPU from the process's peak resident set (reset
-    through /proc/self/clear_refs, so earlier peaks do not count)."""
+    through /proc/self/clear_refs, so earlier peaks do not count), after the heap's
+    free pages went back to the OS."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -44,6 +56,7 @@ def peak_extra_bytes(fn, device):
         extra = torch.cuda.max_memory_allocated() - base
         del result
         return max(0, extra)
+    _return_free_memory()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current RSS
