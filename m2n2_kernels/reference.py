@@ -43,6 +43,17 @@ def philox4x32_10(c, key):
     return c0, c1, c2, c3
 
 
+def philox_words(seed: int, stream: int, group: torch.Tensor):
+    """The four Philox4x32-10 words of counters (group, group >> 32, stream, stream >>
+    32) for an int64 tensor of counter indices, key (seed, seed >> 32) (64-bit seed and
+    stream, taken modulo 2^64)."""
+    seed &= 2**64 - 1
+    stream &= 2**64 - 1
+    zeros = torch.zeros_like(group)
+    c = (group & _MASK32, (group >> 32) & _MASK32, zeros + (stream & _MASK32), zeros + (stream >> 32))
+    return philox4x32_10(c, (seed & _MASK32, seed >> 32))
+
+
 def normal_noise(seed: int, stream: int, index: torch.Tensor) -> torch.Tensor:
     """Standard normal z(seed, stream, i) for int64 element indices, as float32.
 
@@ -50,13 +61,8 @@ def normal_noise(seed: int, stream: int, index: torch.Tensor) -> torch.Tensor:
     (seed, seed >> 32); Box-Muller turns words (0, 1) into lanes (0, 1) = (r cos,
     r sin) and words (2, 3) into lanes (2, 3); element i takes lane i % 4.
     """
-    seed &= 2**64 - 1
-    stream &= 2**64 - 1
-    group = index >> 2
     lane = index & 3
-    zeros = torch.zeros_like(group)
-    c = (group & _MASK32, (group >> 32) & _MASK32, zeros + (stream & _MASK32), zeros + (stream >> 32))
-    words = philox4x32_10(c, (seed & _MASK32, seed >> 32))
+    words = philox_words(seed, stream, index >> 2)
     first = torch.where(lane < 2, words[0], words[2])
     second = torch.where(lane < 2, words[1], words[3])
     u1 = ((first >> 8) + 1).to(torch.float32) * 2.0**-24  # (0, 1]
@@ -404,16 +410,7 @@ def replace_index(S, child, *, alpha=1.0, capacity=None, eps=0.0):
 DARE_STREAM = 0xDA4E000000000000  # Philox stream of model k's DARE draws: DARE_STREAM + k
 RESCALE_MIN = 1e-7  # l1 rescale: 1 where either sum is below this (mergekit's eps)
 DIVISOR_MIN = 1e-8  # without consensus: |sum of weights| below this divides by 1
-
-
-DARE_LOW_FLIP = 1 << 48  # stream ^ this: the stream of the draws' low 16 bits
-
-
-def _philox_words(seed: int, stream: int, group: torch.Tensor) -> torch.Tensor:
-    """The four Philox4x32-10 words of counters (group, stream), key seed: 4 x len."""
-    zeros = torch.zeros_like(group)
-    c = (group & _MASK32, (group >> 32) & _MASK32, zeros + (stream & _MASK32), zeros + (stream >> 32))
-    return torch.stack(philox4x32_10(c, (seed & _MASK32, seed >> 32)))
+DARE_LOW_FLIP = 1 << 48  # stream ^ this: the stream of the draws' low bytes
 
 
 def dare_uniform24(seed: int, stream: int, index: torch.Tensor) -> torch.Tensor:
@@ -423,12 +420,11 @@ def dare_uniform24(seed: int, stream: int, index: torch.Tensor) -> torch.Tensor:
     counter (i >> 4, stream ^ DARE_LOW_FLIP). (The CPU and CUDA kernels draw lo8 only
     where hi16 ties with the threshold's high half: the comparison with rho is the
     same.)"""
-    seed &= 2**64 - 1
     stream &= 2**64 - 1
     index = index.to(torch.int64).reshape(-1)
-    hi_words = _philox_words(seed, stream, index >> 3)
+    hi_words = torch.stack(philox_words(seed, stream, index >> 3))
     hi = hi_words.gather(0, ((index >> 1) & 3).reshape(1, -1)).reshape(-1) >> (16 * (index & 1))
-    lo_words = _philox_words(seed, stream ^ DARE_LOW_FLIP, index >> 4)
+    lo_words = torch.stack(philox_words(seed, stream ^ DARE_LOW_FLIP, index >> 4))
     lo = lo_words.gather(0, ((index >> 2) & 3).reshape(1, -1)).reshape(-1) >> (8 * (index & 3))
     u24 = ((hi & 0xFFFF) << 8) | (lo & 0xFF)
     return u24.to(torch.float64) * 2.0**-24

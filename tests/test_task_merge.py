@@ -495,11 +495,11 @@ def test_dare_uniform24_known_answer():
     # e169c58d, bc57ac4c, 9b00dbd8. Elements 0 .. 7 (seed 0, stream 0) take their high
     # 16 bits from these words, low half first; their low bytes come from counter 0 of
     # stream 2^48, low byte first.
-    from m2n2_kernels.reference import DARE_LOW_FLIP, _philox_words
+    from m2n2_kernels.reference import DARE_LOW_FLIP, philox_words
 
     u24 = (dare_uniform24(0, 0, torch.arange(8)) * 2**24).long().tolist()
     assert [v >> 8 for v in u24] == [0xE8D5, 0x6627, 0xC58D, 0xE169, 0xAC4C, 0xBC57, 0xDBD8, 0x9B00]
-    low = _philox_words(0, DARE_LOW_FLIP, torch.tensor([0])).reshape(-1).tolist()  # 4 words
+    low = torch.stack(philox_words(0, DARE_LOW_FLIP, torch.tensor([0]))).reshape(-1).tolist()  # 4 words
     assert [v & 0xFF for v in u24] == [(low[i >> 2] >> (8 * (i & 3))) & 0xFF for i in range(8)]
 
 
@@ -875,9 +875,9 @@ def test_out_bad_buffers_refused(backend):
 def test_dare_draws_avx512_equal_portable(tmp_path):
     """The CPU kernel draws DARE's masks with an AVX-512 loop where the CPU has it:
     tests/native/dare_draws_check.cpp holds it equal to the portable loop and to
-    dare_draw_at, bit for bit, at counters whose low word wraps (past 2^36 elements),
-    which no tensor here could reach, and the shortcut (low bits drawn only where the
-    high byte ties with the threshold's) equal to u24 compared in full."""
+    dare_draw_at, bit for bit, at counters whose low word wraps (at multiples of 2^35
+    elements), which no tensor here could reach, and the shortcut (the low byte drawn
+    only where the high half ties with the threshold's) equal to u24 compared in full."""
     from conftest import run_native_check
 
     returncode, stdout = run_native_check(tmp_path, "dare_draws_check", ["-fopenmp-simd"])

@@ -88,9 +88,9 @@ M2N2_HD void dare_draws(uint64_t seed, uint64_t stream, uint64_t f0, uint32_t th
   uint32_t ties = 0;  // bit j: element j's high half ties with thr's
   M2N2_UNROLL
   for (int j = 0; j < V; ++j) {
-    const int q = off + j;  // 8 .. 10: elements 0 .. 2 of group g0 + 1, in its words 0 and 1
-    const uint32_t w = q < 8 ? pick_word(q >> 1, a0, a1, a2, a3) : (q < 10 ? b0 : b1);
-    const uint32_t hi16 = (w >> (16u * uint32_t(q & 1))) & 0xFFFFu;  // dare_high16: half i % 2 of word (i >> 1) % 4
+    const int q = off + j;  // 8 .. 10: elements 0 .. 2 of group g0 + 1
+    const uint32_t hi16 =
+        q < 8 ? dare_high16(uint64_t(q), a0, a1, a2, a3) : dare_high16(uint64_t(q - 8), b0, b1, b2, b3);
     draws[j] = hi16 << 8;
     ties |= uint32_t(hi16 == (thr >> 8)) << j;
   }
