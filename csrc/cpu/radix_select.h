@@ -91,6 +91,30 @@ inline void radix_count(const Key* keys, int64_t len, int shift, bool first, uin
   }
 }
 
+// Appends the keys whose bits from `high` up equal `want` (every key where `all`). The
+// matches are few (the keys of one bin, or a few bins, of a 16-bit digit), so a
+// vectorised count per block of 64 keys skips the blocks without one, rather than
+// testing and branching key by key.
+template <class Key>
+inline void collect_matching(const Key* keys, int64_t len, int high, bool all, uint64_t want, std::vector<Key>& v) {
+  if (all) {
+    v.insert(v.end(), keys, keys + len);
+    return;
+  }
+  constexpr int64_t kBlock = 64;
+  const Key w = Key(want);  // compared in Key's width: a widening stops the vectoriser
+  for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
+    const int64_t end = std::min(len, j0 + kBlock);
+    Key hits = 0;
+#pragma omp simd reduction(| : hits)
+    for (int64_t j = j0; j < end; ++j) hits |= Key((keys[j] >> high) == w);
+    if (hits == 0) continue;
+    for (int64_t j = j0; j < end; ++j) {
+      if ((keys[j] >> high) == w) v.push_back(keys[j]);
+    }
+  }
+}
+
 // The last stage of radix_select: the keys under each slot's prefix (their bits from
 // `high` up equal to it) gathered from every chunk, then each target's key by
 // nth_element over its slot's keys at its remaining rank, with the keys below and
@@ -108,10 +132,7 @@ void radix_finish_by_collecting(int64_t nchunks, std::vector<RadixTarget>& targe
     keys_of_chunk(i, slots.sources, [&](int a, const Key* keys, int64_t len) {
       for (int q : slots.slots_of[size_t(a)]) {
         const uint64_t want = slots.slot_prefix[size_t(q)];
-        std::vector<Key>& v = mine[size_t(q)];
-        for (int64_t j = 0; j < len; ++j) {
-          if (all || uint64_t(keys[j] >> high) == want) v.push_back(keys[j]);
-        }
+        collect_matching(keys, len, high, all, want, mine[size_t(q)]);
       }
     });
   }
