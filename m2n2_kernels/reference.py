@@ -604,23 +604,82 @@ def _clamp(x, lo, hi):
     return torch.where(y > hi, hi, y)
 
 
-def _pcb_scores(d, S, m, lo, hi, K, cdt):
-    """g = exp(K s) tanh(d S) in fp64, rounded to cdt; s = ((m - lo) / (hi - lo))^2, 0
-    where the clamped magnitudes have no spread."""
+# pcb.h's exp and tanh (docs/semantics.md, "PCB merging"), spelled out operation for
+# operation in the compute type, so that the kernels and this reference agree bit for
+# bit: per compute type, the Taylor terms of e^r - 1, ln 2 split in two (its leading
+# bits, its rest), the round-to-integer shift and exponent bias, and where tanh
+# rounds to 1.
+_PCB_MATH = {
+    torch.float32: dict(terms=7, ln2=(0.693359375, -2.12194440054690582e-4), shift=12582912.0, bias=127,
+                        mantissa=23, bits=torch.int32, tanh_one=10.0,
+                        series=(-17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0)),
+    torch.float64: dict(terms=13, ln2=(6.93147180369123816490e-01, 1.90821492927058770002e-10),
+                        shift=6755399441055744.0, bias=1023, mantissa=52, bits=torch.int64, tanh_one=22.0,
+                        series=(6404582.0 / 10854718875.0, -929569.0 / 638512875.0, 21844.0 / 6081075.0,
+                                -1382.0 / 155925.0, 62.0 / 2835.0, -17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0)),
+}
+_PCB_INV_LN2 = 1.44269504088896338700e+00
+_PCB_TANH_SERIES_MAX = 0.125
+
+
+def _c(v, x):
+    """The double v rounded once to x's dtype (as C++ rounds pcb.h's constants)."""
+    return torch.tensor(v, dtype=x.dtype, device=x.device)
+
+
+def _pcb_exp_split(x):
+    """(e^r - 1, 2^k) with x = k ln2 + r (pcb_exp_split)."""
+    f = _PCB_MATH[x.dtype]
+    shift = _c(f["shift"], x)
+    shifted = x * _c(_PCB_INV_LN2, x) + shift
+    k = shifted - shift
+    k_bits = shifted.view(f["bits"]) - shift.view(f["bits"])
+    two_k = ((k_bits + f["bias"]) << f["mantissa"]).view(x.dtype)
+    r = (x - k * _c(f["ln2"][0], x)) - k * _c(f["ln2"][1], x)
+    p = _c(1.0 / math.factorial(f["terms"]), x)
+    for j in range(f["terms"] - 1, 0, -1):
+        p = p * r + _c(1.0 / math.factorial(j), x)
+    return p * r, two_k
+
+
+def pcb_exp(x):
+    """e^x as pcb.h's pcb_exp, in x's dtype (fp32 or fp64)."""
+    p, two_k = _pcb_exp_split(x)
+    return (1.0 + p) * two_k
+
+
+def pcb_tanh(y):
+    """tanh(y) as pcb.h's pcb_tanh, in y's dtype (fp32 or fp64)."""
+    f = _PCB_MATH[y.dtype]
+    y2 = y * y
+    q = _c(f["series"][0], y)
+    for coef in f["series"][1:]:
+        q = q * y2 + _c(coef, y)
+    series = torch.where(y == 0, y, y + y * (y2 * q))
+    one = _c(f["tanh_one"], y)
+    a = torch.where(y < 0, -y, y)
+    p, two_k = _pcb_exp_split(2.0 * torch.where(a > one, one, a))
+    t = two_k * p + (two_k - 1.0)
+    big = torch.where(a >= one, 1.0, t / (t + 2.0))
+    return torch.where(a < _PCB_TANH_SERIES_MAX, series, torch.where(y < 0, -big, big))
+
+
+def _pcb_scores(d, S, m, lo, hi, K):
+    """g = exp(K s) tanh(d S), each step in the compute type; s = ((m - lo) / (hi -
+    lo))^2, 0 where the clamped magnitudes have no spread."""
     if hi > lo:
-        u = (m.double() - lo.double()) / (hi.double() - lo.double())
+        u = (m - lo) / (hi - lo)
         s = u * u
     else:
-        s = torch.zeros_like(m, dtype=torch.float64)
-    return (torch.exp(K * s) * torch.tanh(d.double() * S.double())).to(cdt)
+        s = torch.zeros_like(m)
+    return pcb_exp(K * s) * pcb_tanh(d * S)
 
 
-def _pcb_scale(g, theta, top, cdt):
-    """(clamp(g, theta, top) - theta) / (top - theta) in fp64, rounded; 0 if top == theta."""
+def _pcb_scale(g, theta, top):
+    """(clamp(g, theta, top) - theta) / (top - theta) in the compute type; 0 if top == theta."""
     if top == theta:
         return torch.zeros_like(g)
-    x = _clamp(g, theta, top)
-    return ((x.double() - theta.double()) / (top.double() - theta.double())).to(cdt)
+    return (_clamp(g, theta, top) - theta) / (top - theta)
 
 
 def _pcb_unit(d, ratio, clamp):
@@ -635,9 +694,9 @@ def _pcb_unit(d, ratio, clamp):
         lo, hi = _at_ranks(a, (int(n * clamp), int(n * (1.0 - clamp) - 1)))
         m = _clamp(a, lo, hi)
         t = torch.where(d[k] > 0, m, torch.where(d[k] < 0, -m, 0.0))
-        g = _pcb_scores(d[k], S, m, lo, hi, K, cdt)
+        g = _pcb_scores(d[k], S, m, lo, hi, K)
         theta, top = _at_ranks(g, (int(n * (1.0 - ratio)), n - 1))
-        scale = _pcb_scale(g, theta, top, cdt)
+        scale = _pcb_scale(g, theta, top)
         num = num + t * scale
         den = den + scale
     return num / torch.where(den < PCB_SCALE_SUM_MIN, PCB_SCALE_SUM_MIN, den)

@@ -2,9 +2,9 @@
 tensors under TRITON_INTERPRET=1).
 
 Semantics: docs/semantics.md ("PCB merging"), reference.pcb_merge; the per-element
-maths is csrc/include/m2n2/pcb.h, ported operation for operation (its own fp64 exp
-and tanh from IEEE operations, so that the scores equal the C++ kernel's bit for
-bit: tl.exp would differ, and the interpreter has no libdevice). Per unit (a tensor,
+maths is csrc/include/m2n2/pcb.h, ported operation for operation in the unit's
+compute type (its own exp and tanh from IEEE operations, so that the scores equal the
+C++ kernel's bit for bit: tl.exp would differ, and the interpreter has no libdevice). Per unit (a tensor,
 or the whole list for scope "global"), in streaming passes that never store an
 n-element buffer (the deltas, their sum S and the scores are formed again in each
 pass):
@@ -36,9 +36,10 @@ _SIGN64 = -(2**63)  # adding it (mod 2**64) flips the top bit of a 64-bit key
 
 
 # ---------------------------------------------------------------------------
-# pcb.h's fp64 exp and tanh. Every constant is made an fp64 tensor with tl.full
-# (a bare Python float would enter as fp32), and the operations are pcb.h's, in its
-# order, each rounded (no FMA).
+# pcb.h's exp and tanh, in the compute type of their argument (fp32 or fp64). Every
+# constant is made a tensor of that type with tl.full (the double written here, rounded
+# once, as C++ rounds pcb.h's), and the operations are pcb.h's, in its order, each
+# rounded (no FMA; fp32 division by div_rn).
 # ---------------------------------------------------------------------------
 
 
@@ -48,68 +49,90 @@ def _c(x):
 
 
 @triton.jit
+def _k(like, x):
+    """The constant x in like's dtype."""
+    return tl.full([], x, like.dtype)
+
+
+@triton.jit
 def _expm1_reduced(r):
-    """e^r - 1 for |r| <= ln2 / 2 (pcb_expm1_reduced)."""
-    p = _c(1.0 / 6227020800.0)
-    p = p * r + _c(1.0 / 479001600.0)
-    p = p * r + _c(1.0 / 39916800.0)
-    p = p * r + _c(1.0 / 3628800.0)
-    p = p * r + _c(1.0 / 362880.0)
-    p = p * r + _c(1.0 / 40320.0)
-    p = p * r + _c(1.0 / 5040.0)
-    p = p * r + _c(1.0 / 720.0)
-    p = p * r + _c(1.0 / 120.0)
-    p = p * r + _c(1.0 / 24.0)
-    p = p * r + _c(1.0 / 6.0)
-    p = p * r + _c(0.5)
-    p = p * r + _c(1.0)
+    """e^r - 1 for |r| <= ln2 / 2 (pcb_expm1_reduced: to r^13 in fp64, r^7 in fp32)."""
+    if r.dtype == tl.float64:
+        p = _c(1.0 / 6227020800.0)
+        p = p * r + _c(1.0 / 479001600.0)
+        p = p * r + _c(1.0 / 39916800.0)
+        p = p * r + _c(1.0 / 3628800.0)
+        p = p * r + _c(1.0 / 362880.0)
+        p = p * r + _c(1.0 / 40320.0)
+        p = p * r + _c(1.0 / 5040.0)
+    else:
+        p = _k(r, 1.0 / 5040.0)
+    p = p * r + _k(r, 1.0 / 720.0)
+    p = p * r + _k(r, 1.0 / 120.0)
+    p = p * r + _k(r, 1.0 / 24.0)
+    p = p * r + _k(r, 1.0 / 6.0)
+    p = p * r + _k(r, 0.5)
+    p = p * r + _k(r, 1.0)
     return p * r
 
 
 @triton.jit
 def _exp_split(x):
     """x = k ln2 + r: (e^r - 1, 2^k) (pcb_exp_split)."""
-    shift = _c(6755399441055744.0)  # 1.5 * 2^52: adding it rounds to an integer
-    shifted = x * _c(1.44269504088896338700e+00) + shift
-    k = shifted - shift
-    k_bits = shifted.to(tl.int64, bitcast=True) - shift.to(tl.int64, bitcast=True)
-    two_k = ((k_bits + 1023) << 52).to(tl.float64, bitcast=True)
-    r = (x - k * _c(6.93147180369123816490e-01)) - k * _c(1.90821492927058770002e-10)
+    if x.dtype == tl.float64:
+        shift = _c(6755399441055744.0)  # 1.5 * 2^52: adding it rounds to an integer
+        shifted = x * _c(1.44269504088896338700e+00) + shift
+        k = shifted - shift
+        k_bits = shifted.to(tl.int64, bitcast=True) - shift.to(tl.int64, bitcast=True)
+        two_k = ((k_bits + 1023) << 52).to(tl.float64, bitcast=True)
+        r = (x - k * _c(6.93147180369123816490e-01)) - k * _c(1.90821492927058770002e-10)
+    else:
+        shift = _k(x, 12582912.0)  # 1.5 * 2^23
+        shifted = x * _k(x, 1.44269504088896338700e+00) + shift
+        k = shifted - shift
+        k_bits = shifted.to(tl.int32, bitcast=True) - shift.to(tl.int32, bitcast=True)
+        two_k = ((k_bits + 127) << 23).to(tl.float32, bitcast=True)
+        r = (x - k * _k(x, 0.693359375)) - k * _k(x, -2.12194440054690582e-4)
     return _expm1_reduced(r), two_k
 
 
 @triton.jit
 def _pcb_exp(x):
     p, two_k = _exp_split(x)
-    return (_c(1.0) + p) * two_k
+    return (_k(x, 1.0) + p) * two_k
 
 
 @triton.jit
 def _pcb_expm1(x):
     p, two_k = _exp_split(x)
-    return two_k * p + (two_k - _c(1.0))
+    return two_k * p + (two_k - _k(x, 1.0))
 
 
 @triton.jit
 def _pcb_tanh(y):
     """pcb_tanh: the odd series below 1/8, t / (t + 2) with t = e^{2|y|} - 1 up to
-    22, then +-1; tanh(-0) = -0."""
-    a = tl.abs(y)
+    22 (fp64) or 10 (fp32), then +-1; tanh(-0) = -0."""
+    a = tl.where(y < _k(y, 0.0), -y, y)
     y2 = y * y
-    q = _c(6404582.0 / 10854718875.0)
-    q = q * y2 - _c(929569.0 / 638512875.0)
-    q = q * y2 + _c(21844.0 / 6081075.0)
-    q = q * y2 - _c(1382.0 / 155925.0)
-    q = q * y2 + _c(62.0 / 2835.0)
-    q = q * y2 - _c(17.0 / 315.0)
-    q = q * y2 + _c(2.0 / 15.0)
-    q = q * y2 - _c(1.0 / 3.0)
+    if y.dtype == tl.float64:
+        q = _c(6404582.0 / 10854718875.0)
+        q = q * y2 - _c(929569.0 / 638512875.0)
+        q = q * y2 + _c(21844.0 / 6081075.0)
+        q = q * y2 - _c(1382.0 / 155925.0)
+        q = q * y2 + _c(62.0 / 2835.0)
+        q = q * y2 - _c(17.0 / 315.0)
+        one_from = _c(22.0)
+    else:
+        q = _k(y, -17.0 / 315.0)
+        one_from = _k(y, 10.0)
+    q = q * y2 + _k(y, 2.0 / 15.0)
+    q = q * y2 - _k(y, 1.0 / 3.0)
     series = y + y * (y2 * q)
-    t = _pcb_expm1(_c(2.0) * tl.where(a > _c(22.0), _c(22.0), a))
-    ratio = t / (t + _c(2.0))
-    big = tl.where(a >= _c(22.0), _c(1.0), ratio)
-    small = tl.where(y == _c(0.0), y, series)
-    return tl.where(a < _c(0.125), small, tl.where(y < _c(0.0), -big, big))
+    t = _pcb_expm1(_k(y, 2.0) * tl.where(a > one_from, one_from, a))
+    ratio = _divide(t, t + _k(y, 2.0))
+    big = tl.where(a >= one_from, _k(y, 1.0), ratio)
+    small = tl.where(y == _k(y, 0.0), y, series)
+    return tl.where(a < _k(y, 0.125), small, tl.where(y < _k(y, 0.0), -big, big))
 
 
 # ---------------------------------------------------------------------------
@@ -126,22 +149,26 @@ def _clamp(x, lo, hi):
 
 @triton.jit
 def _range(lo, hi):
-    """pcb_range: (lo, hi - lo or 1, 1 or 0) in fp64."""
-    lo64 = lo.to(tl.float64)
-    rng = hi.to(tl.float64) - lo64
-    on = tl.where(rng > _c(0.0), _c(1.0), _c(0.0))
-    return lo64, tl.where(rng > _c(0.0), rng, _c(1.0)), on
+    """pcb_range: (lo, hi - lo or 1, 1 or 0) in lo's type."""
+    rng = hi - lo
+    zero = _k(lo, 0.0)
+    one = _k(lo, 1.0)
+    return lo, tl.where(rng > zero, rng, one), tl.where(rng > zero, one, zero)
+
+
+@triton.jit
+def _normalise(x, lo, rng, on):
+    """((x - lo) / rng) on (pcb_intra's u, pcb_scale)."""
+    return _divide(x - lo, rng) * on
 
 
 @triton.jit
 def _score(d, S, lo, hi, kf):
-    """pcb_score: exp(K s) tanh(d S) in fp64, rounded to U (d's type)."""
+    """pcb_score: exp(K s) tanh(d S) in U (d's type; kf: K in U)."""
     m = _clamp(tl.abs(d), lo, hi)
     r_lo, r_range, r_on = _range(lo, hi)
-    u = ((m.to(tl.float64) - r_lo) / r_range) * r_on
-    e = _pcb_exp(kf * (u * u))
-    c = _pcb_tanh(d.to(tl.float64) * S.to(tl.float64))
-    return (e * c).to(d.dtype)
+    u = _normalise(m, r_lo, r_range, r_on)
+    return _pcb_exp(kf * (u * u)) * _pcb_tanh(d * S)
 
 
 @triton.jit
@@ -206,7 +233,7 @@ def _hist_kernel(
     offs = block * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     b, S = _load_block(base_ptr, table_ptr, K, offs, mask, CDT, UDT, SCORE)
-    kf = i64(K).to(tl.float64)
+    kf = i64(K).to(UDT)
     digit_mask = (i64(1) << width) - 1
     high_mask = i64(high_mask)
     bins = tl.arange(0, BINS)
@@ -245,7 +272,7 @@ def _fused_kernel(
     offs = block * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     b, S = _load_block(base_ptr, table_ptr, K, offs, mask, CDT, UDT, True)
-    kf = i64(K).to(tl.float64)
+    kf = i64(K).to(UDT)
     num = tl.zeros(b.shape, UDT)
     den = tl.zeros(b.shape, UDT)
     for k in range(K):
@@ -259,7 +286,7 @@ def _fused_kernel(
         gk = _order_key(g)
         x = tl.where(gk < _order_key(theta), theta, tl.where(gk > _order_key(top), top, g))
         d_lo, d_range, d_on = _range(theta, top)
-        scale = (((x.to(tl.float64) - d_lo) / d_range) * d_on).to(UDT)
+        scale = _normalise(x, d_lo, d_range, d_on)
         m = _clamp(tl.abs(d), lo, hi)
         zero = tl.zeros_like(m)
         clamped = tl.where(d > zero, m, tl.where(d < zero, -m, zero))

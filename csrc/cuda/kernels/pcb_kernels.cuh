@@ -73,7 +73,7 @@ M2N2_HD U pcb_score_value(uint64_t key) {
 template <class U>
 struct PcbModel {
   U lo, hi, theta, top;
-  PcbRange mag, drop;
+  PcbRange<U> mag, drop;
 };
 
 // Model k's statistics after the selections (the prefixes are then whole keys).
@@ -164,7 +164,7 @@ M2N2_HD void pcb_deltas(const TaskSegment& seg, int K, int k, int64_t j0, int64_
 
 // Thread's elements of model k: the keys of its scores g (every delta is needed for S).
 template <class T, class U, int V>
-M2N2_HD void pcb_score_thread(const TaskSegment& seg, int K, int k, U mlo, U mhi, const PcbRange& r, int64_t j0,
+M2N2_HD void pcb_score_thread(const TaskSegment& seg, int K, int k, U mlo, U mhi, const PcbRange<U>& r, int64_t j0,
                               int64_t end, uint64_t prefix0, uint64_t prefix1, int lo, int hi, uint32_t* h0,
                               uint32_t* h1) {
   using C = compute_t<T>;
