@@ -4,7 +4,7 @@
 // Raw pointers, sizes and a cudaStream_t in; csrc/cuda/pcb.cu is the torch glue.
 // docs/semantics.md "PCB merging" is the definition; the results equal the CPU kernel's
 // (csrc/cpu/pcb_kernels.cpp) bit for bit: the same element maths (pcb.h, with the
-// package's own fp64 exp and tanh), the same order statistics (exact, by radix
+// package's own exp and tanh), the same order statistics (exact, by radix
 // selection on the same keys), the same order of every sum.
 //
 // A unit (a tensor, or the whole list with scope "global") is a list of segments cut
