@@ -276,6 +276,37 @@ def test_exp_and_tanh_accuracy(tmp_path):
     assert returncode == 0, stdout
 
 
+def test_extreme_select_native(tmp_path):
+    """The one-pass selection of ranks near either end (the clamp bounds' path,
+    tests/native/extreme_select_check.cpp) against sorting."""
+    from conftest import run_native_check
+
+    returncode, stdout = run_native_check(tmp_path, "extreme_select_check", ["-fopenmp"])
+    assert returncode == 0, stdout
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("clamp", [0.0, 1e-4, 2e-3, 0.02])
+def test_clamp_bounds_by_either_selection(monkeypatch, dtype, clamp):
+    """The clamp bounds by extreme_select (ranks near the ends: c = 0, 1e-4 and 2e-3;
+    0.02 lies past its depth limit of n / 64, so radix selection serves it) and by
+    radix selection (M2N2_PCB_SELECT=radix) give the reference's bits, on spread
+    deltas and on tied ones."""
+    for step in (None, 0.25):
+        base, models = make_models([(40000,), (300,)], dtype, 3, seed=11, step=step, zeros=0.05)
+        kw = dict(ratio=0.2, clamp=clamp, scope="tensor")
+        want = pcb_merge(base, models, backend="torch", **kw)
+        for select in ("auto", "radix"):
+            monkeypatch.setenv("M2N2_PCB_SELECT", select)
+            assert_same_bits(pcb_merge(base, models, backend="cpp", **kw), want, f"{select} step {step}")
+
+
+def test_bad_select_switch(monkeypatch):
+    monkeypatch.setenv("M2N2_PCB_SELECT", "fast")
+    with pytest.raises(ValueError, match="M2N2_PCB_SELECT"):
+        pcb_merge(torch.zeros(10), [torch.ones(10)], ratio=0.5, backend="cpp")
+
+
 def test_sixty_four_models():
     """The most models a call takes: 128 selection targets in each radix pass."""
     base, models = make_models([(300,), (2, 3)], torch.float32, 64, seed=10)

@@ -1,11 +1,16 @@
-// CPU PCB merging: clamp bounds and drop thresholds by radix selection, then the
-// fused pass (docs/semantics.md, "PCB merging").
+// CPU PCB merging: clamp bounds (by extreme_select where their ranks lie near the ends,
+// as with the authors' c = 1e-4, else by radix selection) and drop thresholds (by
+// radix selection), then the fused pass (docs/semantics.md, "PCB merging").
 #include "pcb_kernels.h"
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
 #include <vector>
 
+#include "extreme_select.h"
 #include "isa_clones.h"
 #include "m2n2/dtypes.h"
 #include "m2n2/pcb.h"
@@ -273,6 +278,16 @@ void select_ranks(int64_t n, int64_t nchunks, std::vector<RadixTarget>& targets,
   }
 }
 
+// M2N2_PCB_SELECT: unset or "auto" (clamp bounds near the ends by extreme_select, in
+// one pass), "radix" (radix selection for them too: the A/B baseline, and the tests'
+// way to run both paths on the same inputs).
+bool extreme_bounds() {
+  const char* v = std::getenv("M2N2_PCB_SELECT");
+  if (v == nullptr || std::strcmp(v, "") == 0 || std::strcmp(v, "auto") == 0) return true;
+  if (std::strcmp(v, "radix") == 0) return false;
+  throw std::invalid_argument("M2N2_PCB_SELECT must be auto or radix");
+}
+
 // Two targets per model: ranks r0 and r1 of its keys.
 inline std::vector<RadixTarget> rank_pairs(int K, int64_t r0, int64_t r1) {
   std::vector<RadixTarget> targets(size_t(2 * K));
@@ -312,12 +327,17 @@ void merge_unit(const std::vector<TaskTensor>& ts, const PcbConfig& cfg) {
   // Pass 1: the clamp bounds, ranks int(n c) and int(n (1 - c) - 1) of |d_k|.
   const double nd = double(n);
   std::vector<RadixTarget> bounds = rank_pairs(K, int64_t(nd * cfg.clamp), int64_t(nd * (1.0 - cfg.clamp) - 1.0));
-  select_ranks<Key>(n, nchunks, bounds, [&](int64_t i, const std::vector<int>& models, auto&& sink) {
+  const auto magnitudes = [&](int64_t i, const std::vector<int>& models, auto&& sink) {
     const Chunk& c = chunks[size_t(i)];
     with_storage_type<U>(ts[c.tensor].dtype, [&](auto tag) {
       magnitude_keys_chunk<decltype(tag), U>(ts[c.tensor], c, models, sink);
     });
-  });
+  };
+  if (extreme_bounds() && extreme_selectable(bounds, n)) {
+    extreme_select<Key>(nchunks, n, bounds, magnitudes);  // ranks near the ends (c = 1e-4): one pass
+  } else {
+    select_ranks<Key>(n, nchunks, bounds, magnitudes);
+  }
   for (int k = 0; k < K; ++k) {
     stats[size_t(k)].lo = magnitude_from_key<U>(Key(bounds[size_t(2 * k)].key));
     stats[size_t(k)].hi = magnitude_from_key<U>(Key(bounds[size_t(2 * k + 1)].key));
