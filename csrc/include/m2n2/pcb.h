@@ -33,9 +33,10 @@ M2N2_HD double score_from_key(uint64_t k) {
 // CUDA, Triton, and the torch reference, which spells the same operations out) computes
 // the same bits from IEEE operations alone, and so that the loops vectorise: Cody-Waite
 // reduction and Taylor polynomials. One version per compute type C, as the authors
-// compute in the storage type (fp32): fp32 units in fp32 (within 2 ulp, a few of the
-// polynomial's terms, 16 lanes of AVX-512), fp64 units in fp64 (within 1.5 ulp for exp
-// and 3 for tanh). Valid for |x| <= 87 (fp32) and 700 (fp64); PCB needs |x| <= 64.
+// compute in the storage type (fp32): fp32 units in fp32 (fewer terms, 16 AVX-512
+// lanes; measured within 1.2 ulp for exp and 2.4 for tanh), fp64 units in fp64 (1.2 and
+// 2.8; tests/native/pcb_math_check.cpp). Valid for |x| <= 87 (fp32) and 700 (fp64);
+// PCB needs |x| <= 64.
 // Each constant is the double written here rounded once to C, as Python's float does
 // for the reference and the Triton port.
 
@@ -133,8 +134,8 @@ M2N2_HD float pcb_tanh_series(float y) {
   return y == 0.0f ? y : y + y * (y2 * q);
 }
 
-// Where tanh rounds to +-1: 1 - tanh(a) < 2 e^{-2a} lies below half an ulp of 1 from
-// a = 19.1 (fp64) and 9.0 (fp32) on.
+// Where tanh is taken as +-1: 1 - tanh(a) < 2 e^{-2a} lies below half an ulp of 1
+// beyond a = 19.1 (fp64) and 9.1 (fp32), so tanh rounds to 1 there.
 M2N2_HD constexpr double pcb_tanh_one(double) { return 22.0; }
 M2N2_HD constexpr float pcb_tanh_one(float) { return 10.0f; }
 
