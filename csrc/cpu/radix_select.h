@@ -3,32 +3,45 @@
 // task_merge_kernels.cpp, over all keys or over a candidate window's keys; PCB's
 // clamp bounds and drop thresholds in pcb_kernels.cpp).
 //
-// Each pass histograms one 16-bit digit of the keys of every source (a model) whose
-// targets are still open, over all chunks at once (OpenMP, one histogram per thread);
-// the counts are integers, so their sum and the result do not depend on the threads.
+// Each pass histograms one digit of the keys of every source (a model) whose targets
+// are still open, over all chunks at once (OpenMP, one histogram per thread); the
+// counts are integers, so their sum and the result do not depend on the threads.
 // Targets of the same source that share a prefix share a histogram (two ranks of one
-// model cost one histogram in the first pass). After the first pass, where the keys
-// left under the targets' prefixes (the counts of their bins, known exactly) take
-// less memory than the next pass's histograms, that pass collects those keys instead
-// and finishes each target by nth_element over them: exact, and the same whatever the
-// threads (a rank in a multiset). A bin of a 16-bit digit of float keys spans under
-// 1% of a value, so this is typically far fewer keys than threads x targets x 2^16
-// counters, and for 64-bit keys two passes instead of four. Extra memory: threads x
-// sources x 2^16 counters (the first pass), then the smaller of the two; where the
-// caller gives the sources' key counts and the keys take less memory than those
-// counters (a candidate window's), the keys are collected from the start.
+// model cost one histogram in the first pass). A digit is 16 bits wide unless the
+// caller's memory budget holds fewer counters: then the widest that fits (8 bits at
+// least, where threads x slots x 2^8 counters do not fit either), at the cost of
+// more passes; the digits need not divide the key's width (32 bits in 11 + 11 + 10).
+// After the first pass, where the keys left under the targets' prefixes (the counts
+// of their bins, known exactly) take less memory than the next pass's 16-bit
+// histograms and than the budget, that pass collects those keys instead, into one
+// buffer per prefix of exactly their count, and finishes each target by nth_element
+// over them: exact, and the same whatever the threads (a rank in a multiset). A bin
+// of a 16-bit digit of float keys spans under 1% of a value, so this is typically far
+// fewer keys than threads x targets x 2^16 counters, and for 64-bit keys two passes
+// instead of four. Extra memory: one pass's histograms (threads x slots x 2^digit
+// counters), then the collected keys, each at most the budget (but 8-bit digits);
+// where the caller gives the sources' key counts and the keys take less memory than
+// those counters (a candidate window's), the keys are collected from the start.
 #pragma once
 
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
 #include <vector>
+
+#include "page_array.h"
 
 namespace m2n2::cpu {
 
-constexpr int kRadixDigitBits = 16;
+constexpr int kRadixDigitBits = 16;     // a digit's width where the budget holds its counters
+constexpr int kRadixMinDigitBits = 8;   // the narrowest digit, whatever the budget
 constexpr int64_t kRadixBins = int64_t(1) << kRadixDigitBits;
+constexpr uint64_t kNoMemoryBudget = ~uint64_t(0);
 
 // One order statistic: the key of 0-based ascending rank `rank` among the keys of
 // `source` (rank must lie in [0, n)). Filled in: the key, how many keys lie strictly
@@ -77,86 +90,119 @@ inline RadixSlots radix_slots(const std::vector<RadixTarget>& targets, const std
   return s;
 }
 
-// Count the digit at `shift` of the keys whose higher digits equal `prefix` (all of
-// them in the first pass, where there are no higher digits).
+// The digit width of a pass over `nslots` histograms: 16 bits where threads x nslots
+// x 2^16 counters fit the budget, else the widest that fits, kRadixMinDigitBits at
+// least.
+inline int radix_digit_bits(int threads, size_t nslots, size_t count_bytes, uint64_t budget) {
+  int bits = kRadixDigitBits;
+  while (bits > kRadixMinDigitBits && uint64_t(threads) * nslots * (uint64_t(1) << bits) * count_bytes > budget) {
+    --bits;
+  }
+  return bits;
+}
+
+// Count the `bits`-wide digit at `shift` of the keys whose higher digits equal
+// `prefix` (all of them in the first pass, where there are no higher digits).
 template <class Key, class Count>
-inline void radix_count(const Key* keys, int64_t len, int shift, bool first, uint64_t prefix, Count* h) {
+inline void radix_count(const Key* keys, int64_t len, int shift, int bits, bool first, uint64_t prefix, Count* h) {
   if (first) {
     for (int64_t j = 0; j < len; ++j) ++h[keys[j] >> shift];
     return;
   }
-  const int high = shift + kRadixDigitBits;
+  const int high = shift + bits;
+  const Key mask = Key((uint64_t(1) << bits) - 1);
   for (int64_t j = 0; j < len; ++j) {
-    if (uint64_t(keys[j] >> high) == prefix) ++h[(keys[j] >> shift) & (kRadixBins - 1)];
+    if (uint64_t(keys[j] >> high) == prefix) ++h[(keys[j] >> shift) & mask];
   }
 }
 
-// Appends the keys whose bits from `high` up equal `want` (every key where `all`). The
-// matches are few (the keys of one bin, or a few bins, of a 16-bit digit), so a
+// Hands on the keys whose bits from `high` up equal `want` (every key where `all`) as
+// put(keys, count), a block of at most 64 at a time (all of them at once where
+// `all`). The matches are few (the keys of one bin, or a few bins, of a digit), so a
 // vectorised count per block of 64 keys skips the blocks without one, rather than
 // testing and branching key by key.
-template <class Key>
-inline void collect_matching(const Key* keys, int64_t len, int high, bool all, uint64_t want, std::vector<Key>& v) {
+template <class Key, class Put>
+inline void collect_matching(const Key* keys, int64_t len, int high, bool all, uint64_t want, Put&& put) {
   if (all) {
-    v.insert(v.end(), keys, keys + len);
+    if (len > 0) put(keys, len);
     return;
   }
   constexpr int64_t kBlock = 64;
   const Key w = Key(want);  // compared in Key's width: a widening stops the vectoriser
+  alignas(64) Key matched[kBlock];
   for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
     const int64_t end = std::min(len, j0 + kBlock);
     Key hits = 0;
 #pragma omp simd reduction(| : hits)
     for (int64_t j = j0; j < end; ++j) hits |= Key((keys[j] >> high) == w);
     if (hits == 0) continue;
+    int64_t c = 0;
     for (int64_t j = j0; j < end; ++j) {
-      if ((keys[j] >> high) == w) v.push_back(keys[j]);
+      if ((keys[j] >> high) == w) matched[c++] = keys[j];
     }
+    put(matched, c);
   }
 }
 
 // The last stage of radix_select: the keys under each slot's prefix (their bits from
-// `high` up equal to it) gathered from every chunk, then each target's key by
-// nth_element over its slot's keys at its remaining rank, with the keys below and
-// equal to it there.
+// `high` up equal to it) gathered from every chunk into one buffer per slot of exactly
+// its `open` keys (their count, known exactly), then each target's key by nth_element
+// over its slot's keys at its remaining rank, with the keys below and equal to it
+// there. The threads take their places in a buffer from an atomic count, a block of
+// matched keys at a time (collect_matching): the keys' order then depends on the
+// threads, their multiset and so the result does not.
 template <class Key, class KeysOfChunk>
 void radix_finish_by_collecting(int64_t nchunks, std::vector<RadixTarget>& targets, const RadixSlots& slots,
-                                int high, const std::vector<int64_t>& remaining, KeysOfChunk&& keys_of_chunk) {
-  const int threads = omp_get_max_threads();
+                                int high, const std::vector<int64_t>& remaining, const std::vector<int64_t>& open,
+                                KeysOfChunk&& keys_of_chunk) {
   const size_t nslots = slots.slot_prefix.size();
   const bool all = high >= int(8 * sizeof(Key));  // no prefix yet: every key (and no shift by the width)
-  std::vector<std::vector<Key>> got(size_t(threads) * nslots);  // per thread and slot
+  std::vector<PageArray<Key>> got(nslots);
+  std::unique_ptr<std::atomic<int64_t>[]> filled(new std::atomic<int64_t>[nslots]);
+  for (size_t q = 0; q < nslots; ++q) {
+    got[q].reset(size_t(open[q]));
+    filled[q].store(0, std::memory_order_relaxed);
+  }
+  std::atomic<bool> overflow{false};
 #pragma omp parallel for schedule(dynamic) if (nchunks > 1)
   for (int64_t i = 0; i < nchunks; ++i) {
-    std::vector<Key>* mine = got.data() + size_t(omp_get_thread_num()) * nslots;
     keys_of_chunk(i, slots.sources, [&](int a, const Key* keys, int64_t len) {
       for (int q : slots.slots_of[size_t(a)]) {
         const uint64_t want = slots.slot_prefix[size_t(q)];
-        collect_matching(keys, len, high, all, want, mine[size_t(q)]);
+        collect_matching(keys, len, high, all, want, [&](const Key* hits, int64_t c) {
+          const int64_t at = filled[size_t(q)].fetch_add(c, std::memory_order_relaxed);
+          if (at + c > open[size_t(q)]) {  // more keys than counted: a caller's wrong count
+            overflow.store(true, std::memory_order_relaxed);
+            return;
+          }
+          std::memcpy(got[size_t(q)].get() + at, hits, size_t(c) * sizeof(Key));
+        });
       }
     });
   }
   for (size_t q = 0; q < nslots; ++q) {
-    std::vector<Key> keys;
-    for (int th = 0; th < threads; ++th) {
-      std::vector<Key>& v = got[size_t(th) * nslots + q];
-      keys.insert(keys.end(), v.begin(), v.end());
-      std::vector<Key>().swap(v);
+    if (overflow.load() || filled[q].load() != open[q]) {
+      throw std::logic_error("radix_select: the keys under a prefix differ from their count");
     }
+  }
+  for (size_t q = 0; q < nslots; ++q) {
+    Key* keys = got[q].get();
+    const int64_t m = open[q];
     for (size_t t = 0; t < targets.size(); ++t) {
       if (size_t(slots.target_slot[t]) != q) continue;
       const int64_t r = remaining[t];
-      std::nth_element(keys.begin(), keys.begin() + r, keys.end());
-      const Key key = keys[size_t(r)];
+      std::nth_element(keys, keys + r, keys + m);
+      const Key key = keys[r];
       int64_t below = 0, equal = 0;
-      for (const Key k : keys) {
-        below += k < key ? 1 : 0;
-        equal += k == key ? 1 : 0;
+      for (int64_t j = 0; j < m; ++j) {
+        below += keys[j] < key ? 1 : 0;
+        equal += keys[j] == key ? 1 : 0;
       }
       targets[t].key = key;
       targets[t].below += below;
       targets[t].equal = equal;
     }
+    got[q].release();
   }
 }
 
@@ -167,12 +213,15 @@ void radix_finish_by_collecting(int64_t nchunks, std::vector<RadixTarget>& targe
 // as sink(index into sources, keys, count). Count: the histogram counter, uint32_t
 // (half the cache of uint64_t) unless a source has 2^32 keys or more. source_keys
 // (optional): each source's key count, where the caller knows it; sources with fewer
-// keys than the first pass's histograms have counters are collected at once (a
-// candidate window's few keys need no 2^16 counters per thread).
+// keys than the first pass's histograms have counters (and within the budget) are
+// collected at once (a candidate window's few keys need no 2^16 counters per thread).
+// budget: the bytes the histograms and collected keys may take (narrower digits where
+// 16-bit ones do not fit; see above); kNoMemoryBudget: 16-bit digits always.
 template <class Key, class Count, class KeysOfChunk>
 void radix_select(int64_t nchunks, std::vector<RadixTarget>& targets, KeysOfChunk&& keys_of_chunk,
-                  const std::vector<int64_t>* source_keys = nullptr) {
+                  const std::vector<int64_t>* source_keys = nullptr, uint64_t budget = kNoMemoryBudget) {
   if (targets.empty()) return;
+  constexpr int kWidth = int(8 * sizeof(Key));
   const int threads = omp_get_max_threads();
   const size_t ntargets = targets.size();
   std::vector<uint64_t> prefix(ntargets, 0);
@@ -181,9 +230,9 @@ void radix_select(int64_t nchunks, std::vector<RadixTarget>& targets, KeysOfChun
     remaining[t] = targets[t].rank;
     targets[t].below = 0;
   }
-  std::vector<Count> hist;
-  for (int shift = int(8 * sizeof(Key)) - kRadixDigitBits; shift >= 0; shift -= kRadixDigitBits) {
-    const bool first = shift + kRadixDigitBits >= int(8 * sizeof(Key));
+  PageArray<Count> hist;  // page_array.h: freed to the OS between passes
+  for (int done = 0; done < kWidth;) {  // done: the high bits every target's prefix holds
+    const bool first = done == 0;
     const detail::RadixSlots slots = detail::radix_slots(targets, prefix);
     const size_t nslots = slots.slot_prefix.size();
     if (!first || source_keys != nullptr) {
@@ -197,41 +246,45 @@ void radix_select(int64_t nchunks, std::vector<RadixTarget>& targets, KeysOfChun
       }
       int64_t open_keys = 0;
       for (int64_t o : open) open_keys += o;
-      const uint64_t hist_bytes = uint64_t(threads) * nslots * kRadixBins * sizeof(Count);
-      if (uint64_t(open_keys) * sizeof(Key) <= hist_bytes) {
-        std::vector<Count>().swap(hist);  // the first pass's histograms, before the keys
-        detail::radix_finish_by_collecting<Key>(nchunks, targets, slots, shift + kRadixDigitBits, remaining,
+      const uint64_t wide_hist_bytes = uint64_t(threads) * nslots * kRadixBins * sizeof(Count);
+      if (uint64_t(open_keys) * sizeof(Key) <= std::min(wide_hist_bytes, budget)) {
+        hist.release();  // the last pass's histograms, before the keys
+        detail::radix_finish_by_collecting<Key>(nchunks, targets, slots, kWidth - done, remaining, open,
                                                 keys_of_chunk);
         return;
       }
     }
-    hist.assign(size_t(threads) * nslots * kRadixBins, Count(0));
+    const int bits = std::min(kWidth - done, detail::radix_digit_bits(threads, nslots, sizeof(Count), budget));
+    const int shift = kWidth - done - bits;
+    const int64_t bins = int64_t(1) << bits;
+    hist.reset(size_t(threads) * nslots * size_t(bins));  // zeros; the last pass's freed first: never both
 #pragma omp parallel for schedule(dynamic) if (nchunks > 1)
     for (int64_t i = 0; i < nchunks; ++i) {
-      Count* h = hist.data() + size_t(omp_get_thread_num()) * nslots * kRadixBins;
+      Count* h = hist.get() + size_t(omp_get_thread_num()) * nslots * size_t(bins);
       keys_of_chunk(i, slots.sources, [&](int a, const Key* keys, int64_t len) {
         for (int q : slots.slots_of[size_t(a)]) {
-          detail::radix_count<Key, Count>(keys, len, shift, first, slots.slot_prefix[size_t(q)],
-                                          h + size_t(q) * kRadixBins);
+          detail::radix_count<Key, Count>(keys, len, shift, bits, first, slots.slot_prefix[size_t(q)],
+                                          h + size_t(q) * size_t(bins));
         }
       });
     }
     for (size_t t = 0; t < ntargets; ++t) {
       const size_t q = size_t(slots.target_slot[t]);
       int64_t cum = 0;
-      for (int64_t bin = 0; bin < kRadixBins; ++bin) {
+      for (int64_t bin = 0; bin < bins; ++bin) {
         uint64_t count = 0;
-        for (int th = 0; th < threads; ++th) count += hist[(size_t(th) * nslots + q) * kRadixBins + size_t(bin)];
+        for (int th = 0; th < threads; ++th) count += hist[(size_t(th) * nslots + q) * size_t(bins) + size_t(bin)];
         if (cum + int64_t(count) > remaining[t]) {
           remaining[t] -= cum;
           targets[t].below += cum;
           targets[t].equal = int64_t(count);
-          prefix[t] = (prefix[t] << kRadixDigitBits) | uint64_t(bin);
+          prefix[t] = (prefix[t] << bits) | uint64_t(bin);
           break;
         }
         cum += int64_t(count);
       }
     }
+    done += bits;
   }
   for (size_t t = 0; t < ntargets; ++t) targets[t].key = prefix[t];
 }

@@ -4,7 +4,10 @@
 // few keys under each prefix), heavily tied keys (one bin holds more keys than the
 // histograms: the second pass histograms), two ranks of one source under one prefix
 // and under two, and ranks 0 and n - 1; and, given the sources' key counts, sources
-// small enough to be collected without a histogram. Exits 1 on the first difference.
+// small enough to be collected without a histogram; each without a memory budget
+// (16-bit digits) and under budgets that narrow the digits (11 + 11 + 10 bits and
+// the like, down to 8-bit digits with nothing collected under a zero budget). Exits
+// 1 on the first difference.
 #include <omp.h>
 
 #include <algorithm>
@@ -20,7 +23,7 @@ namespace {
 
 template <class Key>
 bool check(const char* what, const std::vector<std::vector<Key>>& sources, const std::vector<RadixTarget>& want_targets,
-           bool with_counts) {
+           bool with_counts, uint64_t budget) {
   std::vector<RadixTarget> targets = want_targets;
   std::vector<int64_t> counts;  // with_counts: each source's keys (few enough are collected at once)
   for (const auto& v : sources) counts.push_back(int64_t(v.size()));
@@ -35,16 +38,17 @@ bool check(const char* what, const std::vector<std::vector<Key>>& sources, const
       if (mid > p0) sink(int(a), s.data() + p0, mid - p0);
       if (p1 > mid) sink(int(a), s.data() + mid, p1 - mid);
     }
-  }, with_counts ? &counts : nullptr);
+  }, with_counts ? &counts : nullptr, budget);
+  std::vector<std::vector<Key>> sorted_sources = sources;
+  for (auto& v : sorted_sources) std::sort(v.begin(), v.end());
   for (const RadixTarget& t : targets) {
-    std::vector<Key> sorted = sources[size_t(t.source)];
-    std::sort(sorted.begin(), sorted.end());
+    const std::vector<Key>& sorted = sorted_sources[size_t(t.source)];
     const Key key = sorted[size_t(t.rank)];
     const int64_t below = std::lower_bound(sorted.begin(), sorted.end(), key) - sorted.begin();
     const int64_t equal = std::upper_bound(sorted.begin(), sorted.end(), key) - sorted.begin() - below;
     if (Key(t.key) != key || t.below != below || t.equal != equal) {
-      std::printf("%s: source %d rank %lld: got key %llx below %lld equal %lld, want %llx %lld %lld\n", what,
-                  t.source, (long long)t.rank, (unsigned long long)t.key, (long long)t.below, (long long)t.equal,
+      std::printf("%s (budget %llu): source %d rank %lld: got key %llx below %lld equal %lld, want %llx %lld %lld\n",
+                  what, (unsigned long long)budget, t.source, (long long)t.rank, (unsigned long long)t.key, (long long)t.below, (long long)t.equal,
                   (unsigned long long)key, (long long)below, (long long)equal);
       return false;
     }
@@ -53,7 +57,7 @@ bool check(const char* what, const std::vector<std::vector<Key>>& sources, const
 }
 
 template <class Key>
-bool run(const char* what, std::mt19937_64& rng, int64_t n, bool with_counts) {
+bool run(const char* what, std::mt19937_64& rng, int64_t n, bool with_counts, uint64_t budget) {
   // n = 300,000: more tied keys than the histograms hold; 5,000: fewer (with_counts:
   // collected without a histogram).
   std::vector<std::vector<Key>> sources(4, std::vector<Key>(size_t(n)));
@@ -74,13 +78,13 @@ bool run(const char* what, std::mt19937_64& rng, int64_t n, bool with_counts) {
   }
   // All targets at once (many slots: the second pass collects), then each source
   // alone (one or a few slots: the tied sources' second pass histograms).
-  if (!check<Key>(what, sources, targets, with_counts)) return false;
+  if (!check<Key>(what, sources, targets, with_counts, budget)) return false;
   for (int s = 0; s < 4; ++s) {
     std::vector<RadixTarget> own;
     for (const RadixTarget& t : targets) {
       if (t.source == s) own.push_back(t);
     }
-    if (!check<Key>(what, sources, own, with_counts)) return false;
+    if (!check<Key>(what, sources, own, with_counts, budget)) return false;
   }
   return true;
 }
@@ -93,13 +97,17 @@ int main() {
     omp_set_num_threads(threads);
     for (int64_t n : {int64_t(300000), int64_t(5000)}) {
       for (bool with_counts : {false, true}) {
-        if (!run<uint32_t>("32-bit keys", rng, n, with_counts) || !run<uint64_t>("64-bit keys", rng, n, with_counts)) {
-          return 1;
+        // No budget; 48 KiB (11- to 13-bit digits, some collected); 0 (8-bit digits, none).
+        for (uint64_t budget : {kNoMemoryBudget, uint64_t(48) << 10, uint64_t(0)}) {
+          if (!run<uint32_t>("32-bit keys", rng, n, with_counts, budget) ||
+              !run<uint64_t>("64-bit keys", rng, n, with_counts, budget)) {
+            return 1;
+          }
         }
       }
     }
   }
   std::printf("radix_select: every rank equal to sorting (32- and 64-bit keys, 1 to 3 threads, with and without "
-              "the sources' key counts)\n");
+              "the sources' key counts, 16-bit digits and narrower ones under memory budgets)\n");
   return 0;
 }
