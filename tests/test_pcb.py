@@ -498,3 +498,17 @@ def test_triton_compiles_for_gpu_without_fma():
     from conftest import run_triton_compile_check
 
     run_triton_compile_check(_COMPILE_CHECK)
+
+
+@pytest.mark.parametrize("memory", ["0", "4000000000"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpp_selection_memory_budget(monkeypatch, memory, dtype):
+    """M2N2_SELECTION_MEMORY, the call's memory budget (task_merge_kernels.h): 0 selects
+    the clamp bounds and the drop thresholds with 8-bit radix digits and nothing
+    collected, 4 GB with 16-bit ones; the same bits as the reference either way."""
+    monkeypatch.setenv("M2N2_SELECTION_MEMORY", memory)
+    base, models = make_models([(70001,), (300, 7)], dtype, 3, seed=5)
+    for scope in ("tensor", "global"):
+        kw = dict(ratio=0.2, lam=0.7, scope=scope, clamp=1e-3)
+        assert_same_bits(pcb_merge(base, models, backend="cpp", **kw), pcb_merge(base, models, backend="torch", **kw),
+                         scope)

@@ -1434,6 +1434,9 @@ def test_triton_compiles_for_gpu_without_fma():
 # fit), the radix passes select instead. Both paths must equal the reference bit
 # for bit; M2N2_TIES_SELECT=window makes a fallback an error, so each case also
 # asserts which path ran. Units of >= 2^21 elements: smaller ones skip the window.
+# The candidates of a unit stay within the call's memory budget (0.5% of its inputs,
+# 512 KiB at least: task_merge_kernels.h), which the cases here (one tensor) hold at
+# the least.
 # ---------------------------------------------------------------------------
 
 WINDOW_N = 1 << 21
@@ -1472,8 +1475,10 @@ def ties_by(select, monkeypatch, base, models, **kw):
 @pytest.mark.parametrize("kind,dtype,density,rescale,path", [
     ("normal", torch.float32, 0.2, None, "window"),
     ("normal", torch.bfloat16, 0.2, None, "window"),  # bf16 deltas tie at lo and hi: few keys inside
-    ("normal", torch.float16, 0.2, None, "radix"),  # 2^21: K = 3 windows of 2-byte inputs exceed the memory cap
-    ("normal", torch.float64, 0.2, None, "window"),
+    ("normal", torch.float16, 0.2, None, "window"),
+    # 8-byte keys: K = 3 windows' candidates (~0.8% of the inputs) exceed the call's memory budget (0.5%)
+    ("normal", torch.float64, 0.2, None, "radix"),
+    ("normal", torch.float64, 0.02, None, "window"),  # a narrower window: within it
     ("normal", torch.bfloat16, 0.2, "l1", "window"),
     ("normal", torch.float32, 1 / WINDOW_N, None, "window"),  # k = 1
     ("normal", torch.float32, 0.999, None, "window"),
@@ -1551,11 +1556,48 @@ def test_cpp_ties_window_global_scope_and_small_units(monkeypatch):
                 ties_by("window", monkeypatch, base, models, **kw)
 
 
+@pytest.mark.parametrize("memory,path", [("0", "radix"), ("4000000000", "window")])
+def test_cpp_selection_memory_budget(monkeypatch, memory, path):
+    """M2N2_SELECTION_MEMORY overrides the call's memory budget (task_merge_kernels.h).
+    0: every radix digit 8 bits wide (4 passes over 32-bit keys, 8 over 64-bit ones),
+    nothing collected and no room for a window's candidates (the radix passes select);
+    4 GB: 16-bit digits, and the window's sample stored rather than recomputed in each
+    of its passes. TIES and Model Breadcrumbs over a window-sized fp32 tensor and a
+    small fp64 one (64-bit keys; one unit of them with the global scope): equal to the
+    reference either way."""
+    monkeypatch.setenv("M2N2_SELECTION_MEMORY", memory)
+    b1, m1 = window_case("normal", torch.float32, seed=5)
+    b2, m2 = window_case("grid", torch.float64, n=5000, seed=6)
+    base = [b1, b2]
+    models = [[x, y] for x, y in zip(m1, m2)]
+    w = [0.5, 1.0, -0.25]
+    for scope in ("tensor", "global"):
+        for kw in (dict(sparsify="magnitude", density=0.2, consensus="sum", normalize=True, lam=0.7),
+                   dict(sparsify="magnitude_outliers", density=0.3, gamma=0.02, rescale="l1", lam=0.7)):
+            want = task_merge(base, models, w, backend="torch", scope=scope, **kw)
+            got = task_merge(base, models, w, backend="cpp", scope=scope, **kw)
+            for x, y in zip(got, want):
+                if x.dtype == torch.float64 and "rescale" in kw:  # an ulp of the l1 ratio, as above
+                    torch.testing.assert_close(x, y, rtol=4e-16, atol=4e-16 * float(b2.abs().max()))
+                else:
+                    assert torch.equal(x, y), (scope, kw["sparsify"], (x != y).sum())
+    if path == "window":
+        ties_by("window", monkeypatch, b1, m1, density=0.2)
+    else:
+        with pytest.raises(RuntimeError, match="needed the radix passes"):
+            ties_by("window", monkeypatch, b1, m1, density=0.2)
+
+
 def test_cpp_ties_select_env_checked(monkeypatch):
     base, models = window_case("normal", torch.float32, n=100)
     monkeypatch.setenv("M2N2_TIES_SELECT", "fast")
     with pytest.raises(ValueError, match="M2N2_TIES_SELECT"):
         task_merge(base, models, [1.0, 1.0, 1.0], backend="cpp", sparsify="magnitude", density=0.5)
+    monkeypatch.setenv("M2N2_TIES_SELECT", "auto")
+    for bad in ("-1", "1e6", "lots"):
+        monkeypatch.setenv("M2N2_SELECTION_MEMORY", bad)
+        with pytest.raises(ValueError, match="M2N2_SELECTION_MEMORY"):
+            task_merge(base, models, [1.0, 1.0, 1.0], backend="cpp", sparsify="magnitude", density=0.5)
 
 
 @pytest.mark.parametrize("scope", ["tensor", "global"])

@@ -24,7 +24,8 @@ void pcb_merge_out_cpu(at::TensorList base, at::TensorList models, at::TensorLis
     for (int64_t k = 0; k < K; ++k) t.models.push_back(models[k * L + i].data_ptr());
     tensors.push_back(std::move(t));
   }
-  cpu::pcb_merge(tensors, {s.ratio, s.lam, s.clamp, s.global_scope, int(K)});
+  cpu::pcb_merge(tensors,
+                 {s.ratio, s.lam, s.clamp, s.global_scope, int(K), cpu::selection_memory_budget(tensors, int(K))});
 }
 
 }  // namespace

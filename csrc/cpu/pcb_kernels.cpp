@@ -268,13 +268,13 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, const std::vector<PcbStats
 
 // ---- one unit ----------------------------------------------------------------------------
 
-// radix_select with the narrowest counter that holds n.
+// radix_select with the narrowest counter that holds n, within the call's memory budget.
 template <class Key, class Source>
-void select_ranks(int64_t n, int64_t nchunks, std::vector<RadixTarget>& targets, Source&& source) {
+void select_ranks(int64_t n, int64_t nchunks, std::vector<RadixTarget>& targets, uint64_t budget, Source&& source) {
   if (n < (int64_t(1) << 32)) {
-    radix_select<Key, uint32_t>(nchunks, targets, source);
+    radix_select<Key, uint32_t>(nchunks, targets, source, nullptr, budget);
   } else {
-    radix_select<Key, uint64_t>(nchunks, targets, source);
+    radix_select<Key, uint64_t>(nchunks, targets, source, nullptr, budget);
   }
 }
 
@@ -336,7 +336,7 @@ void merge_unit(const std::vector<TaskTensor>& ts, const PcbConfig& cfg) {
   if (extreme_bounds() && extreme_selectable(bounds, n)) {
     extreme_select<Key>(nchunks, n, bounds, magnitudes);  // ranks near the ends (c = 1e-4): one pass
   } else {
-    select_ranks<Key>(n, nchunks, bounds, magnitudes);
+    select_ranks<Key>(n, nchunks, bounds, cfg.memory_budget, magnitudes);
   }
   for (int k = 0; k < K; ++k) {
     stats[size_t(k)].lo = magnitude_from_key<U>(Key(bounds[size_t(2 * k)].key));
@@ -345,7 +345,7 @@ void merge_unit(const std::vector<TaskTensor>& ts, const PcbConfig& cfg) {
 
   // Pass 2: the drop threshold, rank int(n (1 - ratio)) of g_k, and the maximum, rank n - 1.
   std::vector<RadixTarget> drops = rank_pairs(K, int64_t(nd * (1.0 - cfg.ratio)), n - 1);
-  select_ranks<Key>(n, nchunks, drops, [&](int64_t i, const std::vector<int>& models, auto&& sink) {
+  select_ranks<Key>(n, nchunks, drops, cfg.memory_budget, [&](int64_t i, const std::vector<int>& models, auto&& sink) {
     const Chunk& c = chunks[size_t(i)];
     with_storage_type<U>(ts[c.tensor].dtype, [&](auto tag) {
       score_keys_chunk<decltype(tag), U>(ts[c.tensor], c, models, stats, sink);

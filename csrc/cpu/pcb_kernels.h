@@ -7,7 +7,8 @@
 // stored), then one fused pass that scores, scales, mixes and writes. Work is cut into
 // chunks whose boundaries do not depend on the thread count and every element's
 // result depends on the unit's order statistics alone, so results do not depend on
-// the threads. Extra memory: histograms and per-model scalars.
+// the threads. Extra memory: histograms (narrower digits where the call's memory
+// budget asks: radix_select.h) and per-model scalars.
 #pragma once
 
 #include <vector>
@@ -22,6 +23,7 @@ struct PcbConfig {
   double clamp;       // the magnitude clamp's ratio, in [0, 0.5)
   bool global_scope;  // one unit for the whole list (else one per position)
   int models;         // K
+  uint64_t memory_budget = ~uint64_t(0);  // bytes its radix selections may hold (TaskMergeConfig's)
 };
 
 void pcb_merge(const std::vector<TaskTensor>& tensors, const PcbConfig& config);

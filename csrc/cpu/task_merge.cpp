@@ -37,6 +37,7 @@ void task_merge_out_cpu(at::TensorList base, at::TensorList models, at::TensorLi
     for (int64_t k = 0; k < K; ++k) t.models.push_back(models[k * L + i].data_ptr());
     tensors.push_back(std::move(t));
   }
+  cfg.memory_budget = cpu::selection_memory_budget(tensors, int(K));
   cpu::task_merge(tensors, cfg);
 }
 

@@ -5,6 +5,7 @@
 
 #include "dare_draws.h"
 #include "isa_clones.h"
+#include "page_array.h"
 #include "radix_select.h"
 
 #include <algorithm>
@@ -272,11 +273,11 @@ void magnitude_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector
 
 // Each partly keeping model's threshold: the key of its keep-th largest |d| (ascending
 // rank n - keep), how many of the ties at it to keep (lowest index first) and whether
-// that is fewer than all of them. Count as in radix_select.
+// that is fewer than all of them. Count and budget (bytes) as in radix_select.
 template <class Key, class Count>
 void select_thresholds(const std::vector<TaskTensor>& ts, const std::vector<Chunk>& chunks,
                        std::vector<ModelPlan>& plans, const std::vector<int64_t>& keep, int64_t n,
-                       const std::vector<char>& selected) {
+                       const std::vector<char>& selected, uint64_t budget) {
   std::vector<RadixTarget> targets;
   for (int k = 0; k < int(plans.size()); ++k) {
     if (!plans[k].selects() || selected[size_t(k)]) continue;
@@ -289,7 +290,7 @@ void select_thresholds(const std::vector<TaskTensor>& ts, const std::vector<Chun
     const Chunk& c = chunks[size_t(i)];
     const TaskTensor& t = ts[c.tensor];
     with_storage_type(t.dtype, [&](auto tag) { magnitude_keys_chunk<decltype(tag), Key>(t, c, models, sink); });
-  });
+  }, nullptr, budget);
   for (const RadixTarget& target : targets) {
     ModelPlan& p = plans[size_t(target.source)];
     const int64_t above = n - target.below - target.equal;
@@ -317,7 +318,11 @@ void select_thresholds(const std::vector<TaskTensor>& ts, const std::vector<Chun
 // same; only the time differs. Keys equal to lo or hi are counted rather than stored,
 // so a heavily tied value (bf16 deltas) at an end of the window costs no memory.
 // Passes over the inputs: the sample's fraction + 1, against 2 radix passes (+ 1
-// statistics pass for partly kept ties) before.
+// statistics pass for partly kept ties) before. Memory, within the call's budget
+// (TaskMergeConfig::memory_budget): the sample is stored where it takes at most half
+// of it, else its keys are recomputed from the inputs in each pass of its selection;
+// the candidates of all models take at most kWindowBudgetShare of it, their own
+// selection the rest.
 
 constexpr int64_t kWindowMinN = int64_t(1) << 21;  // smaller units: radix (the sample would be a large part)
 // The window's width in ranks is ~ 2 kSampleSigmas sqrt(q (1 - q) / m) n for a sample
@@ -331,8 +336,9 @@ constexpr int64_t kWindowMinN = int64_t(1) << 21;  // smaller units: radix (the 
 constexpr int64_t kSampleBlock = 32;                // elements per sample block: 1, 2 or 4 cache lines (2-, 4-, 8-byte)
 constexpr int64_t kSampleKeys = int64_t(1) << 19;   // sampled keys per model, at most
 constexpr double kSampleSigmas = 4.0;
-// Candidate memory cap, as a fraction of the unit's input bytes (base + K models).
-constexpr double kWindowMemory = 0.01;
+// The candidates' share of the call's memory budget: the rest is left to their own
+// selection (radix_select over them: histograms, or the candidates collected once).
+constexpr double kWindowBudgetShare = 0.75;
 
 // M2N2_TIES_SELECT: unset or "auto" (window, radix where it misses), "radix" (the
 // radix passes only: the A/B baseline), "window" (as auto, but a model that needs the
@@ -384,7 +390,7 @@ struct ModelWindow {
   int model = 0;
   Key lo = 0, hi = 0;
   int64_t cap_per_thread = 0;
-  std::unique_ptr<Key[]> buf;  // threads x cap_per_thread, uninitialised: pages fault in as used
+  PageArray<Key> buf;  // threads x cap_per_thread, mapped (page_array.h): only the pages written count
 };
 
 // Per (chunk, window) counts of the candidate pass.
@@ -394,73 +400,114 @@ struct WindowCounts {
   int thread = 0;
 };
 
-// The sample: kSampleKeys / kSampleBlock blocks of contiguous elements, block j
-// starting at the multiple of kSampleBlock just below (j + 1/2) n / blocks -
-// kSampleBlock / 2, so that its lines are whole (a block is cut at its chunk's end).
-// Where block j's keys go in the sample is fixed before any is read, so the blocks
-// are read in parallel and the sample does not depend on the threads.
+// The sample: kSampleKeys / kSampleBlock blocks of contiguous elements (n / 16 keys
+// at most), block j starting at the multiple of kSampleBlock just below (j + 1/2) n /
+// blocks - kSampleBlock / 2, so that its lines are whole (a block is cut at its
+// chunk's end). Each block follows from j alone (never stored), so the blocks are read
+// in parallel and the sample (a multiset of keys) does not depend on the threads.
 struct SampleBlock {
   int64_t tensor, i0, i1;  // elements [i0, i1) of position `tensor`
-  int64_t at;              // index of its first key in the sample
 };
 
-inline std::vector<SampleBlock> sample_blocks(const std::vector<Chunk>& chunks, int64_t n) {
-  const int64_t blocks = std::min(kSampleKeys, n / 16) / kSampleBlock;
-  std::vector<SampleBlock> out;
-  out.reserve(size_t(blocks));
-  size_t ci = 0;
-  int64_t at = 0;
-  for (int64_t j = 0; j < blocks; ++j) {
-    const int64_t centre = int64_t((double(j) + 0.5) * double(n) / double(blocks));
-    const int64_t aligned = (centre - kSampleBlock / 2) / kSampleBlock * kSampleBlock;
-    const int64_t start = std::clamp<int64_t>(aligned, 0, n - kSampleBlock);
-    while (ci + 1 < chunks.size() && chunks[ci + 1].flat <= start) ++ci;  // starts ascend with j
-    const Chunk& c = chunks[ci];
-    const int64_t i0 = c.begin + (start - c.flat);
-    const int64_t i1 = std::min(c.end, i0 + kSampleBlock);
-    out.push_back({c.tensor, i0, i1, at});
-    at += i1 - i0;
-  }
-  return out;
+inline int64_t sample_block_count(int64_t n) { return std::min(kSampleKeys, n / 16) / kSampleBlock; }
+
+inline SampleBlock sample_block(const std::vector<Chunk>& chunks, int64_t n, int64_t blocks, int64_t j) {
+  const int64_t centre = int64_t((double(j) + 0.5) * double(n) / double(blocks));
+  const int64_t aligned = (centre - kSampleBlock / 2) / kSampleBlock * kSampleBlock;
+  const int64_t start = std::clamp<int64_t>(aligned, 0, n - kSampleBlock);
+  // The last chunk starting at or before `start` (chunks ascend in flat index).
+  const auto after = std::upper_bound(chunks.begin(), chunks.end(), start,
+                                      [](int64_t i, const Chunk& c) { return i < c.flat; });
+  const Chunk& c = *(after - 1);
+  const int64_t i0 = c.begin + (start - c.flat);
+  return {c.tensor, i0, std::min(c.end, i0 + kSampleBlock)};
 }
 
-// One model's sample, its blocks read in parallel. A block is whole cache lines of
-// the model and of the base, so the read costs the lines the blocks touch, not the
-// keys they hold.
-template <class Key>
-std::vector<Key> sample_keys(const std::vector<TaskTensor>& ts, const std::vector<SampleBlock>& blocks, int k) {
-  const int64_t m = blocks.empty() ? 0 : blocks.back().at + (blocks.back().i1 - blocks.back().i0);
-  std::vector<Key> out(static_cast<size_t>(m));
-  const int64_t nblocks = int64_t(blocks.size());
-#pragma omp parallel for schedule(static) if (nblocks > 1)
-  for (int64_t j = 0; j < nblocks; ++j) {
-    const SampleBlock& blk = blocks[size_t(j)];
+// Model k's sample keys of blocks [j0, j1) of `blocks`, handed to sink(0, keys,
+// count) a block at a time. A block is whole cache lines of the model and of the
+// base, so the read costs the lines the blocks touch, not the keys they hold.
+template <class Key, class Sink>
+void sample_block_keys(const std::vector<TaskTensor>& ts, const std::vector<Chunk>& chunks, int64_t n,
+                       int64_t blocks, int k, int64_t j0, int64_t j1, Sink&& sink) {
+  alignas(64) Key keys[kSampleBlock];
+  for (int64_t j = j0; j < j1; ++j) {
+    const SampleBlock blk = sample_block(chunks, n, blocks, j);
     const TaskTensor& t = ts[size_t(blk.tensor)];
     with_storage_type(t.dtype, [&](auto tag) {
       using T = decltype(tag);
       const T* base = static_cast<const T*>(t.base);
       const T* mk = model_ptr<T>(t, k);
-      Key* dst = out.data() + blk.at - blk.i0;
-      for (int64_t i = blk.i0; i < blk.i1; ++i) dst[i] = key_of<Key>(to_compute(mk[i]) - to_compute(base[i]));
+      for (int64_t i = blk.i0; i < blk.i1; ++i) keys[i - blk.i0] = key_of<Key>(to_compute(mk[i]) - to_compute(base[i]));
     });
+    sink(0, keys, blk.i1 - blk.i0);
   }
-  return out;
 }
 
-// The keys of ranks lo_i and hi_i of a sample (0 and ~0 where the rank lies outside
-// it) and how many keys lie strictly between them, by radix selection over the
-// sample in pieces (in parallel, where two nth_elements ran on one thread).
+// The sample's layout: its blocks, cut into kSamplePieces pieces of consecutive
+// blocks (read in parallel), and where each piece's keys start in the sample.
+constexpr int64_t kSamplePieces = 64;
+
+struct SampleLayout {
+  int64_t blocks = 0;
+  std::vector<int64_t> piece_at;  // kSamplePieces + 1: piece i's keys are [piece_at[i], piece_at[i + 1])
+
+  int64_t keys() const { return piece_at.back(); }
+  int64_t first_block(int64_t piece) const { return blocks * piece / kSamplePieces; }
+};
+
+inline SampleLayout sample_layout(const std::vector<Chunk>& chunks, int64_t n) {
+  SampleLayout s;
+  s.blocks = sample_block_count(n);
+  s.piece_at.assign(size_t(kSamplePieces + 1), 0);
+  for (int64_t i = 0; i < kSamplePieces; ++i) {
+    int64_t keys = 0;
+    for (int64_t j = s.first_block(i); j < s.first_block(i + 1); ++j) {
+      const SampleBlock blk = sample_block(chunks, n, s.blocks, j);
+      keys += blk.i1 - blk.i0;
+    }
+    s.piece_at[size_t(i + 1)] = s.piece_at[size_t(i)] + keys;
+  }
+  return s;
+}
+
+// Model k's window from its sample: the keys of ranks lo_i and hi_i (0 and ~0 where
+// the rank lies outside it) and how many keys lie strictly between them, by radix
+// selection over the sample in pieces (in parallel). The sample is stored where it
+// takes at most half the budget (bytes), its selection then in the rest; else its
+// keys are recomputed from the inputs in each pass of the selection (no storage: a
+// few more reads of its blocks). The same multiset either way, so the same window.
 template <class Key>
-void sample_window(const std::vector<Key>& s, int64_t lo_i, int64_t hi_i, Key& lo, Key& hi, int64_t& inside) {
-  const int64_t m = int64_t(s.size());
-  constexpr int64_t kPieces = 16;
+void sample_window(const std::vector<TaskTensor>& ts, const std::vector<Chunk>& chunks, int64_t n,
+                   const SampleLayout& layout, int k, int64_t lo_i, int64_t hi_i, uint64_t budget, Key& lo, Key& hi,
+                   int64_t& inside) {
+  const int64_t m = layout.keys();
   std::vector<RadixTarget> targets(2);
   targets[0].rank = std::clamp<int64_t>(lo_i, 0, m - 1);
   targets[1].rank = std::clamp<int64_t>(hi_i, 0, m - 1);
-  radix_select<Key, uint32_t>(kPieces, targets, [&](int64_t i, const std::vector<int>&, auto&& sink) {
-    const int64_t p0 = m * i / kPieces, p1 = m * (i + 1) / kPieces;
-    if (p1 > p0) sink(0, s.data() + p0, p1 - p0);
-  });
+  const auto piece_keys = [&](int64_t i, auto&& sink) {
+    sample_block_keys<Key>(ts, chunks, n, layout.blocks, k, layout.first_block(i), layout.first_block(i + 1), sink);
+  };
+  const uint64_t sample_bytes = uint64_t(m) * sizeof(Key);
+  if (sample_bytes <= budget / 2) {
+    PageArray<Key> s{size_t(m)};
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < kSamplePieces; ++i) {
+      Key* dst = s.get() + layout.piece_at[size_t(i)];
+      piece_keys(i, [&](int, const Key* keys, int64_t len) {
+        std::memcpy(dst, keys, size_t(len) * sizeof(Key));
+        dst += len;
+      });
+    }
+    radix_select<Key, uint32_t>(kSamplePieces, targets, [&](int64_t i, const std::vector<int>&, auto&& sink) {
+      const int64_t p0 = layout.piece_at[size_t(i)], p1 = layout.piece_at[size_t(i + 1)];
+      if (p1 > p0) sink(0, s.get() + p0, p1 - p0);
+    }, nullptr, budget - sample_bytes);
+  } else {
+    const std::vector<int64_t> sample_size{m};  // a small sample is collected at once, as the candidates
+    radix_select<Key, uint32_t>(kSamplePieces, targets, [&](int64_t i, const std::vector<int>&, auto&& sink) {
+      piece_keys(i, sink);
+    }, &sample_size, budget);
+  }
   const RadixTarget &l = targets[0], &h = targets[1];
   lo = lo_i >= 0 ? Key(l.key) : Key(0);
   hi = hi_i < m ? Key(h.key) : ~Key(0);
@@ -533,27 +580,24 @@ void window_chunk(const TaskTensor& t, const Chunk& c, std::vector<ModelWindow<K
 template <class Key>
 void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vector<Chunk>& chunks,
                               std::vector<ModelPlan>& plans, const std::vector<int64_t>& keep, int64_t n,
-                              int input_models, std::vector<char>& selected) {
+                              uint64_t memory_budget, std::vector<char>& selected) {
   if (n < kWindowMinN) return;
   const int threads = omp_get_max_threads();
   const int64_t nchunks = int64_t(chunks.size());
-  int64_t input_bytes = 0;
-  for (const TaskTensor& t : ts) input_bytes += int64_t(input_models + 1) * t.numel * dtype_bytes(t.dtype);
   // The cap on the candidates of all models and threads together (one atomic count,
   // so that a thread whose chunks hold more of the window than others may use the
-  // room they leave). Each model's buffer is reserved per thread for twice its
-  // expected candidates but left untouched (uninitialised): only the pages written
-  // count, and this cap bounds them.
-  const int64_t budget = int64_t(kWindowMemory * double(input_bytes)) / int64_t(sizeof(Key));
+  // room they leave): kWindowBudgetShare of the call's budget. Each model's buffer is
+  // reserved per thread for twice its expected candidates, mapped (page_array.h): only
+  // the pages written count, and this cap bounds them.
+  const int64_t budget = int64_t(std::min(kWindowBudgetShare * double(memory_budget), 0x1p60)) / int64_t(sizeof(Key));
 
-  const std::vector<SampleBlock> blocks = sample_blocks(chunks, n);
+  const SampleLayout layout = sample_layout(chunks, n);
+  const int64_t m = layout.keys();  // keys per model's sample
   int64_t budget_left = budget;
   std::vector<ModelWindow<Key>> wins;
   for (int k = 0; k < int(plans.size()); ++k) {
     const ModelPlan& p = plans[k];
     if (!p.selects()) continue;
-    const std::vector<Key> s = sample_keys<Key>(ts, blocks, k);
-    const int64_t m = int64_t(s.size());
     const double q = double(n - keep[k]) / double(n);  // ascending rank of the k-th largest, as a fraction
     const double margin = kSampleSigmas * std::sqrt(double(m) * q * (1.0 - q)) + 2.0;
     const int64_t lo_i = int64_t(std::floor(q * double(m) - margin));
@@ -563,7 +607,7 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
     // The sample's share strictly inside (lo, hi): what the pass will store (keys equal
     // to lo or hi are only counted, which matters where 2-byte deltas tie heavily).
     int64_t inside = 0;
-    sample_window<Key>(s, lo_i, hi_i, w.lo, w.hi, inside);
+    sample_window<Key>(ts, chunks, n, layout, k, lo_i, hi_i, memory_budget, w.lo, w.hi, inside);
     const double expect = double(inside) / double(m);
     // Expected candidates beyond what is left of the cap: this model's window would
     // likely overflow and waste its share of the pass; radix selects it instead.
@@ -571,7 +615,7 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
     if (expected > budget_left) continue;
     budget_left -= expected;
     w.cap_per_thread = std::min(budget, int64_t(2.0 * expect * double(n))) + 2 * kTile;
-    w.buf.reset(new Key[size_t(w.cap_per_thread * threads)]);
+    w.buf.reset(size_t(w.cap_per_thread * threads));
     wins.push_back(std::move(w));
   }
   if (wins.empty()) return;
@@ -636,8 +680,9 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
   }
   // The candidates' exact order statistics: radix selection over the candidates only
   // (~1% of the keys), each chunk's segment in place (their chunk order is kept for
-  // the ties below).
+  // the ties below), in what the candidates leave of the budget.
   if (!targets.empty()) {
+    const uint64_t stored = uint64_t(total_used.load()) * sizeof(Key);
     std::vector<int64_t> candidates(A, 0);  // per window: its keys, so that few are collected, not histogrammed
     for (int64_t i = 0; i < nchunks; ++i) {
       for (size_t a = 0; a < A; ++a) candidates[a] += counts[size_t(i) * A + a].mid;
@@ -653,7 +698,7 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
             }
           }
         },
-        &candidates);
+        &candidates, memory_budget - std::min(memory_budget, stored));
     for (const RadixTarget& target : targets) {
       const size_t a = size_t(target.source);
       ModelPlan& p = plans[size_t(wins[a].model)];
@@ -1132,6 +1177,7 @@ int64_t keep_count(double rho, int64_t n) {
 
 template <class Key>
 void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg, SelectMode mode) {
+  const uint64_t budget = cfg.memory_budget;
   const int K = int(cfg.weights.size());
   const bool outliers = cfg.sparsify == Sparsify::kOutliers;
   const bool magnitude = cfg.sparsify == Sparsify::kMagnitude || outliers;
@@ -1193,16 +1239,16 @@ void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg
   }
   if (magnitude) {
     std::vector<char> selected(size_t(V), 0);
-    if (mode != SelectMode::kRadix) select_thresholds_window<Key>(ts, chunks, plans, keep, n, K, selected);
+    if (mode != SelectMode::kRadix) select_thresholds_window<Key>(ts, chunks, plans, keep, n, budget, selected);
     for (int k = 0; k < V; ++k) {
       if (mode == SelectMode::kWindowStrict && !selected[size_t(k)] && plans[k].selects()) {
         throw std::runtime_error("M2N2_TIES_SELECT=window: a TIES threshold needed the radix passes");
       }
     }
     if (n < (int64_t(1) << 32)) {
-      select_thresholds<Key, uint32_t>(ts, chunks, plans, keep, n, selected);
+      select_thresholds<Key, uint32_t>(ts, chunks, plans, keep, n, selected, budget);
     } else {
-      select_thresholds<Key, uint64_t>(ts, chunks, plans, keep, n, selected);
+      select_thresholds<Key, uint64_t>(ts, chunks, plans, keep, n, selected, budget);
     }
   }
 
@@ -1286,6 +1332,21 @@ void merge_unit_any(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cf
 }
 
 }  // namespace
+
+uint64_t selection_memory_budget(const std::vector<TaskTensor>& tensors, int models) {
+  const char* v = std::getenv("M2N2_SELECTION_MEMORY");
+  if (v != nullptr && *v != '\0') {
+    char* end = nullptr;
+    const unsigned long long bytes = std::strtoull(v, &end, 10);
+    if (*end != '\0' || *v == '-') throw std::invalid_argument("M2N2_SELECTION_MEMORY must be a number of bytes");
+    return uint64_t(bytes);
+  }
+  double input_bytes = 0.0;
+  for (const TaskTensor& t : tensors) {
+    input_bytes += double(models + 1) * double(t.numel) * double(dtype_bytes(t.dtype));
+  }
+  return std::max(kSelectionMemoryMin, uint64_t(kSelectionMemory * input_bytes));
+}
 
 void task_merge(const std::vector<TaskTensor>& tensors, const TaskMergeConfig& config) {
   const SelectMode mode = select_mode();
