@@ -39,12 +39,18 @@ inline int64_t extreme_depth(int64_t rank, int64_t n) { return std::min(rank + 1
 inline bool extreme_from_top(int64_t rank, int64_t n) { return n - rank < rank + 1; }
 
 // Whether extreme_select serves every target: each within kExtremeMaxDepth keys and
-// within n / kExtremeMaxFraction of an end (so that the buffers stay small).
-inline bool extreme_selectable(const std::vector<RadixTarget>& targets, int64_t n) {
+// within n / kExtremeMaxFraction of an end (so that the buffers stay small), and the
+// buffers at their fullest (threads x targets x (2k + kExtremeSlack) keys of key_bytes)
+// within budget_bytes (the call's selection memory: task_merge_kernels.h).
+inline bool extreme_selectable(const std::vector<RadixTarget>& targets, int64_t n, size_t key_bytes,
+                               uint64_t budget_bytes) {
   const int64_t max_depth = std::min(kExtremeMaxDepth, std::max<int64_t>(1, n / kExtremeMaxFraction));
-  return std::all_of(targets.begin(), targets.end(), [&](const RadixTarget& t) {
-    return t.rank >= 0 && t.rank < n && extreme_depth(t.rank, n) <= max_depth;
-  });
+  uint64_t keys = 0;
+  for (const RadixTarget& t : targets) {
+    if (t.rank < 0 || t.rank >= n || extreme_depth(t.rank, n) > max_depth) return false;
+    keys += uint64_t(2 * extreme_depth(t.rank, n) + kExtremeSlack);
+  }
+  return uint64_t(omp_get_max_threads()) * keys * key_bytes <= budget_bytes;
 }
 
 namespace detail {
@@ -103,8 +109,8 @@ void extreme_take(const Key* keys, int64_t len, int64_t k, bool top, ExtremeBuff
 
 }  // namespace detail
 
-// Fills in each target's key (extreme_selectable(targets, n) must hold; n: the keys of
-// every source). keys_of_chunk(chunk, sources, sink) as radix_select's.
+// Fills in each target's key (extreme_selectable(targets, n, ...) must hold; n: the
+// keys of every source). keys_of_chunk(chunk, sources, sink) as radix_select's.
 template <class Key, class KeysOfChunk>
 void extreme_select(int64_t nchunks, int64_t n, std::vector<RadixTarget>& targets, KeysOfChunk&& keys_of_chunk) {
   if (targets.empty()) return;

@@ -333,7 +333,7 @@ void merge_unit(const std::vector<TaskTensor>& ts, const PcbConfig& cfg) {
       magnitude_keys_chunk<decltype(tag), U>(ts[c.tensor], c, models, sink);
     });
   };
-  if (extreme_bounds() && extreme_selectable(bounds, n)) {
+  if (extreme_bounds() && extreme_selectable(bounds, n, sizeof(Key), cfg.memory_budget)) {
     extreme_select<Key>(nchunks, n, bounds, magnitudes);  // ranks near the ends (c = 1e-4): one pass
   } else {
     select_ranks<Key>(n, nchunks, bounds, cfg.memory_budget, magnitudes);

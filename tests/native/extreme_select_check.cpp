@@ -4,7 +4,7 @@
 // descending (every piece beyond the bound at one end: a prune per piece), ties at
 // the bottom with spread keys above; n from 1 to 200,000, 1 to 3 threads, chunks
 // handed on in pieces of odd sizes. Also that extreme_selectable refuses ranks past
-// its limits. Exits 1 on the first difference.
+// its limits and buffers past the memory budget. Exits 1 on the first difference.
 #include <omp.h>
 
 #include <algorithm>
@@ -22,7 +22,7 @@ template <class Key>
 bool check(const char* what, const std::vector<std::vector<Key>>& sources, int64_t n,
            const std::vector<RadixTarget>& want_targets) {
   std::vector<RadixTarget> targets = want_targets;
-  if (!extreme_selectable(targets, n)) {
+  if (!extreme_selectable(targets, n, sizeof(Key), kNoMemoryBudget)) {
     std::printf("%s: n %lld: targets within the limits refused\n", what, (long long)n);
     return false;
   }
@@ -83,8 +83,15 @@ bool run(const char* what, std::mt19937_64& rng, int64_t n) {
   }
   RadixTarget past;
   past.rank = deepest;  // depth deepest + 1 from the bottom
-  if (2 * (deepest + 1) <= n && extreme_selectable({past}, n)) {
+  if (2 * (deepest + 1) <= n && extreme_selectable({past}, n, sizeof(Key), kNoMemoryBudget)) {
     std::printf("%s: n %lld: rank %lld past the limits accepted\n", what, (long long)n, (long long)past.rank);
+    return false;
+  }
+  // A budget below the buffers' fullest refuses; one at it accepts.
+  const uint64_t fullest = uint64_t(omp_get_max_threads()) * (2 * 1 + kExtremeSlack) * sizeof(Key);
+  RadixTarget bottom;  // rank 0: k = 1
+  if (extreme_selectable({bottom}, n, sizeof(Key), fullest - 1) || !extreme_selectable({bottom}, n, sizeof(Key), fullest)) {
+    std::printf("%s: n %lld: the memory budget not applied\n", what, (long long)n);
     return false;
   }
   return true;
