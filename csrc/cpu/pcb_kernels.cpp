@@ -148,7 +148,7 @@ M2N2_HD bool inter_in_series_tile(const U* d, const U* S, int64_t len) {
 }
 
 template <class U, bool Series>
-M2N2_HD void score_keys_loop(const U* d, const U* S, int64_t len, U lo, U hi, double K, unit_key_t<U>* keys) {
+M2N2_HD void score_keys_loop(const U* d, const U* S, int64_t len, U lo, U hi, U K, unit_key_t<U>* keys) {
   const PcbRange r = pcb_range(lo, hi);
 #pragma omp simd
   for (int64_t j = 0; j < len; ++j) keys[j] = score_key(pcb_score<U, Series>(d[j], S[j], lo, hi, r, K));
@@ -156,7 +156,7 @@ M2N2_HD void score_keys_loop(const U* d, const U* S, int64_t len, U lo, U hi, do
 
 // The score keys of one model over a tile (every delta's sum S given).
 template <class U>
-M2N2_HD void score_keys_tile(const U* d, const U* S, int64_t len, U lo, U hi, double K, unit_key_t<U>* keys) {
+M2N2_HD void score_keys_tile(const U* d, const U* S, int64_t len, U lo, U hi, U K, unit_key_t<U>* keys) {
   if (inter_in_series_tile(d, S, len)) {
     score_keys_loop<U, true>(d, S, len, lo, hi, K, keys);
   } else {
@@ -166,7 +166,7 @@ M2N2_HD void score_keys_tile(const U* d, const U* S, int64_t len, U lo, U hi, do
 
 // One model's share of a tile: num += t scale, den += scale.
 template <class U, bool Series>
-M2N2_HD void mix_loop(const U* d, const U* S, int64_t len, U lo, U hi, U theta, U top, double K, U* num, U* den) {
+M2N2_HD void mix_loop(const U* d, const U* S, int64_t len, U lo, U hi, U theta, U top, U K, U* num, U* den) {
   const PcbRange r = pcb_range(lo, hi);
   const PcbRange drop = pcb_range(theta, top);
 #pragma omp simd
@@ -179,7 +179,7 @@ M2N2_HD void mix_loop(const U* d, const U* S, int64_t len, U lo, U hi, U theta, 
 }
 
 template <class U>
-M2N2_HD void mix_tile(const U* d, const U* S, int64_t len, U lo, U hi, U theta, U top, double K, U* num, U* den) {
+M2N2_HD void mix_tile(const U* d, const U* S, int64_t len, U lo, U hi, U theta, U top, U K, U* num, U* den) {
   if (inter_in_series_tile(d, S, len)) {
     mix_loop<U, true>(d, S, len, lo, hi, theta, top, K, num, den);
   } else {
@@ -188,11 +188,11 @@ M2N2_HD void mix_tile(const U* d, const U* S, int64_t len, U lo, U hi, U theta, 
 }
 
 #define M2N2_DEFINE_PCB_MODEL_TILES(U)                                                                          \
-  M2N2_CLONES void score_keys_tile_k(const U* d, const U* S, int64_t len, U lo, U hi, double K,                 \
-                                     unit_key_t<U>* keys) {                                                      \
+  M2N2_CLONES void score_keys_tile_k(const U* d, const U* S, int64_t len, U lo, U hi, U K,                      \
+                                     unit_key_t<U>* keys) {                                                     \
     score_keys_tile<U>(d, S, len, lo, hi, K, keys);                                                             \
   }                                                                                                             \
-  M2N2_CLONES void mix_tile_k(const U* d, const U* S, int64_t len, U lo, U hi, U theta, U top, double K, U* num, \
+  M2N2_CLONES void mix_tile_k(const U* d, const U* S, int64_t len, U lo, U hi, U theta, U top, U K, U* num,     \
                               U* den) {                                                                         \
     mix_tile<U>(d, S, len, lo, hi, theta, top, K, num, den);                                                    \
   }
@@ -234,7 +234,7 @@ void score_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector<int
     tile.load(t, t0, len, K);
     for (size_t a = 0; a < models.size(); ++a) {
       const PcbStats<U>& s = stats[size_t(models[a])];
-      score_keys_tile_k(tile.row(models[a]), tile.S, len, s.lo, s.hi, double(K), keys);
+      score_keys_tile_k(tile.row(models[a]), tile.S, len, s.lo, s.hi, U(K), keys);
       sink(int(a), keys, len);
     }
   }
@@ -257,7 +257,7 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, const std::vector<PcbStats
     std::fill(den, den + len, U(0));
     for (int k = 0; k < K; ++k) {
       const PcbStats<U>& s = stats[size_t(k)];
-      mix_tile_k(tile.row(k), tile.S, len, s.lo, s.hi, s.theta, s.top, double(K), num, den);
+      mix_tile_k(tile.row(k), tile.S, len, s.lo, s.hi, s.theta, s.top, U(K), num, den);
     }
     const U floor = U(kPcbScaleSumMin);
 #pragma omp simd

@@ -175,7 +175,7 @@ M2N2_HD void pcb_score_thread(const TaskSegment& seg, int K, int k, U mlo, U mhi
   M2N2_UNROLL
   for (int j = 0; j < V; ++j) {
     if (j0 + j < end) {
-      const U g = pcb_score<U>(dk[j], S[j], mlo, mhi, r, double(K));
+      const U g = pcb_score<U>(dk[j], S[j], mlo, mhi, r, U(K));
       pcb_count(uint64_t(score_key(g)), prefix0, prefix1, lo, hi, h0, h1);
     }
   }
@@ -268,7 +268,7 @@ M2N2_HD void pcb_fused_thread(const TaskSegment& seg, const PcbParams& p, const 
     M2N2_UNROLL
     for (int j = 0; j < V; ++j) {
       const U d = U(m[j] - b[j]);
-      const U scale = pcb_scale(pcb_score<U>(d, S[j], md.lo, md.hi, md.mag, double(K)), md.theta, md.top, md.drop);
+      const U scale = pcb_scale(pcb_score<U>(d, S[j], md.lo, md.hi, md.mag, U(K)), md.theta, md.top, md.drop);
       const U clamped = pcb_signed(d, pcb_clamp_magnitude(pcb_abs(d), md.lo, md.hi));
       num[j] = num[j] + clamped * scale;
       den[j] = den[j] + scale;

@@ -198,12 +198,13 @@ M2N2_HD PcbRange<C> pcb_range(C lo, C hi) {
   return {lo, range > C(0) ? range : C(1), range > C(0) ? C(1) : C(0)};
 }
 
-// Intra-balancing, exp(K s) with s = ((m - lo) / (hi - lo))^2, each step in C; s = 0
-// where the clamped magnitudes have no spread (exp(0) = 1).
+// Intra-balancing, exp(K s) with s = ((m - lo) / (hi - lo))^2, each step in C (K, the
+// model count, is exact in C); s = 0 where the clamped magnitudes have no spread
+// (exp(0) = 1).
 template <class C>
-M2N2_HD C pcb_intra(C m, const PcbRange<C>& r, double K) {
+M2N2_HD C pcb_intra(C m, const PcbRange<C>& r, C K) {
   const C u = ((m - r.lo) / r.range) * r.on;
-  return pcb_exp(C(K) * (u * u));
+  return pcb_exp(K * (u * u));
 }
 
 // Inter-balancing, tanh(d S) in C (S: the sum of the K deltas). Series: the caller
@@ -230,7 +231,7 @@ M2N2_HD bool pcb_inter_in_series(C d, C S) {
 // The score g of one delta d, its magnitude clamped to [lo, hi] (r = pcb_range(lo,
 // hi)), in C. Series as pcb_inter.
 template <class C, bool Series = false>
-M2N2_HD C pcb_score(C d, C S, C lo, C hi, const PcbRange<C>& r, double K) {
+M2N2_HD C pcb_score(C d, C S, C lo, C hi, const PcbRange<C>& r, C K) {
   const C m = pcb_clamp_magnitude(pcb_abs(d), lo, hi);
   return pcb_intra(m, r, K) * pcb_inter<C, Series>(d, S);
 }
