@@ -1,14 +1,16 @@
 // CPU PCB merging on raw pointers (torch-free).
 //
 // Per unit (a tensor, or the whole list with a global scope), three kinds of
-// streaming passes: the clamp bounds lo_k, hi_k of |d_k| by radix selection (both
-// ranks of every model in the same passes), the drop threshold theta_k and the
-// maximum G_k of the scores g_k likewise (the scores recomputed in each pass, never
-// stored), then one fused pass that scores, scales, mixes and writes. Work is cut into
-// chunks whose boundaries do not depend on the thread count and every element's
-// result depends on the unit's order statistics alone, so results do not depend on
-// the threads. Extra memory: histograms (narrower digits where the call's memory
-// budget asks: radix_select.h) and per-model scalars.
+// streaming passes: the clamp bounds lo_k, hi_k of |d_k| (both ranks of every model
+// in the same pass: extreme_select.h where the ranks lie near the ends, as with the
+// authors' c = 1e-4, else radix selection), the drop threshold theta_k and the
+// maximum G_k of the scores g_k by radix selection (the scores recomputed in each
+// pass, never stored), then one fused pass that scores, scales, mixes and writes.
+// Work is cut into chunks whose boundaries do not depend on the thread count and
+// every element's result depends on the unit's order statistics alone, so results do
+// not depend on the threads. Extra memory, within the call's memory budget: histograms
+// (narrower digits where it asks: radix_select.h) or extreme_select's buffers, and
+// per-model scalars.
 #pragma once
 
 #include <vector>
