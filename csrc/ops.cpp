@@ -86,6 +86,13 @@ TORCH_LIBRARY(m2n2, m) {
       "float[] gamma, str sparsify, str consensus, str rescale, bool normalize, float lam, str scope, "
       "int seed) -> ()");
 
+  // ---- DELLA (docs/semantics.md, "della"): task_merge_out's passes with mergekit's
+  // della_magprune sparsification; CPU only for now (the Python API runs the torch
+  // reference on other devices). epsilon: K numbers in [0, 1]; rescale: none | l1.
+  m.def(
+      "della_merge_out(Tensor[] base, Tensor[] models, Tensor(a!)[] out, float[] weights, float[] density, "
+      "float[] epsilon, str consensus, str rescale, bool normalize, float lam, str scope, int seed) -> ()");
+
   // ---- PCB merging (docs/semantics.md, "PCB merging") ----
   // base, models, out as task_merge_out (models model-major, K x L). ratio: the
   // fraction of scores kept, in (0, 1]; clamp: the magnitude clamp's ratio, in

@@ -34,6 +34,31 @@ inline Rescale parse_rescale(const std::string& s) {
                                {{"none", Rescale::kNone}, {"l1", Rescale::kL1}, {"density", Rescale::kDensity}});
 }
 
+// della's rescale: mergekit's l1 or none (the DARE paper's 1 / density has no per-model
+// meaning where each element has its own probability).
+inline Rescale parse_della_rescale(const std::string& s) {
+  return parse_choice<Rescale>(s, "rescale", {{"none", Rescale::kNone}, {"l1", Rescale::kL1}});
+}
+
+// della's fibers of a tensor: mergekit ranks along dim 1 (a tensor of fewer dims is
+// one row): `fiber` = shape[1], `stride` = the product of the later sides.
+struct FiberShape {
+  int64_t fiber;
+  int64_t stride;
+};
+
+inline FiberShape della_fibers(const at::Tensor& t, const std::string& name) {
+  FiberShape f{t.numel(), 1};
+  if (t.dim() >= 2) {
+    f.fiber = t.size(1);
+    f.stride = 1;
+    for (int64_t d = 2; d < t.dim(); ++d) f.stride *= t.size(d);
+  }
+  TORCH_CHECK_VALUE(f.fiber < (int64_t(1) << 32), name, " must have fibers (rows along dim 1) of fewer than 2^32 ",
+                    "elements for della, got ", f.fiber);
+  return f;
+}
+
 inline bool parse_scope(const std::string& s) {
   return parse_choice<bool>(s, "scope", {{"tensor", false}, {"global", true}});
 }

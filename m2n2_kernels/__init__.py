@@ -15,7 +15,7 @@ from .crossover import crossover_batch, interp_sums, split_interpolate, split_in
 from .niches import NicheStats, attraction, fitness, niche_stats, replace_index
 from .pcb import pcb_merge
 from .scores import sample_scores
-from .task_vectors import breadcrumbs_merge, dare_merge, task_arithmetic, task_merge, ties_merge
+from .task_vectors import breadcrumbs_merge, dare_merge, della_merge, task_arithmetic, task_merge, ties_merge
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,7 @@ __all__ = [
     "build_info",
     "crossover_batch",
     "dare_merge",
+    "della_merge",
     "fitness",
     "interp_sums",
     "niche_stats",

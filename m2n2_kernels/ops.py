@@ -115,6 +115,12 @@ def triton_task_merge_out(base, models, out, weights, density, gamma, sparsify, 
                        seed)
 
 
+@torch.library.register_fake("m2n2::della_merge_out")
+def _della_merge_out_fake(base, models, out, weights, density, epsilon, consensus, rescale, normalize, lam, scope,
+                          seed):
+    return None
+
+
 # ---- PCB merging (m2n2_kernels/pcb.py) ----
 
 

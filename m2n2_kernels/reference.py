@@ -480,6 +480,55 @@ def _random_mask(rho, model, seed, n, device):
     return dare_uniform24(seed, DARE_STREAM + model, torch.arange(n, device=device)) < rho
 
 
+def della_fibers(shape):
+    """(A, B, C): della ranks along dim 1, mergekit's rows; a tensor of fewer than two
+    dims is one row (A = C = 1)."""
+    shape = tuple(shape)
+    if len(shape) < 2:
+        n = 1
+        for s in shape:
+            n *= s
+        return 1, n, 1
+    inner = 1
+    for s in shape[2:]:
+        inner *= s
+    return shape[0], shape[1], inner
+
+
+def della_probability(rho, eps, fiber, rank):
+    """DELLA's keep probability at 0-based ascending magnitude ranks `rank` (int64) in a
+    fiber of `fiber` elements: (rho - eps) + (rank / (fiber - 1)) (2 eps) in fp64 (rank /
+    (fiber - 1) read as 0 for fiber = 1)."""
+    spread = rank.to(torch.float64) / (fiber - 1) if fiber > 1 else torch.zeros_like(rank, dtype=torch.float64)
+    return (rho - eps) + spread * (2.0 * eps)
+
+
+def dare_threshold(p):
+    """The integer threshold T of keep probabilities p (fp64): u24 < T keeps, T =
+    ceil(p 2^24), 0 for p <= 0, 2^24 for p >= 1."""
+    t = torch.ceil(p * 2.0**24)
+    return torch.where(p >= 1, 2**24, torch.where(p <= 0, 0, t)).to(torch.int64)
+
+
+def _della_mask(d, shape, rho, eps, model, seed, first):
+    """Model `model`'s della keep mask of one tensor's flat delta d (unit index of its
+    first element: `first`): ranks along dim 1 by |d| ascending, ties lowest index
+    first; DARE's draws against each element's probability."""
+    n = d.numel()
+    if rho >= 1:
+        return torch.ones(n, dtype=torch.bool, device=d.device)
+    if rho <= 0 or n == 0:
+        return torch.zeros(n, dtype=torch.bool, device=d.device)
+    A, B, C = della_fibers(shape)
+    order = torch.sort(d.abs().reshape(A, B, C), dim=1, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(B, device=d.device).reshape(1, B, 1).expand(A, B, C).contiguous())
+    thr = dare_threshold(della_probability(rho, eps, B, ranks.reshape(-1)))
+    index = first + torch.arange(n, device=d.device)
+    u24 = (dare_uniform24(seed, DARE_STREAM + model, index) * 2.0**24).to(torch.int64)
+    return u24 < thr
+
+
 def _rescale(d, mask, rho, rescale, cdt):
     """s_k of one unit, where the rule keeps some elements but not all (the caller
     checks): 1/rho ("density") or the l1 ratio."""
@@ -501,11 +550,11 @@ def _partial(sparsify, rho, n, gamma=0.0):
     if sparsify == "magnitude_outliers":
         start, end = outlier_band(rho, gamma, n)
         return 0 < end - start < n
-    return sparsify == "random" and 0.0 < rho < 1.0
+    return sparsify in ("random", "della") and 0.0 < rho < 1.0
 
 
 def task_merge(base, models, weights, *, sparsify=None, density=1.0, consensus=None, rescale=None, normalize=False,
-               lam=1.0, scope="tensor", seed=0, gamma=0.01):
+               lam=1.0, scope="tensor", seed=0, gamma=0.01, epsilon=0.0):
     """The task-vector merge of `models` onto `base` (tensors, or lists of tensors):
     see docs/semantics.md. Returns a new tensor (list) in base's dtypes."""
     is_list = isinstance(base, (list, tuple))
@@ -515,6 +564,7 @@ def task_merge(base, models, weights, *, sparsify=None, density=1.0, consensus=N
     w = [float(v) for v in weights]
     rho = _per_model(density, K)
     gam = _per_model(gamma, K)
+    eps = _per_model(epsilon, K)
     cdts = [_compute_dtype(t.dtype) for t in base_list]
     # Units: each position (scope "tensor") or the whole list (scope "global"), as
     # flat vectors in the list's widest compute type.
@@ -532,6 +582,10 @@ def task_merge(base, models, weights, *, sparsify=None, density=1.0, consensus=N
                 mask = _random_mask(rho[k], k, seed, d.numel(), d.device)
             elif sparsify == "magnitude_outliers":
                 mask = _outlier_mask(d, rho[k], gam[k])
+            elif sparsify == "della":
+                firsts = [sum(sizes[:j]) for j in range(len(sizes))]
+                mask = torch.cat([_della_mask(d[f:f + size], base_list[i].shape, rho[k], eps[k], k, seed, f)
+                                  for i, size, f in zip(unit, sizes, firsts)]) if unit else torch.zeros(0, dtype=torch.bool)
             else:
                 mask = torch.ones(d.numel(), dtype=torch.bool, device=d.device)
             partial = _partial(sparsify, rho[k], d.numel(), gam[k])
@@ -565,6 +619,14 @@ def task_merge(base, models, weights, *, sparsify=None, density=1.0, consensus=N
         x = x * lam
         out.append((b.reshape(-1).to(cdt) + x).to(b.dtype).reshape(b.shape))
     return out if is_list else out[0]
+
+
+def della_merge(base, models, weights, density, *, epsilon=0.15, seed=0, consensus="sum", rescale="l1",
+                normalize=True, lam=1.0, scope="tensor"):
+    """DELLA (mergekit's della_magprune, then its generalized task arithmetic): see
+    docs/semantics.md, "della"."""
+    return task_merge(base, models, weights, sparsify="della", density=density, consensus=consensus, rescale=rescale,
+                      normalize=normalize, lam=lam, scope=scope, seed=seed, epsilon=epsilon)
 
 
 def _ordered_sum(rows):

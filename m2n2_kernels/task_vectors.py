@@ -140,6 +140,21 @@ def check_op_canonical(base, models, out, weights, density, gamma, sparsify, con
     """The op's own checks on its canonical arguments (models flat, model-major; the
     choices as strings), in the order and words of csrc/task_merge_args.h: what
     tests/test_op_contract.py holds the C++ kernels to."""
+    L, K = _canonical_model_count(base, models)
+    _per_model(list(weights), K, "weights")
+    _per_model(list(density), K, "density", unit_range=True)
+    _per_model(list(gamma), K, "gamma", unit_range=True)
+    _checks.choice(sparsify, "sparsify", SPARSIFY)
+    _check_model_count(K, sparsify)
+    for value, name, allowed in ((consensus, "consensus", CONSENSUS), (rescale, "rescale", RESCALE),
+                                 (scope, "scope", SCOPES)):
+        _checks.choice(value, name, allowed)
+    _checks.as_finite_float(lam, "lam")
+    _check_canonical_tensors(base, models, out, L, K)
+
+
+def _canonical_model_count(base, models):
+    """K of the canonical form (models flat, model-major), checked as the op checks it."""
     if len(base) == 0:
         raise ValueError("base must hold at least one tensor")
     if len(models) == 0:
@@ -150,15 +165,12 @@ def check_op_canonical(base, models, out, weights, density, gamma, sparsify, con
     K = len(models) // L
     if K > MAX_MODELS:
         raise ValueError(f"models must hold at most {MAX_MODELS} models, got {K}")
-    _per_model(list(weights), K, "weights")
-    _per_model(list(density), K, "density", unit_range=True)
-    _per_model(list(gamma), K, "gamma", unit_range=True)
-    _checks.choice(sparsify, "sparsify", SPARSIFY)
-    _check_model_count(K, sparsify)
-    for value, name, allowed in ((consensus, "consensus", CONSENSUS), (rescale, "rescale", RESCALE),
-                                 (scope, "scope", SCOPES)):
-        _checks.choice(value, name, allowed)
-    _checks.as_finite_float(lam, "lam")
+    return L, K
+
+
+def _check_canonical_tensors(base, models, out, L, K):
+    """The tensors of the canonical form, in csrc/task_merge_args.h's order and words
+    (check_task_tensors)."""
     if len(out) != L:
         raise ValueError(f"out must hold as many tensors as base, got {len(out)} and {L}")
     device = base[0].device
@@ -270,3 +282,79 @@ def breadcrumbs_merge(base, models, weights, density, *, gamma=0.01, consensus=N
     return task_merge(base, models, weights, sparsify="magnitude_outliers", density=density, gamma=gamma,
                       consensus=consensus, rescale=rescale, normalize=normalize, lam=lam, scope=scope, out=out,
                       backend=backend)
+
+
+DELLA_RESCALE = ("none", "l1")
+
+
+def check_op_della(base, models, weights, density, epsilon, consensus, rescale, lam, scope, seed):
+    """della_merge's arguments, checked before anything is written; returns (base_list,
+    model_lists, is_list, weights, densities, epsilons, lam, seed, consensus, rescale)."""
+    base_list, lists, is_list, n = _model_lists(base, models)
+    K = len(lists)
+    if isinstance(weights, (int, float)) or (isinstance(weights, torch.Tensor) and weights.dim() == 0):
+        raise TypeError(f"weights must hold one number per model (K = {K}), got a single number")
+    w = _per_model(weights, K, "weights")
+    rho = _per_model(density, K, "density", unit_range=True)
+    eps = _per_model(epsilon, K, "epsilon", unit_range=True)
+    cons = _checks.choice("none" if consensus is None else consensus, "consensus", CONSENSUS)
+    resc = _checks.choice("none" if rescale is None else rescale, "rescale", DELLA_RESCALE)
+    _checks.choice(scope, "scope", SCOPES)
+    lam = _checks.as_finite_float(lam, "lam")
+    seed = _checks.as_seed(seed)
+    return base_list, lists, is_list, w, rho, eps, lam, seed, cons, resc
+
+
+def check_op_della_canonical(base, models, out, weights, density, epsilon, consensus, rescale, normalize, lam, scope,
+                             seed):
+    """The della op's own checks on its canonical arguments, in the order and words of
+    csrc/cpu/task_merge.cpp (della_merge_out_cpu): what tests/test_op_contract.py holds
+    the C++ kernel to."""
+    L, K = _canonical_model_count(base, models)
+    _per_model(list(weights), K, "weights")
+    _per_model(list(density), K, "density", unit_range=True)
+    _per_model(list(epsilon), K, "epsilon", unit_range=True)
+    _checks.choice(consensus, "consensus", CONSENSUS)
+    _checks.choice(rescale, "rescale", DELLA_RESCALE)
+    _checks.choice(scope, "scope", SCOPES)
+    _checks.as_finite_float(lam, "lam")
+    _check_canonical_tensors(base, models, out, L, K)
+
+
+def della_merge(base, models, weights, density, *, epsilon=0.15, seed, consensus="sum", rescale="l1",
+                normalize=True, lam=1.0, scope="tensor", out=None, backend=None):
+    """DELLA (mergekit's `della`; `della_linear` with consensus=None,
+    normalize=False): DARE whose keep probability grows with the magnitude rank
+    within each row along dim 1, from density - epsilon (the smallest |d_k|) to
+    density + epsilon (the largest); then the kept deltas rescaled ("l1", as mergekit)
+    and merged as TIES (consensus="sum") or summed (None). docs/semantics.md, "della".
+
+    On CPU one fused op (C++); on other devices the torch reference for now (no CUDA
+    C++ or Triton kernel yet).
+    """
+    base_list, lists, is_list, w, rho, eps, lam, seed, cons, resc = check_op_della(
+        base, models, weights, density, epsilon, consensus, rescale, lam, scope, seed)
+    out_list = _out_list(out, base_list, lists, is_list)
+    device = base_list[0].device
+    if backend == "triton" or (backend == "cpp" and device.type != "cpu"):
+        raise NotImplementedError(f"della_merge has no {'Triton' if backend == 'triton' else 'CUDA C++'} kernel "
+                                  f"yet: use backend='torch' or None")
+    if backend not in (None, "auto") + _backend.BACKENDS:
+        _backend.choose(device, backend)  # raises, naming the choices
+    # Only the CPU kernel exists: CPU tensors run it unless backend="torch"; others
+    # run the reference.
+    if device.type == "cpu" and backend != "torch":
+        torch.ops.m2n2.della_merge_out([b.contiguous() for b in base_list],
+                                       [t.contiguous() for m in lists for t in m], out_list, w, rho, eps, cons, resc,
+                                       bool(normalize), lam, scope, seed)
+        result = out_list
+    else:
+        result = reference.della_merge(base_list, lists, w, rho, epsilon=eps, seed=seed % 2**64,
+                                       consensus=None if cons == "none" else cons,
+                                       rescale=None if resc == "none" else resc, normalize=bool(normalize), lam=lam,
+                                       scope=scope)
+        if out is not None:
+            for o, r in zip(out_list, result):
+                o.copy_(r)
+            result = out_list
+    return result if is_list else result[0]

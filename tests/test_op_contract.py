@@ -202,6 +202,7 @@ _PYTHON_CHECKS = {
     "niche_stats_out": niches.check_op_args,
     "task_merge_out": task_vectors.check_op_canonical,
     "pcb_merge_out": pcb.check_op_canonical,
+    "della_merge_out": task_vectors.check_op_della_canonical,
     "sample_scores_out": scores.check_op_args,
 }
 
@@ -261,6 +262,34 @@ def _task_merge_cases():
     ]
 
 
+def _della_cases():
+    base, m0, m1, out = torch.randn(6), torch.randn(6), torch.randn(6), torch.empty(6)
+    args = dict(weights=[0.5, 0.5], density=[0.5, 0.5], epsilon=[0.1, 0.1], consensus="sum", rescale="l1",
+                normalize=True, lam=1.0, scope="tensor", seed=0)
+
+    def call(b, ms, o, **kw):
+        return ("della_merge_out", (b, ms, o, *{**args, **kw}.values()))
+
+    return [
+        call([], [m0, m1], []),
+        call([base], [], [out]),
+        call([base, base[:3]], [m0, m1, m0], [out, out[:3]]),
+        call([base], [m0] * 65, [out], weights=[1.0] * 65, density=[1.0] * 65, epsilon=[0.0] * 65),
+        call([base], [m0, m1], [out], weights=[1.0]),
+        call([base], [m0, m1], [out], density=[0.5, 1.5]),
+        call([base], [m0, m1], [out], epsilon=[0.1]),
+        call([base], [m0, m1], [out], epsilon=[0.1, -0.1]),
+        call([base], [m0, m1], [out], epsilon=[float("nan"), 0.1]),
+        call([base], [m0, m1], [out], consensus="vote"),
+        call([base], [m0, m1], [out], rescale="density"),
+        call([base], [m0, m1], [out], scope="layer"),
+        call([base], [m0, m1], [out], lam=float("nan")),
+        call([base], [m0, m1.double()], [out]),
+        call([base], [m0, m1], [m0]),
+        call([base.long()], [m0, m1], [out]),
+    ]
+
+
 def _pcb_cases():
     base, m0, m1, out = torch.randn(6), torch.randn(6), torch.randn(6), torch.empty(6)
     args = dict(ratio=0.5, lam=1.0, scope="tensor", clamp=1e-4)
@@ -288,7 +317,7 @@ def _pcb_cases():
 
 
 CASES = (_crossover_cases() + _batch_cases()[:-1] + _niches_cases() + _scores_cases() + _sums_cases()
-         + _task_merge_cases() + _pcb_cases())
+         + _task_merge_cases() + _della_cases() + _pcb_cases())
 
 
 def _error(fn):

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include "dare_draws.h"
+#include "della_ranks.h"
 #include "isa_clones.h"
 #include "page_array.h"
 #include "radix_select.h"
@@ -250,6 +251,88 @@ const compute_t<T>* base_tile(const T* base, int64_t len, compute_t<T>* buf) {
   } else {
     to_compute_tile_k(base, len, buf);
     return buf;
+  }
+}
+
+// ---- della: each element's threshold from its rank in its fiber ----------------------
+
+template <class Key>
+struct DellaScratch {
+  FiberSorter sorter;
+  std::vector<Key> keys;          // one fiber's
+  std::vector<uint32_t> order;    // its indices in ascending order of key
+  std::vector<uint32_t> by_rank;  // the threshold of each rank
+};
+
+// Model k's DELLA thresholds over chunk c (whole slabs of its tensor): thr[e] for the
+// chunk's element e = dare_threshold(della_probability(rho, eps, B, r)), r its
+// ascending magnitude rank in its fiber, ties lowest index first.
+template <class T, class Key>
+void della_thresholds(const TaskTensor& t, const Chunk& c, int k, double rho, double eps, DellaScratch<Key>& s,
+                      uint32_t* thr) {
+  const T* m = model_ptr<T>(t, k);
+  const T* base = static_cast<const T*>(t.base);
+  const int64_t B = t.fiber, C = t.fiber_stride, slab = B * C;
+  s.keys.resize(size_t(B));
+  s.order.resize(size_t(B));
+  s.by_rank.resize(size_t(B));
+  for (int64_t r = 0; r < B; ++r) s.by_rank[size_t(r)] = dare_threshold(della_probability(rho, eps, B, r));
+  Key* keys = s.keys.data();
+  for (int64_t s0 = c.begin; s0 < c.end; s0 += slab) {
+    for (int64_t f = 0; f < C; ++f) {
+      const int64_t first = s0 + f;
+      if (C == 1) {
+        for (int64_t j = 0; j < B; ++j) keys[j] = key_of<Key>(to_compute(m[first + j]) - to_compute(base[first + j]));
+      } else {
+        for (int64_t j = 0; j < B; ++j) {
+          const int64_t e = first + j * C;
+          keys[j] = key_of<Key>(to_compute(m[e]) - to_compute(base[e]));
+        }
+      }
+      s.sorter.sort(keys, B, s.order.data());
+      uint32_t* out = thr + (first - c.begin);
+      for (int64_t r = 0; r < B; ++r) out[int64_t(s.order[size_t(r)]) * C] = s.by_rank[size_t(r)];
+    }
+  }
+}
+
+// The thresholds of every model that keeps some but not all of the unit, K x (chunk
+// length), model-major (empty where the call is not della).
+template <class T, class Key>
+std::vector<uint32_t> della_chunk_thresholds(const TaskTensor& t, const Chunk& c, const std::vector<ModelPlan>& plans,
+                                             const TaskMergeConfig& cfg) {
+  std::vector<uint32_t> thr;
+  if (cfg.sparsify != Sparsify::kDella) return thr;
+  const int64_t len = c.end - c.begin;
+  thr.resize(plans.size() * size_t(len));
+  DellaScratch<Key> scratch;
+  for (size_t k = 0; k < plans.size(); ++k) {
+    if (!plans[k].selects()) continue;
+    della_thresholds<T, Key>(t, c, int(k), cfg.density[k], cfg.epsilon[k], scratch, thr.data() + k * size_t(len));
+  }
+  return thr;
+}
+
+// DELLA's keep decisions over a tile, as draws against the threshold 1 (kept iff 0):
+// out[j] = 0 where u24 < thr[j], else 1 (the low byte drawn only where the high half
+// ties with thr[j]'s, as dare_draws.h draws it against one threshold).
+void della_draws_tile(uint64_t seed, uint64_t stream, uint64_t i0, int64_t len, const uint32_t* thr, uint32_t* out) {
+  draws_tile(seed, stream, i0, len, 1u << 24, out);  // hi16 << 8: no high half ties with 2^24's
+  for (int64_t j = 0; j < len; ++j) {
+    uint32_t u = out[j];
+    if ((u >> 8) == (thr[j] >> 8)) u |= dare_low8(seed, stream, i0 + uint64_t(j));
+    out[j] = u < thr[j] ? 0u : 1u;
+  }
+}
+
+// The draws of model k over a tile: DARE's against its threshold, or DELLA's against
+// each element's (thr: the model's thresholds of the chunk, from the tile's first).
+void model_draws_tile(const TaskMergeConfig& cfg, const ModelPlan& p, int k, uint64_t i0, int64_t len,
+                      const uint32_t* thr, uint32_t* draws) {
+  if (cfg.sparsify == Sparsify::kDella) {
+    della_draws_tile(cfg.seed, kDareStream + uint64_t(k), i0, len, thr, draws);
+  } else {
+    draws_tile(cfg.seed, kDareStream + uint64_t(k), i0, len, p.dare_threshold, draws);
   }
 }
 
@@ -772,11 +855,14 @@ struct ChunkStats {
 };
 
 template <class T, class Key>
-void stats_chunk(const TaskTensor& t, const Chunk& c, const std::vector<ModelPlan>& plans, Sparsify sparsify,
-                 bool l1, uint64_t seed, ChunkStats& out) {
+void stats_chunk(const TaskTensor& t, const Chunk& c, const std::vector<ModelPlan>& plans, const TaskMergeConfig& cfg,
+                 bool l1, ChunkStats& out) {
   const T* base = static_cast<const T*>(t.base);
   const int K = int(plans.size());
+  const Sparsify sparsify = cfg.sparsify;
   const bool magnitude = sparsify == Sparsify::kMagnitude;  // (outliers: their own branch)
+  const std::vector<uint32_t> della = della_chunk_thresholds<T, Key>(t, c, plans, cfg);
+  const int64_t clen = c.end - c.begin;
   alignas(64) compute_t<T> b_buf[kTile];
   alignas(64) uint32_t draws[kTile];
   alignas(64) Key keys[kTile];
@@ -807,7 +893,8 @@ void stats_chunk(const TaskTensor& t, const Chunk& c, const std::vector<ModelPla
         continue;
       }
       if (!magnitude) {
-        draws_tile(seed, kDareStream + uint64_t(k), uint64_t(c.flat + (t0 - c.begin)), len, p.dare_threshold, draws);
+        model_draws_tile(cfg, p, k, uint64_t(c.flat + (t0 - c.begin)), len,
+                         della.empty() ? nullptr : della.data() + k * clen + (t0 - c.begin), draws);
       }
       stats_tile_k(model_ptr<T>(t, k) + t0, b, len, magnitude, sizeof(Key) == 8, p.threshold, draws,
                    p.dare_threshold, &out.abs_sum[k], &out.kept_sum[k], &out.ties[k]);
@@ -1104,8 +1191,8 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
     rank[k] = p.partial_ties ? p.tie_start[chunk_index] : 0;
     mode[k] = p.keep_all ? KeepMode::kAll
               : p.keep_none ? KeepMode::kNone
-              : cfg.sparsify == Sparsify::kRandom ? KeepMode::kDraw
-                                                  : KeepMode::kAtLeast;
+              : cfg.sparsify == Sparsify::kRandom || cfg.sparsify == Sparsify::kDella ? KeepMode::kDraw
+                                                                                       : KeepMode::kAtLeast;
     if (outliers) {
       const ModelPlan& q = plans[size_t(K + k)];
       drop_rank[k] = q.partial_ties ? q.tie_start[chunk_index] : 0;
@@ -1122,6 +1209,8 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
   const bool plain = !outliers && cfg.consensus == Consensus::kNone && K <= kPlainMaxModels &&
                      std::all_of(mode, mode + K, [](KeepMode md) { return md == KeepMode::kAll; });
   const T* tile_models[kPlainMaxModels];
+  const std::vector<uint32_t> della = della_chunk_thresholds<T, Key>(t, c, plans, cfg);
+  const int64_t clen = c.end - c.begin;
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
     const compute_t<T>* b = base_tile<T>(base + t0, len, b_buf);
@@ -1153,8 +1242,8 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
       }
       if (!filled) {
         if (mode[k] == KeepMode::kDraw) {
-          draws_tile(cfg.seed, kDareStream + uint64_t(k), uint64_t(c.flat + (t0 - c.begin)), len, p.dare_threshold,
-                     draws);
+          model_draws_tile(cfg, p, k, uint64_t(c.flat + (t0 - c.begin)), len,
+                           della.empty() ? nullptr : della.data() + k * clen + (t0 - c.begin), draws);
         }
         factors_tile_k(m, b, len, mode[k], wide, threshold, draws, p.dare_threshold, s[k], w[k], ek);
       }
@@ -1201,8 +1290,14 @@ void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg
   std::vector<Chunk> chunks;
   int64_t n = 0;
   for (int64_t p = 0; p < int64_t(ts.size()); ++p) {
-    for (int64_t begin = 0; begin < ts[p].numel; begin += kChunk) {
-      chunks.push_back({p, begin, std::min(ts[p].numel, begin + kChunk), n + begin});
+    // della ranks whole fibers: its chunks are whole slabs (fiber x fiber_stride).
+    int64_t step = kChunk;
+    if (cfg.sparsify == Sparsify::kDella && ts[p].numel > 0) {
+      const int64_t slab = ts[p].fiber * ts[p].fiber_stride;
+      step = slab * std::max<int64_t>(1, kChunk / slab);
+    }
+    for (int64_t begin = 0; begin < ts[p].numel; begin += step) {
+      chunks.push_back({p, begin, std::min(ts[p].numel, begin + step), n + begin});
     }
     n += ts[p].numel;
   }
@@ -1238,6 +1333,10 @@ void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg
       p.dare_threshold = dare_threshold(rho);
       p.keep_all = rho >= 1.0;
       p.keep_none = p.dare_threshold == 0;
+    } else if (cfg.sparsify == Sparsify::kDella) {
+      p.dare_threshold = 1;  // the draws della_draws_tile makes: 0 where kept
+      p.keep_all = rho >= 1.0;
+      p.keep_none = rho <= 0.0;
     }
     if (cfg.rescale == Rescale::kDensity && p.selects()) p.scale = 1.0 / rho;
   }
@@ -1272,7 +1371,7 @@ void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg
       st.ties.assign(size_t(V), 0);
       const TaskTensor& t = ts[c.tensor];
       with_storage_type(t.dtype, [&](auto tag) {
-        stats_chunk<decltype(tag), Key>(t, c, plans, cfg.sparsify, l1, cfg.seed, st);
+        stats_chunk<decltype(tag), Key>(t, c, plans, cfg, l1, st);
       });
     }
     for (int k = 0; k < V; ++k) {

@@ -1,4 +1,5 @@
-// CPU task-vector merges (task arithmetic, TIES, DARE) on raw pointers (torch-free).
+// CPU task-vector merges (task arithmetic, TIES, DARE, breadcrumbs, DELLA) on raw
+// pointers (torch-free).
 //
 // A few streaming passes per unit (a tensor, or the whole list with a global scope):
 // TIES' thresholds by a candidate window (a sample, then one pass that counts and
@@ -34,6 +35,12 @@ struct TaskTensor {
   std::vector<const void*> models;
   void* out;
   int64_t numel;
+  // della: the fibers whose magnitudes are ranked, `fiber` elements `fiber_stride`
+  // apart (mergekit's rows along dim 1: shape[1] and the product of the later sides;
+  // the whole tensor for fewer than two dims). numel is a whole number of slabs of
+  // fiber * fiber_stride elements, each holding fiber_stride fibers.
+  int64_t fiber = 0;
+  int64_t fiber_stride = 1;
 };
 
 struct TaskMergeConfig {
@@ -47,6 +54,7 @@ struct TaskMergeConfig {
   std::vector<double> weights;  // K
   std::vector<double> density;  // K, in [0, 1]
   std::vector<double> gamma;    // K, in [0, 1] (magnitude_outliers only)
+  std::vector<double> epsilon;  // K, finite (della only: the spread of its probabilities)
   // Bytes the selections may hold at once (radix_select.h; the candidate windows'
   // cap); ~0: none (16-bit digits always, windows uncapped).
   uint64_t memory_budget = ~uint64_t(0);

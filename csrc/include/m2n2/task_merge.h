@@ -9,8 +9,10 @@
 namespace m2n2 {
 
 // kOutliers: mergekit's magnitude_outliers (Model Breadcrumbs): a band of magnitude
-// ranks, the largest ones (the outliers) dropped as well as the smallest.
-enum class Sparsify : int { kNone, kMagnitude, kRandom, kOutliers };
+// ranks, the largest ones (the outliers) dropped as well as the smallest. kDella:
+// mergekit's della_magprune (DELLA): DARE's draws against a probability that grows
+// with the element's magnitude rank in its fiber (della_probability).
+enum class Sparsify : int { kNone, kMagnitude, kRandom, kOutliers, kDella };
 enum class Consensus : int { kNone, kSum, kCount };
 enum class Rescale : int { kNone, kL1, kDensity };
 
@@ -61,6 +63,16 @@ M2N2_HD uint32_t dare_threshold(double rho) {
   const double t = rho * 16777216.0;  // exact: a power of two
   const uint32_t f = uint32_t(t);
   return double(f) == t ? f : f + 1u;
+}
+
+// DELLA's keep probability of the element of 0-based ascending magnitude rank r in a
+// fiber of `fiber` elements: (rho - eps) + (r / (fiber - 1)) (2 eps), each operation
+// rounded in fp64 (r / (fiber - 1) read as 0 for a fiber of one element). The kernels
+// compare the draw with dare_threshold of it, as DARE compares with rho's: below 0
+// keeps none, 1 and above all.
+M2N2_HD double della_probability(double rho, double eps, int64_t fiber, int64_t r) {
+  const double spread = fiber > 1 ? double(r) / double(fiber - 1) : 0.0;
+  return (rho - eps) + spread * (2.0 * eps);
 }
 
 // The four Philox words of counter (group, stream): draws of elements 8g .. 8g + 7

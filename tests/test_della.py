@@ -1,0 +1,270 @@
+"""DELLA (`della_merge`, docs/semantics.md, "della") against values worked out in the
+tests: the keep mask rebuilt with Python loops from the docs (ranks by sorting each
+fiber's (|d|, index) pairs, the probability, the integer threshold), with the DARE
+draws of reference.dare_uniform24 (itself checked against Random123's known answers
+in test_task_merge.py); then the C++ kernel against the reference bit for bit.
+"""
+import math
+
+import pytest
+import torch
+
+from m2n2_kernels import dare_merge, della_merge, task_arithmetic
+from m2n2_kernels.reference import DARE_STREAM, dare_uniform24
+
+BACKENDS = ["torch", "cpp"]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+# 1-D tensors are one fiber; (5, 1) fibers of one element; (3, 4, 5) fibers strided
+# along dim 1; (2, 600) and (1000,) long enough for the C++ radix sort.
+SHAPES = [(0,), (1,), (7,), (5, 1), (4, 9), (3, 4, 5), (2, 600), (1000,), ()]
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def case(shape, dtype, K, seed, grid=False):
+    """base and K models; grid: deltas on a coarse grid, so that magnitudes tie."""
+    g = gen(seed)
+    base = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    models = []
+    for _ in range(K):
+        if grid:
+            delta = torch.randint(-2, 3, shape, generator=g).double() * 0.25
+        else:
+            delta = 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)
+        models.append((base.double() + delta).to(dtype))
+    return base, models
+
+
+def fibers(shape):
+    """(A, B, C) as the docs define them: dim 1 of [A, B, C]; fewer dims: one fiber."""
+    if len(shape) < 2:
+        return 1, math.prod(shape), 1
+    return shape[0], shape[1], math.prod(shape[2:])
+
+
+def mask_by_hand(base, model, k, rho, eps, seed):
+    """The keep mask of model k, from the docs with loops: per fiber, ranks by sorting
+    (|d|, index); p = (rho - eps) + (r / (B - 1)) (2 eps); T = ceil(p 2^24) clamped to
+    [0, 2^24]; kept iff u24 < T."""
+    cdt = compute_dtype(base.dtype)
+    d = (model.to(cdt) - base.to(cdt)).reshape(-1).double().abs().tolist()
+    n = len(d)
+    if rho >= 1:
+        return [True] * n
+    if rho <= 0:
+        return [False] * n
+    A, B, C = fibers(tuple(base.shape))
+    u24 = [int(u * 2**24) for u in dare_uniform24(seed, DARE_STREAM + k, torch.arange(n)).tolist()]
+    keep = [False] * n
+    for a in range(A):
+        for c in range(C):
+            idx = [a * B * C + j * C + c for j in range(B)]
+            order = sorted(range(B), key=lambda j: (d[idx[j]], j))
+            for r, j in enumerate(order):
+                spread = r / (B - 1) if B > 1 else 0.0
+                p = (rho - eps) + spread * (2.0 * eps)
+                t = 0 if p <= 0 else 2**24 if p >= 1 else math.ceil(p * 2**24)
+                keep[idx[j]] = u24[idx[j]] < t
+    return keep
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("grid", [False, True], ids=["spread", "tied"])
+def test_mask_by_hand(backend, dtype, shape, grid):
+    """One model, weight 1, no rescale or consensus: out is base + d where kept, base
+    elsewhere, with the mask rebuilt from the docs; magnitudes tied on a grid too
+    (ranks lowest index first)."""
+    base, (model,) = case(shape, dtype, 1, seed=len(shape) + 7 * grid, grid=grid)
+    rho, eps, seed = 0.45, 0.3, 12345
+    got = della_merge(base, [model], [1.0], rho, epsilon=eps, seed=seed, consensus=None, rescale=None,
+                      normalize=False, backend=backend)
+    cdt = compute_dtype(dtype)
+    merged = (base.to(cdt) + (model.to(cdt) - base.to(cdt))).to(dtype)
+    keep = torch.tensor(mask_by_hand(base, model, 0, rho, eps, seed), dtype=torch.bool).reshape(shape)
+    want = torch.where(keep, merged, base)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mask_by_hand_per_model(backend):
+    """K = 3 with a density and epsilon per model (0 and 1 among them): each model's
+    mask on its own stream, the sum of the kept deltas."""
+    base, models = case((6, 50), torch.float64, 3, seed=3)
+    rho, eps = [0.0, 0.3, 1.0], [0.1, 0.25, 0.2]
+    got = della_merge(base, models, [1.0, 1.0, 1.0], rho, epsilon=eps, seed=9, consensus=None, rescale=None,
+                      normalize=False, backend=backend)
+    x = torch.zeros_like(base)
+    for k, m in enumerate(models):
+        keep = torch.tensor(mask_by_hand(base, m, k, rho[k], eps[k], 9)).reshape(base.shape)
+        x = x + torch.where(keep, m - base, torch.zeros(()))
+    torch.testing.assert_close(got, base + x, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("merge", [dict(consensus="sum", normalize=True, rescale="l1"),
+                                   dict(consensus=None, normalize=False, rescale="l1"),
+                                   dict(consensus="count", normalize=True, rescale=None)],
+                         ids=["della", "della_linear", "count"])
+def test_epsilon_zero_is_dare(backend, dtype, merge):
+    """With epsilon 0 every probability is the density: the same draws as DARE's, so
+    the same result bit for bit."""
+    base, models = case((9, 40), dtype, 3, seed=1)
+    a = della_merge(base, models, [0.5, 1.0, 0.7], 0.3, epsilon=0.0, seed=77, backend=backend, **merge)
+    b = dare_merge(base, models, [0.5, 1.0, 0.7], 0.3, seed=77, backend=backend, **merge)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_density_one_and_zero(backend, dtype):
+    """density 1 keeps every delta (task arithmetic, no rescale); density 0 none (base)."""
+    base, models = case((5, 33), dtype, 2, seed=2)
+    w = [0.6, 0.4]
+    got = della_merge(base, models, w, 1.0, epsilon=0.0, seed=1, consensus=None, normalize=False, backend=backend)
+    assert torch.equal(got, task_arithmetic(base, models, w, backend=backend))
+    got = della_merge(base, models, w, 0.0, epsilon=0.0, seed=1, backend=backend)
+    assert torch.equal(got, base)
+
+
+def test_kept_fraction_follows_rank():
+    """Over 2000 fibers of 1000 elements, the kept fraction of each fifth of the ranks
+    is the mean of its probabilities, within 4 standard deviations."""
+    B = 1000
+    g = gen(4)
+    m = torch.randn(2000, B, generator=g)
+    out = della_merge(torch.zeros(2000, B), [m], [1.0], 0.5, epsilon=0.4, seed=1, rescale=None, consensus=None,
+                      normalize=False)
+    kept = out != 0
+    rank = m.abs().argsort(1).argsort(1)
+    for q in range(0, B, 200):
+        band = (rank >= q) & (rank < q + 200)
+        p = 0.1 + 0.8 * (torch.arange(q, q + 200, dtype=torch.float64) / (B - 1))
+        want = float(p.mean())
+        sd = math.sqrt(float((p * (1 - p)).mean()) / int(band.sum()))
+        assert abs(float(kept[band].float().mean()) - want) < 4 * sd, q
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_l1_rescale_keeps_l1_norm(backend, scope):
+    """rescale="l1": each unit's kept delta has the L1 norm of the whole delta."""
+    g = gen(5)
+    base = [torch.randn(20, 300, generator=g, dtype=torch.float64), torch.randn(500, generator=g, dtype=torch.float64)]
+    model = [b + 0.1 * torch.randn(b.shape, generator=g, dtype=torch.float64) for b in base]
+    out = della_merge(base, [model], [1.0], 0.3, epsilon=0.2, seed=3, consensus=None, normalize=False,
+                      scope=scope, backend=backend)
+    deltas = [(o - b).reshape(-1) for o, b in zip(out, base)]
+    full = [(m - b).reshape(-1) for m, b in zip(model, base)]
+    if scope == "global":
+        deltas, full = [torch.cat(deltas)], [torch.cat(full)]
+    for d, f in zip(deltas, full):
+        assert 0.2 < float((d != 0).double().mean()) < 0.4
+        assert abs(float(d.abs().sum()) - float(f.abs().sum())) < 1e-9 * float(f.abs().sum())
+
+
+# ---------------------------------------------------------------------------
+# The C++ kernel against the reference, bit for bit (the l1 rescale of fp64
+# tensors within an ulp: its fp64 sums are added in another order).
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("consensus,rescale,normalize", [(None, None, False), ("sum", "l1", True),
+                                                         ("count", "l1", False), (None, "l1", True)])
+@pytest.mark.parametrize("density", [0.0, 1 / 7, 0.5, 1.0])
+@pytest.mark.parametrize("K", [1, 2, 5])
+def test_cpp_equals_reference(dtype, consensus, rescale, normalize, density, K):
+    g = gen(K)
+    shapes = [(70, 1001), (3, 5), (1,), (0,), (4, 3, 2, 2), (2000,)]
+    base = [torch.randn(s, generator=g).to(dtype) for s in shapes]
+    models = []
+    for k in range(K):
+        step = 0.25 if k == 0 else 0.01  # model 0 on a coarse grid: tied magnitudes
+        models.append([(b.double() + torch.randint(-3, 4, b.shape, generator=g) * step).to(dtype) for b in base])
+    w = [0.5 + 0.25 * k * (-1) ** k for k in range(K)]
+    eps = [min(0.2, density, 1 - density) * (k + 1) / K for k in range(K)]
+    for scope in ("tensor", "global"):
+        kw = dict(epsilon=eps, seed=11, consensus=consensus, rescale=rescale, normalize=normalize, lam=0.7,
+                  scope=scope)
+        want = della_merge(base, models, w, density, backend="torch", **kw)
+        got = della_merge(base, models, w, density, backend="cpp", **kw)
+        for x, y, b in zip(got, want, base):
+            if dtype == torch.float64 and rescale == "l1":
+                torch.testing.assert_close(x, y, rtol=4e-16, atol=4e-16 * float(b.abs().amax()) if b.numel() else 0.0)
+            else:
+                assert torch.equal(x, y), (scope, (x != y).sum())
+
+
+def test_cpp_independent_of_the_thread_count():
+    """Chunks are whole slabs cut whatever the thread count, fp64 sums added in chunk
+    order: 1, 2 and 3 threads give the same bits."""
+    g = gen(8)
+    base = [torch.randn(300, 700, generator=g), torch.randn(4000, generator=g).bfloat16()]
+    models = [[(b.float() + 0.05 * torch.randn(b.shape, generator=g)).to(b.dtype) for b in base] for _ in range(3)]
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            runs.append(della_merge(base, models, [0.5, 1.0, -0.25], 0.3, epsilon=0.2, seed=4))
+    finally:
+        torch.set_num_threads(threads)
+    for other in runs[1:]:
+        for x, y in zip(runs[0], other):
+            assert torch.equal(x, y)
+
+
+def test_out_in_place_and_fresh():
+    base, models = case((8, 64), torch.float32, 2, seed=6)
+    want = della_merge(base, models, [1.0, 1.0], 0.4, seed=2)
+    out = torch.empty_like(base)
+    assert della_merge(base, models, [1.0, 1.0], 0.4, seed=2, out=out) is out
+    assert torch.equal(out, want)
+    b = base.clone()
+    della_merge(b, models, [1.0, 1.0], 0.4, seed=2, out=b)
+    assert torch.equal(b, want)
+
+
+def test_opcheck():
+    g = gen(0)
+    base = [torch.randn(37, generator=g), torch.randn(3, 4, generator=g).double()]
+    models = [torch.randn(37, generator=g), torch.randn(3, 4, generator=g).double(),
+              torch.randn(37, generator=g), torch.randn(3, 4, generator=g).double()]
+    out = [torch.empty_like(b) for b in base]
+    args = ([0.6, 0.4], [0.5, 0.5], [0.1, 0.2], "sum", "l1", True, 1.0, "global", 7)
+    torch.library.opcheck(torch.ops.m2n2.della_merge_out, (base, models, out, *args))
+
+
+B = torch.zeros(3)
+M = torch.ones(3)
+BAD = [
+    ("epsilon negative", dict(epsilon=-0.1), ValueError, r"epsilon must lie in \[0, 1\], got -0.1"),
+    ("epsilon nan", dict(epsilon=math.nan), ValueError, r"epsilon\[0\] must be finite, got nan"),
+    ("epsilon length", dict(epsilon=[0.1, 0.2]), ValueError,
+     r"epsilon must hold one number per model \(K = 1\), got 2"),
+    ("density above 1", dict(density=1.5), ValueError, r"density must lie in \[0, 1\], got 1.5"),
+    ("rescale density", dict(rescale="density"), ValueError,
+     r"rescale must be one of \('none', 'l1'\), got 'density'"),
+    ("consensus", dict(consensus="vote"), ValueError, r"consensus must be one of \('none', 'sum', 'count'\)"),
+    ("seed negative", dict(seed=-1), ValueError, r"seed must lie in \[0, 2\*\*64\), got -1"),
+    ("backend", dict(backend="cuda"), ValueError, r"backend must be one of \('cpp', 'triton', 'torch'\)"),
+    ("triton", dict(backend="triton"), NotImplementedError, r"della_merge has no Triton kernel yet"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_input_leaves_base_untouched(case):
+    _, kw, error, message = case
+    kw = {"density": 0.5, "seed": 0, **kw}
+    base = B.clone()
+    with pytest.raises(error, match=message):
+        della_merge(base, [M], [1.0], kw.pop("density"), out=base, **kw)
+    assert torch.equal(base, B)
