@@ -2,23 +2,25 @@
 
     import m2n2_kernels.mergekit
     m2n2_kernels.mergekit.install()     # task_arithmetic, ties, dare_ties, dare_linear,
-                                        # breadcrumbs, breadcrumbs_ties run fused
+                                        # breadcrumbs, breadcrumbs_ties, della,
+                                        # della_linear run fused
 
     python -m m2n2_kernels.mergekit CONFIG.yml OUT [mergekit-yaml's options]
 
 mergekit (LGPL-3.0, an optional extra: `pip install m2n2-kernels[mergekit]`) is
 imported, never copied. Its registry has no plugin entry point, so `install()`
-replaces the six methods' objects in it with subclasses of its own
-`GeneralizedTaskArithmeticMerge` whose `merge_group` calls `task_merge` with
-mergekit's parameters (weight, density, gamma, lambda, normalize, rescale; int8_mask
-only saves mergekit memory and changes nothing here) and mergekit's semantics, e.g.
-its `k = max(1, int(density * n))`. A group the op cannot serve (a parameter that is
-not a number, a dtype it does not compute, della's sparsification) goes to mergekit's
-own code, with one log line per method and reason. The fused methods are also registered as `m2n2_<name>`
+replaces the eight methods' objects in it with subclasses of its own
+`GeneralizedTaskArithmeticMerge` whose `merge_group` calls `task_merge` (della:
+`della_merge`) with mergekit's parameters (weight, density, gamma, epsilon, lambda,
+normalize, rescale; int8_mask only saves mergekit memory and changes nothing here)
+and mergekit's semantics, e.g. its `k = max(1, int(density * n))`. A group the op
+cannot serve (a parameter that is not a number, a dtype it does not compute, a della
+group that mergekit itself refuses) goes to mergekit's own code, with one log line
+per method and reason. The fused methods are also registered as `m2n2_<name>`
 so that a YAML config can ask for them explicitly. DARE draws its seed from torch's
 global generator, as mergekit's `bernoulli` does, so `torch.manual_seed` still
 decides the masks (which differ from mergekit's: another generator, the same
-distribution).
+distribution); so does della.
 """
 import dataclasses
 import logging
@@ -27,11 +29,13 @@ import sys
 import torch
 
 from .task_vectors import MAX_OUTLIER_MODELS
+from .task_vectors import della_merge as _fused_della_merge
 from .task_vectors import task_merge as _fused_task_merge
 
 log = logging.getLogger(__name__)
 
-METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties")
+METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della",
+           "della_linear")
 PREFIX = "m2n2_"
 _ORIGINAL = {}
 _NOTED = set()
@@ -60,6 +64,9 @@ def _fused_class():
                 if isinstance(args, str):
                     _note_fallback(self.method_name, args)
                     return super().merge_group(group, **parameters)
+                if args.get("sparsify") == "della":
+                    del args["sparsify"]
+                    return _fused_della_merge(**args)
                 return _fused_task_merge(**args)
 
         _FUSED_CLASS = FusedTaskArithmeticMerge
@@ -70,9 +77,29 @@ def _number(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _della_refusal(base, density, epsilon):
+    """Why mergekit's della_magprune raises on this tensor (None where it does not);
+    such groups go to mergekit's code, so that the error is mergekit's. A model of
+    density 1 or 0 returns before any of these."""
+    sparse = [(d, e) for d, e in zip(density, epsilon) if 0.0 < d < 1.0]
+    if not sparse:
+        return None
+    if not all(_number(e) for _, e in sparse):
+        return "an epsilon that is not a number"
+    if any(d + e >= 1.0 or d - e <= 0.0 for d, e in sparse):
+        return "a density +- epsilon outside (0, 1)"
+    if any(e < 0.0 for _, e in sparse):
+        return "a negative epsilon"
+    if base.dim() == 0 or base.numel() == 0:
+        return "a tensor with no rows to rank"
+    if (base.shape[1] if base.dim() >= 2 else base.numel()) == 1:
+        return "rows of one element"
+    return None
+
+
 def fused_arguments(method, group, parameters):
-    """task_merge's arguments for one of mergekit's tensor groups, or the reason it
-    cannot serve it (a str)."""
+    """The fused op's arguments for one of mergekit's tensor groups (with "sparsify",
+    which is "della" for della_merge), or the reason it cannot serve it (a str)."""
     base = group.base.tensor if group.base is not None else None
     entries = group.non_base
     if base is None or not entries:
@@ -86,7 +113,7 @@ def fused_arguments(method, group, parameters):
     if not all(_number(v) for v in weights + density):
         return "a weight or density that is not a number"
     sparsify = {None: None, "magnitude": "magnitude", "random": "random",
-                "magnitude_outliers": "magnitude_outliers"}.get(
+                "magnitude_outliers": "magnitude_outliers", "della_magprune": "della"}.get(
         None if method.sparsification_method is None else str(method.sparsification_method.value), "other")
     if sparsify == "other":
         return f"sparsification {method.sparsification_method.value}"
@@ -103,6 +130,25 @@ def fused_arguments(method, group, parameters):
     lam = parameters.get("lambda", 1.0)
     if not _number(lam):
         return "a lambda that is not a number"
+    if sparsify == "della":
+        epsilon = [parameters["epsilon"][e.id] for e in entries]
+        refusal = _della_refusal(base, density, epsilon)
+        if refusal:
+            return refusal
+        return dict(
+            sparsify="della",
+            base=base,
+            models=[e.tensor for e in entries],
+            weights=[float(v) for v in weights],
+            density=[float(d) for d in density],
+            # mergekit reads epsilon only where 0 < density < 1; elsewhere any number in range
+            epsilon=[float(e) if 0.0 < d < 1.0 else 0.0 for d, e in zip(density, epsilon)],
+            consensus=None if method.consensus_method is None else str(method.consensus_method.value),
+            rescale="l1" if parameters.get("rescale") else None,
+            normalize=bool(parameters.get("normalize")),
+            lam=float(lam),
+            seed=int(torch.randint(0, 2**62, (), dtype=torch.int64)),
+        )
     return dict(
         base=base,
         models=[e.tensor for e in entries],
@@ -125,9 +171,9 @@ def _note_fallback(name, reason):
 
 
 def install():
-    """Make mergekit's task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs and
-    breadcrumbs_ties run on the fused op, and register them as m2n2_<name> too.
-    Idempotent; returns the names."""
+    """Make mergekit's task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs,
+    breadcrumbs_ties, della and della_linear run on the fused ops, and register them
+    as m2n2_<name> too. Idempotent; returns the names."""
     registry = _require_mergekit()
     fused_class = _fused_class()
     names = []

@@ -94,6 +94,23 @@ def test_mask_by_hand(backend, dtype, shape, grid):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_probability_compared_exactly(backend):
+    """The draw is compared with each element's threshold in all its 24 bits: a density
+    equal to an element's u24 / 2^24 drops it, one step more keeps it, also where the
+    high 16 bits tie (the kernel's low byte is drawn only then). Fibers of one element
+    (shape (64, 1)): every rank is 0 and the probability is the density."""
+    u24 = (dare_uniform24(5, DARE_STREAM, torch.arange(64)) * 2**24).long()
+    i = int(torch.nonzero(u24 & 0xFF)[0])  # the low byte decides
+    base = torch.zeros(64, 1)
+    model = torch.ones(64, 1)
+    for rho, kept in ((int(u24[i]) / 2**24, False), ((int(u24[i]) + 1) / 2**24, True)):
+        got = della_merge(base, [model], [1.0], rho, epsilon=0.0, seed=5, consensus=None, rescale=None,
+                          normalize=False, backend=backend)
+        assert bool(got[i, 0] == 1.0) == kept
+        assert torch.equal(got.reshape(-1) == 1.0, u24 < math.ceil(rho * 2**24))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_mask_by_hand_per_model(backend):
     """K = 3 with a density and epsilon per model (0 and 1 among them): each model's
     mask on its own stream, the sum of the kept deltas."""

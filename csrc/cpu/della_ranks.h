@@ -1,21 +1,44 @@
-// DELLA's magnitude ranks within a fiber (torch-free, CPU): the order of a fiber's
-// keys, ascending, ties lowest index first, which task_merge_kernels.cpp turns into
-// each element's keep threshold (docs/semantics.md, "della").
+// DELLA's keep decisions within a fiber (torch-free, CPU), without sorting it
+// (docs/semantics.md, "della").
 //
-// A fiber is short (a row of a matrix: thousands of elements), so it is sorted whole:
-// 32-bit keys packed with their index into 64-bit words, least significant digit
-// first in three stable 11-bit passes (one read for the three histograms; a digit
-// that every key shares is skipped), std::sort below a few hundred keys where the
-// histograms would cost more than the keys. 64-bit keys (units that hold fp64) sort
-// (key, index) pairs. Both orders are the same: ascending key, then ascending index.
+// Element j of a fiber is kept iff its draw u24 < T(r_j), r_j its ascending magnitude
+// rank in the fiber (ties lowest index first) and T the non-decreasing threshold of
+// each rank. One histogram of the keys gives every element bounds on its rank: lo =
+// the keys in lower buckets, hi = lo + its bucket's count - 1. The draw decides alone
+// wherever it lies below T(lo) or at or above T(hi), which is every element but a few
+// in a hundred; only the others need their exact rank: counted over the fiber (one
+// vectorised compare per key) while they are few, else read from the fiber sorted
+// whole (FiberSorter: where the buckets are large, as with tied keys, which quantised
+// deltas such as bf16's make, or zero deltas, which make one bucket of a fiber). So
+// a fiber costs a few vectorised passes over its keys, and at worst one sort.
+//
+// Buckets: 64 per octave of |d| (the exponent and 6 leading mantissa bits of the
+// key), the 32 octaves below the fiber's largest key; smaller keys share bucket 0.
 #pragma once
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
-#include <utility>
+#include <cstring>
 #include <vector>
 
 namespace m2n2::cpu {
+
+// The vectorised loops (della_ranks.cpp, compiled per instruction set).
+uint32_t della_key_max(const uint32_t* keys, int64_t n);
+uint64_t della_key_max(const uint64_t* keys, int64_t n);
+// digits[j] = max(0, (keys[j] >> shift) - low): 0 .. 2047 where keys >> shift <= low +
+// 2047; returns the smallest.
+uint32_t della_digits(const uint32_t* keys, int64_t n, int shift, int64_t low, uint16_t* digits);
+uint32_t della_digits(const uint64_t* keys, int64_t n, int shift, int64_t low, uint16_t* digits);
+// keep[j] = 0 where high[j] | 0xFF < tlo[d], 1 where high[j] >= thi[d] (d = digits[j]);
+// open[j] = 1 where neither (keep[j] then 1 until decided).
+// Returns the open count.
+int64_t della_bounds(const uint16_t* digits, int64_t n, const uint32_t* high, const uint32_t* tlo, const uint32_t* thi,
+                     uint32_t* keep, uint8_t* open);
+// The keys below key, plus those equal to it before index j: j's ascending rank.
+int64_t della_rank_by_count(const uint32_t* keys, int64_t n, uint32_t key, int64_t j);
+int64_t della_rank_by_count(const uint64_t* keys, int64_t n, uint64_t key, int64_t j);
 
 class FiberSorter {
  public:
@@ -80,5 +103,80 @@ class FiberSorter {
   std::vector<uint64_t> a_, b_;
   std::vector<std::pair<uint64_t, uint32_t>> wide_;
 };
+
+class DellaFiber {
+ public:
+  static constexpr uint32_t kBuckets = 2048;
+  // More open elements than this: the fiber sorted whole (radix) rather than each
+  // open element's rank counted over it (a count costs about a hundredth of a sort).
+  static constexpr int64_t kCountMax = 64;
+
+  // keep[j] = 0 where element j of the fiber of n keys (contiguous) is kept, else 1.
+  // high[j]: the high half of its draw, shifted (hi16 << 8, dare_draws.h); low8(j):
+  // its low byte, asked for only where the high half ties with the threshold's;
+  // thr[r]: the threshold of rank r, non-decreasing in r.
+  template <class Key, class Low8>
+  void decide(const Key* keys, int64_t n, const uint32_t* high, const uint32_t* thr, Low8&& low8, uint32_t* keep);
+
+ private:
+  uint32_t count_[kBuckets];
+  uint32_t start_[kBuckets];
+  uint32_t tlo_[kBuckets];
+  uint32_t thi_[kBuckets];
+  FiberSorter sorter_;
+  std::vector<uint16_t> digits_;
+  std::vector<uint8_t> open_;
+  std::vector<uint32_t> order_, rank_;
+};
+
+template <class Key, class Low8>
+void DellaFiber::decide(const Key* keys, int64_t n, const uint32_t* high, const uint32_t* thr, Low8&& low8,
+                        uint32_t* keep) {
+  if (int64_t(digits_.size()) < n) {
+    digits_.resize(size_t(n));
+    open_.resize(size_t(n));
+    order_.resize(size_t(n));
+    rank_.resize(size_t(n));
+  }
+  // 64 buckets per octave: the key's exponent and 6 leading mantissa bits.
+  constexpr int shift = (sizeof(Key) == 8 ? 52 : 23) - 6;
+  const int64_t top = int64_t(della_key_max(keys, n) >> shift);
+  const uint32_t first = della_digits(keys, n, shift, top - int64_t(kBuckets - 1), digits_.data());
+  std::fill(count_ + first, count_ + kBuckets, 0u);
+  for (int64_t j = 0; j < n; ++j) ++count_[digits_[size_t(j)]];
+  // Buckets below the smallest key's stay unread. tlo_, thi_: the thresholds at each
+  // bucket's lowest and highest rank (any rank in range for an empty bucket).
+  uint32_t sum = 0;
+  for (uint32_t d = first; d < kBuckets; ++d) {
+    const uint32_t c = count_[d];
+    start_[d] = sum;
+    tlo_[d] = thr[std::min(sum, uint32_t(n - 1))];
+    thi_[d] = thr[std::max(sum + c, 1u) - 1];
+    sum += c;
+  }
+  const int64_t opened = della_bounds(digits_.data(), n, high, tlo_, thi_, keep, open_.data());
+  if (opened == 0) return;
+  const bool sorted = opened > kCountMax;
+  if (sorted) {
+    sorter_.sort(keys, n, order_.data());
+    for (int64_t r = 0; r < n; ++r) rank_[order_[size_t(r)]] = uint32_t(r);
+  }
+  // The few open elements: the flags 8 at a time.
+  const uint8_t* open = open_.data();
+  for (int64_t j0 = 0; j0 < n; j0 += 8) {
+    uint64_t word = 0;
+    if (j0 + 8 <= n) {
+      std::memcpy(&word, open + j0, 8);
+      if (word == 0) continue;
+    }
+    for (int64_t j = j0; j < std::min(n, j0 + 8); ++j) {
+      if (!open[j]) continue;
+      const uint32_t t = thr[sorted ? int64_t(rank_[size_t(j)]) : della_rank_by_count(keys, n, keys[j], j)];
+      const uint32_t h = high[j];
+      const uint32_t u = (h >> 8) == (t >> 8) ? h | low8(j) : h;
+      keep[j] = u < t ? 0u : 1u;
+    }
+  }
+}
 
 }  // namespace m2n2::cpu

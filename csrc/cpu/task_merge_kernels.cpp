@@ -254,86 +254,94 @@ const compute_t<T>* base_tile(const T* base, int64_t len, compute_t<T>* buf) {
   }
 }
 
-// ---- della: each element's threshold from its rank in its fiber ----------------------
+// ---- della: keep decisions from each element's rank in its fiber -------------------
 
 template <class Key>
 struct DellaScratch {
-  FiberSorter sorter;
+  DellaFiber fiber;
   std::vector<Key> keys;          // one fiber's
-  std::vector<uint32_t> order;    // its indices in ascending order of key
   std::vector<uint32_t> by_rank;  // the threshold of each rank
+  std::vector<uint32_t> high;     // the chunk's draws (high halves)
+  std::vector<uint32_t> fiber_high, fiber_keep;  // one strided fiber's, gathered
 };
 
-// Model k's DELLA thresholds over chunk c (whole slabs of its tensor): thr[e] for the
-// chunk's element e = dare_threshold(della_probability(rho, eps, B, r)), r its
-// ascending magnitude rank in its fiber, ties lowest index first.
+// Model k's DELLA decisions over chunk c (whole slabs of its tensor), as draws against
+// the threshold 1: keep[e] = 0 where the chunk's element e is kept (u24 <
+// dare_threshold(della_probability(rho, eps, B, r)), r its ascending magnitude rank in
+// its fiber, ties lowest index first), else 1.
 template <class T, class Key>
-void della_thresholds(const TaskTensor& t, const Chunk& c, int k, double rho, double eps, DellaScratch<Key>& s,
-                      uint32_t* thr) {
+void della_keeps(const TaskTensor& t, const Chunk& c, int k, const TaskMergeConfig& cfg, DellaScratch<Key>& s,
+                 uint32_t* keep) {
+  using Cm = compute_t<T>;
   const T* m = model_ptr<T>(t, k);
   const T* base = static_cast<const T*>(t.base);
-  const int64_t B = t.fiber, C = t.fiber_stride, slab = B * C;
+  const int64_t B = t.fiber, C = t.fiber_stride, slab = B * C, len = c.end - c.begin;
+  const uint64_t seed = cfg.seed, stream = kDareStream + uint64_t(k);
   s.keys.resize(size_t(B));
-  s.order.resize(size_t(B));
   s.by_rank.resize(size_t(B));
-  for (int64_t r = 0; r < B; ++r) s.by_rank[size_t(r)] = dare_threshold(della_probability(rho, eps, B, r));
+  s.high.resize(size_t(len));
+  for (int64_t r = 0; r < B; ++r) {
+    s.by_rank[size_t(r)] = dare_threshold(della_probability(cfg.density[size_t(k)], cfg.epsilon[size_t(k)], B, r));
+  }
+  // The high halves of the chunk's draws (hi16 << 8: no tie with 2^24's).
+  uint32_t* high = s.high.data();
+  for (int64_t t0 = 0; t0 < len; t0 += kDrawTile) {
+    draws_tile(seed, stream, uint64_t(c.flat + t0), std::min(kDrawTile, len - t0), 1u << 24, high + t0);
+  }
   Key* keys = s.keys.data();
+  alignas(64) Cm b_buf[kTile];
+  if (C > 1) {
+    s.fiber_high.resize(size_t(B));
+    s.fiber_keep.resize(size_t(B));
+  }
   for (int64_t s0 = c.begin; s0 < c.end; s0 += slab) {
     for (int64_t f = 0; f < C; ++f) {
-      const int64_t first = s0 + f;
+      const int64_t first = s0 + f, o = first - c.begin;
+      auto low8 = [&](int64_t j) { return dare_low8(seed, stream, uint64_t(c.flat + o + j * C)); };
       if (C == 1) {
-        for (int64_t j = 0; j < B; ++j) keys[j] = key_of<Key>(to_compute(m[first + j]) - to_compute(base[first + j]));
-      } else {
-        for (int64_t j = 0; j < B; ++j) {
-          const int64_t e = first + j * C;
-          keys[j] = key_of<Key>(to_compute(m[e]) - to_compute(base[e]));
+        for (int64_t j0 = 0; j0 < B; j0 += kTile) {
+          const int64_t n = std::min(kTile, B - j0);
+          keys_tile_k(m + first + j0, base_tile<T>(base + first + j0, n, b_buf), n, keys + j0);
         }
+        s.fiber.decide(keys, B, high + o, s.by_rank.data(), low8, keep + o);
+        continue;
       }
-      s.sorter.sort(keys, B, s.order.data());
-      uint32_t* out = thr + (first - c.begin);
-      for (int64_t r = 0; r < B; ++r) out[int64_t(s.order[size_t(r)]) * C] = s.by_rank[size_t(r)];
+      uint32_t* fh = s.fiber_high.data();
+      uint32_t* fk = s.fiber_keep.data();
+      for (int64_t j = 0; j < B; ++j) {
+        const int64_t e = first + j * C;
+        keys[j] = key_of<Key>(to_compute(m[e]) - to_compute(base[e]));
+        fh[j] = high[o + j * C];
+      }
+      s.fiber.decide(keys, B, fh, s.by_rank.data(), low8, fk);
+      for (int64_t j = 0; j < B; ++j) keep[o + j * C] = fk[j];
     }
   }
 }
 
-// The thresholds of every model that keeps some but not all of the unit, K x (chunk
+// The decisions of every model that keeps some but not all of the unit, K x (chunk
 // length), model-major (empty where the call is not della).
 template <class T, class Key>
-std::vector<uint32_t> della_chunk_thresholds(const TaskTensor& t, const Chunk& c, const std::vector<ModelPlan>& plans,
-                                             const TaskMergeConfig& cfg) {
-  std::vector<uint32_t> thr;
-  if (cfg.sparsify != Sparsify::kDella) return thr;
+std::vector<uint32_t> della_chunk_keeps(const TaskTensor& t, const Chunk& c, const std::vector<ModelPlan>& plans,
+                                        const TaskMergeConfig& cfg) {
+  std::vector<uint32_t> keep;
+  if (cfg.sparsify != Sparsify::kDella) return keep;
   const int64_t len = c.end - c.begin;
-  thr.resize(plans.size() * size_t(len));
+  keep.resize(plans.size() * size_t(len));
   DellaScratch<Key> scratch;
   for (size_t k = 0; k < plans.size(); ++k) {
-    if (!plans[k].selects()) continue;
-    della_thresholds<T, Key>(t, c, int(k), cfg.density[k], cfg.epsilon[k], scratch, thr.data() + k * size_t(len));
+    if (plans[k].selects()) della_keeps<T, Key>(t, c, int(k), cfg, scratch, keep.data() + k * size_t(len));
   }
-  return thr;
+  return keep;
 }
 
-// DELLA's keep decisions over a tile, as draws against the threshold 1 (kept iff 0):
-// out[j] = 0 where u24 < thr[j], else 1 (the low byte drawn only where the high half
-// ties with thr[j]'s, as dare_draws.h draws it against one threshold).
-void della_draws_tile(uint64_t seed, uint64_t stream, uint64_t i0, int64_t len, const uint32_t* thr, uint32_t* out) {
-  draws_tile(seed, stream, i0, len, 1u << 24, out);  // hi16 << 8: no high half ties with 2^24's
-  for (int64_t j = 0; j < len; ++j) {
-    uint32_t u = out[j];
-    if ((u >> 8) == (thr[j] >> 8)) u |= dare_low8(seed, stream, i0 + uint64_t(j));
-    out[j] = u < thr[j] ? 0u : 1u;
-  }
-}
-
-// The draws of model k over a tile: DARE's against its threshold, or DELLA's against
-// each element's (thr: the model's thresholds of the chunk, from the tile's first).
-void model_draws_tile(const TaskMergeConfig& cfg, const ModelPlan& p, int k, uint64_t i0, int64_t len,
-                      const uint32_t* thr, uint32_t* draws) {
-  if (cfg.sparsify == Sparsify::kDella) {
-    della_draws_tile(cfg.seed, kDareStream + uint64_t(k), i0, len, thr, draws);
-  } else {
-    draws_tile(cfg.seed, kDareStream + uint64_t(k), i0, len, p.dare_threshold, draws);
-  }
+// The draws of model k over a tile, compared with p.dare_threshold by the passes:
+// DARE's, or della's decisions (della: its model's, from the tile's first element).
+const uint32_t* model_draws_tile(const TaskMergeConfig& cfg, const ModelPlan& p, int k, uint64_t i0, int64_t len,
+                                 const uint32_t* della, uint32_t* draws) {
+  if (cfg.sparsify == Sparsify::kDella) return della;
+  draws_tile(cfg.seed, kDareStream + uint64_t(k), i0, len, p.dare_threshold, draws);
+  return draws;
 }
 
 // ---- radix selection (radix_select.h) ---------------------------------------------
@@ -861,7 +869,7 @@ void stats_chunk(const TaskTensor& t, const Chunk& c, const std::vector<ModelPla
   const int K = int(plans.size());
   const Sparsify sparsify = cfg.sparsify;
   const bool magnitude = sparsify == Sparsify::kMagnitude;  // (outliers: their own branch)
-  const std::vector<uint32_t> della = della_chunk_thresholds<T, Key>(t, c, plans, cfg);
+  const std::vector<uint32_t> della = della_chunk_keeps<T, Key>(t, c, plans, cfg);
   const int64_t clen = c.end - c.begin;
   alignas(64) compute_t<T> b_buf[kTile];
   alignas(64) uint32_t draws[kTile];
@@ -892,11 +900,12 @@ void stats_chunk(const TaskTensor& t, const Chunk& c, const std::vector<ModelPla
         out.ties[k] += ties;
         continue;
       }
+      const uint32_t* kdraws = draws;
       if (!magnitude) {
-        model_draws_tile(cfg, p, k, uint64_t(c.flat + (t0 - c.begin)), len,
-                         della.empty() ? nullptr : della.data() + k * clen + (t0 - c.begin), draws);
+        kdraws = model_draws_tile(cfg, p, k, uint64_t(c.flat + (t0 - c.begin)), len,
+                                  della.empty() ? nullptr : della.data() + k * clen + (t0 - c.begin), draws);
       }
-      stats_tile_k(model_ptr<T>(t, k) + t0, b, len, magnitude, sizeof(Key) == 8, p.threshold, draws,
+      stats_tile_k(model_ptr<T>(t, k) + t0, b, len, magnitude, sizeof(Key) == 8, p.threshold, kdraws,
                    p.dare_threshold, &out.abs_sum[k], &out.kept_sum[k], &out.ties[k]);
     }
   }
@@ -1209,7 +1218,7 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
   const bool plain = !outliers && cfg.consensus == Consensus::kNone && K <= kPlainMaxModels &&
                      std::all_of(mode, mode + K, [](KeepMode md) { return md == KeepMode::kAll; });
   const T* tile_models[kPlainMaxModels];
-  const std::vector<uint32_t> della = della_chunk_thresholds<T, Key>(t, c, plans, cfg);
+  const std::vector<uint32_t> della = della_chunk_keeps<T, Key>(t, c, plans, cfg);
   const int64_t clen = c.end - c.begin;
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
@@ -1241,11 +1250,12 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, int64_t chunk_index, const
         }
       }
       if (!filled) {
+        const uint32_t* kdraws = draws;
         if (mode[k] == KeepMode::kDraw) {
-          model_draws_tile(cfg, p, k, uint64_t(c.flat + (t0 - c.begin)), len,
-                           della.empty() ? nullptr : della.data() + k * clen + (t0 - c.begin), draws);
+          kdraws = model_draws_tile(cfg, p, k, uint64_t(c.flat + (t0 - c.begin)), len,
+                                    della.empty() ? nullptr : della.data() + k * clen + (t0 - c.begin), draws);
         }
-        factors_tile_k(m, b, len, mode[k], wide, threshold, draws, p.dare_threshold, s[k], w[k], ek);
+        factors_tile_k(m, b, len, mode[k], wide, threshold, kdraws, p.dare_threshold, s[k], w[k], ek);
       }
       if (outliers && mode[k] != KeepMode::kNone) {
         drop_largest_tile<T, Key>(m, b, len, plans[size_t(K + k)], drop_rank[k], keys, ek);
@@ -1334,7 +1344,7 @@ void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg
       p.keep_all = rho >= 1.0;
       p.keep_none = p.dare_threshold == 0;
     } else if (cfg.sparsify == Sparsify::kDella) {
-      p.dare_threshold = 1;  // the draws della_draws_tile makes: 0 where kept
+      p.dare_threshold = 1;  // della_keeps' decisions: 0 where kept
       p.keep_all = rho >= 1.0;
       p.keep_none = rho <= 0.0;
     }
