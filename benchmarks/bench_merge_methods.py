@@ -1,4 +1,4 @@
-"""Task-vector merges (task arithmetic, TIES, DARE, PCB): our fused kernels vs the best
+"""Task-vector merges (task arithmetic, TIES, DARE, breadcrumbs, DELLA, PCB): our fused kernels vs the best
 plain torch vs mergekit vs torch's lerp_.
 
 One run on a realistic tensor set: the weights of one Llama-7B transformer block (q, k,
@@ -15,6 +15,9 @@ each model = base + N(0, 0.001^2), stored in the dtype), for every dtype of --dt
   dare_ties        random density 0.2, rescale l1, consensus sum
   breadcrumbs      magnitude_outliers density 0.2, gamma 0.01 per tensor (mergekit's
                    breadcrumbs: no consensus, no rescale)
+  della            mergekit's della: della_magprune density 0.2, epsilon 0.15 (keep
+                   probabilities 0.05 to 0.35 by magnitude rank within each row),
+                   rescale l1, consensus sum, normalize
   pcb              PCB merging, ratio 0.2, clamp 1e-4, per tensor (no mergekit row:
                    mergekit has no PCB)
 each op with the impls
@@ -31,7 +34,9 @@ each op with the impls
                    threshold from kthvalue of |d_k| (as FusionBench; it keeps every tie at
                    the threshold), masks, sign election and mix; DARE with a rand < density
                    mask, the l1 rescale and the mix; breadcrumbs with both thresholds
-                   from kthvalue (the band between them, every tie kept); PCB as the authors' code (K x n
+                   from kthvalue (the band between them, every tie kept); DELLA with each
+                   row's ranks from one sort (its indices scattered back), rand <
+                   probability, the l1 rescale and TIES' election; PCB as the authors' code (K x n
                    stacked deltas, fp32 exp and tanh) with kthvalue for its sort
   mergekit         only where `import mergekit` works and it has
                    mergekit.merge_methods.api.merge_tensors (left out with a note
@@ -49,7 +54,8 @@ passes + the fused pass, + 1 statistics pass where a model's threshold has more 
 than it keeps (exactly k are kept: bf16 deltas tie often, fp32 ones rarely); a window
 that misses falls back to the radix passes as well, which the count does not see (a
 normal N(0, s^2) delta set does not miss); DARE with the l1 rescale 2 (statistics +
-fused); breadcrumbs as TIES, its selection passes reading every model twice (two
+fused); DELLA 2 as DARE (each ranking every row: a histogram pass, and a sort
+where many draws fall between a bucket's bounds); breadcrumbs as TIES, its selection passes reading every model twice (two
 thresholds per model: 2K virtual models), so counted (2K + 1) / (K + 1) passes each;
 PCB 4 (1 pass for the clamp bounds, whose ranks lie near the ends: extreme_select.h;
 2 radix passes where a unit is too large for it; 2 radix passes for the score
@@ -96,7 +102,8 @@ DENSITY = 0.2
 SEED = 1234
 RESCALE_MIN = 1e-7  # mergekit's eps for the l1 rescale (docs/semantics.md)
 GAMMA = 0.01  # breadcrumbs drops this fraction of each model's largest |d| (mergekit's default)
-OPS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "pcb")
+OPS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "della", "pcb")
+DELLA_EPSILON = 0.15  # mergekit's default
 PCB_RATIO = 0.2  # PCB keeps this fraction of each model's scores
 PCB_CLAMP = 1e-4  # the authors' min/max ratio
 CEILING = "lerp_"
@@ -114,6 +121,7 @@ MERGEKIT_METHODS = {
     "dare_linear": ("dare_linear", {"density": DENSITY, "rescale": True}),
     "dare_ties": ("dare_ties", {"density": DENSITY, "rescale": True}),
     "breadcrumbs": ("breadcrumbs", {"density": DENSITY, "gamma": GAMMA}),
+    "della": ("della", {"density": DENSITY, "epsilon": DELLA_EPSILON}),
 }
 
 
@@ -146,6 +154,8 @@ def ours(op, base, models, w, backend, out=None):
         return mk.pcb_merge(base, models, ratio=PCB_RATIO, clamp=PCB_CLAMP, backend=backend, out=out)
     if op == "breadcrumbs":
         return mk.breadcrumbs_merge(base, models, w, DENSITY, gamma=GAMMA, backend=backend, out=out)
+    if op == "della":
+        return mk.della_merge(base, models, w, DENSITY, epsilon=DELLA_EPSILON, seed=SEED, backend=backend, out=out)
     return mk.dare_merge(base, models, w, DENSITY, seed=SEED, consensus="sum" if op == "dare_ties" else None,
                          backend=backend, out=out)
 
@@ -274,6 +284,34 @@ def torch_dare(base, models, w, *, ties, gen):
     return out
 
 
+def torch_della(base, models, w, *, gen):
+    """Per tensor (rows along dim 1; a 1-D tensor one row): each model's ranks within its
+    rows from one sort (indices scattered back), keep with probability (density -
+    epsilon) + rank / (B - 1) 2 epsilon (rand < p), the l1 rescale, TIES' election
+    (mergekit's della: consensus sum, normalize)."""
+    out = []
+    K = len(models)
+    for i, b in enumerate(base):
+        n = b.numel()
+        bf = b.reshape(-1).float()
+        rows = b.reshape(b.shape[0], b.shape[1], -1) if b.dim() >= 2 else b.reshape(1, -1, 1)
+        B = rows.shape[1]
+        E = torch.empty(K, n, device=bf.device)
+        ramp = torch.arange(B, device=bf.device, dtype=torch.float32).div_(max(B - 1, 1)).mul_(2 * DELLA_EPSILON)
+        ramp = ramp.add_(DENSITY - DELLA_EPSILON).reshape(1, B, 1).expand(rows.shape)
+        for k in range(K):
+            d = _delta_into(E[k], models[k][i], bf)
+            full = float(torch.linalg.vector_norm(d, 1))
+            order = d.abs().reshape(rows.shape).argsort(dim=1)
+            p = torch.empty(rows.shape, device=bf.device).scatter_(1, order, ramp)
+            d.mul_(torch.rand(n, generator=gen, device=bf.device) < p.reshape(-1))
+            kept = float(torch.linalg.vector_norm(d, 1))
+            s = full / kept if full >= RESCALE_MIN and kept >= RESCALE_MIN else 1.0
+            d.mul_(s * w[k])
+        out.append(_finish(_elect_and_mix(E, w, bf, normalize=True), b))
+    return out
+
+
 def torch_pcb(base, models):
     """Per tensor, the authors' PCB formulas in fp32 with kthvalue instead of their sort:
     the clamp bounds of |d_k|, exp(K s) tanh(d_k S) scores, the drop threshold and the
@@ -314,6 +352,8 @@ def best_torch(op, base, models, w, gen):
         return torch_pcb(base, models)
     if op == "breadcrumbs":
         return torch_breadcrumbs(base, models, w)
+    if op == "della":
+        return torch_della(base, models, w, gen=gen)
     return torch_dare(base, models, w, ties=op == "dare_ties", gen=gen)
 
 
@@ -569,7 +609,7 @@ def run(args):
         # depth limit (csrc/cpu/extreme_select.h), else by radix; the score threshold by radix.
         bounds_passes = sum((1 if int(s * PCB_CLAMP) + 1 <= min(2 ** 14, max(1, s // 64)) else select) * s
                             for s in sizes) / n
-        passes = {"task_arithmetic": 1.0, "ties": ties_passes, "dare_linear": 2.0, "dare_ties": 2.0,
+        passes = {"task_arithmetic": 1.0, "ties": ties_passes, "dare_linear": 2.0, "dare_ties": 2.0, "della": 2.0,
                   "breadcrumbs": 1 + twice * (ties_passes - 1), "pcb": bounds_passes + select + 1.0}
         for be in backends:
             summary = []

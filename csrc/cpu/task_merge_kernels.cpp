@@ -23,6 +23,7 @@ namespace m2n2::cpu {
 namespace {
 
 constexpr int64_t kChunk = int64_t(1) << 16;
+constexpr int64_t kDellaChunk = int64_t(1) << 14;  // della's chunks: whole slabs, about this many elements
 
 // Elements [begin, end) of position `tensor`; `flat` is the unit index of `begin`.
 struct Chunk {
@@ -1300,11 +1301,13 @@ void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg
   std::vector<Chunk> chunks;
   int64_t n = 0;
   for (int64_t p = 0; p < int64_t(ts.size()); ++p) {
-    // della ranks whole fibers: its chunks are whole slabs (fiber x fiber_stride).
+    // della ranks whole fibers: its chunks are whole slabs (fiber x fiber_stride), about
+    // a quarter of the others, since each thread holds K + 1 words per element of its
+    // chunk (the draws and decisions, della_chunk_keeps).
     int64_t step = kChunk;
     if (cfg.sparsify == Sparsify::kDella && ts[p].numel > 0) {
       const int64_t slab = ts[p].fiber * ts[p].fiber_stride;
-      step = slab * std::max<int64_t>(1, kChunk / slab);
+      step = slab * std::max<int64_t>(1, kDellaChunk / slab);
     }
     for (int64_t begin = 0; begin < ts[p].numel; begin += step) {
       chunks.push_back({p, begin, std::min(ts[p].numel, begin + step), n + begin});
