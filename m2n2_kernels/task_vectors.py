@@ -329,32 +329,55 @@ def della_merge(base, models, weights, density, *, epsilon=0.15, seed, consensus
     density + epsilon (the largest); then the kept deltas rescaled ("l1", as mergekit)
     and merged as TIES (consensus="sum") or summed (None). docs/semantics.md, "della".
 
-    On CPU one fused op (C++); on other devices the torch reference for now (no CUDA
-    C++ or Triton kernel yet).
+    On CPU the C++ op; on CUDA the Triton kernels (one program per row, which it
+    sorts), and the torch reference for the tensors they do not take (float64, rows
+    of more than 4096 elements; with scope="global", the whole list), or without
+    triton; no CUDA C++ kernel yet.
     """
     base_list, lists, is_list, w, rho, eps, lam, seed, cons, resc = check_op_della(
         base, models, weights, density, epsilon, consensus, rescale, lam, scope, seed)
     out_list = _out_list(out, base_list, lists, is_list)
     device = base_list[0].device
-    if backend == "triton" or (backend == "cpp" and device.type != "cpu"):
-        raise NotImplementedError(f"della_merge has no {'Triton' if backend == 'triton' else 'CUDA C++'} kernel "
-                                  f"yet: use backend='torch' or None")
     if backend not in (None, "auto") + _backend.BACKENDS:
         _backend.choose(device, backend)  # raises, naming the choices
-    # Only the CPU kernel exists: CPU tensors run it unless backend="torch"; others
-    # run the reference.
-    if device.type == "cpu" and backend != "torch":
-        torch.ops.m2n2.della_merge_out([b.contiguous() for b in base_list],
-                                       [t.contiguous() for m in lists for t in m], out_list, w, rho, eps, cons, resc,
-                                       bool(normalize), lam, scope, seed)
-        result = out_list
-    else:
-        result = reference.della_merge(base_list, lists, w, rho, epsilon=eps, seed=seed % 2**64,
-                                       consensus=None if cons == "none" else cons,
-                                       rescale=None if resc == "none" else resc, normalize=bool(normalize), lam=lam,
-                                       scope=scope)
-        if out is not None:
-            for o, r in zip(out_list, result):
-                o.copy_(r)
-            result = out_list
+    if backend == "cpp" and device.type != "cpu":
+        raise NotImplementedError("della_merge has no CUDA C++ kernel yet: use backend='triton', 'torch' or None")
+    route = "torch" if backend == "torch" else "cpp" if device.type == "cpu" and backend != "triton" else "triton"
+    positions = list(range(len(base_list)))
+    rest = []  # positions the reference merges
+    if route == "triton":
+        if backend == "triton":
+            _backend.choose(device, "triton")  # raises without triton, or on CPU without its interpreter
+        if _backend.triton_importable():
+            from .triton import della as triton_della
+            rest = [i for i in positions if not triton_della.supports_tensor(base_list[i])]
+        else:
+            rest = positions
+        if rest and backend == "triton":
+            raise NotImplementedError(
+                f"della_merge's Triton kernels take fibers of at most {triton_della.MAX_FIBER} elements and no "
+                "float64 tensors: use backend='torch'")
+        if rest and scope == "global":  # one unit: one path
+            rest = positions
+    elif route == "torch":
+        rest = positions
+    ours = [i for i in positions if i not in rest]
+    if ours:
+        args = ([base_list[i].contiguous() for i in ours], [m[i].contiguous() for m in lists for i in ours],
+                [out_list[i] for i in ours], w, rho, eps, cons, resc, bool(normalize), lam, scope, seed)
+        if route == "cpp":
+            torch.ops.m2n2.della_merge_out(*args)
+        else:
+            triton_della.della_merge_out(*args)
+    result = out_list
+    if rest:
+        merged = reference.della_merge([base_list[i] for i in rest], [[m[i] for i in rest] for m in lists], w, rho,
+                                       epsilon=eps, seed=seed % 2**64, consensus=None if cons == "none" else cons,
+                                       rescale=None if resc == "none" else resc, normalize=bool(normalize),
+                                       lam=lam, scope=scope)
+        if out is None and not ours:
+            result = merged
+        else:
+            for i, r in zip(rest, merged):
+                out_list[i].copy_(r)
     return result if is_list else result[0]

@@ -12,6 +12,8 @@ import torch
 from m2n2_kernels import dare_merge, della_merge, task_arithmetic
 from m2n2_kernels.reference import DARE_STREAM, dare_uniform24
 
+from conftest import available_backends
+
 BACKENDS = ["torch", "cpp"]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 # 1-D tensors are one fiber; (5, 1) fibers of one element; (3, 4, 5) fibers strided
@@ -273,7 +275,6 @@ BAD = [
     ("consensus", dict(consensus="vote"), ValueError, r"consensus must be one of \('none', 'sum', 'count'\)"),
     ("seed negative", dict(seed=-1), ValueError, r"seed must lie in \[0, 2\*\*64\), got -1"),
     ("backend", dict(backend="cuda"), ValueError, r"backend must be one of \('cpp', 'triton', 'torch'\)"),
-    ("triton", dict(backend="triton"), NotImplementedError, r"della_merge has no Triton kernel yet"),
 ]
 
 
@@ -285,3 +286,85 @@ def test_bad_input_leaves_base_untouched(case):
     with pytest.raises(error, match=message):
         della_merge(base, [M], [1.0], kw.pop("density"), out=base, **kw)
     assert torch.equal(base, B)
+
+
+# ---------------------------------------------------------------------------
+# The Triton kernels (in the interpreter on CPU tensors) against the C++ kernel, bit
+# for bit (their l1 sums add in fibre order, the C++ kernel's in chunk order: fp32
+# tensors only, where the rounded ratio agrees).
+# ---------------------------------------------------------------------------
+
+TRITON = [b for b in available_backends("cpu") if b == "triton"]
+needs_triton = pytest.mark.skipif(not TRITON, reason="triton (interpreter) not available")
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype,consensus,rescale,normalize,scope", [
+    (torch.float32, "sum", "l1", True, "tensor"), (torch.float32, "count", "l1", False, "global"),
+    (torch.bfloat16, "sum", "l1", True, "global"), (torch.bfloat16, None, None, False, "tensor"),
+    (torch.float16, None, "l1", False, "tensor"), (torch.float16, "count", None, True, "global"),
+])
+def test_triton_equals_cpp(dtype, consensus, rescale, normalize, scope):
+    """Every rescale, consensus and scope in each dtype; fibres contiguous and strided,
+    of one element, padded to a power of two, and an empty tensor (the interpreter
+    runs the programs one by one: few, small fibres)."""
+    g = gen(1)
+    shapes = [(3, 37), (2, 3, 5), (9,), (1,), (4, 1), (0, 4), (1, 130)]
+    base = [torch.randn(s, generator=g).to(dtype) for s in shapes]
+    models = [[(b.float() + torch.randint(-2, 3, b.shape, generator=g) * (0.25 if k == 0 else 0.01)).to(dtype)
+               for b in base] for k in range(3)]
+    kw = dict(epsilon=[0.1, 0.2, 0.05], seed=2**40 + 7, consensus=consensus, rescale=rescale, normalize=normalize,
+              lam=0.7, scope=scope)
+    want = della_merge(base, models, [0.5, 1.0, -0.25], [0.4, 1.0, 0.3], backend="cpp", **kw)
+    got = della_merge(base, models, [0.5, 1.0, -0.25], [0.4, 1.0, 0.3], backend="triton", **kw)
+    for x, y in zip(got, want):
+        assert torch.equal(x, y)
+
+
+@needs_triton
+def test_triton_out_in_place():
+    base, models = case((4, 50), torch.bfloat16, 2, seed=3)
+    want = della_merge(base, models, [1.0, 0.5], 0.3, seed=9, backend="cpp")
+    b = base.clone()
+    assert della_merge(b, models, [1.0, 0.5], 0.3, seed=9, out=b, backend="triton") is b
+    assert torch.equal(b, want)
+
+
+def test_no_cpp_kernel_off_the_cpu():
+    base = torch.zeros(3, device="meta")
+    with pytest.raises(NotImplementedError, match=r"della_merge has no CUDA C\+\+ kernel yet"):
+        della_merge(base, [base], [1.0], 0.5, seed=0, backend="cpp")
+
+
+@needs_triton
+def test_triton_refuses_what_it_cannot_take():
+    base = torch.zeros(3, dtype=torch.float64)
+    with pytest.raises(NotImplementedError, match=r"no float64 tensors: use backend='torch'"):
+        della_merge(base, [base + 1], [1.0], 0.5, seed=0, backend="triton")
+    long_row = torch.zeros(2**12 + 1)
+    with pytest.raises(NotImplementedError, match=r"fibers of at most 4096 elements"):
+        della_merge(long_row, [long_row + 1], [1.0], 0.5, seed=0, backend="triton")
+
+
+_COMPILE_CHECK = r"""
+from m2n2_kernels.triton import della as td
+
+fused = ["*bf16", "*bf16", "*i64", "*i32", "*fp64", "*fp64", "*i32"]
+ptx = [compile_ptx(td._fused_kernel, fused, dict(FIBER=1024, CDT=tl.float32, CONSENSUS=1, NORMALIZE=True)),
+       compile_ptx(td._fused_kernel, ["*fp32", "*fp32"] + fused[2:],
+                   dict(FIBER=4096, CDT=tl.float32, CONSENSUS=0, NORMALIZE=False)),
+       compile_ptx(td._stats_kernel, ["*fp16", "*i64", "*i32", "*i32", "*fp64", "*fp64"],
+                   dict(FIBER=2048, CDT=tl.float32))]
+for p in ptx:
+    assert "fma." not in p and "div.full" not in p and "div.approx" not in p, "contracted or approximate"
+print("ok")
+"""
+
+
+@needs_triton
+def test_triton_compiles_for_gpu_without_fma():
+    """The kernels compile for sm_90 (up to the largest fibre a program sorts), with no
+    FMA contraction and correctly rounded division."""
+    from conftest import run_triton_compile_check
+
+    run_triton_compile_check(_COMPILE_CHECK)
