@@ -115,16 +115,20 @@ def _per_model(values, K, name, *, unit_range=False):
     return out
 
 
+def _weights_and_density(weights, density, K):
+    """One weight per model (a single number refused), a density per model in [0, 1]."""
+    if isinstance(weights, (int, float)) or (isinstance(weights, torch.Tensor) and weights.dim() == 0):
+        raise TypeError(f"weights must hold one number per model (K = {K}), got a single number")
+    return _per_model(weights, K, "weights"), _per_model(density, K, "density", unit_range=True)
+
+
 def check_op_task_merge(base, models, weights, sparsify, density, consensus, rescale, lam, scope, seed, gamma=0.01):
     """Every argument of task_merge, checked before anything is written; returns the
     canonical form (base_list, model_lists, is_list, n, weights, densities, gammas,
     lam, seed as int64, [sparsify, consensus, rescale] as the op's strings)."""
     base_list, lists, is_list, n = _model_lists(base, models)
     K = len(lists)
-    if isinstance(weights, (int, float)) or (isinstance(weights, torch.Tensor) and weights.dim() == 0):
-        raise TypeError(f"weights must hold one number per model (K = {K}), got a single number")
-    w = _per_model(weights, K, "weights")
-    rho = _per_model(density, K, "density", unit_range=True)
+    w, rho = _weights_and_density(weights, density, K)
     gam = _per_model(gamma, K, "gamma", unit_range=True)
     choices = [_checks.choice("none" if v is None else v, name, allowed) for v, name, allowed in (
         (sparsify, "sparsify", SPARSIFY), (consensus, "consensus", CONSENSUS), (rescale, "rescale", RESCALE))]
@@ -292,10 +296,7 @@ def check_op_della(base, models, weights, density, epsilon, consensus, rescale, 
     model_lists, is_list, weights, densities, epsilons, lam, seed, consensus, rescale)."""
     base_list, lists, is_list, n = _model_lists(base, models)
     K = len(lists)
-    if isinstance(weights, (int, float)) or (isinstance(weights, torch.Tensor) and weights.dim() == 0):
-        raise TypeError(f"weights must hold one number per model (K = {K}), got a single number")
-    w = _per_model(weights, K, "weights")
-    rho = _per_model(density, K, "density", unit_range=True)
+    w, rho = _weights_and_density(weights, density, K)
     eps = _per_model(epsilon, K, "epsilon", unit_range=True)
     cons = _checks.choice("none" if consensus is None else consensus, "consensus", CONSENSUS)
     resc = _checks.choice("none" if rescale is None else rescale, "rescale", DELLA_RESCALE)

@@ -11,6 +11,26 @@
 namespace m2n2 {
 namespace {
 
+// The tensors checked (check_task_tensors), as the kernels' positions; with_fibers:
+// della's rows too.
+std::vector<cpu::TaskTensor> task_tensors(at::TensorList base, at::TensorList models, at::TensorList out, int64_t K,
+                                          bool with_fibers) {
+  const std::vector<Dtype> dtypes = check_task_tensors(base, models, out, K, c10::DeviceType::CPU);
+  std::vector<cpu::TaskTensor> tensors;
+  const size_t L = base.size();
+  for (size_t i = 0; i < L; ++i) {
+    cpu::TaskTensor t{dtypes[i], base[i].data_ptr(), {}, out[i].data_ptr(), base[i].numel()};
+    if (with_fibers) {
+      const FiberShape f = della_fibers(base[i], c10::str("base", where(i, true)));
+      t.fiber = f.fiber;
+      t.fiber_stride = f.stride;
+    }
+    for (int64_t k = 0; k < K; ++k) t.models.push_back(models[k * L + i].data_ptr());
+    tensors.push_back(std::move(t));
+  }
+  return tensors;
+}
+
 void task_merge_out_cpu(at::TensorList base, at::TensorList models, at::TensorList out, at::ArrayRef<double> weights,
                         at::ArrayRef<double> density, at::ArrayRef<double> gamma, c10::string_view sparsify,
                         c10::string_view consensus, c10::string_view rescale, bool normalize, double lam,
@@ -29,14 +49,7 @@ void task_merge_out_cpu(at::TensorList base, at::TensorList models, at::TensorLi
   cfg.normalize = normalize;
   cfg.lam = lam;
   cfg.seed = uint64_t(seed);
-  const std::vector<Dtype> dtypes = check_task_tensors(base, models, out, K, c10::DeviceType::CPU);
-  std::vector<cpu::TaskTensor> tensors;
-  const size_t L = base.size();
-  for (size_t i = 0; i < L; ++i) {
-    cpu::TaskTensor t{dtypes[i], base[i].data_ptr(), {}, out[i].data_ptr(), base[i].numel()};
-    for (int64_t k = 0; k < K; ++k) t.models.push_back(models[k * L + i].data_ptr());
-    tensors.push_back(std::move(t));
-  }
+  std::vector<cpu::TaskTensor> tensors = task_tensors(base, models, out, K, false);
   cfg.memory_budget = cpu::selection_memory_budget(tensors, int(K));
   cpu::task_merge(tensors, cfg);
 }
@@ -60,15 +73,7 @@ void della_merge_out_cpu(at::TensorList base, at::TensorList models, at::TensorL
   cfg.normalize = normalize;
   cfg.lam = lam;
   cfg.seed = uint64_t(seed);
-  const std::vector<Dtype> dtypes = check_task_tensors(base, models, out, K, c10::DeviceType::CPU);
-  std::vector<cpu::TaskTensor> tensors;
-  const size_t L = base.size();
-  for (size_t i = 0; i < L; ++i) {
-    const FiberShape f = della_fibers(base[i], c10::str("base", where(i, true)));
-    cpu::TaskTensor t{dtypes[i], base[i].data_ptr(), {}, out[i].data_ptr(), base[i].numel(), f.fiber, f.stride};
-    for (int64_t k = 0; k < K; ++k) t.models.push_back(models[k * L + i].data_ptr());
-    tensors.push_back(std::move(t));
-  }
+  std::vector<cpu::TaskTensor> tensors = task_tensors(base, models, out, K, true);
   cfg.memory_budget = cpu::selection_memory_budget(tensors, int(K));
   cpu::task_merge(tensors, cfg);
 }

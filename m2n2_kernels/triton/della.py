@@ -20,9 +20,9 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from ._utils import double_bits, f64_from_bits, i64, launch_opts, on_device, to_storage, compute_dtype
-from .task_merge import (_CONSENSUS, _DARE_STREAM_HI, _MASK32, _divide, _l1_scale, _philox_at, _plain_divisor,
-                         _sign)
+from ._utils import compute_dtype, double_bits, i64, launch_opts, on_device, to_storage
+from .task_merge import (_CONSENSUS, _DARE_STREAM_HI, _MASK32, _add_factor, _draws24_at, _l1_scale, _merged,
+                         _plain_divisor)
 
 # The largest fibre a program sorts: the in-register sorts unroll, and compiling for
 # sm_90 took 5 s at 2048, 59 s at 8192 and minutes at 16384 (on 2 CPU cores).
@@ -41,19 +41,14 @@ def supports_tensor(b):
 
 
 @triton.jit
-def _draws24_at(idx, k, seed_lo, seed_hi, stream_hi):
-    """u24 of reference.dare_uniform24 at the unit indices idx (int64, any order):
-    hi16 from counter idx >> 3, lo8 from counter idx >> 4 on the low stream."""
-    lo_stream = stream_hi ^ (1 << 16)
-    h0, h1, h2, h3 = _philox_at(idx >> 3, k, stream_hi, seed_lo, seed_hi)
-    q = (idx >> 1) & 3
-    hw = tl.where(q == 0, h0, tl.where(q == 1, h1, tl.where(q == 2, h2, h3)))
-    hi = (hw >> ((idx & 1) * 16).to(tl.uint32)) & 0xFFFF
-    l0, l1, l2, l3 = _philox_at(idx >> 4, k, lo_stream, seed_lo, seed_hi)
-    q = (idx >> 2) & 3
-    lw = tl.where(q == 0, l0, tl.where(q == 1, l1, tl.where(q == 2, l2, l3)))
-    lo = (lw >> ((idx & 3) * 8).to(tl.uint32)) & 0xFF
-    return ((hi << 8) | lo).to(tl.int64)
+def _fiber(B, C, start, FIBER: tl.constexpr):
+    """This program's fibre pid = a C + c: its lanes j, which hold an element (j < B),
+    their offsets a B C + j C + c in the tensor, and the unit index of element 0."""
+    pid = tl.program_id(0).to(tl.int64)
+    C = i64(C)
+    j = tl.arange(0, FIBER).to(tl.int64)
+    at = (pid // C) * (i64(B) * C) + pid % C
+    return pid, j, j < i64(B), at + j * C, i64(start) + at
 
 
 @triton.jit
@@ -80,13 +75,8 @@ def _stats_kernel(
 ):
     """Per fiber and model keeping some: sum |d| and the kept sum, fp64."""
     DT: tl.constexpr = base_ptr.dtype.element_ty
-    pid = tl.program_id(0).to(tl.int64)
-    Ci = i64(C)
-    j = tl.arange(0, FIBER).to(tl.int64)
-    valid = j < i64(B)
-    offs = (pid // Ci) * (i64(B) * Ci) + pid % Ci + j * Ci
+    pid, j, valid, offs, first = _fiber(B, C, start, FIBER)
     b = tl.load(base_ptr + offs, mask=valid, other=0.0).to(CDT)
-    first = i64(start) + (pid // Ci) * (i64(B) * Ci) + pid % Ci
     row = i64(fiber_base) + pid
     for k in range(K):
         if tl.load(kind_ptr + k) == 2:
@@ -107,19 +97,10 @@ def _fused_kernel(
 ):
     """task_merge.py's fused pass over one fiber, with della's decisions."""
     DT: tl.constexpr = base_ptr.dtype.element_ty
-    pid = tl.program_id(0).to(tl.int64)
-    Ci = i64(C)
-    j = tl.arange(0, FIBER).to(tl.int64)
-    valid = j < i64(B)
-    offs = (pid // Ci) * (i64(B) * Ci) + pid % Ci + j * Ci
+    pid, j, valid, offs, first = _fiber(B, C, start, FIBER)
     b = tl.load(base_ptr + offs, mask=valid, other=0.0).to(CDT)
-    first = i64(start) + (pid // Ci) * (i64(B) * Ci) + pid % Ci
     zero = tl.zeros_like(b)
-    x = zero
-    vote = zero
-    x_neg = zero
-    d_pos = zero
-    d_neg = zero
+    x, vote, x_neg, d_pos, d_neg = zero, zero, zero, zero, zero
     for k in range(K):
         kind = tl.load(kind_ptr + k)
         m_ptr = tl.load(table_ptr + k).to(tl.pointer_type(DT))
@@ -127,30 +108,10 @@ def _fused_kernel(
         keep = (zero == zero) & (kind == 0)
         if kind == 2:
             keep = _keep(d, j, valid, k, thr_ptr, B, first, C, seed_lo, seed_hi, stream_hi, FIBER)
-        w = tl.load(w_ptr + k).to(CDT)
-        e = tl.where(keep, (d * tl.load(s_ptr + k).to(CDT)) * w, zero)
-        if CONSENSUS == 0:
-            x = x + e
-        else:
-            if CONSENSUS == 1:
-                vote = vote + e
-            else:
-                vote = vote + _sign(e)
-            x = x + tl.where(e > 0, e, zero)
-            x_neg = x_neg + tl.where(e < 0, e, zero)
-            d_pos = d_pos + tl.where(e > 0, w, zero)
-            d_neg = d_neg + tl.where(e < 0, w, zero)
-    if CONSENSUS == 0:
-        divisor = f64_from_bits(divisor_bits).to(CDT)
-    else:
-        plus = vote >= 0
-        x = tl.where(plus, x, x_neg)
-        dsum = tl.where(plus, d_pos, d_neg)
-        divisor = tl.where(dsum == 0, zero + 1.0, dsum)
-    if NORMALIZE:
-        x = _divide(x, divisor + zero)
-    x = x * f64_from_bits(lam_bits).to(CDT)
-    tl.store(out_ptr + offs, to_storage(b + x, DT), mask=valid)
+        x, vote, x_neg, d_pos, d_neg = _add_factor(d, keep, k, w_ptr, s_ptr, x, vote, x_neg, d_pos, d_neg, CDT,
+                                                   CONSENSUS)
+    merged = _merged(b, x, vote, x_neg, d_pos, d_neg, lam_bits, divisor_bits, CDT, CONSENSUS, NORMALIZE)
+    tl.store(out_ptr + offs, to_storage(merged, DT), mask=valid)
 
 
 def _thresholds(density, epsilon, B, kinds, device):

@@ -128,17 +128,26 @@ def _draws24(first, k, seed_lo, seed_hi, stream_hi, BLOCK: tl.constexpr, ALIGNED
         l0, l1, l2, l3 = _philox_at((first >> 4) + tl.arange(0, BLOCK // 16), k, lo_stream, seed_lo, seed_hi)
         lw = _in_order(l0, l1, l2, l3)  # the word of elements 4j .. 4j + 3
         lo = _in_order(lw & 0xFF, (lw >> 8) & 0xFF, (lw >> 16) & 0xFF, lw >> 24)
+        u = ((hi << 8) | lo).to(tl.int32)
     else:
-        idx = first + tl.arange(0, BLOCK)
-        h0, h1, h2, h3 = _philox_at(idx >> 3, k, stream_hi, seed_lo, seed_hi)
-        q = (idx >> 1) & 3
-        hw = tl.where(q == 0, h0, tl.where(q == 1, h1, tl.where(q == 2, h2, h3)))
-        hi = (hw >> ((idx & 1) * 16).to(tl.uint32)) & 0xFFFF
-        l0, l1, l2, l3 = _philox_at(idx >> 4, k, lo_stream, seed_lo, seed_hi)
-        q = (idx >> 2) & 3
-        lw = tl.where(q == 0, l0, tl.where(q == 1, l1, tl.where(q == 2, l2, l3)))
-        lo = (lw >> ((idx & 3) * 8).to(tl.uint32)) & 0xFF
-    return ((hi << 8) | lo).to(tl.int32)
+        u = _draws24_at(first + tl.arange(0, BLOCK), k, seed_lo, seed_hi, stream_hi).to(tl.int32)
+    return u
+
+
+@triton.jit
+def _draws24_at(idx, k, seed_lo, seed_hi, stream_hi):
+    """The same draws at any unit indices idx (int64, any order; int64 results): one
+    Philox call per element for each half."""
+    lo_stream = stream_hi ^ (1 << 16)
+    h0, h1, h2, h3 = _philox_at(idx >> 3, k, stream_hi, seed_lo, seed_hi)
+    q = (idx >> 1) & 3
+    hw = tl.where(q == 0, h0, tl.where(q == 1, h1, tl.where(q == 2, h2, h3)))
+    hi = (hw >> ((idx & 1) * 16).to(tl.uint32)) & 0xFFFF
+    l0, l1, l2, l3 = _philox_at(idx >> 4, k, lo_stream, seed_lo, seed_hi)
+    q = (idx >> 2) & 3
+    lw = tl.where(q == 0, l0, tl.where(q == 1, l1, tl.where(q == 2, l2, l3)))
+    lo = (lw >> ((idx & 3) * 8).to(tl.uint32)) & 0xFF
+    return ((hi << 8) | lo).to(tl.int64)
 
 
 @triton.jit
@@ -155,6 +164,48 @@ def _divide(x, y):
         return tl.math.div_rn(x, y)
     else:
         return x / y
+
+
+@triton.jit
+def _add_factor(d, keep, k, w_ptr, s_ptr, x, vote, x_neg, d_pos, d_neg, CDT: tl.constexpr, CONSENSUS: tl.constexpr):
+    """Model k's factor e = (d s_k) w_k where kept, added to the running sums of the
+    mix: x (without consensus), else the vote and the sums over the models that agree
+    with sigma = +1 (x, d_pos) and with sigma = -1 (x_neg, d_neg), each the same
+    additions in the same order as the sum over the agreeing ones (combine_factors of
+    task_merge.h), so one loop over the models suffices."""
+    zero = tl.zeros_like(d)
+    w = tl.load(w_ptr + k).to(CDT)
+    e = tl.where(keep, (d * tl.load(s_ptr + k).to(CDT)) * w, zero)
+    if CONSENSUS == 0:
+        x = x + e
+    else:
+        if CONSENSUS == 1:
+            vote = vote + e
+        else:
+            vote = vote + _sign(e)
+        x = x + tl.where(e > 0, e, zero)  # sigma = +1 agrees
+        x_neg = x_neg + tl.where(e < 0, e, zero)
+        d_pos = d_pos + tl.where(e > 0, w, zero)
+        d_neg = d_neg + tl.where(e < 0, w, zero)
+    return x, vote, x_neg, d_pos, d_neg
+
+
+@triton.jit
+def _merged(b, x, vote, x_neg, d_pos, d_neg, lam_bits, divisor_bits, CDT: tl.constexpr, CONSENSUS: tl.constexpr,
+            NORMALIZE: tl.constexpr):
+    """c(base) + lam (x / D if normalize else x), from _add_factor's sums."""
+    zero = tl.zeros_like(b)
+    if CONSENSUS == 0:
+        divisor = f64_from_bits(divisor_bits).to(CDT)
+    else:
+        plus = vote >= 0
+        x = tl.where(plus, x, x_neg)
+        dsum = tl.where(plus, d_pos, d_neg)
+        divisor = tl.where(dsum == 0, zero + 1.0, dsum)
+    if NORMALIZE:
+        x = _divide(x, divisor + zero)
+    x = x * f64_from_bits(lam_bits).to(CDT)
+    return b + x
 
 
 @triton.jit
@@ -249,10 +300,7 @@ def _fused_kernel(
     BLOCK: tl.constexpr, CDT: tl.constexpr, WIDE: tl.constexpr, SPARSIFY: tl.constexpr,
     CONSENSUS: tl.constexpr, NORMALIZE: tl.constexpr, ALIGNED: tl.constexpr,
 ):
-    """combine_factors of task_merge.h over a block. With consensus, the sums over
-    the models that agree with sigma = +1 and with sigma = -1 are both carried (each
-    the same additions, in the same order, as the sum over the agreeing ones), so
-    one loop over the models suffices."""
+    """combine_factors of task_merge.h over a block (_add_factor, _merged)."""
     DT: tl.constexpr = base_ptr.dtype.element_ty
     block, offs, mask = _block_offsets(block_offset, n, BLOCK)
     b = tl.load(base_ptr + offs, mask=mask, other=0.0).to(CDT)
@@ -278,30 +326,10 @@ def _fused_kernel(
                             & ~_magnitude_keep(d, k + K, thr_ptr, need_ptr, tie_row_ptr, nblocks, WIDE))
                 else:
                     keep = _draws24(first, k, seed_lo, seed_hi, stream_hi, BLOCK, ALIGNED) < tl.load(dthr_ptr + k)
-        w = tl.load(w_ptr + k).to(CDT)
-        e = tl.where(keep, (d * tl.load(s_ptr + k).to(CDT)) * w, zero)
-        if CONSENSUS == 0:
-            x = x + e
-        else:
-            if CONSENSUS == 1:
-                vote = vote + e
-            else:
-                vote = vote + _sign(e)
-            x = x + tl.where(e > 0, e, zero)  # sigma = +1 agrees
-            x_neg = x_neg + tl.where(e < 0, e, zero)
-            d_pos = d_pos + tl.where(e > 0, w, zero)
-            d_neg = d_neg + tl.where(e < 0, w, zero)
-    if CONSENSUS == 0:
-        divisor = f64_from_bits(divisor_bits).to(CDT)
-    else:
-        plus = vote >= 0
-        x = tl.where(plus, x, x_neg)
-        dsum = tl.where(plus, d_pos, d_neg)
-        divisor = tl.where(dsum == 0, zero + 1.0, dsum)
-    if NORMALIZE:
-        x = _divide(x, divisor + zero)
-    x = x * f64_from_bits(lam_bits).to(CDT)
-    tl.store(out_ptr + offs, to_storage(b + x, DT), mask=mask)
+        x, vote, x_neg, d_pos, d_neg = _add_factor(d, keep, k, w_ptr, s_ptr, x, vote, x_neg, d_pos, d_neg, CDT,
+                                                   CONSENSUS)
+    merged = _merged(b, x, vote, x_neg, d_pos, d_neg, lam_bits, divisor_bits, CDT, CONSENSUS, NORMALIZE)
+    tl.store(out_ptr + offs, to_storage(merged, DT), mask=mask)
 
 
 # ---------------------------------------------------------------------------
