@@ -121,6 +121,22 @@ def _della_merge_out_fake(base, models, out, weights, density, epsilon, consensu
     return None
 
 
+def triton_della_merge_out(base, models, out, weights, density, epsilon, consensus, rescale, normalize, lam, scope,
+                           seed):
+    """The op's CUDA implementation, whether or not CUDA C++ was compiled (della has
+    no CUDA C++ kernel): the Triton kernels, for the tensors they take."""
+    from .triton import della as tdella
+
+    base, models, out = list(base), list(models), list(out)
+    task_vectors.check_op_della_canonical(base, models, out, weights, density, epsilon, consensus, rescale, normalize,
+                                          lam, scope, seed)
+    if not tdella.supports(base):
+        raise NotImplementedError(f"della_merge_out on CUDA takes rows of at most {tdella.MAX_FIBER} elements and no "
+                                  "float64 tensors (m2n2_kernels.della_merge runs the reference for the others)")
+    tdella.della_merge_out(base, models, out, weights, density, epsilon, consensus, rescale, normalize, lam, scope,
+                           seed)
+
+
 # ---- PCB merging (m2n2_kernels/pcb.py) ----
 
 
@@ -179,3 +195,5 @@ if not _backend.cuda_compiled() and _backend.triton_importable():
         register_triton_kernels()
     except ImportError:  # the Triton kernels need a newer triton than the one installed
         pass
+if _backend.triton_importable():
+    torch.library.impl("m2n2::della_merge_out", "CUDA")(triton_della_merge_out)

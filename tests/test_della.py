@@ -368,3 +368,23 @@ def test_triton_compiles_for_gpu_without_fma():
     from conftest import run_triton_compile_check
 
     run_triton_compile_check(_COMPILE_CHECK)
+
+
+@needs_triton
+def test_triton_registered_op_wrapper():
+    """The op's CUDA implementation (the Triton kernels, registered whether or not CUDA
+    C++ was compiled), called on CPU tensors in the interpreter: the op's checks, then
+    the kernels; refuses what they cannot take."""
+    from m2n2_kernels.ops import triton_della_merge_out
+
+    base, models = case((3, 40), torch.float32, 2, seed=4)
+    want = della_merge(base, models, [0.6, 0.4], 0.3, epsilon=0.1, seed=8, backend="cpp")
+    out = torch.empty_like(base)
+    args = ([0.6, 0.4], [0.3, 0.3], [0.1, 0.1], "sum", "l1", True, 1.0, "tensor", 8)
+    triton_della_merge_out([base], models, [out], *args)
+    assert torch.equal(out, want)
+    with pytest.raises(ValueError, match=r"epsilon must lie in \[0, 1\], got 2.0"):
+        triton_della_merge_out([base], models, [out], args[0], args[1], [2.0, 0.1], *args[3:])
+    b64 = base.double()
+    with pytest.raises(NotImplementedError, match=r"no float64 tensors"):
+        triton_della_merge_out([b64], [m.double() for m in models], [b64.clone()], *args)
