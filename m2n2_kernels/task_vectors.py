@@ -7,6 +7,8 @@ mixes and writes); `task_arithmetic`, `ties_merge`, `dare_merge` and
 `base` and K `models`, each a tensor or a list of tensors (a whole model in one call;
 dtypes may differ between list positions).
 """
+import os
+
 import torch
 
 from . import _backend, _checks, reference
@@ -339,7 +341,12 @@ def della_merge(base, models, weights, density, *, epsilon=0.15, seed, consensus
         base, models, weights, density, epsilon, consensus, rescale, lam, scope, seed)
     out_list = _out_list(out, base_list, lists, is_list)
     device = base_list[0].device
-    if backend not in (None, "auto") + _backend.BACKENDS:
+    if backend in (None, "auto"):
+        backend = None
+        if os.environ.get("M2N2_BACKEND", "auto") not in ("", "auto"):  # as for every op
+            _backend.choose(device, None)  # raises on a bad value, naming M2N2_BACKEND
+            backend = os.environ["M2N2_BACKEND"]
+    elif backend not in _backend.BACKENDS:
         _backend.choose(device, backend)  # raises, naming the choices
     if backend == "cpp" and device.type != "cpu":
         raise NotImplementedError("della_merge has no CUDA C++ kernel yet: use backend='triton', 'torch' or None")

@@ -388,3 +388,15 @@ def test_triton_registered_op_wrapper():
     b64 = base.double()
     with pytest.raises(NotImplementedError, match=r"no float64 tensors"):
         triton_della_merge_out([b64], [m.double() for m in models], [b64.clone()], *args)
+
+
+def test_m2n2_backend_is_read(monkeypatch):
+    """M2N2_BACKEND chooses as for every op: "torch" runs the reference (equal to the
+    C++ kernel bit for bit here: no fp64 l1 sums), a bad value is named."""
+    base, models = case((4, 30), torch.float32, 2, seed=5)
+    want = della_merge(base, models, [1.0, 1.0], 0.4, seed=3, rescale=None)
+    monkeypatch.setenv("M2N2_BACKEND", "torch")
+    assert torch.equal(della_merge(base, models, [1.0, 1.0], 0.4, seed=3, rescale=None), want)
+    monkeypatch.setenv("M2N2_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="M2N2_BACKEND must be one of"):
+        della_merge(base, models, [1.0, 1.0], 0.4, seed=3)
