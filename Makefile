@@ -42,11 +42,11 @@ bench: build
 
 # The CUDA kernels' per-thread logic run on the CPU (no GPU needed): every
 # tests/native/<family>_cuda_host_check.cu, linked with the torch-free CPU kernels
-# (csrc/cpu/*_kernels.cpp) it may compare with byte for byte (crossover), or checked
+# (csrc/cpu/*_kernels.cpp, and the files they call into) it may compare with byte for byte (crossover), or checked
 # against the formulas in fp64 (niches).
 NVCC ?= $(CUDA_HOME)/bin/nvcc
 HOST_CHECKS := $(wildcard tests/native/*_cuda_host_check.cu)
-HOST_CPU_SOURCES := $(wildcard csrc/cpu/*_kernels.cpp) csrc/cpu/isa_clones.cpp
+HOST_CPU_SOURCES := $(wildcard csrc/cpu/*_kernels.cpp) csrc/cpu/isa_clones.cpp csrc/cpu/della_ranks.cpp
 HOST_FLAGS := -std=c++17 -O2 -Icsrc/include -Icsrc
 cuda-host-check:
 	mkdir -p build/native
