@@ -130,26 +130,7 @@ def fused_arguments(method, group, parameters):
     lam = parameters.get("lambda", 1.0)
     if not _number(lam):
         return "a lambda that is not a number"
-    if sparsify == "della":
-        epsilon = [parameters["epsilon"][e.id] for e in entries]
-        refusal = _della_refusal(base, density, epsilon)
-        if refusal:
-            return refusal
-        return dict(
-            sparsify="della",
-            base=base,
-            models=[e.tensor for e in entries],
-            weights=[float(v) for v in weights],
-            density=[float(d) for d in density],
-            # mergekit reads epsilon only where 0 < density < 1; elsewhere any number in range
-            epsilon=[float(e) if 0.0 < d < 1.0 else 0.0 for d, e in zip(density, epsilon)],
-            consensus=None if method.consensus_method is None else str(method.consensus_method.value),
-            rescale="l1" if parameters.get("rescale") else None,
-            normalize=bool(parameters.get("normalize")),
-            lam=float(lam),
-            seed=int(torch.randint(0, 2**62, (), dtype=torch.int64)),
-        )
-    return dict(
+    args = dict(
         base=base,
         models=[e.tensor for e in entries],
         weights=[float(v) for v in weights],
@@ -159,9 +140,16 @@ def fused_arguments(method, group, parameters):
         rescale="l1" if sparsify and parameters.get("rescale") else None,
         normalize=bool(parameters.get("normalize")),
         lam=float(lam),
-        seed=int(torch.randint(0, 2**62, (), dtype=torch.int64)) if sparsify == "random" else 0,
-        gamma=gamma,
+        seed=int(torch.randint(0, 2**62, (), dtype=torch.int64)) if sparsify in ("random", "della") else 0,
     )
+    if sparsify != "della":
+        return dict(args, gamma=gamma)
+    epsilon = [parameters["epsilon"][e.id] for e in entries]
+    refusal = _della_refusal(base, density, epsilon)
+    if refusal:
+        return refusal
+    # mergekit reads epsilon only where 0 < density < 1; elsewhere any number in range
+    return dict(args, epsilon=[float(e) if 0.0 < d < 1.0 else 0.0 for d, e in zip(density, epsilon)])
 
 
 def _note_fallback(name, reason):

@@ -31,6 +31,19 @@ std::vector<cpu::TaskTensor> task_tensors(at::TensorList base, at::TensorList mo
   return tensors;
 }
 
+// The checks and settings both ops end with (lam, then the tensors: the order of
+// the Python checks), then the passes.
+void run_task_merge(cpu::TaskMergeConfig& cfg, at::TensorList base, at::TensorList models, at::TensorList out,
+                    int64_t K, double lam, bool normalize, int64_t seed, bool with_fibers) {
+  TORCH_CHECK_VALUE(std::isfinite(lam), "lam must be finite, got ", py_float(lam));
+  cfg.normalize = normalize;
+  cfg.lam = lam;
+  cfg.seed = uint64_t(seed);
+  std::vector<cpu::TaskTensor> tensors = task_tensors(base, models, out, K, with_fibers);
+  cfg.memory_budget = cpu::selection_memory_budget(tensors, int(K));
+  cpu::task_merge(tensors, cfg);
+}
+
 void task_merge_out_cpu(at::TensorList base, at::TensorList models, at::TensorList out, at::ArrayRef<double> weights,
                         at::ArrayRef<double> density, at::ArrayRef<double> gamma, c10::string_view sparsify,
                         c10::string_view consensus, c10::string_view rescale, bool normalize, double lam,
@@ -45,13 +58,7 @@ void task_merge_out_cpu(at::TensorList base, at::TensorList models, at::TensorLi
   cfg.consensus = parse_consensus(std::string(consensus));
   cfg.rescale = parse_rescale(std::string(rescale));
   cfg.global_scope = parse_scope(std::string(scope));
-  TORCH_CHECK_VALUE(std::isfinite(lam), "lam must be finite, got ", py_float(lam));
-  cfg.normalize = normalize;
-  cfg.lam = lam;
-  cfg.seed = uint64_t(seed);
-  std::vector<cpu::TaskTensor> tensors = task_tensors(base, models, out, K, false);
-  cfg.memory_budget = cpu::selection_memory_budget(tensors, int(K));
-  cpu::task_merge(tensors, cfg);
+  run_task_merge(cfg, base, models, out, K, lam, normalize, seed, false);
 }
 
 // DELLA (mergekit's della_magprune) on the same passes: DARE's draws against a
@@ -69,13 +76,7 @@ void della_merge_out_cpu(at::TensorList base, at::TensorList models, at::TensorL
   cfg.consensus = parse_consensus(std::string(consensus));
   cfg.rescale = parse_della_rescale(std::string(rescale));
   cfg.global_scope = parse_scope(std::string(scope));
-  TORCH_CHECK_VALUE(std::isfinite(lam), "lam must be finite, got ", py_float(lam));
-  cfg.normalize = normalize;
-  cfg.lam = lam;
-  cfg.seed = uint64_t(seed);
-  std::vector<cpu::TaskTensor> tensors = task_tensors(base, models, out, K, true);
-  cfg.memory_budget = cpu::selection_memory_budget(tensors, int(K));
-  cpu::task_merge(tensors, cfg);
+  run_task_merge(cfg, base, models, out, K, lam, normalize, seed, true);
 }
 
 }  // namespace

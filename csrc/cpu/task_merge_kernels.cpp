@@ -44,6 +44,9 @@ struct ModelPlan {
   uint32_t dare_threshold = 0;  // random: keep iff draw < this (dare_draws.h)
   double scale = 1.0;
   std::vector<int64_t> tie_start;  // per chunk: ties at the threshold before it (partial ties only)
+  // della: per position of the unit, the threshold of each rank within its rows
+  // (dare_threshold of della_probability), formed once per call.
+  std::vector<std::vector<uint32_t>> della_by_rank;
 
   bool selects() const { return !keep_all && !keep_none; }  // keeps some elements but not all
 };
@@ -260,30 +263,26 @@ const compute_t<T>* base_tile(const T* base, int64_t len, compute_t<T>* buf) {
 template <class Key>
 struct DellaScratch {
   DellaFiber fiber;
-  std::vector<Key> keys;          // one fiber's
-  std::vector<uint32_t> by_rank;  // the threshold of each rank
-  std::vector<uint32_t> high;     // the chunk's draws (high halves)
+  std::vector<Key> keys;       // one fiber's
+  std::vector<uint32_t> high;  // the chunk's draws (high halves)
   std::vector<uint32_t> fiber_high, fiber_keep;  // one strided fiber's, gathered
 };
 
 // Model k's DELLA decisions over chunk c (whole slabs of its tensor), as draws against
 // the threshold 1: keep[e] = 0 where the chunk's element e is kept (u24 <
 // dare_threshold(della_probability(rho, eps, B, r)), r its ascending magnitude rank in
-// its fiber, ties lowest index first), else 1.
+// its fiber, ties lowest index first; the plan's thresholds by rank), else 1.
 template <class T, class Key>
-void della_keeps(const TaskTensor& t, const Chunk& c, int k, const TaskMergeConfig& cfg, DellaScratch<Key>& s,
-                 uint32_t* keep) {
+void della_keeps(const TaskTensor& t, const Chunk& c, int k, const ModelPlan& plan, uint64_t seed,
+                 DellaScratch<Key>& s, uint32_t* keep) {
   using Cm = compute_t<T>;
   const T* m = model_ptr<T>(t, k);
   const T* base = static_cast<const T*>(t.base);
   const int64_t B = t.fiber, C = t.fiber_stride, slab = B * C, len = c.end - c.begin;
-  const uint64_t seed = cfg.seed, stream = kDareStream + uint64_t(k);
+  const uint64_t stream = kDareStream + uint64_t(k);
+  const uint32_t* by_rank = plan.della_by_rank[size_t(c.tensor)].data();
   s.keys.resize(size_t(B));
-  s.by_rank.resize(size_t(B));
   s.high.resize(size_t(len));
-  for (int64_t r = 0; r < B; ++r) {
-    s.by_rank[size_t(r)] = dare_threshold(della_probability(cfg.density[size_t(k)], cfg.epsilon[size_t(k)], B, r));
-  }
   // The high halves of the chunk's draws (hi16 << 8: no tie with 2^24's).
   uint32_t* high = s.high.data();
   for (int64_t t0 = 0; t0 < len; t0 += kDrawTile) {
@@ -304,7 +303,7 @@ void della_keeps(const TaskTensor& t, const Chunk& c, int k, const TaskMergeConf
           const int64_t n = std::min(kTile, B - j0);
           keys_tile_k(m + first + j0, base_tile<T>(base + first + j0, n, b_buf), n, keys + j0);
         }
-        s.fiber.decide(keys, B, high + o, s.by_rank.data(), low8, keep + o);
+        s.fiber.decide(keys, B, high + o, by_rank, low8, keep + o);
         continue;
       }
       uint32_t* fh = s.fiber_high.data();
@@ -314,7 +313,7 @@ void della_keeps(const TaskTensor& t, const Chunk& c, int k, const TaskMergeConf
         keys[j] = key_of<Key>(to_compute(m[e]) - to_compute(base[e]));
         fh[j] = high[o + j * C];
       }
-      s.fiber.decide(keys, B, fh, s.by_rank.data(), low8, fk);
+      s.fiber.decide(keys, B, fh, by_rank, low8, fk);
       for (int64_t j = 0; j < B; ++j) keep[o + j * C] = fk[j];
     }
   }
@@ -331,7 +330,8 @@ std::vector<uint32_t> della_chunk_keeps(const TaskTensor& t, const Chunk& c, con
   keep.resize(plans.size() * size_t(len));
   DellaScratch<Key> scratch;
   for (size_t k = 0; k < plans.size(); ++k) {
-    if (plans[k].selects()) della_keeps<T, Key>(t, c, int(k), cfg, scratch, keep.data() + k * size_t(len));
+    if (!plans[k].selects()) continue;
+    della_keeps<T, Key>(t, c, int(k), plans[k], cfg.seed, scratch, keep.data() + k * size_t(len));
   }
   return keep;
 }
@@ -1350,6 +1350,14 @@ void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg
       p.dare_threshold = 1;  // della_keeps' decisions: 0 where kept
       p.keep_all = rho >= 1.0;
       p.keep_none = rho <= 0.0;
+      for (size_t q = 0; p.selects() && q < ts.size(); ++q) {
+        const int64_t B = ts[q].fiber;
+        std::vector<uint32_t> by_rank(static_cast<size_t>(B));
+        for (int64_t r = 0; r < B; ++r) {
+          by_rank[size_t(r)] = dare_threshold(della_probability(rho, cfg.epsilon[size_t(k)], B, r));
+        }
+        p.della_by_rank.push_back(std::move(by_rank));
+      }
     }
     if (cfg.rescale == Rescale::kDensity && p.selects()) p.scale = 1.0 / rho;
   }
