@@ -303,7 +303,7 @@ void della_keeps(const TaskTensor& t, const Chunk& c, int k, const ModelPlan& pl
           const int64_t n = std::min(kTile, B - j0);
           keys_tile_k(m + first + j0, base_tile<T>(base + first + j0, n, b_buf), n, keys + j0);
         }
-        s.fiber.decide(keys, B, high + o, by_rank, low8, keep + o);
+        s.fiber.decide(keys, B, high + o, by_rank, low8, keep + o, DellaFiber::octaves_for(int(sizeof(T))));
         continue;
       }
       uint32_t* fh = s.fiber_high.data();
@@ -313,7 +313,7 @@ void della_keeps(const TaskTensor& t, const Chunk& c, int k, const ModelPlan& pl
         keys[j] = key_of<Key>(to_compute(m[e]) - to_compute(base[e]));
         fh[j] = high[o + j * C];
       }
-      s.fiber.decide(keys, B, fh, by_rank, low8, fk);
+      s.fiber.decide(keys, B, fh, by_rank, low8, fk, DellaFiber::octaves_for(int(sizeof(T))));
       for (int64_t j = 0; j < B; ++j) keep[o + j * C] = fk[j];
     }
   }
@@ -328,7 +328,9 @@ std::vector<uint32_t> della_chunk_keeps(const TaskTensor& t, const Chunk& c, con
   if (cfg.sparsify != Sparsify::kDella) return keep;
   const int64_t len = c.end - c.begin;
   keep.resize(plans.size() * size_t(len));
-  DellaScratch<Key> scratch;
+  // One per thread, kept between chunks and calls: DellaFiber's bucket arrays are
+  // about 120 KB (a lot for a worker's stack) and its buffers grow to the longest fiber.
+  static thread_local DellaScratch<Key> scratch;
   for (size_t k = 0; k < plans.size(); ++k) {
     if (!plans[k].selects()) continue;
     della_keeps<T, Key>(t, c, int(k), plans[k], cfg.seed, scratch, keep.data() + k * size_t(len));
