@@ -115,7 +115,9 @@ class FiberSorter {
 
 class DellaFiber {
  public:
-  static constexpr uint32_t kBuckets = 4096;  // at most
+  DellaFiber() = default;
+  DellaFiber(const DellaFiber&) = delete;  // the bucket arrays point into table_
+  DellaFiber& operator=(const DellaFiber&) = delete;
   // Open elements up to this many are each counted over the fiber; more, and the fiber
   // is placed bucket by bucket (a count costs about a sixteenth of the placing).
   static constexpr int64_t kCountMax = 16;
@@ -156,12 +158,18 @@ class DellaFiber {
   // Counts of the fiber's parts, kParts contiguous ranges counted side by side: as
   // many independent chains of increments in flight on a busy bucket (zero deltas).
   static constexpr int kParts = 2;
-  uint32_t count_[kParts][kBuckets];
-  uint32_t start_[kBuckets + 1];  // start_[nb] = n
-  uint32_t tlo_[kBuckets];
-  uint32_t thi_[kBuckets];
-  uint32_t cursor_[kParts][kBuckets];
-  uint8_t marked_[kBuckets];
+  // The bucket arrays, nb long (start_: nb + 1, start_[nb] = n), in table_ and flags_
+  // (sized for the most buckets a fiber has asked for: the arrays a short fiber reads
+  // stay small).
+  void size_buckets(uint32_t nb);
+  std::vector<uint32_t> table_;
+  std::vector<uint8_t> flags_;
+  uint32_t* count_[kParts] = {};
+  uint32_t* start_ = nullptr;
+  uint32_t* tlo_ = nullptr;
+  uint32_t* thi_ = nullptr;
+  uint32_t* cursor_[kParts] = {};
+  uint8_t* marked_ = nullptr;
   FiberSorter sorter_;
   std::vector<uint16_t> digits_;
   std::vector<uint8_t> open_;
@@ -180,11 +188,12 @@ void DellaFiber::decide(const Key* keys, int64_t n, const uint32_t* high, const 
   // The key's exponent and sub_bits leading mantissa bits.
   const int sub_bits = sub_bits_for(n);
   const uint32_t nb = uint32_t(octaves) << sub_bits;
+  size_buckets(nb);
   const int shift = (sizeof(Key) == 8 ? 52 : 23) - sub_bits;
   const int64_t top = int64_t(della_key_max(keys, n) >> shift);
   const uint16_t* digits = digits_.data();
   const uint32_t first = della_digits(keys, n, shift, top - int64_t(nb - 1), digits_.data());
-  for (auto& c : count_) std::fill(c + first, c + nb, 0u);
+  for (auto* c : count_) std::fill(c + first, c + nb, 0u);
   const int64_t part = n / kParts;
   for (int64_t j = 0; j < part; ++j) {
     for (int q = 0; q < kParts; ++q) ++count_[q][digits[q * part + j]];
@@ -227,6 +236,26 @@ void DellaFiber::decide(const Key* keys, int64_t n, const uint32_t* high, const 
       keep[j] = u < t ? 0u : 1u;
     }
   }
+}
+
+inline void DellaFiber::size_buckets(uint32_t nb) {
+  const size_t per = size_t(nb) + 1;
+  const size_t need = (2 * kParts + 3) * per;
+  if (table_.size() >= need && flags_.size() >= per) return;
+  table_.resize(need);
+  flags_.resize(per);
+  uint32_t* at = table_.data();
+  auto next = [&at, per] {
+    uint32_t* array = at;
+    at += per;
+    return array;
+  };
+  for (auto*& c : count_) c = next();
+  for (auto*& c : cursor_) c = next();
+  start_ = next();
+  tlo_ = next();
+  thi_ = next();
+  marked_ = flags_.data();
 }
 
 template <class Key>

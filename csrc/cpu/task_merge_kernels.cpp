@@ -23,7 +23,7 @@ namespace m2n2::cpu {
 namespace {
 
 constexpr int64_t kChunk = int64_t(1) << 16;
-constexpr int64_t kDellaChunk = int64_t(1) << 14;  // della's chunks: whole slabs, about this many elements
+constexpr int64_t kDellaChunk = int64_t(1) << 13;  // della's chunks: whole slabs, about this many elements
 
 // Elements [begin, end) of position `tensor`; `flat` is the unit index of `begin`.
 struct Chunk {
@@ -328,9 +328,7 @@ std::vector<uint32_t> della_chunk_keeps(const TaskTensor& t, const Chunk& c, con
   if (cfg.sparsify != Sparsify::kDella) return keep;
   const int64_t len = c.end - c.begin;
   keep.resize(plans.size() * size_t(len));
-  // One per thread, kept between chunks and calls: DellaFiber's bucket arrays are
-  // about 120 KB (a lot for a worker's stack) and its buffers grow to the longest fiber.
-  static thread_local DellaScratch<Key> scratch;
+  DellaScratch<Key> scratch;
   for (size_t k = 0; k < plans.size(); ++k) {
     if (!plans[k].selects()) continue;
     della_keeps<T, Key>(t, c, int(k), plans[k], cfg.seed, scratch, keep.data() + k * size_t(len));
