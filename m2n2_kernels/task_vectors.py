@@ -324,6 +324,35 @@ def check_op_della_canonical(base, models, out, weights, density, epsilon, conse
     _check_canonical_tensors(base, models, out, L, K)
 
 
+def _della_paths(device, backend, base_list, scope):
+    """(route, ours, rest): the kernels that merge positions `ours` ("cpp" or "triton";
+    "torch" where none does) and the positions the torch reference merges. On CUDA
+    the Triton kernels take fibers of at most MAX_FIBER elements and no float64: the
+    other positions go to the reference (all of them with scope "global", one unit),
+    unless backend="triton" was asked for, which then raises."""
+    route = "torch" if backend == "torch" else "cpp" if device.type == "cpu" and backend != "triton" else "triton"
+    positions = list(range(len(base_list)))
+    rest = []  # positions the reference merges
+    if route == "triton":
+        if backend == "triton":
+            _backend.choose(device, "triton")  # raises without triton, or on CPU without its interpreter
+        if _backend.triton_importable():
+            from .triton import della as triton_della
+            rest = [i for i in positions if not triton_della.supports_tensor(base_list[i])]
+        else:
+            rest = positions
+        if rest and backend == "triton":
+            raise NotImplementedError(
+                f"della_merge's Triton kernels take fibers of at most {triton_della.MAX_FIBER} elements and no "
+                "float64 tensors: use backend='torch'")
+        if rest and scope == "global":  # one unit: one path
+            rest = positions
+    elif route == "torch":
+        rest = positions
+    ours = [i for i in positions if i not in rest]
+    return route, ours, rest
+
+
 def della_merge(base, models, weights, density, *, epsilon=0.15, seed, consensus="sum", rescale="l1",
                 normalize=True, lam=1.0, scope="tensor", out=None, backend=None):
     """DELLA (mergekit's `della`; `della_linear` with consensus=None,
@@ -350,32 +379,15 @@ def della_merge(base, models, weights, density, *, epsilon=0.15, seed, consensus
         _backend.choose(device, backend)  # raises, naming the choices
     if backend == "cpp" and device.type != "cpu":
         raise NotImplementedError("della_merge has no CUDA C++ kernel yet: use backend='triton', 'torch' or None")
-    route = "torch" if backend == "torch" else "cpp" if device.type == "cpu" and backend != "triton" else "triton"
-    positions = list(range(len(base_list)))
-    rest = []  # positions the reference merges
-    if route == "triton":
-        if backend == "triton":
-            _backend.choose(device, "triton")  # raises without triton, or on CPU without its interpreter
-        if _backend.triton_importable():
-            from .triton import della as triton_della
-            rest = [i for i in positions if not triton_della.supports_tensor(base_list[i])]
-        else:
-            rest = positions
-        if rest and backend == "triton":
-            raise NotImplementedError(
-                f"della_merge's Triton kernels take fibers of at most {triton_della.MAX_FIBER} elements and no "
-                "float64 tensors: use backend='torch'")
-        if rest and scope == "global":  # one unit: one path
-            rest = positions
-    elif route == "torch":
-        rest = positions
-    ours = [i for i in positions if i not in rest]
+    route, ours, rest = _della_paths(device, backend, base_list, scope)
     if ours:
         args = ([base_list[i].contiguous() for i in ours], [m[i].contiguous() for m in lists for i in ours],
                 [out_list[i] for i in ours], w, rho, eps, cons, resc, bool(normalize), lam, scope, seed)
         if route == "cpp":
             torch.ops.m2n2.della_merge_out(*args)
         else:
+            from .triton import della as triton_della
+
             triton_della.della_merge_out(*args)
     result = out_list
     if rest:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from m2n2_kernels import dare_merge, della_merge, task_arithmetic
+from m2n2_kernels import task_vectors as tv
 from m2n2_kernels.reference import DARE_STREAM, dare_uniform24
 
 from conftest import available_backends
@@ -344,6 +345,39 @@ def test_triton_refuses_what_it_cannot_take():
     long_row = torch.zeros(2**12 + 1)
     with pytest.raises(NotImplementedError, match=r"fibers of at most 4096 elements"):
         della_merge(long_row, [long_row + 1], [1.0], 0.5, seed=0, backend="triton")
+
+
+@needs_triton
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_gpu_routing_mixes_triton_and_reference(monkeypatch, scope):
+    """On CUDA (auto backend) della_merge runs the Triton kernels on the tensors they
+    take and the torch reference on the rest (a row past MAX_FIBER, float64; with
+    scope="global" the whole list). Here that split is asked for CUDA and run on CPU
+    tensors (the interpreter): every tensor equals the C++ op's."""
+    real = tv._della_paths
+    seen = []
+
+    def as_on_cuda(device, backend, base_list, scope):
+        paths = real(torch.device("cuda"), backend, base_list, scope)
+        seen.append(paths)
+        return paths
+
+    monkeypatch.setattr(tv, "_della_paths", as_on_cuda)
+    g = gen(12)
+    shapes = [((3, 40), torch.bfloat16), ((2, 4097), torch.float32), ((5,), torch.float64), ((4, 9), torch.float32)]
+    base = [torch.randn(s, generator=g).to(dt) for s, dt in shapes]
+    models = [[(b.double() + 0.1 * torch.randn(b.shape, generator=g, dtype=torch.float64)).to(b.dtype) for b in base]
+              for _ in range(2)]
+    kw = dict(epsilon=0.1, seed=5, scope=scope)
+    got = della_merge(base, models, [0.7, 0.4], 0.4, **kw)
+    assert seen == [("triton", [0, 3], [1, 2]) if scope == "tensor" else ("triton", [], [0, 1, 2, 3])]
+    monkeypatch.setattr(tv, "_della_paths", real)
+    want = della_merge(base, models, [0.7, 0.4], 0.4, backend="cpp", **kw)
+    for x, y, b in zip(got, want, base):
+        if b.dtype == torch.float64:  # the reference's fp64 sums, added in another order
+            torch.testing.assert_close(x, y, rtol=4e-16, atol=4e-16 * float(b.abs().amax()))
+        else:
+            assert torch.equal(x, y), (b.shape, (x != y).sum())
 
 
 _COMPILE_CHECK = r"""
