@@ -364,7 +364,9 @@ def della_merge(base, models, weights, density, *, epsilon=0.15, seed, consensus
     On CPU the C++ op; on CUDA the Triton kernels (one program per row, which it
     sorts), and the torch reference for the tensors they do not take (float64, rows
     of more than 4096 elements; with scope="global", the whole list), or without
-    triton; no CUDA C++ kernel yet.
+    triton; no CUDA C++ kernel yet. The CPU kernel holds each row whole while it
+    ranks it (tens of bytes per element of the row): a long 1-D tensor, one row,
+    needs several times its inputs in extra memory (README, della_merge).
     """
     base_list, lists, is_list, w, rho, eps, lam, seed, cons, resc = check_op_della(
         base, models, weights, density, epsilon, consensus, rescale, lam, scope, seed)
