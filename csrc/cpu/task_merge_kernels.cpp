@@ -281,6 +281,7 @@ void della_keeps(const TaskTensor& t, const Chunk& c, int k, const ModelPlan& pl
   const int64_t B = t.fiber, C = t.fiber_stride, slab = B * C, len = c.end - c.begin;
   const uint64_t stream = kDareStream + uint64_t(k);
   const uint32_t* by_rank = plan.della_by_rank[size_t(c.tensor)].data();
+  const int octaves = DellaFiber::octaves_for(int(sizeof(T)));
   s.keys.resize(size_t(B));
   s.high.resize(size_t(len));
   // The high halves of the chunk's draws (hi16 << 8: no tie with 2^24's).
@@ -303,7 +304,7 @@ void della_keeps(const TaskTensor& t, const Chunk& c, int k, const ModelPlan& pl
           const int64_t n = std::min(kTile, B - j0);
           keys_tile_k(m + first + j0, base_tile<T>(base + first + j0, n, b_buf), n, keys + j0);
         }
-        s.fiber.decide(keys, B, high + o, by_rank, low8, keep + o, DellaFiber::octaves_for(int(sizeof(T))));
+        s.fiber.decide(keys, B, high + o, by_rank, low8, keep + o, octaves);
         continue;
       }
       uint32_t* fh = s.fiber_high.data();
@@ -313,7 +314,7 @@ void della_keeps(const TaskTensor& t, const Chunk& c, int k, const ModelPlan& pl
         keys[j] = key_of<Key>(to_compute(m[e]) - to_compute(base[e]));
         fh[j] = high[o + j * C];
       }
-      s.fiber.decide(keys, B, fh, by_rank, low8, fk, DellaFiber::octaves_for(int(sizeof(T))));
+      s.fiber.decide(keys, B, fh, by_rank, low8, fk, octaves);
       for (int64_t j = 0; j < B; ++j) keep[o + j * C] = fk[j];
     }
   }
