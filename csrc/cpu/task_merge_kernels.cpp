@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include "dare_draws.h"
+#include "della_long.h"
 #include "della_ranks.h"
 #include "isa_clones.h"
 #include "page_array.h"
@@ -24,6 +25,9 @@ namespace {
 
 constexpr int64_t kChunk = int64_t(1) << 16;
 constexpr int64_t kDellaChunk = int64_t(1) << 13;  // della's chunks: whole slabs, about this many elements
+// della may stream the ranks of contiguous fibers at least this long (della_long.h,
+// della_streams): about where streaming one fiber measured as fast as holding it whole.
+constexpr int64_t kDellaLongFiber = int64_t(1) << 16;
 
 // Elements [begin, end) of position `tensor`; `flat` is the unit index of `begin`.
 struct Chunk {
@@ -45,11 +49,28 @@ struct ModelPlan {
   double scale = 1.0;
   std::vector<int64_t> tie_start;  // per chunk: ties at the threshold before it (partial ties only)
   // della: per position of the unit, the threshold of each rank within its rows
-  // (dare_threshold of della_probability), formed once per call.
+  // (dare_threshold of della_probability), formed once per call; empty where the
+  // rows are streamed, which have their trees instead (per position, per row; the
+  // unit's key width).
   std::vector<std::vector<uint32_t>> della_by_rank;
+  std::vector<std::vector<DellaLongFiber<uint32_t>>> della_long32;
+  std::vector<std::vector<DellaLongFiber<uint64_t>>> della_long64;
 
   bool selects() const { return !keep_all && !keep_none; }  // keeps some elements but not all
 };
+
+template <class Key>
+std::vector<std::vector<DellaLongFiber<Key>>>& long_fibers(ModelPlan& p) {
+  if constexpr (sizeof(Key) == 8) {
+    return p.della_long64;
+  } else {
+    return p.della_long32;
+  }
+}
+template <class Key>
+const std::vector<std::vector<DellaLongFiber<Key>>>& long_fibers(const ModelPlan& p) {
+  return long_fibers<Key>(const_cast<ModelPlan&>(p));
+}
 
 // f(T{}) with T the storage type of `dtype`: one dispatch for passes templated on
 // more than the storage type.
@@ -280,6 +301,23 @@ void della_keeps(const TaskTensor& t, const Chunk& c, int k, const ModelPlan& pl
   const T* base = static_cast<const T*>(t.base);
   const int64_t B = t.fiber, C = t.fiber_stride, slab = B * C, len = c.end - c.begin;
   const uint64_t stream = kDareStream + uint64_t(k);
+  alignas(64) Cm b_buf[kTile];
+  const auto& streamed = long_fibers<Key>(plan);
+  if (!streamed.empty() && !streamed[size_t(c.tensor)].empty()) {
+    // A streamed fiber (C = 1): its tree decides tile by tile.
+    const DellaLongFiber<Key>& tree = streamed[size_t(c.tensor)][size_t(c.begin / B)];
+    const int64_t j0 = c.begin % B;
+    alignas(64) Key tile_keys[kTile];
+    alignas(64) uint32_t tile_high[kTile];
+    for (int64_t t0 = 0; t0 < len; t0 += kTile) {
+      const int64_t n = std::min(kTile, len - t0);
+      keys_tile_k(m + c.begin + t0, base_tile<T>(base + c.begin + t0, n, b_buf), n, tile_keys);
+      draws_tile(seed, stream, uint64_t(c.flat + t0), n, 1u << 24, tile_high);
+      tree.decide(tile_keys, tile_high, j0 + t0, n,
+                  [&](int64_t j) { return dare_low8(seed, stream, uint64_t(c.flat + t0 + j)); }, keep + t0);
+    }
+    return;
+  }
   const uint32_t* by_rank = plan.della_by_rank[size_t(c.tensor)].data();
   const int octaves = DellaFiber::octaves_for(int(sizeof(T)));
   s.keys.resize(size_t(B));
@@ -290,7 +328,6 @@ void della_keeps(const TaskTensor& t, const Chunk& c, int k, const ModelPlan& pl
     draws_tile(seed, stream, uint64_t(c.flat + t0), std::min(kDrawTile, len - t0), 1u << 24, high + t0);
   }
   Key* keys = s.keys.data();
-  alignas(64) Cm b_buf[kTile];
   if (C > 1) {
     s.fiber_high.resize(size_t(B));
     s.fiber_keep.resize(size_t(B));
@@ -335,6 +372,160 @@ std::vector<uint32_t> della_chunk_keeps(const TaskTensor& t, const Chunk& c, con
     della_keeps<T, Key>(t, c, int(k), plans[k], cfg.seed, scratch, keep.data() + k * size_t(len));
   }
   return keep;
+}
+
+// ---- della on long fibers: the trees' passes ---------------------------------------
+
+// M2N2_DELLA_LONG_FIBER=n: della streams every contiguous fiber of at least n
+// elements (tests set it low to run the streamed kernel on small tensors); 0 where
+// unset (the choice below).
+int64_t della_long_fiber() {
+  const char* v = std::getenv("M2N2_DELLA_LONG_FIBER");
+  if (v == nullptr || *v == '\0') return 0;
+  char* end = nullptr;
+  const long long n = std::strtoll(v, &end, 10);
+  if (*end != '\0' || n < 2) throw std::invalid_argument("M2N2_DELLA_LONG_FIBER must be a number of elements >= 2");
+  return int64_t(n);
+}
+
+// Whether della streams the fibers of tensor t (della_long.h): contiguous (C = 1),
+// indexable in 32 bits, and at least `forced` long where forced > 0; else at least
+// kDellaLongFiber long and where the trees (about 3 levels of at least kLevelMin
+// 16-byte buckets per fiber and model) take less than the fibers held whole (some
+// 32 bytes per element, one fiber per thread): one long row or a few, not a
+// tensor of many (those run in parallel over their rows).
+bool della_streams(const TaskTensor& t, int64_t forced, int models, int threads) {
+  if (t.fiber_stride != 1 || t.fiber < 2 || t.fiber >= (int64_t(1) << 32)) return false;
+  if (forced > 0) return t.fiber >= forced;
+  if (t.fiber < kDellaLongFiber) return false;
+  const double rows = double(t.numel / t.fiber);
+  const double trees = rows * models * 3.0 * 16.0 *
+                       double(std::max<int64_t>(DellaLongFiber<uint32_t>::kLevelMin, t.fiber >> 12));
+  const double whole = std::min(rows, double(threads)) * 32.0 * double(t.fiber);
+  return trees < whole;
+}
+
+// One pass of the streamed fibers' trees over chunk c (within one fiber): trees[k]
+// model k's tree of that fiber (null where the model keeps all or none, or its tree
+// is built), sums[k] this thread's sums for it, opened[k] its open count.
+template <class T, class Key>
+void della_long_chunk(const TaskTensor& t, const Chunk& c, uint64_t seed, DellaLongFiber<Key>* const* trees,
+                      typename DellaLongFiber<Key>::Sums* const* sums, std::atomic<int64_t>* const* opened) {
+  using Step = typename DellaLongFiber<Key>::Step;
+  const T* base = static_cast<const T*>(t.base);
+  const int K = int(t.models.size());
+  const int64_t j0 = c.begin % t.fiber;
+  alignas(64) compute_t<T> b_buf[kTile];
+  alignas(64) Key keys[kTile];
+  alignas(64) uint32_t high[kTile];
+  for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
+    const int64_t len = std::min(kTile, c.end - t0), j = j0 + (t0 - c.begin);
+    const compute_t<T>* b = base_tile<T>(base + t0, len, b_buf);
+    for (int k = 0; k < K; ++k) {
+      DellaLongFiber<Key>* tree = trees[k];
+      if (tree == nullptr) continue;
+      auto& s = *sums[k];
+      if (!s.used) tree->prepare(s);
+      keys_tile_k(model_ptr<T>(t, k) + t0, b, len, keys);
+      switch (tree->step()) {
+        case Step::kHistogram: tree->histogram(keys, j, len, s); break;
+        case Step::kMark:
+          draws_tile(seed, kDareStream + uint64_t(k), uint64_t(c.flat + (t0 - c.begin)), len, 1u << 24, high);
+          tree->mark(keys, high, j, len, s, *opened[k]);
+          break;
+        case Step::kCount: tree->count(keys, j, len, s); break;
+        default: break;
+      }
+    }
+  }
+}
+
+// Builds the trees of every streamed fiber of the unit (positions where
+// streams[p]), a pass at a time over their chunks, all models in each pass.
+template <class Key>
+void della_long_build(const std::vector<TaskTensor>& ts, const std::vector<Chunk>& chunks,
+                      const std::vector<char>& streams, std::vector<ModelPlan>& plans, const TaskMergeConfig& cfg) {
+  using Tree = DellaLongFiber<Key>;
+  const int K = int(plans.size());
+  // Trees are numbered fiber-major: (the fiber's number among the unit's streamed
+  // fibers) * K + k.
+  std::vector<int64_t> first_fiber(ts.size(), 0), unit_offset(ts.size(), 0);
+  int64_t fibers = 0, offset = 0;
+  for (size_t p = 0; p < ts.size(); ++p) {
+    first_fiber[p] = fibers;
+    unit_offset[p] = offset;
+    offset += ts[p].numel;
+    if (streams[p]) fibers += ts[p].numel / ts[p].fiber;
+  }
+  if (fibers == 0) return;
+  std::vector<Tree*> trees(size_t(fibers * K), nullptr);
+  std::vector<int64_t> tree_flat(trees.size(), 0);  // the unit index of the fiber's first element
+  for (int k = 0; k < K; ++k) {
+    ModelPlan& plan = plans[size_t(k)];
+    if (!plan.selects()) continue;
+    auto& per_position = long_fibers<Key>(plan);
+    per_position.resize(ts.size());
+    for (size_t p = 0; p < ts.size(); ++p) {
+      if (!streams[p]) continue;
+      const int64_t B = ts[p].fiber, rows = ts[p].numel / B;
+      per_position[p].resize(size_t(rows));
+      for (int64_t r = 0; r < rows; ++r) {
+        Tree& tree = per_position[p][size_t(r)];
+        tree.start(B, cfg.density[size_t(k)], cfg.epsilon[size_t(k)]);
+        const size_t id = size_t((first_fiber[p] + r) * K + k);
+        trees[id] = &tree;
+        tree_flat[id] = unit_offset[p] + r * B;
+      }
+    }
+  }
+  std::vector<int64_t> work;  // the chunks of streamed fibers
+  for (int64_t i = 0; i < int64_t(chunks.size()); ++i) {
+    if (streams[size_t(chunks[size_t(i)].tensor)]) work.push_back(i);
+  }
+  const int threads = omp_get_max_threads();
+  std::vector<std::vector<typename Tree::Sums>> sums(size_t(threads), std::vector<typename Tree::Sums>(trees.size()));
+  std::unique_ptr<std::atomic<int64_t>[]> opened(new std::atomic<int64_t>[trees.size()]);
+  for (;;) {
+    bool active = false;
+    for (size_t id = 0; id < trees.size(); ++id) {
+      active |= trees[id] != nullptr && trees[id]->step() != Tree::Step::kDone;
+      opened[id].store(0);
+      for (auto& per_thread : sums) per_thread[id].used = false;
+    }
+    if (!active) break;
+#pragma omp parallel for schedule(dynamic) if (work.size() > 1)
+    for (int64_t w = 0; w < int64_t(work.size()); ++w) {
+      const Chunk& c = chunks[size_t(work[size_t(w)])];
+      const TaskTensor& t = ts[size_t(c.tensor)];
+      const size_t first = size_t((first_fiber[size_t(c.tensor)] + c.begin / t.fiber) * K);
+      Tree* row[kMaxModels];
+      typename Tree::Sums* row_sums[kMaxModels];
+      std::atomic<int64_t>* row_opened[kMaxModels];
+      bool any = false;
+      for (int k = 0; k < K; ++k) {
+        Tree* tree = trees[first + size_t(k)];
+        row[k] = tree != nullptr && tree->step() != Tree::Step::kDone ? tree : nullptr;
+        row_sums[k] = &sums[size_t(omp_get_thread_num())][first + size_t(k)];
+        row_opened[k] = &opened[first + size_t(k)];
+        any |= row[k] != nullptr;
+      }
+      if (!any) continue;
+      with_storage_type(t.dtype, [&](auto tag) {
+        della_long_chunk<decltype(tag), Key>(t, c, cfg.seed, row, row_sums, row_opened);
+      });
+    }
+    for (size_t id = 0; id < trees.size(); ++id) {
+      Tree* tree = trees[id];
+      if (tree == nullptr || tree->step() == Tree::Step::kDone) continue;
+      std::vector<const typename Tree::Sums*> used;
+      for (auto& per_thread : sums) {
+        if (per_thread[id].used) used.push_back(&per_thread[id]);
+      }
+      const uint64_t stream = kDareStream + uint64_t(id % size_t(K));
+      const int64_t flat = tree_flat[id];
+      tree->advance(used, [&](uint32_t j) { return dare_low8(cfg.seed, stream, uint64_t(flat + int64_t(j))); });
+    }
+  }
 }
 
 // The draws of model k over a tile, compared with p.dare_threshold by the passes:
@@ -1300,12 +1491,27 @@ void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg
   const std::vector<TaskTensor>& ts = outliers ? twice : given;
   const int V = outliers ? 2 * K : K;  // plans
   std::vector<Chunk> chunks;
+  const int64_t long_fiber = cfg.sparsify == Sparsify::kDella ? della_long_fiber() : 0;
+  std::vector<char> streams(ts.size(), 0);  // della: the positions whose fibers are streamed
   int64_t n = 0;
   for (int64_t p = 0; p < int64_t(ts.size()); ++p) {
     // della ranks whole fibers: its chunks are whole slabs (fiber x fiber_stride), about
     // a quarter of the others, since each thread holds K + 1 words per element of its
     // chunk (the draws and decisions, della_chunk_keeps).
     int64_t step = kChunk;
+    if (cfg.sparsify == Sparsify::kDella && ts[p].numel > 0 &&
+        della_streams(ts[p], long_fiber, K, omp_get_max_threads())) {
+      // A streamed fiber is cut like any buffer, each chunk within one fiber.
+      streams[size_t(p)] = 1;
+      const int64_t B = ts[p].fiber;
+      for (int64_t row = 0; row < ts[p].numel; row += B) {
+        for (int64_t j = 0; j < B; j += kDellaChunk) {
+          chunks.push_back({p, row + j, row + std::min(B, j + kDellaChunk), n + row + j});
+        }
+      }
+      n += ts[p].numel;
+      continue;
+    }
     if (cfg.sparsify == Sparsify::kDella && ts[p].numel > 0) {
       const int64_t slab = ts[p].fiber * ts[p].fiber_stride;
       step = slab * std::max<int64_t>(1, kDellaChunk / slab);
@@ -1352,7 +1558,7 @@ void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg
       p.keep_all = rho >= 1.0;
       p.keep_none = rho <= 0.0;
       for (size_t q = 0; p.selects() && q < ts.size(); ++q) {
-        const int64_t B = ts[q].fiber;
+        const int64_t B = streams[q] ? 0 : ts[q].fiber;  // streamed: thresholds computed where needed
         std::vector<uint32_t> by_rank(static_cast<size_t>(B));
         for (int64_t r = 0; r < B; ++r) {
           by_rank[size_t(r)] = dare_threshold(della_probability(rho, cfg.epsilon[size_t(k)], B, r));
@@ -1362,6 +1568,7 @@ void merge_unit(const std::vector<TaskTensor>& given, const TaskMergeConfig& cfg
     }
     if (cfg.rescale == Rescale::kDensity && p.selects()) p.scale = 1.0 / rho;
   }
+  if (cfg.sparsify == Sparsify::kDella) della_long_build<Key>(ts, chunks, streams, plans, cfg);
   if (magnitude) {
     std::vector<char> selected(size_t(V), 0);
     if (mode != SelectMode::kRadix) select_thresholds_window<Key>(ts, chunks, plans, keep, n, budget, selected);
