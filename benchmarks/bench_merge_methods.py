@@ -501,7 +501,7 @@ def run(args):
     rows = KernelRows(args.csv)
     K = args.models
     w = [0.3 + 0.1 * (k % 3) for k in range(K)]
-    shapes = block_shapes(args.quick, args.scale)
+    shapes = [(args.flat,)] if args.flat else block_shapes(args.quick, args.scale)
     n = sum(math.prod(s) for s in shapes)
     with_reference = args.quick or args.reference
     merge_tensors = mergekit_merge_tensors()
@@ -661,11 +661,16 @@ def main():
     p.add_argument("--scale", type=int, default=1,
                    help="divide every side of the block by this (default 1; 4: n = 12.6M, where mergekit's rows "
                    "finish in minutes on 2 cores)")
+    p.add_argument("--flat", type=int, default=0, metavar="N",
+                   help="one flat buffer of N elements instead of the block (DELLA ranks it as one row: "
+                   "its streamed kernel from 2^16 elements)")
     p.add_argument("--reference", action="store_true",
                    help="also time the torch reference (backend=\"torch\", sort based) at full size")
     args = p.parse_args()
     if args.models < 1:
         p.error("--models must be >= 1")
+    if args.flat < 0:
+        p.error("--flat must be a number of elements >= 1")
     if args.scale < 1 or 64 % args.scale:
         p.error("--scale must divide 64 (1, 2, 4, 8, 16, 32, 64)")
     print(f"# build_info: {mk.build_info()}", file=sys.stderr)

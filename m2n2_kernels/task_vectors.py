@@ -365,8 +365,10 @@ def della_merge(base, models, weights, density, *, epsilon=0.15, seed, consensus
     sorts), and the torch reference for the tensors they do not take (float64, rows
     of more than 4096 elements; with scope="global", the whole list), or without
     triton; no CUDA C++ kernel yet. The CPU kernel holds each row whole while it
-    ranks it (tens of bytes per element of the row): a long 1-D tensor, one row,
-    needs several times its inputs in extra memory (README, della_merge).
+    ranks it (tens of bytes per element of the row), except long rows (2^16
+    elements and more, one row or a few: a 1-D tensor is one row), which it streams
+    in passes over the row, within about 1% of the inputs (README, della_merge). The
+    torch reference sorts every row whatever its length.
     """
     base_list, lists, is_list, w, rho, eps, lam, seed, cons, resc = check_op_della(
         base, models, weights, density, epsilon, consensus, rescale, lam, scope, seed)

@@ -474,3 +474,21 @@ def test_benchmark_script_writes_csv(tmp_path, script):
     check_cross_row(rows)
     if claim is not None:
         check_claims(script, rows, claim)
+
+
+def test_merge_methods_on_a_flat_buffer(tmp_path):
+    """--flat N: every op on one flat buffer (for DELLA one row of 70,000: its streamed
+    kernel), compared with the torch reference as --quick compares (test_della.py
+    checks the streamed kernel bit for bit)."""
+    out = tmp_path / "flat.csv"
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    subprocess.run(
+        [sys.executable, os.path.join(BENCH, "bench_merge_methods.py"), "--device", "cpu", "--csv", str(out),
+         "--quick", "--reps", "1", "--flat", "70000", "--dtypes", "bfloat16"],
+        check=True, env=env, stdout=subprocess.DEVNULL, timeout=600,
+    )
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    della = {r["impl"]: r for r in rows if r["op"] == "della"}
+    assert {OURS, "torch reference"} <= set(della), sorted(della)
+    assert all(r["shape"] == "70000" for r in della.values())
