@@ -79,7 +79,7 @@ class DellaLongFiber {
     open_cap_ = std::max<int64_t>(kOpenMin, n >> 11);
     constexpr int kMantissa = sizeof(Key) == 8 ? 52 : 23;
     constexpr int kOctaves = sizeof(Key) == 8 ? 2048 : 256;  // a key has no sign bit
-    nodes_.assign(1, Node{0, 0, kOctaves, 0, uint8_t(kMantissa + index_bits_), 0, false, 0});
+    nodes_.assign(1, Node{0, 0, kOctaves, 0, uint8_t(kMantissa), 0, kByKey, 0});
     entries_.assign(kOctaves, Entry{});
     first_new_node_ = 0;
     first_new_entry_ = 0;
@@ -125,9 +125,8 @@ class DellaLongFiber {
   void histogram(const Key* keys, int64_t j0, int64_t len, Sums& s) const {
     for (int64_t j = 0; j < len; ++j) {
       const Key key = keys[j];
-      uint32_t node = 0;
+      uint32_t at = root_entry(key);
       for (;;) {
-        const uint32_t at = entry_of(nodes_[node], key, j0 + j);
         if (at >= first_new_entry_) {
           const size_t f = at - first_new_entry_;
           ++s.count[f];
@@ -135,8 +134,9 @@ class DellaLongFiber {
           s.any[f] |= key;
           break;
         }
-        if (entries_[at].next < 0) break;  // an older bucket without children: not counted
-        node = uint32_t(entries_[at].next);
+        const int32_t next = entries_[at].next;
+        if (next < 0) break;  // an older bucket without children: not counted
+        at = entry_of(nodes_[uint32_t(next)], key, j0 + j);
       }
     }
   }
@@ -145,14 +145,13 @@ class DellaLongFiber {
             std::atomic<int64_t>& opened) const {
     for (int64_t j = 0; j < len; ++j) {
       const uint32_t h = high[j];
-      uint32_t node = 0;
+      uint32_t at = root_entry(keys[j]);
       for (;;) {
-        const uint32_t at = entry_of(nodes_[node], keys[j], j0 + j);
         const Entry& e = entries_[at];
         // Decided by the bounds, or exactly where one threshold holds for the bucket.
         if ((h | 0xFFu) < e.tlo || h >= e.thi || e.tlo == e.thi) break;
         if (e.next >= 0) {
-          node = uint32_t(e.next);
+          at = entry_of(nodes_[uint32_t(e.next)], keys[j], j0 + j);
           continue;
         }
         // Open, in one of the newest buckets (an older one without children had no
@@ -177,12 +176,8 @@ class DellaLongFiber {
   void count(const Key* keys, int64_t j0, int64_t len, Sums& s) const {
     for (int64_t j = 0; j < len; ++j) {
       const Rank r = rank_key(keys[j], j0 + j);
-      uint32_t node = 0, at;
-      for (;;) {
-        at = entry_of(nodes_[node], keys[j], j0 + j);
-        if (entries_[at].next < 0) break;
-        node = uint32_t(entries_[at].next);
-      }
+      uint32_t at = root_entry(keys[j]);
+      for (int32_t next; (next = entries_[at].next) >= 0;) at = entry_of(nodes_[uint32_t(next)], keys[j], j0 + j);
       // The open elements at or below this member, 8 at a time (a bucket holds a
       // few); a bucket without any has list 0, of no blocks, and counts in slot 0.
       const int32_t next = entries_[at].next;
@@ -216,9 +211,9 @@ class DellaLongFiber {
   void decide(const Key* keys, const uint32_t* high, int64_t j0, int64_t len, Low8&& low8, uint32_t* keep) const {
     for (int64_t j = 0; j < len; ++j) {
       const uint32_t h = high[j];
-      uint32_t node = 0;
+      uint32_t at = root_entry(keys[j]);
       for (;;) {
-        const Entry& e = entries_[entry_of(nodes_[node], keys[j], j0 + j)];
+        const Entry& e = entries_[at];
         if ((h | 0xFFu) < e.tlo) {
           keep[j] = 0u;
           break;
@@ -232,7 +227,7 @@ class DellaLongFiber {
           break;
         }
         if (e.next >= 0) {
-          node = uint32_t(e.next);
+          at = entry_of(nodes_[uint32_t(e.next)], keys[j], j0 + j);
           continue;
         }
         // Open: ranked by the count pass (once the tree is built, a bucket without
@@ -257,10 +252,13 @@ class DellaLongFiber {
   // A node's buckets: entries_[first + (R' >> shift) - base], `width` of them, R' =
   // (key >> key_shift) << b | index: R with the key bits that no member's key varies
   // in below its lowest varying bit dropped (all of the key where they tie), so that
-  // a node spends its bits where its members differ. A pivot node instead has one
-  // bucket for the keys below pivot_key, width - 2 for pivot_key's members by index
-  // ((index >> shift) - base) and one for the keys above: one key that holds most of
-  // a bucket gets all the bits however far its few neighbours stretch the range.
+  // a node spends its bits where its members differ; where its digit lies within the
+  // key's bits (shift >= b), it is (key >> shift) - base, shift and base restated
+  // (kByKey, as the root). A pivot node instead has one bucket for the keys below
+  // pivot_key, width - 2 for pivot_key's members by index ((index >> shift) - base)
+  // and one for the keys above: one key that holds most of a bucket gets all the bits
+  // however far its few neighbours stretch the range.
+  enum Mode : uint8_t { kByRank, kByKey, kPivot };
   struct Node {
     Rank base;
     uint32_t first;
@@ -268,7 +266,7 @@ class DellaLongFiber {
     uint32_t rank0;  // the rank of its lowest member
     uint8_t shift;
     uint8_t key_shift;
-    bool pivot;
+    Mode mode;
     Key pivot_key;
   };
   // A bucket: the rank of its lowest member, the thresholds at its lowest and highest
@@ -290,8 +288,11 @@ class DellaLongFiber {
   };
 
   Rank rank_key(Key key, int64_t index) const { return (Rank(key) << index_bits_) | Rank(uint64_t(index)); }
+  // The root's bucket: the key's octave (the root node's digit, a constant shift).
+  static uint32_t root_entry(Key key) { return uint32_t(key >> (sizeof(Key) == 8 ? 52 : 23)); }
   uint32_t entry_of(const Node& nd, Key key, int64_t index) const {
-    if (nd.pivot) {
+    if (nd.mode == kByKey) return nd.first + uint32_t((Rank(key) >> nd.shift) - nd.base);
+    if (nd.mode == kPivot) {
       if (key != nd.pivot_key) return nd.first + (key < nd.pivot_key ? 0u : nd.width - 1u);
       return nd.first + 1u + uint32_t((Rank(uint64_t(index)) >> nd.shift) - nd.base);
     }
@@ -325,7 +326,7 @@ class DellaLongFiber {
         child.first = uint32_t(entries_.size());
         Key key = 0;
         if (pivot(f, key)) {
-          child.pivot = true;
+          child.mode = kPivot;
           child.pivot_key = key;
           child.shift = uint8_t(std::max(0, span_of(first_index ^ last_index) - bits));
           child.base = first_index >> child.shift;
@@ -335,10 +336,12 @@ class DellaLongFiber {
           const int key_shift = varying == 0 ? int(8 * sizeof(Key)) : __builtin_ctzll(uint64_t(varying));
           const Rank lo = ((Rank(new_all_[f]) >> key_shift) << index_bits_) | first_index;
           const Rank hi = ((Rank(new_any_[f]) >> key_shift) << index_bits_) | last_index;
+          const int shift = std::max(0, span_of(lo ^ hi) - bits);
+          child.width = uint32_t((hi >> shift) - (lo >> shift)) + 1u;
+          child.base = lo >> shift;
+          child.mode = shift >= index_bits_ ? kByKey : kByRank;
+          child.shift = uint8_t(child.mode == kByKey ? key_shift + shift - index_bits_ : shift);
           child.key_shift = uint8_t(key_shift);
-          child.shift = uint8_t(std::max(0, span_of(lo ^ hi) - bits));
-          child.base = lo >> child.shift;
-          child.width = uint32_t((hi >> child.shift) - child.base) + 1u;
         }
         entries_[at].next = int32_t(nodes_.size());
         nodes_.push_back(child);
@@ -361,11 +364,11 @@ class DellaLongFiber {
   // the key), else all.
   void bucket_indices(const Node& nd, uint32_t d, Rank& first, Rank& last) const {
     Rank cell;
-    if (nd.pivot) {
+    if (nd.mode == kPivot) {
       if (d == 0 || d + 1 == nd.width) return;
       cell = nd.base + (d - 1);
     } else {
-      if (nd.shift >= index_bits_) return;
+      if (nd.mode == kByKey) return;
       cell = nd.base + d;
     }
     const Rank mask = (Rank(1) << index_bits_) - 1;
