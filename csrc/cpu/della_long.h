@@ -313,6 +313,7 @@ class DellaLongFiber {
     const uint32_t fresh = uint32_t(entries_.size()) - first_new_entry_;
     for (uint32_t f = 0; f < fresh; ++f) total += grow(f) ? weight(f) : 0.0;
     const uint32_t new_node = uint32_t(nodes_.size()), new_entry = uint32_t(entries_.size());
+    uint32_t added = 0;
     for (uint32_t v = first_new_node_; v < new_node; ++v) {
       for (uint32_t d = 0; d < nodes_[v].width; ++d) {
         const uint32_t at = nodes_[v].first + d, f = at - first_new_entry_;
@@ -323,7 +324,7 @@ class DellaLongFiber {
         bucket_indices(nodes_[v], d, first_index, last_index);
         Node child{};
         child.rank0 = entries_[at].start;
-        child.first = uint32_t(entries_.size());
+        child.first = new_entry + added;
         Key key = 0;
         if (pivot(f, key)) {
           child.mode = kPivot;
@@ -345,9 +346,13 @@ class DellaLongFiber {
         }
         entries_[at].next = int32_t(nodes_.size());
         nodes_.push_back(child);
-        entries_.resize(entries_.size() + child.width);
+        added += child.width;
       }
     }
+    // Grown once to the size asked for (not by doubling: the tree is most of a
+    // streamed call's memory).
+    entries_.reserve(entries_.size() + added);
+    entries_.resize(entries_.size() + added);
     first_new_node_ = new_node;
     first_new_entry_ = new_entry;
   }
