@@ -33,9 +33,11 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
+#include "della_ranks.h"
 #include "m2n2/task_merge.h"
 
 namespace m2n2::cpu {
@@ -143,34 +145,30 @@ class DellaLongFiber {
 
   void mark(const Key* keys, const uint32_t* high, int64_t j0, int64_t len, Sums& s,
             std::atomic<int64_t>& opened) const {
-    for (int64_t j = 0; j < len; ++j) {
+    for_each_open_at_root(keys, high, len, nullptr, [&](int64_t j, uint32_t at) {
       const uint32_t h = high[j];
-      uint32_t at = root_entry(keys[j]);
       for (;;) {
         const Entry& e = entries_[at];
         // Decided by the bounds, or exactly where one threshold holds for the bucket.
-        if ((h | 0xFFu) < e.tlo || h >= e.thi || e.tlo == e.thi) break;
-        if (e.next >= 0) {
-          at = entry_of(nodes_[uint32_t(e.next)], keys[j], j0 + j);
-          continue;
-        }
-        // Open, in one of the newest buckets (an older one without children had no
-        // open element). The vote (Boyer-Moore) names the key most of them share,
-        // where one does: bf16's quantised deltas crowd a bucket with one key.
-        const size_t f = at - first_new_entry_;
-        ++s.count[f];
-        if (s.votes[f] == 0) {
-          s.vote[f] = keys[j];
-          s.votes[f] = 1;
-        } else {
-          s.votes[f] += s.vote[f] == keys[j] ? 1u : uint32_t(-1);
-        }
-        if (collect_ && opened.fetch_add(1, std::memory_order_relaxed) < open_cap_) {
-          s.open.push_back({rank_key(keys[j], j0 + j), at, h, 1u});
-        }
-        break;
+        if ((h | 0xFFu) < e.tlo || h >= e.thi || e.tlo == e.thi) return;
+        if (e.next < 0) break;
+        at = entry_of(nodes_[uint32_t(e.next)], keys[j], j0 + j);
       }
-    }
+      // Open, in one of the newest buckets (an older one without children had no
+      // open element). The vote (Boyer-Moore) names the key most of them share, where
+      // one does: bf16's quantised deltas crowd a bucket with one key.
+      const size_t f = at - first_new_entry_;
+      ++s.count[f];
+      if (s.votes[f] == 0) {
+        s.vote[f] = keys[j];
+        s.votes[f] = 1;
+      } else {
+        s.votes[f] += s.vote[f] == keys[j] ? 1u : uint32_t(-1);
+      }
+      if (collect_ && opened.fetch_add(1, std::memory_order_relaxed) < open_cap_) {
+        s.open.push_back({rank_key(keys[j], j0 + j), at, h, 1u});
+      }
+    });
   }
 
   void count(const Key* keys, int64_t j0, int64_t len, Sums& s) const {
@@ -209,37 +207,33 @@ class DellaLongFiber {
   // low8(j): the low byte of its draw.
   template <class Low8>
   void decide(const Key* keys, const uint32_t* high, int64_t j0, int64_t len, Low8&& low8, uint32_t* keep) const {
-    for (int64_t j = 0; j < len; ++j) {
+    for_each_open_at_root(keys, high, len, keep, [&](int64_t j, uint32_t at) {
       const uint32_t h = high[j];
-      uint32_t at = root_entry(keys[j]);
       for (;;) {
         const Entry& e = entries_[at];
         if ((h | 0xFFu) < e.tlo) {
           keep[j] = 0u;
-          break;
+          return;
         }
         if (h >= e.thi) {
           keep[j] = 1u;
-          break;
+          return;
         }
         if (e.tlo == e.thi) {  // one threshold for the bucket: the draw's low byte decides
           keep[j] = (h | low8(j)) < e.tlo ? 0u : 1u;
-          break;
+          return;
         }
-        if (e.next >= 0) {
-          at = entry_of(nodes_[uint32_t(e.next)], keys[j], j0 + j);
-          continue;
-        }
-        // Open: ranked by the count pass (once the tree is built, a bucket without
-        // children holds open elements only where it has a list).
-        const List& l = lists_[size_t(-1 - e.next)];
-        uint32_t q = l.begin;
-        const Rank r = rank_key(keys[j], j0 + j);
-        while (q + 1 < l.end && open_[q].r != r) ++q;
-        keep[j] = open_[q].keep;
-        break;
+        if (e.next < 0) break;
+        at = entry_of(nodes_[uint32_t(e.next)], keys[j], j0 + j);
       }
-    }
+      // Open: ranked by the count pass (once the tree is built, a bucket without
+      // children holds open elements only where it has a list).
+      const List& l = lists_[size_t(-1 - entries_[at].next)];
+      uint32_t q = l.begin;
+      const Rank r = rank_key(keys[j], j0 + j);
+      while (q + 1 < l.end && open_[q].r != r) ++q;
+      keep[j] = open_[q].keep;
+    });
   }
 
   // The bytes the tree holds once built.
@@ -300,6 +294,35 @@ class DellaLongFiber {
     return nd.first + uint32_t((r >> nd.shift) - nd.base);
   }
   uint32_t threshold(int64_t r) const { return dare_threshold(della_probability(rho_, eps_, n_, r)); }
+
+  // f(j, the root bucket of j) for each element j < len that the root's bounds leave
+  // undecided, in order; keep (where given) set for those they decide. The root's
+  // stage runs vectorised (della_ranks.cpp's loops, on its octaves' bounds): most
+  // elements stop there, and only the others walk the tree.
+  template <class F>
+  void for_each_open_at_root(const Key* keys, const uint32_t* high, int64_t len, uint32_t* keep, F&& f) const {
+    constexpr int64_t kBlock = 256;
+    alignas(64) uint16_t digits[kBlock];
+    alignas(64) uint8_t open[kBlock];
+    alignas(64) uint32_t scratch[kBlock];
+    constexpr int kMantissa = sizeof(Key) == 8 ? 52 : 23;
+    for (int64_t b0 = 0; b0 < len; b0 += kBlock) {
+      const int64_t n = std::min(kBlock, len - b0);
+      della_digits(keys + b0, n, kMantissa, 0, digits);
+      uint32_t* decided = keep != nullptr ? keep + b0 : scratch;
+      if (della_bounds(digits, n, high + b0, root_tlo_.data(), root_thi_.data(), decided, open) == 0) continue;
+      for (int64_t j0 = 0; j0 < n; j0 += 8) {
+        uint64_t word = 0;
+        if (j0 + 8 <= n) {
+          std::memcpy(&word, open + j0, 8);
+          if (word == 0) continue;
+        }
+        for (int64_t j = j0; j < std::min(n, j0 + 8); ++j) {
+          if (open[j]) f(b0 + j, uint32_t(digits[j]));
+        }
+      }
+    }
+  }
 
   // Children for the newest buckets where grow(f) (f: the bucket's place among them),
   // each sharing out the level's budget by weight(f): about budget * weight / total
@@ -398,6 +421,7 @@ class DellaLongFiber {
   std::vector<List> lists_;
   std::vector<Rank> pad_;
   uint32_t slots_ = 1;
+  std::vector<uint32_t> root_tlo_, root_thi_;  // the root's bounds, by octave
 };
 
 template <class Key>
@@ -428,6 +452,14 @@ void DellaLongFiber<Key>::advance(const std::vector<const Sums*>& sums, Low8&& l
         e.thi = c > 0 ? threshold(int64_t(rank) + c - 1) : e.tlo;  // empty: never read, never split
         rank += c;
         possible += e.tlo < e.thi ? 1 : 0;
+      }
+    }
+    if (first_new_node_ == 0) {  // the root's: fixed from now on
+      root_tlo_.resize(nodes_[0].width);
+      root_thi_.resize(nodes_[0].width);
+      for (uint32_t d = 0; d < nodes_[0].width; ++d) {
+        root_tlo_[d] = entries_[d].tlo;
+        root_thi_[d] = entries_[d].thi;
       }
     }
     if (possible == 0) {
