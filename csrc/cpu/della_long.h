@@ -236,12 +236,6 @@ class DellaLongFiber {
     });
   }
 
-  // The bytes the tree holds once built.
-  size_t bytes() const {
-    return nodes_.capacity() * sizeof(Node) + entries_.capacity() * sizeof(Entry) +
-           open_.capacity() * sizeof(Open) + lists_.capacity() * sizeof(List) + pad_.capacity() * sizeof(Rank);
-  }
-
  private:
   // A node's buckets: entries_[first + (R' >> shift) - base], `width` of them, R' =
   // (key >> key_shift) << b | index: R with the key bits that no member's key varies
@@ -513,11 +507,10 @@ void DellaLongFiber<Key>::advance(const std::vector<const Sums*>& sums, Low8&& l
       }
       step_ = Step::kCount;
     } else {
-      // Too many to collect: the buckets holding them split further, by open
-      // elements (a split in 2^b leaves about 2^-b of a bucket's open: the square
-      // root of its count spreads the budget best).
-      // A bucket of many open elements where the vote names a key (and its keys
-      // do not all tie) pivots on it.
+      // Too many to collect: the buckets holding them split further, shared out by
+      // the square root of their open counts (a split in 2^b leaves about 2^-b of
+      // a bucket's open elements, so this spreads the budget best). A bucket of many
+      // where the vote names a key (and its keys do not all tie) pivots on it.
       std::vector<Key> vote(fresh, Key(0));
       std::vector<uint32_t> votes(fresh, 0u);
       for (const Sums* s : sums) {
