@@ -33,7 +33,6 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -305,16 +304,7 @@ class DellaLongFiber {
       della_digits(keys + b0, n, kMantissa, 0, digits);
       uint32_t* decided = keep != nullptr ? keep + b0 : scratch;
       if (della_bounds(digits, n, high + b0, root_tlo_.data(), root_thi_.data(), decided, open) == 0) continue;
-      for (int64_t j0 = 0; j0 < n; j0 += 8) {
-        uint64_t word = 0;
-        if (j0 + 8 <= n) {
-          std::memcpy(&word, open + j0, 8);
-          if (word == 0) continue;
-        }
-        for (int64_t j = j0; j < std::min(n, j0 + 8); ++j) {
-          if (open[j]) f(b0 + j, uint32_t(digits[j]));
-        }
-      }
+      della_for_each_open(open, n, [&](int64_t j) { f(b0 + j, uint32_t(digits[j])); });
     }
   }
 

@@ -49,6 +49,22 @@ int64_t della_bounds(const uint16_t* digits, int64_t n, const uint32_t* high, co
 int64_t della_rank_by_count(const uint32_t* keys, int64_t n, uint32_t key, int64_t j);
 int64_t della_rank_by_count(const uint64_t* keys, int64_t n, uint64_t key, int64_t j);
 
+// f(j) for every j < n with open[j] set, in index order; the flags are read 8 at a
+// time (a few elements in a hundred are open).
+template <class F>
+void della_for_each_open(const uint8_t* open, int64_t n, F&& f) {
+  for (int64_t j0 = 0; j0 < n; j0 += 8) {
+    uint64_t word = 0;
+    if (j0 + 8 <= n) {
+      std::memcpy(&word, open + j0, 8);
+      if (word == 0) continue;
+    }
+    for (int64_t j = j0; j < std::min(n, j0 + 8); ++j) {
+      if (open[j]) f(j);
+    }
+  }
+}
+
 class FiberSorter {
  public:
   // order[r] = the index of the key of ascending rank r among keys[0 .. n).
@@ -148,22 +164,6 @@ class DellaFiber {
   }
 
  private:
-  // f(j) for every j with open[j] set, in index order; the flags are read 8 at a time
-  // (a few elements in a hundred are open).
-  template <class F>
-  static void for_each_open(const uint8_t* open, int64_t n, F&& f) {
-    for (int64_t j0 = 0; j0 < n; j0 += 8) {
-      uint64_t word = 0;
-      if (j0 + 8 <= n) {
-        std::memcpy(&word, open + j0, 8);
-        if (word == 0) continue;
-      }
-      for (int64_t j = j0; j < std::min(n, j0 + 8); ++j) {
-        if (open[j]) f(j);
-      }
-    }
-  }
-
   // The exact rank of every member of each bucket that holds an open element, into
   // rank_: the fiber's indices placed bucket by bucket (stable), a bucket of one key
   // ranked in index order, one of distinct keys sorted. False (rank_ incomplete)
@@ -236,7 +236,7 @@ void DellaFiber::decide(const Key* keys, int64_t n, const uint32_t* high, const 
     sorter_.sort(keys, n, order_.data());
     for (int64_t r = 0; r < n; ++r) rank_[order_[size_t(r)]] = uint32_t(r);
   }
-  for_each_open(open_.data(), n, [&](int64_t j) {
+  della_for_each_open(open_.data(), n, [&](int64_t j) {
     const uint32_t t = thr[counted ? della_rank_by_count(keys, n, keys[j], j) : int64_t(rank_[size_t(j)])];
     const uint32_t h = high[j];
     const uint32_t u = (h >> 8) == (t >> 8) ? h | low8(j) : h;
@@ -289,7 +289,7 @@ bool DellaFiber::rank_open_buckets(const Key* keys, int64_t n, uint32_t first, u
   for (int64_t i = kParts * part; i < n; ++i) order[cursor_[kParts - 1][digits[i]]++] = uint32_t(i);
   // The buckets holding an open element.
   std::fill(marked_ + first, marked_ + nb, uint8_t(0));
-  for_each_open(open, n, [&](int64_t j) { marked_[digits[j]] = 1; });
+  della_for_each_open(open, n, [&](int64_t j) { marked_[digits[j]] = 1; });
   for (uint32_t d = first; d < nb; ++d) {
     if (!marked_[d]) continue;
     uint32_t* members = order + start_[d];
