@@ -367,8 +367,9 @@ def della_merge(base, models, weights, density, *, epsilon=0.15, seed, consensus
     triton; no CUDA C++ kernel yet. The CPU kernel holds each row whole while it
     ranks it (tens of bytes per element of the row), except long rows (2^16
     elements and more, one row or a few: a 1-D tensor is one row), which it streams
-    in passes over the row, within about 1% of the inputs (README, della_merge). The
-    torch reference sorts every row whatever its length.
+    in passes over the row, holding a tree of about n / 4096 buckets per level
+    instead (README, della_merge). The torch reference sorts every row whatever its
+    length.
     """
     base_list, lists, is_list, w, rho, eps, lam, seed, cons, resc = check_op_della(
         base, models, weights, density, epsilon, consensus, rescale, lam, scope, seed)

@@ -47,7 +47,10 @@ class DellaLongFiber {
   // A level's buckets: n / 4096, at least kLevelMin (fewer take more levels, each a
   // pass or two); the open elements collected: n / 2048, at least kOpenMin.
   static constexpr int64_t kLevelMin = 4096;
+  static int64_t level_budget(int64_t n) { return std::max<int64_t>(kLevelMin, n >> 12); }
   static constexpr int64_t kOpenMin = 4096;
+  // The root's digit: a key's exponent, the bits above its mantissa.
+  static constexpr int kMantissa = sizeof(Key) == 8 ? 52 : 23;
   // R: a 31-bit key (fp32) and a 32-bit index fit 64 bits; a 63-bit key needs 128.
   using Rank = std::conditional_t<sizeof(Key) == 8, unsigned __int128, uint64_t>;
 
@@ -76,9 +79,8 @@ class DellaLongFiber {
     rho_ = rho;
     eps_ = eps;
     index_bits_ = 64 - __builtin_clzll(uint64_t(n - 1));
-    level_budget_ = std::max<int64_t>(kLevelMin, n >> 12);
+    level_budget_ = level_budget(n);
     open_cap_ = std::max<int64_t>(kOpenMin, n >> 11);
-    constexpr int kMantissa = sizeof(Key) == 8 ? 52 : 23;
     constexpr int kOctaves = sizeof(Key) == 8 ? 2048 : 256;  // a key has no sign bit
     nodes_.assign(1, Node{0, 0, kOctaves, 0, uint8_t(kMantissa), 0, kByKey, 0});
     entries_.assign(kOctaves, Entry{});
@@ -276,7 +278,7 @@ class DellaLongFiber {
 
   Rank rank_key(Key key, int64_t index) const { return (Rank(key) << index_bits_) | Rank(uint64_t(index)); }
   // The root's bucket: the key's octave (the root node's digit, a constant shift).
-  static uint32_t root_entry(Key key) { return uint32_t(key >> (sizeof(Key) == 8 ? 52 : 23)); }
+  static uint32_t root_entry(Key key) { return uint32_t(key >> kMantissa); }
   uint32_t entry_of(const Node& nd, Key key, int64_t index) const {
     if (nd.mode == kByKey) return nd.first + uint32_t((Rank(key) >> nd.shift) - nd.base);
     if (nd.mode == kPivot) {
@@ -298,7 +300,6 @@ class DellaLongFiber {
     alignas(64) uint16_t digits[kBlock];
     alignas(64) uint8_t open[kBlock];
     alignas(64) uint32_t scratch[kBlock];
-    constexpr int kMantissa = sizeof(Key) == 8 ? 52 : 23;
     for (int64_t b0 = 0; b0 < len; b0 += kBlock) {
       const int64_t n = std::min(kBlock, len - b0);
       della_digits(keys + b0, n, kMantissa, 0, digits);

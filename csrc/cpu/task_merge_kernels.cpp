@@ -390,8 +390,8 @@ int64_t della_long_fiber() {
 
 // Whether della streams the fibers of tensor t (della_long.h): contiguous (C = 1),
 // indexable in 32 bits, and at least `forced` long where forced > 0; else at least
-// kDellaLongFiber long and where the trees (about 3 levels of at least kLevelMin
-// 16-byte buckets per fiber and model) take less than the fibers held whole (some
+// kDellaLongFiber long and where the trees (about 3 levels of level_budget 16-byte
+// buckets per fiber and model) take less than the fibers held whole (some
 // 32 bytes per element, one fiber per thread): one long row or a few, not a
 // tensor of many (those run in parallel over their rows).
 bool della_streams(const TaskTensor& t, int64_t forced, int models, int threads) {
@@ -400,7 +400,7 @@ bool della_streams(const TaskTensor& t, int64_t forced, int models, int threads)
   if (t.fiber < kDellaLongFiber) return false;
   const double rows = double(t.numel / t.fiber);
   const double trees = rows * models * 3.0 * 16.0 *
-                       double(std::max<int64_t>(DellaLongFiber<uint32_t>::kLevelMin, t.fiber >> 12));
+                       double(DellaLongFiber<uint32_t>::level_budget(t.fiber));
   const double whole = std::min(rows, double(threads)) * 32.0 * double(t.fiber);
   return trees < whole;
 }
