@@ -47,7 +47,7 @@ each op with the impls
 gbps counts the op's minimal traffic for every row: read base and the K models once and
 write the output, (K + 2) n elements; time_vs_ceiling = ms / lerp_'s ms. Our kernel reads
 its inputs more than once (the stderr summary's "passes"): task arithmetic once; TIES,
-in tensors of >= 2^21 elements, the sample of the candidate window (min(2^19, n/16)
+in tensors of >= 2^18 elements, the sample of the candidate window (min(2^19, n/16)
 elements of each input: that fraction of a pass) + the window pass (counts, and the
 keys inside the window kept) + the fused pass; in smaller tensors 2 radix-selection
 passes + the fused pass, + 1 statistics pass where a model's threshold has more ties
@@ -599,9 +599,9 @@ def run(args):
 
         sizes = [b.numel() for b in base]
         # TIES per tensor (task_merge_kernels.cpp): the window (its sample's fraction + 1
-        # pass) from 2^21 elements on, else 2 radix passes (+ 1 for partly kept ties);
+        # pass) from 2^18 elements on, else 2 radix passes (+ 1 for partly kept ties);
         # then the fused pass.
-        ties_passes = 1 + sum((1 + min(2 ** 19, s // 16) / s) * s if s >= 2 ** 21 else (2 + p) * s
+        ties_passes = 1 + sum((1 + min(2 ** 19, s // 16) / s) * s if s >= 2 ** 18 else (2 + p) * s
                               for s, p in zip(sizes, partial)) / n
         select = 4 if dtype == torch.float64 else 2  # radix passes over 64- or 32-bit keys
         twice = (2 * K + 1) / (K + 1)  # a selection pass of breadcrumbs reads every model twice

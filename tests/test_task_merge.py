@@ -886,6 +886,21 @@ def test_dare_draws_avx512_equal_portable(tmp_path):
     assert returncode == 0, stdout
 
 
+def test_window_tiles_avx512_equal_portable(tmp_path):
+    """TIES' candidate-window pass reads each tile with an AVX-512 loop where the CPU has
+    it (fp32 and bf16 storage): tests/native/window_tiles_check.cpp holds the portable
+    loops equal to a scalar oracle (every storage type, 32- and 64-bit keys) and the
+    AVX-512 loop equal to them (the counts above, at and inside the window, and the keys
+    stored, in order) at every tile length, unaligned, with keys tied to the window's
+    ends, zeros of both signs, infinities and NaNs."""
+    from conftest import run_native_check
+
+    returncode, stdout = run_native_check(tmp_path, "window_tiles_check", ["-fopenmp-simd"])
+    if returncode == 2:
+        pytest.skip(f"this CPU has no AVX-512 (the portable loops were checked): {stdout.strip()}")
+    assert returncode == 0, stdout
+
+
 def test_radix_select_equals_sorting(tmp_path):
     """The exact order statistics under TIES' and PCB's thresholds (radix_select.h):
     tests/native/radix_select_check.cpp holds every rank's key, and the keys below and
@@ -1433,7 +1448,7 @@ def test_triton_compiles_for_gpu_without_fma():
 # keeps the keys inside it; where the window misses (or its candidates would not
 # fit), the radix passes select instead. Both paths must equal the reference bit
 # for bit; M2N2_TIES_SELECT=window makes a fallback an error, so each case also
-# asserts which path ran. Units of >= 2^21 elements: smaller ones skip the window.
+# asserts which path ran. Units of >= 2^18 elements: smaller ones skip the window.
 # The candidates of a unit stay within the call's memory budget (0.5% of its inputs,
 # 512 KiB at least: task_merge_kernels.h), which the cases here (one tensor) hold at
 # the least.
@@ -1510,6 +1525,20 @@ def test_cpp_ties_window_equals_reference(monkeypatch, kind, dtype, density, res
             ties_by("window", monkeypatch, base, models, density=density, rescale=rescale)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cpp_ties_window_smallest_unit(monkeypatch, dtype):
+    """The smallest units the window takes (2^18 elements and up; an odd length, so the
+    last tile is partial): the sample is n / 16 keys, the window wider; equal to the
+    reference and to the radix passes, and the window selected every threshold."""
+    base, models = window_case("normal", dtype, n=(1 << 18) + 17, seed=9)
+    kw = dict(density=0.2, rescale="l1")
+    want = task_merge(base, models, [0.5, 1.0, -0.25], backend="torch", sparsify="magnitude", consensus="sum",
+                      normalize=True, lam=0.7, **kw)
+    got = ties_by("window", monkeypatch, base, models, **kw)
+    assert torch.equal(got, want), (got != want).sum()
+    assert torch.equal(got, ties_by("radix", monkeypatch, base, models, **kw))
+
+
 @pytest.mark.parametrize("kind,dtype,density,gamma,rescale", [
     ("normal", torch.float32, 0.5, 0.01, None),
     ("grid", torch.bfloat16, 0.3, 0.05, "l1"),  # ties at both thresholds
@@ -1536,8 +1565,8 @@ def test_cpp_breadcrumbs_window_equals_reference(monkeypatch, kind, dtype, densi
 
 def test_cpp_ties_window_global_scope_and_small_units(monkeypatch):
     """A global unit over several tensors (chunks of different tensors, ties kept in
-    flat index order across them) takes the window; per-tensor units below 2^21
-    elements take the radix passes; both equal the reference."""
+    flat index order across them) takes the window; per tensor, the unit below 2^18
+    elements takes the radix passes; both equal the reference."""
     b1, m1 = window_case("grid", torch.bfloat16, n=WINDOW_N - 1000, seed=1)
     b2, m2 = window_case("normal", torch.bfloat16, n=3000, seed=2)
     base = [b1, b2.reshape(30, 100)]

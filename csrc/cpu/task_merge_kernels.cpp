@@ -9,6 +9,7 @@
 #include "isa_clones.h"
 #include "page_array.h"
 #include "radix_select.h"
+#include "window_tiles.h"
 
 #include <algorithm>
 #include <atomic>
@@ -608,7 +609,11 @@ void select_thresholds(const std::vector<TaskTensor>& ts, const std::vector<Chun
 // the candidates of all models take at most kWindowBudgetShare of it, their own
 // selection the rest.
 
-constexpr int64_t kWindowMinN = int64_t(1) << 21;  // smaller units: radix (the sample would be a large part)
+// Smaller units: radix (the sample, n / 16 keys, would be a large part). 2^18 rather
+// than 2^21 since the window pass reads a tile in one AVX-512 loop: the scale-4
+// benchmark's 1024 x 1024 units then take the window too (TIES there, interleaved:
+// fp32 ~66 -> ~50 ms, bf16 ~65 -> ~34 ms); 2^16 measured no better than 2^18.
+constexpr int64_t kWindowMinN = int64_t(1) << 18;
 // The window's width in ranks is ~ 2 kSampleSigmas sqrt(q (1 - q) / m) n for a sample
 // of m keys: 2^19 keys (3% of a 4096 x 4096 unit, n / 16 at most) keep it near 0.45%
 // of n for q = 0.8, so that K = 3 models' candidates stay under the memory cap below
@@ -637,35 +642,36 @@ SelectMode select_mode() {
   throw std::invalid_argument("M2N2_TIES_SELECT must be auto, radix or window");
 }
 
-// Counts over a tile against the window, and flags[j] = lo < key < hi (the keys to
-// store). int counters: a tile holds at most kTile keys.
-template <class Key>
-M2N2_HD void window_tile(const Key* keys, int64_t len, Key lo, Key hi, uint8_t* flags, int* gt, int* eq_hi,
-                         int* eq_lo, int* mid) {
-  int g = 0, eh = 0, el = 0, md = 0;
-#pragma omp simd reduction(+ : g, eh, el, md)
-  for (int64_t j = 0; j < len; ++j) {
-    const Key key = keys[j];
-    const int in = (key > lo) & (key < hi);
-    flags[j] = uint8_t(in);
-    g += key > hi ? 1 : 0;
-    eh += key == hi ? 1 : 0;
-    el += key == lo ? 1 : 0;
-    md += in;
-  }
-  *gt = g;
-  *eq_hi = eh;
-  *eq_lo = el;
-  *mid = md;
-}
+// The window pass over one tile of one model (window_tiles.h): the portable loops
+// compiled per ISA, or the AVX-512 loop for 32-bit keys of fp32 and bf16 storage.
+static_assert(kTile <= kWindowTile, "window_tile takes at most kWindowTile elements a call");
 
-M2N2_CLONES void window_tile_k(const uint32_t* keys, int64_t len, uint32_t lo, uint32_t hi, uint8_t* flags, int* gt,
-                               int* eq_hi, int* eq_lo, int* mid) {
-  window_tile<uint32_t>(keys, len, lo, hi, flags, gt, eq_hi, eq_lo, mid);
-}
-M2N2_CLONES void window_tile_k(const uint64_t* keys, int64_t len, uint64_t lo, uint64_t hi, uint8_t* flags, int* gt,
-                               int* eq_hi, int* eq_lo, int* mid) {
-  window_tile<uint64_t>(keys, len, lo, hi, flags, gt, eq_hi, eq_lo, mid);
+#define M2N2_DEFINE_WINDOW_TILES(T)                                                                         \
+  M2N2_CLONES int window_tile_k(const T* m, const compute_t<T>* b, int64_t len, uint32_t lo, uint32_t hi,    \
+                                uint32_t* inside, WindowTileCounts* counts) {                               \
+    return window_tile_portable<T, uint32_t>(m, b, len, lo, hi, inside, counts);                            \
+  }                                                                                                         \
+  M2N2_CLONES int window_tile_k(const T* m, const compute_t<T>* b, int64_t len, uint64_t lo, uint64_t hi,    \
+                                uint64_t* inside, WindowTileCounts* counts) {                               \
+    return window_tile_portable<T, uint64_t>(m, b, len, lo, hi, inside, counts);                            \
+  }
+M2N2_DEFINE_WINDOW_TILES(float)
+M2N2_DEFINE_WINDOW_TILES(double)
+M2N2_DEFINE_WINDOW_TILES(bf16_t)
+M2N2_DEFINE_WINDOW_TILES(half_t)
+#undef M2N2_DEFINE_WINDOW_TILES
+
+template <class T, class Key>
+int window_tile(const T* m, const compute_t<T>* b, int64_t len, Key lo, Key hi, Key* inside,
+                WindowTileCounts* counts) {
+#if M2N2_AVX512_WINDOW
+  if constexpr (sizeof(Key) == 4 && (std::is_same_v<T, float> || std::is_same_v<T, bf16_t>)) {
+    static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                               __builtin_cpu_supports("avx512vl");
+    if (avx512) return window_tile_avx512<T>(m, b, len, lo, hi, inside, counts);
+  }
+#endif
+  return window_tile_k(m, b, len, lo, hi, inside, counts);
 }
 
 // One model's window and candidate buffer (per thread: cap_per_thread keys each).
@@ -806,60 +812,70 @@ void sample_window(const std::vector<TaskTensor>& ts, const std::vector<Chunk>& 
   inside = std::max<int64_t>(0, below_hi - upto_lo);
 }
 
+// The shared cap is taken in reservations of this many keys (or what a tile needs, if
+// more) rather than tile by tile: one atomic count updated by both threads for each
+// tile that stores keys made its cache line bounce between the cores (it was 45% of
+// the pass's own time, outside the tile loop).
+constexpr int64_t kWindowReserve = 4096;
+
+// The window pass over chunk c, for every window. The thread's state (`used`,
+// `overflow`: per window; `allowance`: keys of the cap reserved and not yet stored) is
+// read at the start and written back at the end: counters of different threads may
+// share cache lines, and a tile's updates must not make them bounce.
 template <class T, class Key>
 void window_chunk(const TaskTensor& t, const Chunk& c, std::vector<ModelWindow<Key>>& wins, int thread,
-                  int64_t budget, std::atomic<int64_t>& total_used, int64_t* used, char* overflow,
-                  WindowCounts* counts) {
+                  int64_t budget, std::atomic<int64_t>& total_reserved, int64_t* used_out, char* overflow_out,
+                  int64_t* allowance_out, WindowCounts* counts_out) {
   const T* base = static_cast<const T*>(t.base);
   alignas(64) compute_t<T> b_buf[kTile];
-  alignas(64) Key keys[kTile];
-  alignas(64) uint8_t flags[kTile];
+  alignas(64) Key inside[kTile];
   const size_t A = wins.size();
+  std::vector<WindowCounts> counts(A);
+  std::vector<int64_t> used(used_out, used_out + A);
+  std::vector<char> overflow(overflow_out, overflow_out + A);
+  int64_t allowance = *allowance_out;
   for (size_t a = 0; a < A; ++a) {
-    counts[a] = WindowCounts{};
     counts[a].start = used[a];
     counts[a].thread = thread;
   }
+  // Reserves room for md more keys; false where the cap has none left.
+  const auto reserve = [&](int64_t md) {
+    if (allowance >= md) return true;
+    for (const int64_t want : {std::max(md, kWindowReserve), md}) {
+      if (total_reserved.fetch_add(want, std::memory_order_relaxed) + want <= budget) {
+        allowance += want;
+        return true;
+      }
+      total_reserved.fetch_sub(want, std::memory_order_relaxed);  // leave the room to others
+    }
+    return false;
+  };
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
     const compute_t<T>* b = base_tile<T>(base + t0, len, b_buf);
     for (size_t a = 0; a < A; ++a) {
       ModelWindow<Key>& w = wins[a];
-      keys_tile_k(model_ptr<T>(t, w.model) + t0, b, len, keys);
-      int gt, eh, el, md;
-      window_tile_k(keys, len, w.lo, w.hi, flags, &gt, &eh, &el, &md);
+      WindowTileCounts tc;
+      const int md = window_tile<T, Key>(model_ptr<T>(t, w.model) + t0, b, len, w.lo, w.hi, inside, &tc);
       WindowCounts& wc = counts[a];
-      wc.gt_hi += gt;
-      wc.eq_hi += eh;
-      wc.eq_lo += el;
+      wc.gt_hi += tc.gt_hi;
+      wc.eq_hi += tc.eq_hi;
+      wc.eq_lo += tc.eq_lo;
       wc.mid += md;
       if (md == 0 || overflow[a]) continue;
-      if (used[a] + md > w.cap_per_thread) {
+      if (used[a] + md > w.cap_per_thread || !reserve(md)) {
         overflow[a] = 1;  // this model falls back to radix; its counts are then unused
         continue;
       }
-      if (total_used.fetch_add(md, std::memory_order_relaxed) + md > budget) {
-        total_used.fetch_sub(md, std::memory_order_relaxed);  // not stored: leave the room to others
-        overflow[a] = 1;
-        continue;
-      }
-      // The flags are sparse (the window holds ~1% of the keys): skip 8 at a time.
-      Key* dst = w.buf.get() + int64_t(thread) * w.cap_per_thread + used[a];
-      int64_t j = 0;
-      for (; j + 8 <= len; j += 8) {
-        uint64_t word;
-        std::memcpy(&word, flags + j, 8);
-        while (word != 0) {
-          *dst++ = keys[j + (__builtin_ctzll(word) >> 3)];
-          word &= word - 1;
-        }
-      }
-      for (; j < len; ++j) {
-        if (flags[j]) *dst++ = keys[j];
-      }
+      allowance -= md;
+      std::memcpy(w.buf.get() + int64_t(thread) * w.cap_per_thread + used[a], inside, size_t(md) * sizeof(Key));
       used[a] += md;
     }
   }
+  std::copy(counts.begin(), counts.end(), counts_out);
+  std::copy(used.begin(), used.end(), used_out);
+  std::copy(overflow.begin(), overflow.end(), overflow_out);
+  *allowance_out = allowance;
 }
 
 // Selects the thresholds of the partly keeping models by candidate windows where it
@@ -872,9 +888,9 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
   if (n < kWindowMinN) return;
   const int threads = omp_get_max_threads();
   const int64_t nchunks = int64_t(chunks.size());
-  // The cap on the candidates of all models and threads together (one atomic count,
-  // so that a thread whose chunks hold more of the window than others may use the
-  // room they leave): kWindowBudgetShare of the call's budget. Each model's buffer is
+  // The cap on the candidates of all models and threads together (one atomic count of
+  // reservations, so that a thread whose chunks hold more of the window than others
+  // may use the room they leave): kWindowBudgetShare of the call's budget. Each model's buffer is
   // reserved per thread for twice its expected candidates, mapped (page_array.h): only
   // the pages written count, and this cap bounds them.
   const int64_t budget = int64_t(std::min(kWindowBudgetShare * double(memory_budget), 0x1p60)) / int64_t(sizeof(Key));
@@ -911,16 +927,18 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
 
   std::vector<WindowCounts> counts(size_t(nchunks) * A);
   std::vector<int64_t> used(size_t(threads) * A, 0);
-  std::atomic<int64_t> total_used{0};
+  std::atomic<int64_t> total_reserved{0};
   std::vector<char> overflow(size_t(threads) * A, 0);
+  std::vector<int64_t> allowance(size_t(threads), 0);
 #pragma omp parallel for schedule(dynamic) if (nchunks > 1)
   for (int64_t i = 0; i < nchunks; ++i) {
     const int th = omp_get_thread_num();
     const Chunk& c = chunks[size_t(i)];
     const TaskTensor& t = ts[size_t(c.tensor)];
     with_storage_type(t.dtype, [&](auto tag) {
-      window_chunk<decltype(tag), Key>(t, c, wins, th, budget, total_used, used.data() + size_t(th) * A,
-                                       overflow.data() + size_t(th) * A, counts.data() + size_t(i) * A);
+      window_chunk<decltype(tag), Key>(t, c, wins, th, budget, total_reserved, used.data() + size_t(th) * A,
+                                       overflow.data() + size_t(th) * A, allowance.data() + th,
+                                       counts.data() + size_t(i) * A);
     });
   }
 
@@ -970,7 +988,9 @@ void select_thresholds_window(const std::vector<TaskTensor>& ts, const std::vect
   // (~1% of the keys), each chunk's segment in place (their chunk order is kept for
   // the ties below), in what the candidates leave of the budget.
   if (!targets.empty()) {
-    const uint64_t stored = uint64_t(total_used.load()) * sizeof(Key);
+    int64_t stored_keys = 0;
+    for (const int64_t u : used) stored_keys += u;
+    const uint64_t stored = uint64_t(stored_keys) * sizeof(Key);
     std::vector<int64_t> candidates(A, 0);  // per window: its keys, so that few are collected, not histogrammed
     for (int64_t i = 0; i < nchunks; ++i) {
       for (size_t a = 0; a < A; ++a) candidates[a] += counts[size_t(i) * A + a].mid;

@@ -1,0 +1,147 @@
+// TIES' candidate-window pass over one tile of one model (torch-free, CPU): the
+// magnitude keys of d = m - b, how many lie above, at and inside the window (lo, hi),
+// and the keys inside it, in index order. The portable loops and an AVX-512 one with
+// the same results for the common case (32-bit keys from fp32 or bf16 storage).
+// task_merge_kernels.cpp compiles the portable loops per ISA and picks the AVX-512 one
+// where the CPU has it; tests/native/window_tiles_check.cpp holds the two equal.
+//
+// Why the AVX-512 loop: the window holds about 1% of the keys, so the pass is a read
+// of the inputs with a few compares per key. Written portably it took three loops
+// (keys to a buffer, compares and byte flags, a scan of the flags for the few keys to
+// store), which GCC vectorised 4 lanes wide (the byte flags) and which cost about 2.5x
+// the read. With masks, the keys never leave the registers and the few inside the
+// window are compressed out of them.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "m2n2/dtypes.h"
+#include "m2n2/task_merge.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define M2N2_AVX512_WINDOW 1
+#endif
+
+namespace m2n2::cpu {
+
+constexpr int64_t kWindowTile = 256;  // the most elements one call takes
+
+// Per tile: keys > hi, == hi, == lo, and lo < key < hi (those are stored).
+struct WindowTileCounts {
+  int gt_hi = 0, eq_hi = 0, eq_lo = 0, mid = 0;
+};
+
+// The magnitude key of a delta, widened to the key's width (64-bit keys: the delta
+// in fp64, exactly).
+template <class Key, class C>
+inline Key window_key(C d) {
+  if constexpr (sizeof(Key) == 8) {
+    return magnitude_key(double(d));
+  } else {
+    return magnitude_key(float(d));
+  }
+}
+
+// The portable loops: keys of the tile (len <= kWindowTile), the counts, then the
+// keys inside the window copied to `inside` in index order. Returns counts.mid.
+template <class T, class Key>
+inline int window_tile_portable(const T* m, const compute_t<T>* b, int64_t len, Key lo, Key hi, Key* inside,
+                                WindowTileCounts* counts) {
+  alignas(64) Key keys[kWindowTile];
+  alignas(64) uint8_t flags[kWindowTile];
+  int g = 0, eh = 0, el = 0, md = 0;
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) keys[j] = window_key<Key>(to_compute(m[j]) - b[j]);
+#pragma omp simd reduction(+ : g, eh, el, md)
+  for (int64_t j = 0; j < len; ++j) {
+    const Key key = keys[j];
+    const int in = (key > lo) & (key < hi);
+    flags[j] = uint8_t(in);
+    g += key > hi ? 1 : 0;
+    eh += key == hi ? 1 : 0;
+    el += key == lo ? 1 : 0;
+    md += in;
+  }
+  *counts = WindowTileCounts{g, eh, el, md};
+  if (md == 0) return 0;
+  // The flags are sparse: skip 8 at a time.
+  Key* dst = inside;
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    uint64_t word;
+    std::memcpy(&word, flags + j, 8);
+    while (word != 0) {
+      *dst++ = keys[j + (__builtin_ctzll(word) >> 3)];
+      word &= word - 1;
+    }
+  }
+  for (; j < len; ++j) {
+    if (flags[j]) *dst++ = keys[j];
+  }
+  return md;
+}
+
+#if M2N2_AVX512_WINDOW
+// GCC 12's AVX-512 widening and shift intrinsics start from an undefined register,
+// which its -W(maybe-)uninitialized reports (a false positive, as in dare_draws.h).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+// One loop over 16 keys at a time: the delta in fp32 (the same subtraction as the
+// portable loop), its bits less the sign as the key, four compares into masks, the
+// counts kept per lane, and the keys inside the window compressed in a register and
+// written with a masked store (the register form of vpcompressd: its store form is
+// microcoded on AMD Zen 4). fp32 or bf16 (widened by a shift) storage. Needs AVX-512
+// F, BW and VL (every AVX-512 CPU since Skylake-SP; x86-64-v4).
+template <class T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline int window_tile_avx512(const T* m, const float* b, int64_t len,
+                                                                  uint32_t lo, uint32_t hi, uint32_t* inside,
+                                                                  WindowTileCounts* counts) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16_t>, "fp32 or bf16 storage");
+  const __m512i vlo = _mm512_set1_epi32(int(lo));
+  const __m512i vhi = _mm512_set1_epi32(int(hi));
+  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+  const __m512i one = _mm512_set1_epi32(1);
+  __m512i g = _mm512_setzero_si512(), eh = g, el = g;
+  int md = 0;
+  for (int64_t j = 0; j < len; j += 16) {
+    const int64_t rest = len - j;
+    const __mmask16 valid = rest >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rest) - 1u);
+    __m512 x;
+    if constexpr (std::is_same_v<T, float>) {
+      x = _mm512_maskz_loadu_ps(valid, m + j);
+    } else {
+      const __m256i h = _mm256_maskz_loadu_epi16(valid, m + j);
+      x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    const __m512 d = _mm512_sub_ps(x, _mm512_maskz_loadu_ps(valid, b + j));
+    const __m512i key = _mm512_and_si512(_mm512_castps_si512(d), abs_mask);
+    g = _mm512_mask_add_epi32(g, _mm512_mask_cmpgt_epu32_mask(valid, key, vhi), g, one);
+    eh = _mm512_mask_add_epi32(eh, _mm512_mask_cmpeq_epi32_mask(valid, key, vhi), eh, one);
+    el = _mm512_mask_add_epi32(el, _mm512_mask_cmpeq_epi32_mask(valid, key, vlo), el, one);
+    const __mmask16 in = _mm512_mask_cmplt_epu32_mask(_mm512_mask_cmpgt_epu32_mask(valid, key, vlo), key, vhi);
+    if (in != 0) {
+      const int c = __builtin_popcount(unsigned(in));
+      _mm512_mask_storeu_epi32(inside + md, __mmask16((1u << c) - 1u), _mm512_maskz_compress_epi32(in, key));
+      md += c;
+    }
+  }
+  alignas(64) int lanes[3][16];
+  _mm512_store_si512(lanes[0], g);
+  _mm512_store_si512(lanes[1], eh);
+  _mm512_store_si512(lanes[2], el);
+  *counts = WindowTileCounts{0, 0, 0, md};
+  for (int q = 0; q < 16; ++q) {
+    counts->gt_hi += lanes[0][q];
+    counts->eq_hi += lanes[1][q];
+    counts->eq_lo += lanes[2][q];
+  }
+  return md;
+}
+#pragma GCC diagnostic pop
+#endif
+
+}  // namespace m2n2::cpu
