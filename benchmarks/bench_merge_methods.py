@@ -57,9 +57,10 @@ normal N(0, s^2) delta set does not miss); DARE with the l1 rescale 2 (statistic
 fused); DELLA 2 as DARE (each ranking every row: a histogram pass, and a sort
 where many draws fall between a bucket's bounds); breadcrumbs as TIES, its selection passes reading every model twice (two
 thresholds per model: 2K virtual models), so counted (2K + 1) / (K + 1) passes each;
-PCB 4 (1 pass for the clamp bounds, whose ranks lie near the ends: extreme_select.h;
-2 radix passes where a unit is too large for it; 2 radix passes for the score
-threshold; the fused pass). These are the CPU kernel's passes (16-bit digits); the GPU kernels select
+PCB 1 pass for the clamp bounds (their ranks lie near the ends: extreme_select.h;
+2 radix passes where a unit is too large for it), for the score threshold in tensors
+of >= 2^18 elements the window's sample (every 16th tile: 1/16 of a pass) + its pass,
+else 2 radix passes, then the fused pass. These are the CPU kernel's passes (16-bit digits); the GPU kernels select
 with 11-bit digits (no window), one pass more per selection and the statistics pass,
 which the summary does not count.
 extra_mib: the peak resident memory of a call beyond what was allocated before it, less
@@ -606,11 +607,14 @@ def run(args):
         select = 4 if dtype == torch.float64 else 2  # radix passes over 64- or 32-bit keys
         twice = (2 * K + 1) / (K + 1)  # a selection pass of breadcrumbs reads every model twice
         # PCB: the clamp bounds in one pass where their ranks lie within extreme_select's
-        # depth limit (csrc/cpu/extreme_select.h), else by radix; the score threshold by radix.
+        # depth limit (csrc/cpu/extreme_select.h), else by radix; the score threshold by a
+        # window (its sample, every 16th tile, then one pass) from 2^18 elements on, else
+        # by radix (pcb_kernels.cpp).
         bounds_passes = sum((1 if int(s * PCB_CLAMP) + 1 <= min(2 ** 14, max(1, s // 64)) else select) * s
                             for s in sizes) / n
+        drop_passes = sum((1 + 1 / 16 if s >= 2 ** 18 else select) * s for s in sizes) / n
         passes = {"task_arithmetic": 1.0, "ties": ties_passes, "dare_linear": 2.0, "dare_ties": 2.0, "della": 2.0,
-                  "breadcrumbs": 1 + twice * (ties_passes - 1), "pcb": bounds_passes + select + 1.0}
+                  "breadcrumbs": 1 + twice * (ties_passes - 1), "pcb": bounds_passes + drop_passes + 1.0}
         for be in backends:
             summary = []
             for op in OPS:

@@ -301,6 +301,53 @@ def test_clamp_bounds_by_either_selection(monkeypatch, dtype, clamp):
             assert_same_bits(pcb_merge(base, models, backend="cpp", **kw), want, f"{select} step {step}")
 
 
+WINDOW_N = (1 << 18) + 5  # the smallest units whose drop thresholds the window selects, and a partial tile
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("step,ratio", [(None, 0.2), (None, 0.9), (0.25, 0.5)])
+def test_drop_thresholds_by_window(monkeypatch, dtype, step, ratio):
+    """The C++ kernel selects each model's drop threshold by a candidate window in
+    units of 2^18 elements and more (a sample of every 16th tile, then one pass that
+    counts and keeps the scores inside the window), by radix selection where the
+    window misses: both give the reference's bits. Spread deltas: the window holds
+    every threshold (M2N2_PCB_SELECT=window makes a miss an error); tied ones (scores
+    tie in classes): whichever path, the same bits."""
+    base, models = make_models([(WINDOW_N,)], dtype, 3, seed=21, step=step, zeros=0.05)
+    kw = dict(ratio=ratio, lam=0.7, scope="tensor")
+    want = pcb_merge(base, models, backend="torch", **kw)
+    for select in ("auto", "radix") + (("window",) if step is None else ()):
+        monkeypatch.setenv("M2N2_PCB_SELECT", select)
+        assert_same_bits(pcb_merge(base, models, backend="cpp", **kw), want, select)
+
+
+def test_drop_thresholds_window_global_and_fallbacks(monkeypatch):
+    """A global unit over two tensors (one below 2^18 alone) takes the window; per
+    tensor, the small one needs the radix passes (an error with
+    M2N2_PCB_SELECT=window); with no memory for the kept scores
+    (M2N2_SELECTION_MEMORY=0) the window gives way to the radix passes. The
+    reference's bits every time."""
+    base, models = make_models([(WINDOW_N - 1000,), (40, 25)], torch.bfloat16, 3, seed=22)
+    for scope, strict_ok in (("global", True), ("tensor", False)):
+        kw = dict(ratio=0.3, scope=scope)
+        want = pcb_merge(base, models, backend="torch", **kw)
+        monkeypatch.setenv("M2N2_PCB_SELECT", "auto")
+        assert_same_bits(pcb_merge(base, models, backend="cpp", **kw), want, scope)
+        monkeypatch.setenv("M2N2_PCB_SELECT", "window")
+        if strict_ok:
+            assert_same_bits(pcb_merge(base, models, backend="cpp", **kw), want, scope)
+        else:
+            with pytest.raises(RuntimeError, match="needed the radix passes"):
+                pcb_merge(base, models, backend="cpp", **kw)
+    monkeypatch.setenv("M2N2_SELECTION_MEMORY", "0")
+    monkeypatch.setenv("M2N2_PCB_SELECT", "auto")
+    kw = dict(ratio=0.3, scope="global")
+    assert_same_bits(pcb_merge(base, models, backend="cpp", **kw), pcb_merge(base, models, backend="torch", **kw))
+    monkeypatch.setenv("M2N2_PCB_SELECT", "window")
+    with pytest.raises(RuntimeError, match="needed the radix passes"):
+        pcb_merge(base, models, backend="cpp", **kw)
+
+
 def test_bad_select_switch(monkeypatch):
     monkeypatch.setenv("M2N2_PCB_SELECT", "fast")
     with pytest.raises(ValueError, match="M2N2_PCB_SELECT"):

@@ -4,6 +4,8 @@
 #include "pcb_kernels.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -16,6 +18,9 @@
 #include "m2n2/pcb.h"
 #include "m2n2/task_merge.h"
 #include "radix_select.h"
+#include "window_tiles.h"
+
+#include <omp.h>
 
 namespace m2n2::cpu {
 namespace {
@@ -222,14 +227,15 @@ void magnitude_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector
   }
 }
 
-// The score g of each listed model (every delta is needed for their sum S).
+// The score g of each listed model (every delta is needed for their sum S), over every
+// `stride`-th tile of the chunk (1: all of them; more: the window's sample).
 template <class T, class U, class Sink>
 void score_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector<int>& models,
-                      const std::vector<PcbStats<U>>& stats, Sink&& sink) {
+                      const std::vector<PcbStats<U>>& stats, Sink&& sink, int64_t stride = 1) {
   const int K = int(stats.size());
   DeltaTile<T, U> tile(K);
   alignas(64) unit_key_t<U> keys[kTile];
-  for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
+  for (int64_t t0 = c.begin; t0 < c.end; t0 += stride * kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
     tile.load(t, t0, len, K);
     for (size_t a = 0; a < models.size(); ++a) {
@@ -270,22 +276,13 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, const std::vector<PcbStats
 
 // radix_select with the narrowest counter that holds n, within the call's memory budget.
 template <class Key, class Source>
-void select_ranks(int64_t n, int64_t nchunks, std::vector<RadixTarget>& targets, uint64_t budget, Source&& source) {
+void select_ranks(int64_t n, int64_t nchunks, std::vector<RadixTarget>& targets, uint64_t budget, Source&& source,
+                  const std::vector<int64_t>* source_keys = nullptr) {
   if (n < (int64_t(1) << 32)) {
-    radix_select<Key, uint32_t>(nchunks, targets, source, nullptr, budget);
+    radix_select<Key, uint32_t>(nchunks, targets, source, source_keys, budget);
   } else {
-    radix_select<Key, uint64_t>(nchunks, targets, source, nullptr, budget);
+    radix_select<Key, uint64_t>(nchunks, targets, source, source_keys, budget);
   }
-}
-
-// M2N2_PCB_SELECT: unset or "auto" (clamp bounds near the ends by extreme_select, in
-// one pass), "radix" (radix selection for them too: the A/B baseline, and the tests'
-// way to run both paths on the same inputs).
-bool extreme_bounds() {
-  const char* v = std::getenv("M2N2_PCB_SELECT");
-  if (v == nullptr || std::strcmp(v, "") == 0 || std::strcmp(v, "auto") == 0) return true;
-  if (std::strcmp(v, "radix") == 0) return false;
-  throw std::invalid_argument("M2N2_PCB_SELECT must be auto or radix");
 }
 
 // Two targets per model: ranks r0 and r1 of its keys.
@@ -306,6 +303,189 @@ U magnitude_from_key(unit_key_t<U> k) {
   } else {
     return bits_float(k);
   }
+}
+
+// ---- the drop thresholds by a candidate window ------------------------------------
+//
+// The radix passes over the scores cost two score evaluations of every element, and
+// a score (an exp and a tanh per element and model) is PCB's main cost. As TIES'
+// thresholds in task_merge_kernels.cpp: a deterministic sample (every 16th tile of
+// each chunk) gives each model's drop rank a window [lo, hi] of score keys (radix
+// selection over the sample, recomputed in each of its passes, never stored); ONE
+// pass then counts the keys below lo, at lo and at hi, keeps the few strictly inside,
+// and takes each model's maximum; the threshold follows from the counts, or from
+// nth_element over the kept keys (a rank in a multiset: whatever the threads). A
+// model whose window misses its rank, or whose keys would exceed the memory budget,
+// takes the radix passes: the threshold is exact either way.
+constexpr int64_t kPcbWindowMinN = int64_t(1) << 18;  // smaller units: radix (the sample would be small)
+constexpr int64_t kPcbSampleStride = 16;              // every 16th tile: n / 16 scores per model
+constexpr double kPcbSampleSigmas = 4.0;              // an i.i.d. unit misses with probability ~6e-5
+constexpr int64_t kPcbReserve = 4096;                 // keys of the budget a thread reserves at a time
+
+// M2N2_PCB_SELECT: unset or "auto" (clamp bounds near the ends by extreme_select, in
+// one pass; drop thresholds by the window where it holds them), "radix" (radix
+// selection for both: the A/B baseline, and the tests' way to run both paths on the
+// same inputs), "window" (as auto, but a drop threshold that needs the radix passes
+// is an error: lets tests assert which path ran).
+enum class PcbSelect : int { kAuto, kRadix, kWindowStrict };
+
+PcbSelect pcb_select() {
+  const char* v = std::getenv("M2N2_PCB_SELECT");
+  if (v == nullptr || std::strcmp(v, "") == 0 || std::strcmp(v, "auto") == 0) return PcbSelect::kAuto;
+  if (std::strcmp(v, "radix") == 0) return PcbSelect::kRadix;
+  if (std::strcmp(v, "window") == 0) return PcbSelect::kWindowStrict;
+  throw std::invalid_argument("M2N2_PCB_SELECT must be auto, radix or window");
+}
+
+// One chunk's counts against one model's window.
+template <class Key>
+struct PcbWindowCounts {
+  int64_t below = 0, at_lo = 0, at_hi = 0, inside = 0;
+  Key top = 0;  // the largest key
+};
+
+// The drop thresholds (rank r of every model's scores) and maxima by windows. Fills
+// drops[2k] (the threshold) and drops[2k + 1] (the maximum) of the models it holds;
+// returns, per model, whether it did.
+template <class U>
+std::vector<char> window_drops(const std::vector<TaskTensor>& ts, const std::vector<Chunk>& chunks, int64_t n,
+                               int64_t r, const std::vector<PcbStats<U>>& stats, uint64_t budget,
+                               std::vector<RadixTarget>& drops) {
+  using Key = unit_key_t<U>;
+  const int K = int(stats.size());
+  const int64_t nchunks = int64_t(chunks.size());
+  std::vector<char> held(static_cast<size_t>(K), 0);
+  if (n < kPcbWindowMinN) return held;
+  const auto scores = [&](int64_t i, const std::vector<int>& models, auto&& sink, int64_t stride) {
+    const Chunk& c = chunks[size_t(i)];
+    with_storage_type<U>(ts[c.tensor].dtype, [&](auto tag) {
+      score_keys_chunk<decltype(tag), U>(ts[c.tensor], c, models, stats, sink, stride);
+    });
+  };
+  // The sample's size per model, and its window ranks.
+  int64_t m = 0;
+  for (const Chunk& c : chunks) {
+    for (int64_t t0 = c.begin; t0 < c.end; t0 += kPcbSampleStride * kTile) m += std::min(kTile, c.end - t0);
+  }
+  const double q = double(r) / double(n);
+  const double margin = kPcbSampleSigmas * std::sqrt(double(m) * q * (1.0 - q)) + 2.0;
+  const int64_t lo_i = int64_t(std::floor(q * double(m) - margin));
+  const int64_t hi_i = int64_t(std::ceil(q * double(m) + margin));
+  if (lo_i < 0 || hi_i >= m) return held;  // a rank near an end: the radix passes
+  std::vector<RadixTarget> sample_targets = rank_pairs(K, lo_i, hi_i);
+  const std::vector<int64_t> sample_keys(static_cast<size_t>(K), m);  // collected at once where they fit
+  select_ranks<Key>(m, nchunks, sample_targets, budget, [&](int64_t i, const std::vector<int>& models, auto&& sink) {
+    scores(i, models, sink, kPcbSampleStride);
+  }, &sample_keys);
+  std::vector<Key> lo(static_cast<size_t>(K)), hi(static_cast<size_t>(K));
+  for (int k = 0; k < K; ++k) {
+    lo[size_t(k)] = Key(sample_targets[size_t(2 * k)].key);
+    hi[size_t(k)] = Key(sample_targets[size_t(2 * k + 1)].key);
+  }
+
+  // The pass: per chunk and model, the counts; the keys inside, per thread.
+  const int threads = omp_get_max_threads();
+  // The kept keys' cap: the budget (they are all the pass holds).
+  const int64_t cap = int64_t(std::min<uint64_t>(budget, uint64_t(1) << 60) / sizeof(Key));
+  std::atomic<int64_t> reserved{0};
+  std::vector<PcbWindowCounts<Key>> counts(size_t(nchunks) * size_t(K));
+  // Each thread's kept keys per model, reserved for all the keys the sample expects
+  // inside the window and more (the cap at most): a reservation takes address space,
+  // and only the pages written count, so the vectors need not grow by doubling and
+  // thread 0's can take every thread's keys without moving.
+  const int64_t expected = int64_t(double(n) * double(hi_i - lo_i) / double(m));
+  const size_t room_keys = size_t(std::min(cap, 2 * expected + kPcbReserve));
+  std::vector<std::vector<std::vector<Key>>> inside(static_cast<size_t>(threads),
+                                                 std::vector<std::vector<Key>>(static_cast<size_t>(K)));
+  for (auto& per_thread : inside) {
+    for (std::vector<Key>& v : per_thread) v.reserve(room_keys);
+  }
+  std::vector<char> overflow(size_t(threads), 0);
+  std::vector<int64_t> allowance(size_t(threads), 0);
+  std::vector<int> all(static_cast<size_t>(K));
+  for (int k = 0; k < K; ++k) all[size_t(k)] = k;
+#pragma omp parallel for schedule(dynamic) if (nchunks > 1)
+  for (int64_t i = 0; i < nchunks; ++i) {
+    const int th = omp_get_thread_num();
+    PcbWindowCounts<Key>* cc = counts.data() + size_t(i) * size_t(K);
+    int64_t room = allowance[size_t(th)];
+    bool over = overflow[size_t(th)] != 0;
+    scores(i, all, [&](int a, const Key* keys, int64_t len) {
+      const Key l = lo[size_t(a)], h = hi[size_t(a)];
+      alignas(64) Key kept[kTile];
+      WindowTileCounts tc;
+      int mid = -1;
+#if M2N2_AVX512_WINDOW
+      if constexpr (sizeof(Key) == 4) {
+        if (window_avx512()) mid = window_keys_avx512(keys, len, l, h, kept, &tc);
+      }
+#endif
+      if (mid < 0) mid = window_keys_portable<Key>(keys, len, l, h, kept, &tc);
+      Key top = cc[a].top;
+#pragma omp simd reduction(max : top)
+      for (int64_t j = 0; j < len; ++j) top = keys[j] > top ? keys[j] : top;
+      PcbWindowCounts<Key>& wc = cc[a];
+      wc.below += len - tc.gt_hi - tc.eq_lo - (l == h ? 0 : tc.eq_hi) - mid;
+      wc.at_lo += tc.eq_lo;
+      wc.at_hi += tc.eq_hi;
+      wc.inside += mid;
+      wc.top = top;
+      if (mid == 0 || over) return;
+      if (room < mid) {
+        const int64_t want = std::max<int64_t>(mid, kPcbReserve);
+        if (reserved.fetch_add(want, std::memory_order_relaxed) + want > cap) {
+          reserved.fetch_sub(want, std::memory_order_relaxed);
+          over = true;  // every model of this thread: the radix passes
+          return;
+        }
+        room += want;
+      }
+      room -= mid;
+      std::vector<Key>& dst = inside[size_t(th)][size_t(a)];
+      dst.insert(dst.end(), kept, kept + mid);
+    }, 1);
+    allowance[size_t(th)] = room;
+    overflow[size_t(th)] = over ? 1 : 0;
+  }
+  if (std::any_of(overflow.begin(), overflow.end(), [](char o) { return o != 0; })) return held;
+
+  for (int k = 0; k < K; ++k) {
+    PcbWindowCounts<Key> sum;
+    for (int64_t i = 0; i < nchunks; ++i) {
+      const PcbWindowCounts<Key>& wc = counts[size_t(i) * size_t(K) + size_t(k)];
+      sum.below += wc.below;
+      sum.at_lo += wc.at_lo;
+      sum.at_hi += wc.at_hi;
+      sum.inside += wc.inside;
+      sum.top = std::max(sum.top, wc.top);
+    }
+    const Key l = lo[size_t(k)], h = hi[size_t(k)];
+    if (l == h) sum.at_hi = 0;  // the same keys as at_lo
+    int64_t rest = r - sum.below;
+    Key theta;
+    if (rest < 0) {
+      continue;  // below the window: missed
+    } else if (rest < sum.at_lo) {
+      theta = l;
+    } else if ((rest -= sum.at_lo) < sum.inside) {
+      std::vector<Key>& keys = inside[0][size_t(k)];  // every thread's, in thread 0's room
+      for (int th = 1; th < threads; ++th) {
+        std::vector<Key>& part = inside[size_t(th)][size_t(k)];
+        keys.insert(keys.end(), part.begin(), part.end());
+        std::vector<Key>().swap(part);
+      }
+      std::nth_element(keys.begin(), keys.begin() + rest, keys.end());
+      theta = keys[size_t(rest)];
+    } else if (rest - sum.inside < sum.at_hi) {
+      theta = h;
+    } else {
+      continue;  // above the window: missed
+    }
+    drops[size_t(2 * k)].key = theta;
+    drops[size_t(2 * k + 1)].key = sum.top;
+    held[size_t(k)] = 1;
+  }
+  return held;
 }
 
 template <class U>
@@ -333,7 +513,8 @@ void merge_unit(const std::vector<TaskTensor>& ts, const PcbConfig& cfg) {
       magnitude_keys_chunk<decltype(tag), U>(ts[c.tensor], c, models, sink);
     });
   };
-  if (extreme_bounds() && extreme_selectable(bounds, n, sizeof(Key), cfg.memory_budget)) {
+  const PcbSelect select = pcb_select();
+  if (select != PcbSelect::kRadix && extreme_selectable(bounds, n, sizeof(Key), cfg.memory_budget)) {
     extreme_select<Key>(nchunks, n, bounds, magnitudes);  // ranks near the ends (c = 1e-4): one pass
   } else {
     select_ranks<Key>(n, nchunks, bounds, cfg.memory_budget, magnitudes);
@@ -343,14 +524,31 @@ void merge_unit(const std::vector<TaskTensor>& ts, const PcbConfig& cfg) {
     stats[size_t(k)].hi = magnitude_from_key<U>(Key(bounds[size_t(2 * k + 1)].key));
   }
 
-  // Pass 2: the drop threshold, rank int(n (1 - ratio)) of g_k, and the maximum, rank n - 1.
-  std::vector<RadixTarget> drops = rank_pairs(K, int64_t(nd * (1.0 - cfg.ratio)), n - 1);
-  select_ranks<Key>(n, nchunks, drops, cfg.memory_budget, [&](int64_t i, const std::vector<int>& models, auto&& sink) {
+  // Pass 2: the drop threshold, rank int(n (1 - ratio)) of g_k, and the maximum, rank
+  // n - 1: by the window where it holds them, else (the models it does not hold) radix.
+  const int64_t drop_rank = int64_t(nd * (1.0 - cfg.ratio));
+  std::vector<RadixTarget> drops = rank_pairs(K, drop_rank, n - 1);
+  std::vector<char> held(size_t(K), 0);
+  if (select != PcbSelect::kRadix) held = window_drops<U>(ts, chunks, n, drop_rank, stats, cfg.memory_budget, drops);
+  std::vector<RadixTarget> rest;
+  for (int k = 0; k < K; ++k) {
+    if (held[size_t(k)]) continue;
+    rest.push_back(drops[size_t(2 * k)]);
+    rest.push_back(drops[size_t(2 * k + 1)]);
+  }
+  if (!rest.empty() && select == PcbSelect::kWindowStrict) {
+    throw std::runtime_error("M2N2_PCB_SELECT=window: a drop threshold needed the radix passes");
+  }
+  select_ranks<Key>(n, nchunks, rest, cfg.memory_budget, [&](int64_t i, const std::vector<int>& models, auto&& sink) {
     const Chunk& c = chunks[size_t(i)];
     with_storage_type<U>(ts[c.tensor].dtype, [&](auto tag) {
       score_keys_chunk<decltype(tag), U>(ts[c.tensor], c, models, stats, sink);
     });
   });
+  for (size_t j = 0; j < rest.size(); j += 2) {  // back to their places: two per model, in order
+    drops[size_t(2 * rest[j].source)] = rest[j];
+    drops[size_t(2 * rest[j].source + 1)] = rest[j + 1];
+  }
   for (int k = 0; k < K; ++k) {
     stats[size_t(k)].theta = score_from_key(Key(drops[size_t(2 * k)].key));
     stats[size_t(k)].top = score_from_key(Key(drops[size_t(2 * k + 1)].key));

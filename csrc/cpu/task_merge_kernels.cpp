@@ -666,9 +666,7 @@ int window_tile(const T* m, const compute_t<T>* b, int64_t len, Key lo, Key hi, 
                 WindowTileCounts* counts) {
 #if M2N2_AVX512_WINDOW
   if constexpr (sizeof(Key) == 4 && (std::is_same_v<T, float> || std::is_same_v<T, bf16_t>)) {
-    static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                               __builtin_cpu_supports("avx512vl");
-    if (avx512) return window_tile_avx512<T>(m, b, len, lo, hi, inside, counts);
+    if (window_avx512()) return window_tile_avx512<T>(m, b, len, lo, hi, inside, counts);
   }
 #endif
   return window_tile_k(m, b, len, lo, hi, inside, counts);

@@ -1,16 +1,18 @@
-// TIES' candidate-window pass over one tile of one model (torch-free, CPU): the
-// magnitude keys of d = m - b, how many lie above, at and inside the window (lo, hi),
-// and the keys inside it, in index order. The portable loops and an AVX-512 one with
-// the same results for the common case (32-bit keys from fp32 or bf16 storage).
-// task_merge_kernels.cpp compiles the portable loops per ISA and picks the AVX-512 one
-// where the CPU has it; tests/native/window_tiles_check.cpp holds the two equal.
+// A candidate window's pass over one tile of one model (torch-free, CPU): how many
+// keys lie above, at and inside the window (lo, hi), and the keys inside it, in index
+// order. TIES' keys are the magnitudes of d = m - b, formed here from the tile;
+// PCB's are score keys it has formed. The portable loops and AVX-512 ones with the
+// same results for the common case (32-bit keys; for TIES, from fp32 or bf16
+// storage). task_merge_kernels.cpp compiles the portable loops per ISA; both kernels
+// pick the AVX-512 ones where the CPU has them; tests/native/window_tiles_check.cpp
+// holds them equal.
 //
-// Why the AVX-512 loop: the window holds about 1% of the keys, so the pass is a read
-// of the inputs with a few compares per key. Written portably it took three loops
-// (keys to a buffer, compares and byte flags, a scan of the flags for the few keys to
-// store), which GCC vectorised 4 lanes wide (the byte flags) and which cost about 2.5x
-// the read. With masks, the keys never leave the registers and the few inside the
-// window are compressed out of them.
+// Why the AVX-512 loops: the window holds about 1% of the keys, so TIES' pass is a
+// read of the inputs with a few compares per key. Written portably it took three
+// loops (keys to a buffer, compares and byte flags, a scan of the flags for the few
+// keys to store), which GCC vectorised 4 lanes wide (the byte flags) and which cost
+// about 2.5x the read. With masks, the keys never leave the registers and the few
+// inside the window are compressed out of them.
 #pragma once
 
 #include <cstdint>
@@ -45,16 +47,13 @@ inline Key window_key(C d) {
   }
 }
 
-// The portable loops: keys of the tile (len <= kWindowTile), the counts, then the
-// keys inside the window copied to `inside` in index order. Returns counts.mid.
-template <class T, class Key>
-inline int window_tile_portable(const T* m, const compute_t<T>* b, int64_t len, Key lo, Key hi, Key* inside,
-                                WindowTileCounts* counts) {
-  alignas(64) Key keys[kWindowTile];
+// The counts of a tile of keys (len <= kWindowTile) and the keys inside the window
+// copied to `inside` in index order, portably: one vectorised loop with byte flags,
+// then a scan of the flags 8 at a time (they are sparse). Returns counts.mid.
+template <class Key>
+inline int window_keys_portable(const Key* keys, int64_t len, Key lo, Key hi, Key* inside, WindowTileCounts* counts) {
   alignas(64) uint8_t flags[kWindowTile];
   int g = 0, eh = 0, el = 0, md = 0;
-#pragma omp simd
-  for (int64_t j = 0; j < len; ++j) keys[j] = window_key<Key>(to_compute(m[j]) - b[j]);
 #pragma omp simd reduction(+ : g, eh, el, md)
   for (int64_t j = 0; j < len; ++j) {
     const Key key = keys[j];
@@ -67,7 +66,6 @@ inline int window_tile_portable(const T* m, const compute_t<T>* b, int64_t len, 
   }
   *counts = WindowTileCounts{g, eh, el, md};
   if (md == 0) return 0;
-  // The flags are sparse: skip 8 at a time.
   Key* dst = inside;
   int64_t j = 0;
   for (; j + 8 <= len; j += 8) {
@@ -84,41 +82,35 @@ inline int window_tile_portable(const T* m, const compute_t<T>* b, int64_t len, 
   return md;
 }
 
+// The portable loops over a tile of deltas: its keys, then window_keys_portable.
+template <class T, class Key>
+inline int window_tile_portable(const T* m, const compute_t<T>* b, int64_t len, Key lo, Key hi, Key* inside,
+                                WindowTileCounts* counts) {
+  alignas(64) Key keys[kWindowTile];
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) keys[j] = window_key<Key>(to_compute(m[j]) - b[j]);
+  return window_keys_portable<Key>(keys, len, lo, hi, inside, counts);
+}
+
 #if M2N2_AVX512_WINDOW
 // GCC 12's AVX-512 widening and shift intrinsics start from an undefined register,
 // which its -W(maybe-)uninitialized reports (a false positive, as in dare_draws.h).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
-// One loop over 16 keys at a time: the delta in fp32 (the same subtraction as the
-// portable loop), its bits less the sign as the key, four compares into masks, the
-// counts kept per lane, and the keys inside the window compressed in a register and
-// written with a masked store (the register form of vpcompressd: its store form is
-// microcoded on AMD Zen 4). fp32 or bf16 (widened by a shift) storage. Needs AVX-512
-// F, BW and VL (every AVX-512 CPU since Skylake-SP; x86-64-v4).
-template <class T>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline int window_tile_avx512(const T* m, const float* b, int64_t len,
-                                                                  uint32_t lo, uint32_t hi, uint32_t* inside,
-                                                                  WindowTileCounts* counts) {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16_t>, "fp32 or bf16 storage");
-  const __m512i vlo = _mm512_set1_epi32(int(lo));
-  const __m512i vhi = _mm512_set1_epi32(int(hi));
-  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
-  const __m512i one = _mm512_set1_epi32(1);
-  __m512i g = _mm512_setzero_si512(), eh = g, el = g;
+// The window's counts kept per lane over 16 keys at a time, and the keys inside it
+// compressed in a register and written with a masked store (the register form of
+// vpcompressd: its store form is microcoded on AMD Zen 4). Needs AVX-512 F, BW and
+// VL (every AVX-512 CPU since Skylake-SP; x86-64-v4).
+struct WindowLanes {
+  __m512i vlo, vhi, one, g, eh, el;
   int md = 0;
-  for (int64_t j = 0; j < len; j += 16) {
-    const int64_t rest = len - j;
-    const __mmask16 valid = rest >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rest) - 1u);
-    __m512 x;
-    if constexpr (std::is_same_v<T, float>) {
-      x = _mm512_maskz_loadu_ps(valid, m + j);
-    } else {
-      const __m256i h = _mm256_maskz_loadu_epi16(valid, m + j);
-      x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    const __m512 d = _mm512_sub_ps(x, _mm512_maskz_loadu_ps(valid, b + j));
-    const __m512i key = _mm512_and_si512(_mm512_castps_si512(d), abs_mask);
+
+  __attribute__((target("avx512f,avx512bw,avx512vl"))) WindowLanes(uint32_t lo, uint32_t hi)
+      : vlo(_mm512_set1_epi32(int(lo))), vhi(_mm512_set1_epi32(int(hi))), one(_mm512_set1_epi32(1)),
+        g(_mm512_setzero_si512()), eh(g), el(g) {}
+
+  __attribute__((target("avx512f,avx512bw,avx512vl"))) void step(__m512i key, __mmask16 valid, uint32_t* inside) {
     g = _mm512_mask_add_epi32(g, _mm512_mask_cmpgt_epu32_mask(valid, key, vhi), g, one);
     eh = _mm512_mask_add_epi32(eh, _mm512_mask_cmpeq_epi32_mask(valid, key, vhi), eh, one);
     el = _mm512_mask_add_epi32(el, _mm512_mask_cmpeq_epi32_mask(valid, key, vlo), el, one);
@@ -129,17 +121,70 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline int window_tile_avx5
       md += c;
     }
   }
-  alignas(64) int lanes[3][16];
-  _mm512_store_si512(lanes[0], g);
-  _mm512_store_si512(lanes[1], eh);
-  _mm512_store_si512(lanes[2], el);
-  *counts = WindowTileCounts{0, 0, 0, md};
-  for (int q = 0; q < 16; ++q) {
-    counts->gt_hi += lanes[0][q];
-    counts->eq_hi += lanes[1][q];
-    counts->eq_lo += lanes[2][q];
+
+  __attribute__((target("avx512f,avx512bw,avx512vl"))) int finish(WindowTileCounts* counts) const {
+    alignas(64) int lanes[3][16];
+    _mm512_store_si512(lanes[0], g);
+    _mm512_store_si512(lanes[1], eh);
+    _mm512_store_si512(lanes[2], el);
+    *counts = WindowTileCounts{0, 0, 0, md};
+    for (int q = 0; q < 16; ++q) {
+      counts->gt_hi += lanes[0][q];
+      counts->eq_hi += lanes[1][q];
+      counts->eq_lo += lanes[2][q];
+    }
+    return md;
   }
-  return md;
+};
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __mmask16 window_valid(int64_t rest) {
+  return rest >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rest) - 1u);
+}
+
+// The window pass over a tile of deltas: the delta in fp32 (the same subtraction as
+// the portable loop), its bits less the sign as the key. fp32 or bf16 (widened by a
+// shift) storage.
+template <class T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline int window_tile_avx512(const T* m, const float* b,
+                                                                                   int64_t len, uint32_t lo,
+                                                                                   uint32_t hi, uint32_t* inside,
+                                                                                   WindowTileCounts* counts) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16_t>, "fp32 or bf16 storage");
+  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+  WindowLanes w(lo, hi);
+  for (int64_t j = 0; j < len; j += 16) {
+    const __mmask16 valid = window_valid(len - j);
+    __m512 x;
+    if constexpr (std::is_same_v<T, float>) {
+      x = _mm512_maskz_loadu_ps(valid, m + j);
+    } else {
+      const __m256i h = _mm256_maskz_loadu_epi16(valid, m + j);
+      x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    const __m512 d = _mm512_sub_ps(x, _mm512_maskz_loadu_ps(valid, b + j));
+    w.step(_mm512_and_si512(_mm512_castps_si512(d), abs_mask), valid, inside);
+  }
+  return w.finish(counts);
+}
+
+// The same over a tile of 32-bit keys already formed (PCB's score keys).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline int window_keys_avx512(const uint32_t* keys, int64_t len,
+                                                                                   uint32_t lo, uint32_t hi,
+                                                                                   uint32_t* inside,
+                                                                                   WindowTileCounts* counts) {
+  WindowLanes w(lo, hi);
+  for (int64_t j = 0; j < len; j += 16) {
+    const __mmask16 valid = window_valid(len - j);
+    w.step(_mm512_maskz_loadu_epi32(valid, keys + j), valid, inside);
+  }
+  return w.finish(counts);
+}
+
+// Whether this CPU runs the AVX-512 loops.
+inline bool window_avx512() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vl");
+  return ok;
 }
 #pragma GCC diagnostic pop
 #endif

@@ -1,11 +1,11 @@
-// TIES' window pass over a tile (csrc/cpu/window_tiles.h): the portable loops against
-// a plain scalar oracle, then the AVX-512 loop against the portable one, counts and
-// stored keys alike, for fp32 and bf16 storage (and the portable loops for fp16 and
-// fp64 with 64-bit keys): every length 1 to 256 at unaligned starts, deltas drawn to
-// tie with the window's ends (lo, hi taken from the tile's own keys, lo == hi, the
-// extremes 0 and ~0), zeros of both signs, infinities and NaNs. Exits 1 on the first
-// difference, 2 where the CPU lacks AVX-512 (after the portable checks). Built and
-// run by tests/test_task_merge.py.
+// The window pass over a tile (csrc/cpu/window_tiles.h): the portable loops against a
+// plain scalar oracle, then the AVX-512 loops (over deltas, TIES'; over keys, PCB's)
+// against it, counts and stored keys alike, for fp32 and bf16 storage (and the
+// portable loops for fp16 and fp64 with 64-bit keys): every length 1 to 256 at
+// unaligned starts, deltas drawn to tie with the window's ends (lo, hi taken from the
+// tile's own keys, lo == hi, the extremes 0 and ~0), zeros of both signs, infinities
+// and NaNs. Exits 1 on the first difference, 2 where the CPU lacks AVX-512 (after the
+// portable checks). Built and run by tests/test_task_merge.py.
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -117,6 +117,14 @@ bool check_type(std::mt19937& rng, bool avx512, int& cases) {
                         (long long)len, rep, nf, nw, cf.gt_hi, cw.gt_hi);
             return false;
           }
+          // The keys-only loop (PCB's score keys) on the same keys.
+          Key keys[kWindowTile];
+          for (int64_t j = 0; j < len; ++j) keys[j] = window_key<Key>(to_compute(mp[j]) - bp[j]);
+          const int nk = window_keys_avx512(keys, len, lo, hi, fast, &cf);
+          if (!same(nw, want, cw, nk, fast, cf)) {
+            std::printf("AVX-512 keys loop differs: len %lld, rep %d\n", (long long)len, rep);
+            return false;
+          }
         }
       }
 #endif
@@ -134,8 +142,7 @@ int main() {
   std::mt19937 rng(12345);
   bool avx512 = false;
 #if M2N2_AVX512_WINDOW
-  avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl");
+  avx512 = window_avx512();
 #endif
   int cases = 0;
   for (int round = 0; round < 4; ++round) {
