@@ -91,17 +91,6 @@ const T* model_ptr(const TaskTensor& t, int k) {
   return static_cast<const T*>(t.models[size_t(k)]);
 }
 
-// The magnitude key of a delta in the unit's key width: 64-bit keys (of the delta
-// widened to fp64, exactly) when the unit holds fp64 tensors, else 32-bit.
-template <class Key, class C>
-M2N2_HD Key key_of(C d) {
-  if constexpr (sizeof(Key) == 8) {
-    return magnitude_key(double(d));
-  } else {
-    return magnitude_key(float(d));
-  }
-}
-
 // The |d| a key of the unit's width stands for.
 template <class Key>
 double key_value(uint64_t key) {

@@ -36,17 +36,6 @@ struct WindowTileCounts {
   int gt_hi = 0, eq_hi = 0, eq_lo = 0, mid = 0;
 };
 
-// The magnitude key of a delta, widened to the key's width (64-bit keys: the delta
-// in fp64, exactly).
-template <class Key, class C>
-inline Key window_key(C d) {
-  if constexpr (sizeof(Key) == 8) {
-    return magnitude_key(double(d));
-  } else {
-    return magnitude_key(float(d));
-  }
-}
-
 // The counts of a tile of keys (len <= kWindowTile) and the keys inside the window
 // copied to `inside` in index order, portably: one vectorised loop with byte flags,
 // then a scan of the flags 8 at a time (they are sparse). Returns counts.mid.
@@ -88,7 +77,7 @@ inline int window_tile_portable(const T* m, const compute_t<T>* b, int64_t len, 
                                 WindowTileCounts* counts) {
   alignas(64) Key keys[kWindowTile];
 #pragma omp simd
-  for (int64_t j = 0; j < len; ++j) keys[j] = window_key<Key>(to_compute(m[j]) - b[j]);
+  for (int64_t j = 0; j < len; ++j) keys[j] = key_of<Key>(to_compute(m[j]) - b[j]);
   return window_keys_portable<Key>(keys, len, lo, hi, inside, counts);
 }
 

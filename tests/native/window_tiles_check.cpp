@@ -35,7 +35,7 @@ template <class T, class Key>
 int oracle(const T* m, const compute_t<T>* b, int64_t len, Key lo, Key hi, Key* inside, WindowTileCounts* c) {
   *c = WindowTileCounts{};
   for (int64_t j = 0; j < len; ++j) {
-    const Key key = window_key<Key>(to_compute(m[j]) - b[j]);
+    const Key key = key_of<Key>(to_compute(m[j]) - b[j]);
     c->gt_hi += key > hi;
     c->eq_hi += key == hi;
     c->eq_lo += key == lo;
@@ -93,8 +93,8 @@ bool check_type(std::mt19937& rng, bool avx512, int& cases) {
       C* bp = b.data() + off;
       fill<T>(rng, len, mp, bp);
       // The window: ends from the tile's own keys (ties with them), lo == hi, the extremes.
-      const Key k1 = window_key<Key>(to_compute(mp[rng() % len]) - bp[rng() % len]);
-      const Key k2 = window_key<Key>(to_compute(mp[rng() % len]) - bp[rng() % len]);
+      const Key k1 = key_of<Key>(to_compute(mp[rng() % len]) - bp[rng() % len]);
+      const Key k2 = key_of<Key>(to_compute(mp[rng() % len]) - bp[rng() % len]);
       Key lo = k1 < k2 ? k1 : k2, hi = k1 < k2 ? k2 : k1;
       if (rep == 3) hi = lo;
       if (rep == 4) lo = Key(0);
@@ -119,7 +119,7 @@ bool check_type(std::mt19937& rng, bool avx512, int& cases) {
           }
           // The keys-only loop (PCB's score keys) on the same keys.
           Key keys[kWindowTile];
-          for (int64_t j = 0; j < len; ++j) keys[j] = window_key<Key>(to_compute(mp[j]) - bp[j]);
+          for (int64_t j = 0; j < len; ++j) keys[j] = key_of<Key>(to_compute(mp[j]) - bp[j]);
           const int nk = window_keys_avx512(keys, len, lo, hi, fast, &cf);
           if (!same(nw, want, cw, nk, fast, cf)) {
             std::printf("AVX-512 keys loop differs: len %lld, rep %d\n", (long long)len, rep);

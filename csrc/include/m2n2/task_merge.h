@@ -45,6 +45,17 @@ M2N2_HD void outlier_band(double rho, double gamma, int64_t n, int64_t& start, i
 M2N2_HD uint32_t magnitude_key(float d) { return float_bits(d) & 0x7FFFFFFFu; }
 M2N2_HD uint64_t magnitude_key(double d) { return double_bits(d) & 0x7FFFFFFFFFFFFFFFull; }
 
+// The magnitude key of a delta in a key width: 64-bit keys (of the delta widened to
+// fp64, exactly) for units that hold fp64 tensors, else 32-bit.
+template <class Key, class C>
+M2N2_HD Key key_of(C d) {
+  if constexpr (sizeof(Key) == 8) {
+    return magnitude_key(double(d));
+  } else {
+    return magnitude_key(float(d));
+  }
+}
+
 // DARE keeps element i of model k iff u < rho, u = u24 2^-24 with the 24-bit draw
 // u24 = hi16 2^8 + lo8 (docs/semantics.md, "random"):
 //   hi16(i): half i % 2 (low half first) of Philox word (i >> 1) % 4 of counter
