@@ -315,8 +315,9 @@ U magnitude_from_key(unit_key_t<U> k) {
 // pass then counts the keys below lo, at lo and at hi, keeps the few strictly inside,
 // and takes each model's maximum; the threshold follows from the counts, or from
 // nth_element over the kept keys (a rank in a multiset: whatever the threads). A
-// model whose window misses its rank, or whose keys would exceed the memory budget,
-// takes the radix passes: the threshold is exact either way.
+// model whose window misses its rank takes the radix passes, and every model does
+// where the kept keys would exceed the memory budget: the threshold is exact either
+// way.
 constexpr int64_t kPcbWindowMinN = int64_t(1) << 18;  // smaller units: radix (the sample would be small)
 constexpr int64_t kPcbSampleStride = 16;              // every 16th tile: n / 16 scores per model
 constexpr double kPcbSampleSigmas = 4.0;              // an i.i.d. unit misses with probability ~6e-5
