@@ -60,7 +60,8 @@ thresholds per model: 2K virtual models), so counted (2K + 1) / (K + 1) passes e
 PCB 1 pass for the clamp bounds (their ranks lie near the ends: extreme_select.h;
 2 radix passes where a unit is too large for it), for the score threshold in tensors
 of >= 2^18 elements the window's sample (every 16th tile: 1/16 of a pass) + its pass,
-else 2 radix passes, then the fused pass. These are the CPU kernel's passes (16-bit digits); the GPU kernels select
+else 2 radix passes, then the fused pass. These are the CPU kernel's passes (16-bit
+digits); the GPU kernels select
 with 11-bit digits (no window), one pass more per selection and the statistics pass,
 which the summary does not count.
 extra_mib: the peak resident memory of a call beyond what was allocated before it, less

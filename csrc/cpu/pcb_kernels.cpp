@@ -415,13 +415,7 @@ std::vector<char> window_drops(const std::vector<TaskTensor>& ts, const std::vec
       const Key l = lo[size_t(a)], h = hi[size_t(a)];
       alignas(64) Key kept[kTile];
       WindowTileCounts tc;
-      int mid = -1;
-#if M2N2_AVX512_WINDOW
-      if constexpr (sizeof(Key) == 4) {
-        if (window_avx512()) mid = window_keys_avx512(keys, len, l, h, kept, &tc);
-      }
-#endif
-      if (mid < 0) mid = window_keys_portable<Key>(keys, len, l, h, kept, &tc);
+      const int mid = window_keys<Key>(keys, len, l, h, kept, &tc);
       Key top = cc[a].top;
 #pragma omp simd reduction(max : top)
       for (int64_t j = 0; j < len; ++j) top = keys[j] > top ? keys[j] : top;

@@ -178,4 +178,16 @@ inline bool window_avx512() {
 #pragma GCC diagnostic pop
 #endif
 
+// The window's counts and inside keys of a tile of keys already formed: the AVX-512
+// loop for 32-bit keys where the CPU has it, else the portable one.
+template <class Key>
+inline int window_keys(const Key* keys, int64_t len, Key lo, Key hi, Key* inside, WindowTileCounts* counts) {
+#if M2N2_AVX512_WINDOW
+  if constexpr (sizeof(Key) == 4) {
+    if (window_avx512()) return window_keys_avx512(keys, len, lo, hi, inside, counts);
+  }
+#endif
+  return window_keys_portable<Key>(keys, len, lo, hi, inside, counts);
+}
+
 }  // namespace m2n2::cpu
