@@ -278,7 +278,8 @@ def test_exp_and_tanh_accuracy(tmp_path):
 
 def test_extreme_select_native(tmp_path):
     """The one-pass selection of ranks near either end (the clamp bounds' path,
-    tests/native/extreme_select_check.cpp) against sorting."""
+    tests/native/extreme_select_check.cpp) against sorting, and its compare of each
+    piece with the bound (portable and AVX-512 loops) against a scalar oracle."""
     from conftest import run_native_check
 
     returncode, stdout = run_native_check(tmp_path, "extreme_select_check", ["-fopenmp"])

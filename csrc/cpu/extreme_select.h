@@ -16,7 +16,8 @@
 // Cost: a vectorised compare with the bound per key and target, and appends in
 // proportion to k log(n / k) on data in no particular order (more where the keys come
 // in order of extremeness, each append paid for by a prune of 2k keys). Extra memory:
-// threads x targets x (2k + kExtremeSlack) keys at most.
+// threads x targets x (2k + 2 kExtremeSlack) keys, a buffer's fullest where the pieces
+// handed on hold at most kExtremeSlack keys (the kernels' tiles: 256).
 #pragma once
 
 #include <omp.h>
@@ -26,6 +27,7 @@
 #include <functional>
 #include <vector>
 
+#include "avx512.h"
 #include "radix_select.h"
 
 namespace m2n2::cpu {
@@ -37,10 +39,13 @@ constexpr int64_t kExtremeSlack = 256;                   // keys past 2k before 
 // k of a target of rank `rank` among n keys, from its nearer end (>= 1).
 inline int64_t extreme_depth(int64_t rank, int64_t n) { return std::min(rank + 1, n - rank); }
 inline bool extreme_from_top(int64_t rank, int64_t n) { return n - rank < rank + 1; }
+// A buffer's keys at its fullest: below 2k + kExtremeSlack before a piece of at most
+// kExtremeSlack keys.
+inline int64_t extreme_fullest(int64_t k) { return 2 * k + 2 * kExtremeSlack; }
 
 // Whether extreme_select serves every target: each within kExtremeMaxDepth keys and
 // within n / kExtremeMaxFraction of an end (so that the buffers stay small), and the
-// buffers at their fullest (threads x targets x (2k + kExtremeSlack) keys of key_bytes)
+// buffers at their fullest (threads x targets x (2k + 2 kExtremeSlack) keys of key_bytes)
 // within budget_bytes (the call's selection memory: task_merge_kernels.h).
 inline bool extreme_selectable(const std::vector<RadixTarget>& targets, int64_t n, size_t key_bytes,
                                uint64_t budget_bytes) {
@@ -48,9 +53,70 @@ inline bool extreme_selectable(const std::vector<RadixTarget>& targets, int64_t 
   uint64_t keys = 0;
   for (const RadixTarget& t : targets) {
     if (t.rank < 0 || t.rank >= n || extreme_depth(t.rank, n) > max_depth) return false;
-    keys += uint64_t(2 * extreme_depth(t.rank, n) + kExtremeSlack);
+    keys += uint64_t(extreme_fullest(extreme_depth(t.rank, n)));
   }
   return uint64_t(omp_get_max_threads()) * keys * key_bytes <= budget_bytes;
+}
+
+// The keys of keys[0, len) strictly beyond bound (above it where top, else below)
+// appended to dst (room for len) in index order; returns how many. Most pieces hold
+// none once the bound has settled: blocks of 64 keys with none are passed over by one
+// vectorised compare, and only blocks with one are scanned.
+template <class Key>
+inline int64_t keys_beyond_portable(const Key* keys, int64_t len, Key bound, bool top, Key* dst) {
+  int64_t count = 0;
+  for (int64_t j0 = 0; j0 < len; j0 += 64) {
+    const int64_t j1 = std::min(len, j0 + 64);
+    Key hits = 0;  // in Key's width: a widening stops the vectoriser
+    if (top) {
+#pragma omp simd reduction(| : hits)
+      for (int64_t j = j0; j < j1; ++j) hits |= Key(keys[j] > bound);
+    } else {
+#pragma omp simd reduction(| : hits)
+      for (int64_t j = j0; j < j1; ++j) hits |= Key(keys[j] < bound);
+    }
+    if (hits == 0) continue;
+    for (int64_t j = j0; j < j1; ++j) {
+      if (top ? keys[j] > bound : keys[j] < bound) dst[count++] = keys[j];
+    }
+  }
+  return count;
+}
+
+#if M2N2_AVX512_LOOPS
+// The same for 32-bit keys, 16 at a time: a compare to a mask, and the few keys beyond
+// compressed in a register and written with a masked store (as window_tiles.h).
+template <bool Top>
+M2N2_AVX512_TARGET inline int64_t keys_beyond_avx512(const uint32_t* keys, int64_t len, uint32_t bound,
+                                                     uint32_t* dst) {
+  const __m512i b = _mm512_set1_epi32(int(bound));
+  int64_t count = 0;
+  for (int64_t j = 0; j < len; j += 16) {
+    const __mmask16 valid = lanes_of(len - j);
+    const __m512i key = _mm512_maskz_loadu_epi32(valid, keys + j);
+    const __mmask16 hit =
+        Top ? _mm512_mask_cmpgt_epu32_mask(valid, key, b) : _mm512_mask_cmplt_epu32_mask(valid, key, b);
+    if (hit != 0) {
+      const int c = __builtin_popcount(unsigned(hit));
+      _mm512_mask_storeu_epi32(dst + count, __mmask16((1u << c) - 1u), _mm512_maskz_compress_epi32(hit, key));
+      count += c;
+    }
+  }
+  return count;
+}
+#endif
+
+// keys_beyond_portable, by the AVX-512 loop for 32-bit keys where the CPU has it.
+template <class Key>
+inline int64_t keys_beyond(const Key* keys, int64_t len, Key bound, bool top, Key* dst) {
+#if M2N2_AVX512_LOOPS
+  if constexpr (sizeof(Key) == 4) {
+    if (cpu_has_avx512_loops()) {
+      return top ? keys_beyond_avx512<true>(keys, len, bound, dst) : keys_beyond_avx512<false>(keys, len, bound, dst);
+    }
+  }
+#endif
+  return keys_beyond_portable<Key>(keys, len, bound, top, dst);
 }
 
 namespace detail {
@@ -58,51 +124,37 @@ namespace detail {
 // One thread's buffer for one target.
 template <class Key>
 struct ExtremeBuffer {
-  std::vector<Key> keys;
-  Key bound = 0;       // after the first prune: take only keys strictly beyond it
+  std::vector<Key> keys;  // [0, used): the candidates; past it, room for the next piece
+  size_t used = 0;
+  Key bound = 0;          // after the first prune: take only keys strictly beyond it
   bool pruned = false;
 };
 
-// Whether key a is more extreme than b at the target's end.
+// The k most extreme of keys[0, size) (k <= size) moved to the front, the k-th at k - 1.
 template <class Key>
-bool beyond(Key a, Key b, bool top) {
-  return top ? a > b : a < b;
-}
-
-// The k most extreme of keys (k <= size) moved to the front, the k-th at k - 1.
-template <class Key>
-void nth_extreme(std::vector<Key>& keys, int64_t k, bool top) {
+void nth_extreme(Key* keys, size_t size, int64_t k, bool top) {
   if (top) {
-    std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end(), std::greater<Key>());
+    std::nth_element(keys, keys + (k - 1), keys + size, std::greater<Key>());
   } else {
-    std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end());
+    std::nth_element(keys, keys + (k - 1), keys + size);
   }
 }
 
 // Appends the keys of a piece that may be among the k most extreme; prunes.
 template <class Key>
 void extreme_take(const Key* keys, int64_t len, int64_t k, bool top, ExtremeBuffer<Key>& b) {
+  if (b.keys.size() < b.used + size_t(len)) b.keys.resize(b.used + size_t(len));  // only for longer pieces
+  Key* dst = b.keys.data() + b.used;
   if (!b.pruned) {
-    b.keys.insert(b.keys.end(), keys, keys + len);
+    std::copy(keys, keys + len, dst);
+    b.used += size_t(len);
   } else {
-    const Key bound = b.bound;
-    Key hits = 0;  // in Key's width: a widening stops the vectoriser
-    if (top) {
-#pragma omp simd reduction(| : hits)
-      for (int64_t j = 0; j < len; ++j) hits |= Key(keys[j] > bound);
-    } else {
-#pragma omp simd reduction(| : hits)
-      for (int64_t j = 0; j < len; ++j) hits |= Key(keys[j] < bound);
-    }
-    if (hits == 0) return;
-    for (int64_t j = 0; j < len; ++j) {
-      if (beyond(keys[j], bound, top)) b.keys.push_back(keys[j]);
-    }
+    b.used += size_t(keys_beyond(keys, len, b.bound, top, dst));
   }
-  if (int64_t(b.keys.size()) >= 2 * k + kExtremeSlack) {
-    nth_extreme(b.keys, k, top);
+  if (int64_t(b.used) >= 2 * k + kExtremeSlack) {
+    nth_extreme(b.keys.data(), b.used, k, top);
     b.bound = b.keys[size_t(k - 1)];
-    b.keys.resize(size_t(k));
+    b.used = size_t(k);
     b.pruned = true;
   }
 }
@@ -130,6 +182,7 @@ void extreme_select(int64_t nchunks, int64_t n, std::vector<RadixTarget>& target
     top[t] = extreme_from_top(targets[t].rank, n) ? 1 : 0;
   }
   std::vector<detail::ExtremeBuffer<Key>> bufs(size_t(threads) * T);  // per thread and target
+  for (size_t b = 0; b < bufs.size(); ++b) bufs[b].keys.resize(size_t(extreme_fullest(depth[b % T])));
 #pragma omp parallel for schedule(dynamic) if (nchunks > 1)
   for (int64_t i = 0; i < nchunks; ++i) {
     detail::ExtremeBuffer<Key>* mine = bufs.data() + size_t(omp_get_thread_num()) * T;
@@ -140,11 +193,11 @@ void extreme_select(int64_t nchunks, int64_t n, std::vector<RadixTarget>& target
   for (size_t t = 0; t < T; ++t) {
     std::vector<Key> all;
     for (int th = 0; th < threads; ++th) {
-      std::vector<Key>& v = bufs[size_t(th) * T + t].keys;
-      all.insert(all.end(), v.begin(), v.end());
-      std::vector<Key>().swap(v);
+      detail::ExtremeBuffer<Key>& b = bufs[size_t(th) * T + t];
+      all.insert(all.end(), b.keys.begin(), b.keys.begin() + b.used);
+      std::vector<Key>().swap(b.keys);
     }
-    detail::nth_extreme(all, depth[t], top[t] != 0);
+    detail::nth_extreme(all.data(), all.size(), depth[t], top[t] != 0);
     targets[t].key = all[size_t(depth[t] - 1)];
   }
 }

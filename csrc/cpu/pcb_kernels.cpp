@@ -56,6 +56,10 @@ void with_storage_type(Dtype dtype, F&& f) {
 // (as task_merge forms it) and widened exactly to U, which is wider only where a
 // global unit mixes fp64 with other tensors.
 
+// A unit's ordering keys (of |d| and of scores): 32 bits for fp32 units, 64 for fp64.
+template <class U>
+using unit_key_t = decltype(magnitude_key(U(0)));
+
 // The base over a tile: in its compute type (for the deltas) and in U (for the output).
 template <class T, class U>
 M2N2_HD void base_tile(const T* x, int64_t len, compute_t<T>* bc, U* bu) {
@@ -70,6 +74,13 @@ template <class T, class U>
 M2N2_HD void delta_tile(const T* m, const compute_t<T>* bc, int64_t len, U* d) {
 #pragma omp simd
   for (int64_t j = 0; j < len; ++j) d[j] = U(to_compute(m[j]) - bc[j]);
+}
+
+// |d| as ordering keys (magnitude_key) of one model over a tile.
+template <class T, class U>
+M2N2_HD void magnitude_keys_tile(const T* m, const compute_t<T>* bc, int64_t len, unit_key_t<U>* keys) {
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) keys[j] = magnitude_key(U(to_compute(m[j]) - bc[j]));
 }
 
 // out = T(b + merged * lam), each step rounded in U (a wider U is narrowed through
@@ -87,6 +98,9 @@ M2N2_HD void store_tile(const U* bu, const U* merged, U lam, int64_t len, T* out
   }                                                                                                      \
   M2N2_CLONES void delta_tile_k(const T* m, const compute_t<T>* bc, int64_t len, U* d) {                 \
     delta_tile<T, U>(m, bc, len, d);                                                                     \
+  }                                                                                                      \
+  M2N2_CLONES void magnitude_keys_tile_k(const T* m, const compute_t<T>* bc, int64_t len, unit_key_t<U>* keys) { \
+    magnitude_keys_tile<T, U>(m, bc, len, keys);                                                         \
   }                                                                                                      \
   M2N2_CLONES void store_tile_k(const U* bu, const U* merged, U lam, int64_t len, T* out) {              \
     store_tile<T, U>(bu, merged, lam, len, out);                                                         \
@@ -136,9 +150,6 @@ struct DeltaTile {
   }
   U* row(int k) { return d.data() + size_t(k) * kTile; }
 };
-
-template <class U>
-using unit_key_t = decltype(magnitude_key(U(0)));
 
 // Whether every |d S| of a tile lies in tanh's series range: then the score loops take
 // the series alone (pcb.h, pcb_inter), the same bits without the long branch's expm1
@@ -206,6 +217,17 @@ M2N2_DEFINE_PCB_MODEL_TILES(float)
 M2N2_DEFINE_PCB_MODEL_TILES(double)
 #undef M2N2_DEFINE_PCB_MODEL_TILES
 
+// The largest of keys[0, len) and `top`. Per ISA: baseline x86-64 has no unsigned
+// 32-bit max, and the loop emulated it at a cost near the window pass's own.
+template <class Key>
+M2N2_HD Key max_key(const Key* keys, int64_t len, Key top) {
+#pragma omp simd reduction(max : top)
+  for (int64_t j = 0; j < len; ++j) top = keys[j] > top ? keys[j] : top;
+  return top;
+}
+M2N2_CLONES uint32_t max_key_k(const uint32_t* keys, int64_t len, uint32_t top) { return max_key(keys, len, top); }
+M2N2_CLONES uint64_t max_key_k(const uint64_t* keys, int64_t len, uint64_t top) { return max_key(keys, len, top); }
+
 // ---- the passes' key sources (radix_select's keys_of_chunk) ---------------------------
 
 // |d| of each listed model.
@@ -213,15 +235,12 @@ template <class T, class U, class Sink>
 void magnitude_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector<int>& models, Sink&& sink) {
   alignas(64) compute_t<T> bc[kTile];
   alignas(64) U bu[kTile];
-  alignas(64) U d[kTile];
   alignas(64) unit_key_t<U> keys[kTile];
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
     base_tile_k(static_cast<const T*>(t.base) + t0, len, bc, bu);
     for (size_t a = 0; a < models.size(); ++a) {
-      delta_tile_k(static_cast<const T*>(t.models[size_t(models[a])]) + t0, bc, len, d);
-#pragma omp simd
-      for (int64_t j = 0; j < len; ++j) keys[j] = magnitude_key(d[j]);
+      magnitude_keys_tile_k(static_cast<const T*>(t.models[size_t(models[a])]) + t0, bc, len, keys);
       sink(int(a), keys, len);
     }
   }
@@ -416,15 +435,12 @@ std::vector<char> window_drops(const std::vector<TaskTensor>& ts, const std::vec
       alignas(64) Key kept[kTile];
       WindowTileCounts tc;
       const int mid = window_keys<Key>(keys, len, l, h, kept, &tc);
-      Key top = cc[a].top;
-#pragma omp simd reduction(max : top)
-      for (int64_t j = 0; j < len; ++j) top = keys[j] > top ? keys[j] : top;
       PcbWindowCounts<Key>& wc = cc[a];
       wc.below += len - tc.gt_hi - tc.eq_lo - (l == h ? 0 : tc.eq_hi) - mid;
       wc.at_lo += tc.eq_lo;
       wc.at_hi += tc.eq_hi;
       wc.inside += mid;
-      wc.top = top;
+      wc.top = max_key_k(keys, len, wc.top);
       if (mid == 0 || over) return;
       if (room < mid) {
         const int64_t want = std::max<int64_t>(mid, kPcbReserve);

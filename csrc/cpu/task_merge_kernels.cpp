@@ -653,9 +653,9 @@ M2N2_DEFINE_WINDOW_TILES(half_t)
 template <class T, class Key>
 int window_tile(const T* m, const compute_t<T>* b, int64_t len, Key lo, Key hi, Key* inside,
                 WindowTileCounts* counts) {
-#if M2N2_AVX512_WINDOW
+#if M2N2_AVX512_LOOPS
   if constexpr (sizeof(Key) == 4 && (std::is_same_v<T, float> || std::is_same_v<T, bf16_t>)) {
-    if (window_avx512()) return window_tile_avx512<T>(m, b, len, lo, hi, inside, counts);
+    if (cpu_has_avx512_loops()) return window_tile_avx512<T>(m, b, len, lo, hi, inside, counts);
   }
 #endif
   return window_tile_k(m, b, len, lo, hi, inside, counts);

@@ -19,13 +19,9 @@
 #include <cstring>
 #include <type_traits>
 
+#include "avx512.h"
 #include "m2n2/dtypes.h"
 #include "m2n2/task_merge.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#include <immintrin.h>
-#define M2N2_AVX512_WINDOW 1
-#endif
 
 namespace m2n2::cpu {
 
@@ -81,7 +77,7 @@ inline int window_tile_portable(const T* m, const compute_t<T>* b, int64_t len, 
   return window_keys_portable<Key>(keys, len, lo, hi, inside, counts);
 }
 
-#if M2N2_AVX512_WINDOW
+#if M2N2_AVX512_LOOPS
 // GCC 12's AVX-512 widening and shift intrinsics start from an undefined register,
 // which its -W(maybe-)uninitialized reports (a false positive, as in dare_draws.h).
 #pragma GCC diagnostic push
@@ -90,16 +86,16 @@ inline int window_tile_portable(const T* m, const compute_t<T>* b, int64_t len, 
 // The window's counts kept per lane over 16 keys at a time, and the keys inside it
 // compressed in a register and written with a masked store (the register form of
 // vpcompressd: its store form is microcoded on AMD Zen 4). Needs AVX-512 F, BW and
-// VL (every AVX-512 CPU since Skylake-SP; x86-64-v4).
+// VL (avx512.h).
 struct WindowLanes {
   __m512i vlo, vhi, one, g, eh, el;
   int md = 0;
 
-  __attribute__((target("avx512f,avx512bw,avx512vl"))) WindowLanes(uint32_t lo, uint32_t hi)
+  M2N2_AVX512_TARGET WindowLanes(uint32_t lo, uint32_t hi)
       : vlo(_mm512_set1_epi32(int(lo))), vhi(_mm512_set1_epi32(int(hi))), one(_mm512_set1_epi32(1)),
         g(_mm512_setzero_si512()), eh(g), el(g) {}
 
-  __attribute__((target("avx512f,avx512bw,avx512vl"))) void step(__m512i key, __mmask16 valid, uint32_t* inside) {
+  M2N2_AVX512_TARGET void step(__m512i key, __mmask16 valid, uint32_t* inside) {
     g = _mm512_mask_add_epi32(g, _mm512_mask_cmpgt_epu32_mask(valid, key, vhi), g, one);
     eh = _mm512_mask_add_epi32(eh, _mm512_mask_cmpeq_epi32_mask(valid, key, vhi), eh, one);
     el = _mm512_mask_add_epi32(el, _mm512_mask_cmpeq_epi32_mask(valid, key, vlo), el, one);
@@ -111,7 +107,7 @@ struct WindowLanes {
     }
   }
 
-  __attribute__((target("avx512f,avx512bw,avx512vl"))) int finish(WindowTileCounts* counts) const {
+  M2N2_AVX512_TARGET int finish(WindowTileCounts* counts) const {
     alignas(64) int lanes[3][16];
     _mm512_store_si512(lanes[0], g);
     _mm512_store_si512(lanes[1], eh);
@@ -126,23 +122,17 @@ struct WindowLanes {
   }
 };
 
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __mmask16 window_valid(int64_t rest) {
-  return rest >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rest) - 1u);
-}
-
 // The window pass over a tile of deltas: the delta in fp32 (the same subtraction as
 // the portable loop), its bits less the sign as the key. fp32 or bf16 (widened by a
 // shift) storage.
 template <class T>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline int window_tile_avx512(const T* m, const float* b,
-                                                                                   int64_t len, uint32_t lo,
-                                                                                   uint32_t hi, uint32_t* inside,
-                                                                                   WindowTileCounts* counts) {
+M2N2_AVX512_TARGET inline int window_tile_avx512(const T* m, const float* b, int64_t len, uint32_t lo, uint32_t hi,
+                                                 uint32_t* inside, WindowTileCounts* counts) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16_t>, "fp32 or bf16 storage");
   const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
   WindowLanes w(lo, hi);
   for (int64_t j = 0; j < len; j += 16) {
-    const __mmask16 valid = window_valid(len - j);
+    const __mmask16 valid = lanes_of(len - j);
     __m512 x;
     if constexpr (std::is_same_v<T, float>) {
       x = _mm512_maskz_loadu_ps(valid, m + j);
@@ -157,24 +147,16 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline int window_tile_avx5
 }
 
 // The same over a tile of 32-bit keys already formed (PCB's score keys).
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline int window_keys_avx512(const uint32_t* keys, int64_t len,
-                                                                                   uint32_t lo, uint32_t hi,
-                                                                                   uint32_t* inside,
-                                                                                   WindowTileCounts* counts) {
+M2N2_AVX512_TARGET inline int window_keys_avx512(const uint32_t* keys, int64_t len, uint32_t lo, uint32_t hi,
+                                                 uint32_t* inside, WindowTileCounts* counts) {
   WindowLanes w(lo, hi);
   for (int64_t j = 0; j < len; j += 16) {
-    const __mmask16 valid = window_valid(len - j);
+    const __mmask16 valid = lanes_of(len - j);
     w.step(_mm512_maskz_loadu_epi32(valid, keys + j), valid, inside);
   }
   return w.finish(counts);
 }
 
-// Whether this CPU runs the AVX-512 loops.
-inline bool window_avx512() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512vl");
-  return ok;
-}
 #pragma GCC diagnostic pop
 #endif
 
@@ -182,9 +164,9 @@ inline bool window_avx512() {
 // loop for 32-bit keys where the CPU has it, else the portable one.
 template <class Key>
 inline int window_keys(const Key* keys, int64_t len, Key lo, Key hi, Key* inside, WindowTileCounts* counts) {
-#if M2N2_AVX512_WINDOW
+#if M2N2_AVX512_LOOPS
   if constexpr (sizeof(Key) == 4) {
-    if (window_avx512()) return window_keys_avx512(keys, len, lo, hi, inside, counts);
+    if (cpu_has_avx512_loops()) return window_keys_avx512(keys, len, lo, hi, inside, counts);
   }
 #endif
   return window_keys_portable<Key>(keys, len, lo, hi, inside, counts);

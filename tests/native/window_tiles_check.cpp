@@ -107,7 +107,7 @@ bool check_type(std::mt19937& rng, bool avx512, int& cases) {
                     (long long)len, rep);
         return false;
       }
-#if M2N2_AVX512_WINDOW
+#if M2N2_AVX512_LOOPS
       if constexpr (sizeof(Key) == 4 && (std::is_same_v<T, float> || std::is_same_v<T, bf16_t>)) {
         if (avx512) {
           WindowTileCounts cf;
@@ -141,8 +141,8 @@ bool check_type(std::mt19937& rng, bool avx512, int& cases) {
 int main() {
   std::mt19937 rng(12345);
   bool avx512 = false;
-#if M2N2_AVX512_WINDOW
-  avx512 = window_avx512();
+#if M2N2_AVX512_LOOPS
+  avx512 = cpu_has_avx512_loops();
 #endif
   int cases = 0;
   for (int round = 0; round < 4; ++round) {
