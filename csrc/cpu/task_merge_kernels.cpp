@@ -107,10 +107,26 @@ double key_value(uint64_t key) {
 // with in_top). For all and none, `rank` moves past the tile's ties.
 enum class TieRun : int { kAll, kNone, kSplit };
 
+// The keys equal to `threshold` among keys[0, len) (a tile). Per ISA, and in 32
+// bits: compiled for baseline x86-64 with a 64-bit count, this loop was 5% of bf16
+// TIES (its thresholds tie, so every tile counts).
+template <class Key>
+M2N2_HD int count_ties(const Key* keys, int64_t len, Key threshold) {
+  int ties = 0;
+#pragma omp simd reduction(+ : ties)
+  for (int64_t j = 0; j < len; ++j) ties += keys[j] == threshold ? 1 : 0;
+  return ties;
+}
+M2N2_CLONES int count_ties_k(const uint32_t* keys, int64_t len, uint32_t threshold) {
+  return count_ties(keys, len, threshold);
+}
+M2N2_CLONES int count_ties_k(const uint64_t* keys, int64_t len, uint64_t threshold) {
+  return count_ties(keys, len, threshold);
+}
+
 template <class Key>
 TieRun tie_run(const Key* keys, int64_t len, Key threshold, int64_t& rank, int64_t need) {
-  int64_t ties = 0;
-  for (int64_t j = 0; j < len; ++j) ties += keys[j] == threshold ? 1 : 0;
+  const int64_t ties = count_ties_k(keys, len, threshold);
   if (rank < need && rank + ties > need) return TieRun::kSplit;
   const TieRun run = rank >= need ? TieRun::kNone : TieRun::kAll;
   rank += ties;
