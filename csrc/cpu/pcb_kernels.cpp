@@ -83,12 +83,17 @@ M2N2_HD void magnitude_keys_tile(const T* m, const compute_t<T>* bc, int64_t len
   for (int64_t j = 0; j < len; ++j) keys[j] = magnitude_key(U(to_compute(m[j]) - bc[j]));
 }
 
-// out = T(b + merged * lam), each step rounded in U (a wider U is narrowed through
-// the position's compute type, as torch converts fp64 to a 16-bit type).
+// The fused pass's last step: out = T(b + merged * lam) with merged = num / max(den,
+// 1e-12), each step rounded in U (a wider U is narrowed through the position's compute
+// type, as torch converts fp64 to a 16-bit type).
 template <class T, class U>
-M2N2_HD void store_tile(const U* bu, const U* merged, U lam, int64_t len, T* out) {
+M2N2_HD void finish_tile(const U* bu, const U* num, const U* den, U lam, int64_t len, T* out) {
+  const U floor = U(kPcbScaleSumMin);
 #pragma omp simd
-  for (int64_t j = 0; j < len; ++j) out[j] = from_compute<T>(compute_t<T>(bu[j] + merged[j] * lam));
+  for (int64_t j = 0; j < len; ++j) {
+    const U merged = num[j] / (den[j] < floor ? floor : den[j]);
+    out[j] = from_compute<T>(compute_t<T>(bu[j] + merged * lam));
+  }
 }
 
 // One clone set per (storage, unit compute) pair (target_clones takes no templates).
@@ -102,8 +107,8 @@ M2N2_HD void store_tile(const U* bu, const U* merged, U lam, int64_t len, T* out
   M2N2_CLONES void magnitude_keys_tile_k(const T* m, const compute_t<T>* bc, int64_t len, unit_key_t<U>* keys) { \
     magnitude_keys_tile<T, U>(m, bc, len, keys);                                                         \
   }                                                                                                      \
-  M2N2_CLONES void store_tile_k(const U* bu, const U* merged, U lam, int64_t len, T* out) {              \
-    store_tile<T, U>(bu, merged, lam, len, out);                                                         \
+  M2N2_CLONES void finish_tile_k(const U* bu, const U* num, const U* den, U lam, int64_t len, T* out) {   \
+    finish_tile<T, U>(bu, num, den, lam, len, out);                                                      \
   }
 
 M2N2_DEFINE_PCB_TILES(float, float)
@@ -127,6 +132,9 @@ M2N2_HD void delta_sum_tile(const U* d, int K, int64_t len, U* S) {
   }
 }
 
+M2N2_CLONES void delta_sum_tile_k(const float* d, int K, int64_t len, float* S) { delta_sum_tile(d, K, len, S); }
+M2N2_CLONES void delta_sum_tile_k(const double* d, int K, int64_t len, double* S) { delta_sum_tile(d, K, len, S); }
+
 // What the passes know of one model in one unit.
 template <class U>
 struct PcbStats {
@@ -146,7 +154,7 @@ struct DeltaTile {
   void load(const TaskTensor& t, int64_t t0, int64_t len, int K) {
     base_tile_k(static_cast<const T*>(t.base) + t0, len, bc, bu);
     for (int k = 0; k < K; ++k) delta_tile_k(static_cast<const T*>(t.models[size_t(k)]) + t0, bc, len, row(k));
-    delta_sum_tile(d.data(), K, len, S);
+    delta_sum_tile_k(d.data(), K, len, S);
   }
   U* row(int k) { return d.data() + size_t(k) * kTile; }
 };
@@ -284,10 +292,7 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, const std::vector<PcbStats
       const PcbStats<U>& s = stats[size_t(k)];
       mix_tile_k(tile.row(k), tile.S, len, s.lo, s.hi, s.theta, s.top, U(K), num, den);
     }
-    const U floor = U(kPcbScaleSumMin);
-#pragma omp simd
-    for (int64_t j = 0; j < len; ++j) num[j] = num[j] / (den[j] < floor ? floor : den[j]);
-    store_tile_k(tile.bu, num, lam, len, out + t0);
+    finish_tile_k(tile.bu, num, den, lam, len, out + t0);
   }
 }
 
