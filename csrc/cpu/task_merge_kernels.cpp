@@ -1477,6 +1477,24 @@ M2N2_CLONES void combine_tile_k(const double* e, const double* w, int K, Consens
 // magnitude_outliers: zeroes the factors of the elements among the model's `start`
 // largest (plan q: its threshold, and its ties kept lowest index first by the running
 // count `rank`, as fused_chunk keeps a threshold's ties).
+// e[j] = 0 where keys[j] >= lowest, per ISA (compiled for baseline x86-64, which has
+// no unsigned 32-bit compare, it was a third of the fused pass's own time in bf16
+// breadcrumbs).
+template <class Key, class C>
+M2N2_HD void zero_from_key(const Key* keys, int64_t len, Key lowest, C* e) {
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) e[j] = keys[j] >= lowest ? C(0) : e[j];
+}
+#define M2N2_DEFINE_ZERO_FROM_KEY(Key, C)                                             \
+  M2N2_CLONES void zero_from_key_k(const Key* keys, int64_t len, Key lowest, C* e) { \
+    zero_from_key(keys, len, lowest, e);                                             \
+  }
+M2N2_DEFINE_ZERO_FROM_KEY(uint32_t, float)
+M2N2_DEFINE_ZERO_FROM_KEY(uint64_t, float)
+M2N2_DEFINE_ZERO_FROM_KEY(uint32_t, double)
+M2N2_DEFINE_ZERO_FROM_KEY(uint64_t, double)
+#undef M2N2_DEFINE_ZERO_FROM_KEY
+
 template <class T, class Key>
 void drop_largest_tile(const T* m, const compute_t<T>* b, int64_t len, const ModelPlan& q, int64_t& rank, Key* keys,
                        compute_t<T>* e) {
@@ -1495,9 +1513,7 @@ void drop_largest_tile(const T* m, const compute_t<T>* b, int64_t len, const Mod
     }
     return;
   }
-  const Key lowest = run == TieRun::kAll ? thr : thr + 1;  // the smallest key among the largest
-#pragma omp simd
-  for (int64_t j = 0; j < len; ++j) e[j] = keys[j] >= lowest ? C(0) : e[j];
+  zero_from_key_k(keys, len, run == TieRun::kAll ? thr : Key(thr + 1), e);  // from the smallest key among the largest
 }
 
 template <class T, class Key>
