@@ -19,7 +19,8 @@
 // of a 16-bit digit of float keys spans under 1% of a value, so this is typically far
 // fewer keys than threads x targets x 2^16 counters, and for 64-bit keys two passes
 // instead of four. Extra memory: one pass's histograms (threads x slots x 2^digit
-// counters), then the collected keys, each at most the budget (but 8-bit digits);
+// counters), then the collected keys, each at most the budget (but 8-bit digits),
+// and per thread a stage of at most 16,384 of them (radix_finish_by_collecting);
 // where the caller gives the sources' key counts and the keys take less memory than
 // those counters (a candidate window's), the keys are collected from the start.
 #pragma once
@@ -144,13 +145,23 @@ inline void collect_matching(const Key* keys, int64_t len, int high, bool all, u
   }
 }
 
+// The most keys a thread stages per slot before it takes their place in the slot's
+// buffer, and the most it stages over all slots (fewer per slot where there are many).
+constexpr int64_t kCollectStage = 1024;
+constexpr int64_t kCollectStageTotal = int64_t(1) << 14;
+
 // The last stage of radix_select: the keys under each slot's prefix (their bits from
 // `high` up equal to it) gathered from every chunk into one buffer per slot of exactly
 // its `open` keys (their count, known exactly), then each target's key by nth_element
 // over its slot's keys at its remaining rank, with the keys below and equal to it
-// there. The threads take their places in a buffer from an atomic count, a block of
-// matched keys at a time (collect_matching): the keys' order then depends on the
-// threads, their multiset and so the result does not.
+// there. The threads take their places in a buffer from an atomic count: the keys'
+// order then depends on the threads, their multiset and so the result does not. Each
+// thread stages a slot's matched keys (collect_matching) and takes places for up to
+// kCollectStage at a time: taken block by block, the one count per slot bounced
+// between the cores where most keys match (bf16's tied keys), a quarter of this
+// stage's time in bf16 breadcrumbs. The stages take threads x at most
+// kCollectStageTotal keys (64 KiB per thread for 32-bit keys) and never more than a
+// slot's count, outside the callers' memory budgets.
 template <class Key, class KeysOfChunk>
 void radix_finish_by_collecting(int64_t nchunks, std::vector<RadixTarget>& targets, const RadixSlots& slots,
                                 int high, const std::vector<int64_t>& remaining, const std::vector<int64_t>& open,
@@ -159,26 +170,51 @@ void radix_finish_by_collecting(int64_t nchunks, std::vector<RadixTarget>& targe
   const bool all = high >= int(8 * sizeof(Key));  // no prefix yet: every key (and no shift by the width)
   std::vector<PageArray<Key>> got(nslots);
   std::unique_ptr<std::atomic<int64_t>[]> filled(new std::atomic<int64_t>[nslots]);
+  const int64_t per_slot = std::clamp<int64_t>(kCollectStageTotal / int64_t(std::max<size_t>(nslots, 1)), 1,
+                                               kCollectStage);
+  std::vector<int64_t> stage_at(nslots + 1, 0);  // slot q stages in [stage_at[q], stage_at[q + 1])
   for (size_t q = 0; q < nslots; ++q) {
     got[q].reset(size_t(open[q]));
     filled[q].store(0, std::memory_order_relaxed);
+    stage_at[q + 1] = stage_at[q] + std::min(per_slot, open[q]);
   }
   std::atomic<bool> overflow{false};
-#pragma omp parallel for schedule(dynamic) if (nchunks > 1)
-  for (int64_t i = 0; i < nchunks; ++i) {
-    keys_of_chunk(i, slots.sources, [&](int a, const Key* keys, int64_t len) {
-      for (int q : slots.slots_of[size_t(a)]) {
-        const uint64_t want = slots.slot_prefix[size_t(q)];
-        collect_matching(keys, len, high, all, want, [&](const Key* hits, int64_t c) {
-          const int64_t at = filled[size_t(q)].fetch_add(c, std::memory_order_relaxed);
-          if (at + c > open[size_t(q)]) {  // more keys than counted: a caller's wrong count
-            overflow.store(true, std::memory_order_relaxed);
-            return;
-          }
-          std::memcpy(got[size_t(q)].get() + at, hits, size_t(c) * sizeof(Key));
-        });
-      }
-    });
+  // Puts c keys into slot q's buffer.
+  const auto place = [&](size_t q, const Key* keys, int64_t c) {
+    const int64_t at = filled[q].fetch_add(c, std::memory_order_relaxed);
+    if (at + c > open[q]) {  // more keys than counted: a caller's wrong count
+      overflow.store(true, std::memory_order_relaxed);
+      return;
+    }
+    std::memcpy(got[q].get() + at, keys, size_t(c) * sizeof(Key));
+  };
+#pragma omp parallel if (nchunks > 1)
+  {
+    std::vector<Key> stage(static_cast<size_t>(stage_at[nslots]));
+    std::vector<int64_t> staged(nslots, 0);
+    const auto flush = [&](size_t q) {
+      if (staged[q] > 0) place(q, stage.data() + stage_at[q], staged[q]);
+      staged[q] = 0;
+    };
+#pragma omp for schedule(dynamic)
+    for (int64_t i = 0; i < nchunks; ++i) {
+      keys_of_chunk(i, slots.sources, [&](int a, const Key* keys, int64_t len) {
+        for (int slot : slots.slots_of[size_t(a)]) {
+          const size_t q = size_t(slot);
+          const int64_t room = stage_at[q + 1] - stage_at[q];
+          collect_matching(keys, len, high, all, slots.slot_prefix[q], [&](const Key* hits, int64_t c) {
+            if (staged[q] + c > room) flush(q);
+            if (c > room) {
+              place(q, hits, c);
+              return;
+            }
+            std::memcpy(stage.data() + stage_at[q] + staged[q], hits, size_t(c) * sizeof(Key));
+            staged[q] += c;
+          });
+        }
+      });
+    }
+    for (size_t q = 0; q < nslots; ++q) flush(q);
   }
   for (size_t q = 0; q < nslots; ++q) {
     if (overflow.load() || filled[q].load() != open[q]) {
