@@ -12,6 +12,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "della_ranks.h"
 #include "extreme_select.h"
 #include "isa_clones.h"
 #include "m2n2/dtypes.h"
@@ -225,17 +226,6 @@ M2N2_DEFINE_PCB_MODEL_TILES(float)
 M2N2_DEFINE_PCB_MODEL_TILES(double)
 #undef M2N2_DEFINE_PCB_MODEL_TILES
 
-// The largest of keys[0, len) and `top`. Per ISA: baseline x86-64 has no unsigned
-// 32-bit max, and the loop emulated it at a cost near the window pass's own.
-template <class Key>
-M2N2_HD Key max_key(const Key* keys, int64_t len, Key top) {
-#pragma omp simd reduction(max : top)
-  for (int64_t j = 0; j < len; ++j) top = keys[j] > top ? keys[j] : top;
-  return top;
-}
-M2N2_CLONES uint32_t max_key_k(const uint32_t* keys, int64_t len, uint32_t top) { return max_key(keys, len, top); }
-M2N2_CLONES uint64_t max_key_k(const uint64_t* keys, int64_t len, uint64_t top) { return max_key(keys, len, top); }
-
 // ---- the passes' key sources (radix_select's keys_of_chunk) ---------------------------
 
 // |d| of each listed model.
@@ -347,20 +337,9 @@ constexpr int64_t kPcbSampleStride = 16;              // every 16th tile: n / 16
 constexpr double kPcbSampleSigmas = 4.0;              // an i.i.d. unit misses with probability ~6e-5
 constexpr int64_t kPcbReserve = 4096;                 // keys of the budget a thread reserves at a time
 
-// M2N2_PCB_SELECT: unset or "auto" (clamp bounds near the ends by extreme_select, in
-// one pass; drop thresholds by the window where it holds them), "radix" (radix
-// selection for both: the A/B baseline, and the tests' way to run both paths on the
-// same inputs), "window" (as auto, but a drop threshold that needs the radix passes
-// is an error: lets tests assert which path ran).
-enum class PcbSelect : int { kAuto, kRadix, kWindowStrict };
-
-PcbSelect pcb_select() {
-  const char* v = std::getenv("M2N2_PCB_SELECT");
-  if (v == nullptr || std::strcmp(v, "") == 0 || std::strcmp(v, "auto") == 0) return PcbSelect::kAuto;
-  if (std::strcmp(v, "radix") == 0) return PcbSelect::kRadix;
-  if (std::strcmp(v, "window") == 0) return PcbSelect::kWindowStrict;
-  throw std::invalid_argument("M2N2_PCB_SELECT must be auto, radix or window");
-}
+// M2N2_PCB_SELECT (select_mode, task_merge_kernels.h): under auto and window the clamp
+// bounds near the ends are taken by extreme_select, in one pass, and the drop
+// thresholds by the window where it holds them; under radix both by radix selection.
 
 // One chunk's counts against one model's window.
 template <class Key>
@@ -445,7 +424,7 @@ std::vector<char> window_drops(const std::vector<TaskTensor>& ts, const std::vec
       wc.at_lo += tc.eq_lo;
       wc.at_hi += tc.eq_hi;
       wc.inside += mid;
-      wc.top = max_key_k(keys, len, wc.top);
+      wc.top = std::max(wc.top, della_key_max(keys, len));  // per ISA: baseline x86-64 has no unsigned max
       if (mid == 0 || over) return;
       if (room < mid) {
         const int64_t want = std::max<int64_t>(mid, kPcbReserve);
@@ -529,8 +508,8 @@ void merge_unit(const std::vector<TaskTensor>& ts, const PcbConfig& cfg) {
       magnitude_keys_chunk<decltype(tag), U>(ts[c.tensor], c, models, sink);
     });
   };
-  const PcbSelect select = pcb_select();
-  if (select != PcbSelect::kRadix && extreme_selectable(bounds, n, sizeof(Key), cfg.memory_budget)) {
+  const SelectMode select = select_mode("M2N2_PCB_SELECT");
+  if (select != SelectMode::kRadix && extreme_selectable(bounds, n, sizeof(Key), cfg.memory_budget)) {
     extreme_select<Key>(nchunks, n, bounds, magnitudes);  // ranks near the ends (c = 1e-4): one pass
   } else {
     select_ranks<Key>(n, nchunks, bounds, cfg.memory_budget, magnitudes);
@@ -545,14 +524,14 @@ void merge_unit(const std::vector<TaskTensor>& ts, const PcbConfig& cfg) {
   const int64_t drop_rank = int64_t(nd * (1.0 - cfg.ratio));
   std::vector<RadixTarget> drops = rank_pairs(K, drop_rank, n - 1);
   std::vector<char> held(size_t(K), 0);
-  if (select != PcbSelect::kRadix) held = window_drops<U>(ts, chunks, n, drop_rank, stats, cfg.memory_budget, drops);
+  if (select != SelectMode::kRadix) held = window_drops<U>(ts, chunks, n, drop_rank, stats, cfg.memory_budget, drops);
   std::vector<RadixTarget> rest;
   for (int k = 0; k < K; ++k) {
     if (held[size_t(k)]) continue;
     rest.push_back(drops[size_t(2 * k)]);
     rest.push_back(drops[size_t(2 * k + 1)]);
   }
-  if (!rest.empty() && select == PcbSelect::kWindowStrict) {
+  if (!rest.empty() && select == SelectMode::kWindowStrict) {
     throw std::runtime_error("M2N2_PCB_SELECT=window: a drop threshold needed the radix passes");
   }
   select_ranks<Key>(n, nchunks, rest, cfg.memory_budget, [&](int64_t i, const std::vector<int>& models, auto&& sink) {

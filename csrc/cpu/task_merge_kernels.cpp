@@ -18,6 +18,7 @@
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 
 
@@ -634,18 +635,6 @@ constexpr double kSampleSigmas = 4.0;
 // selection (radix_select over them: histograms, or the candidates collected once).
 constexpr double kWindowBudgetShare = 0.75;
 
-// M2N2_TIES_SELECT: unset or "auto" (window, radix where it misses), "radix" (the
-// radix passes only: the A/B baseline), "window" (as auto, but a model that needs the
-// radix passes is an error: lets tests assert which path ran).
-enum class SelectMode : int { kAuto, kRadix, kWindowStrict };
-
-SelectMode select_mode() {
-  const char* v = std::getenv("M2N2_TIES_SELECT");
-  if (v == nullptr || std::strcmp(v, "") == 0 || std::strcmp(v, "auto") == 0) return SelectMode::kAuto;
-  if (std::strcmp(v, "radix") == 0) return SelectMode::kRadix;
-  if (std::strcmp(v, "window") == 0) return SelectMode::kWindowStrict;
-  throw std::invalid_argument("M2N2_TIES_SELECT must be auto, radix or window");
-}
 
 // The window pass over one tile of one model (window_tiles.h): the portable loops
 // compiled per ISA, or the AVX-512 loop for 32-bit keys of fp32 and bf16 storage.
@@ -1851,6 +1840,14 @@ void merge_unit_any(const std::vector<TaskTensor>& ts, const TaskMergeConfig& cf
 
 }  // namespace
 
+SelectMode select_mode(const char* env) {
+  const char* v = std::getenv(env);
+  if (v == nullptr || std::strcmp(v, "") == 0 || std::strcmp(v, "auto") == 0) return SelectMode::kAuto;
+  if (std::strcmp(v, "radix") == 0) return SelectMode::kRadix;
+  if (std::strcmp(v, "window") == 0) return SelectMode::kWindowStrict;
+  throw std::invalid_argument(std::string(env) + " must be auto, radix or window");
+}
+
 uint64_t selection_memory_budget(const std::vector<TaskTensor>& tensors, int models) {
   const char* v = std::getenv("M2N2_SELECTION_MEMORY");
   if (v != nullptr && *v != '\0') {
@@ -1867,7 +1864,7 @@ uint64_t selection_memory_budget(const std::vector<TaskTensor>& tensors, int mod
 }
 
 void task_merge(const std::vector<TaskTensor>& tensors, const TaskMergeConfig& config) {
-  const SelectMode mode = select_mode();
+  const SelectMode mode = select_mode("M2N2_TIES_SELECT");
   if (config.global_scope) {
     merge_unit_any(tensors, config, mode);
     return;

@@ -71,4 +71,13 @@ uint64_t selection_memory_budget(const std::vector<TaskTensor>& tensors, int mod
 
 void task_merge(const std::vector<TaskTensor>& tensors, const TaskMergeConfig& config);
 
+// How a kernel selects its thresholds, from the environment variable `env`
+// (M2N2_TIES_SELECT, M2N2_PCB_SELECT): unset, "" or "auto" (the candidate window, the
+// radix passes where it misses), "radix" (the radix passes only: the A/B baseline, and
+// the tests' way to run both paths on the same inputs), "window" (as auto, but a
+// threshold that needs the radix passes is an error: lets tests assert which path
+// ran). Anything else throws std::invalid_argument naming the variable.
+enum class SelectMode : int { kAuto, kRadix, kWindowStrict };
+SelectMode select_mode(const char* env);
+
 }  // namespace m2n2::cpu
