@@ -149,6 +149,8 @@ inline void collect_matching(const Key* keys, int64_t len, int high, bool all, u
 // buffer, and the most it stages over all slots (fewer per slot where there are many).
 constexpr int64_t kCollectStage = 1024;
 constexpr int64_t kCollectStageTotal = int64_t(1) << 14;
+// The collected keys from which the slots' selections run in parallel.
+constexpr int64_t kParallelFinishKeys = int64_t(1) << 14;
 
 // The last stage of radix_select: the keys under each slot's prefix (their bits from
 // `high` up equal to it) gathered from every chunk into one buffer per slot of exactly
@@ -221,13 +223,28 @@ void radix_finish_by_collecting(int64_t nchunks, std::vector<RadixTarget>& targe
       throw std::logic_error("radix_select: the keys under a prefix differ from their count");
     }
   }
+  // Each slot's targets in ascending rank, so that each partitions only the keys above
+  // the one before (nth_element leaves every key past rank r at or above its key).
+  std::vector<std::vector<size_t>> slot_targets(nslots);
+  for (size_t t = 0; t < targets.size(); ++t) slot_targets[size_t(slots.target_slot[t])].push_back(t);
+  for (std::vector<size_t>& ts : slot_targets) {
+    std::sort(ts.begin(), ts.end(), [&](size_t a, size_t b) { return remaining[a] < remaining[b]; });
+  }
+  // The slots' buffers are disjoint: their selections run in parallel (a window's
+  // sample collects its K models' keys at once, tens of thousands each).
+  int64_t all_open = 0;
+  for (int64_t o : open) all_open += o;
+#pragma omp parallel for schedule(dynamic) if (nslots > 1 && all_open >= kParallelFinishKeys)
   for (size_t q = 0; q < nslots; ++q) {
     Key* keys = got[q].get();
     const int64_t m = open[q];
-    for (size_t t = 0; t < targets.size(); ++t) {
-      if (size_t(slots.target_slot[t]) != q) continue;
+    int64_t settled = 0;  // keys[0, settled) lie at or below every key after them
+    for (size_t t : slot_targets[q]) {
       const int64_t r = remaining[t];
-      std::nth_element(keys, keys + r, keys + m);
+      if (r >= settled) {
+        std::nth_element(keys + settled, keys + r, keys + m);
+        settled = r + 1;
+      }
       const Key key = keys[r];
       int64_t below = 0, equal = 0;
       for (int64_t j = 0; j < m; ++j) {

@@ -69,7 +69,9 @@ bool run(const char* what, std::mt19937_64& rng, int64_t n, bool with_counts, ui
   }
   std::vector<RadixTarget> targets;
   for (int s = 0; s < 4; ++s) {
-    for (int64_t r : {int64_t(0), n / 5, n / 5 + 1, n / 2, n - 2, n - 1}) {
+    // Out of order and one rank twice: a slot's targets are selected in ascending rank,
+    // each partitioning only the keys above the one before.
+    for (int64_t r : {n / 2, int64_t(0), n / 5 + 1, n / 5, n - 1, n - 2, n / 5}) {
       RadixTarget t;
       t.source = s;
       t.rank = r;
