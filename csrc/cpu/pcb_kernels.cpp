@@ -501,6 +501,9 @@ void merge_unit(const std::vector<TaskTensor>& ts, const PcbConfig& cfg) {
   const int K = cfg.models;
   const int64_t nchunks = int64_t(chunks.size());
   std::vector<PcbStats<U>> stats(static_cast<size_t>(K));
+  // Every model's key count, given to the radix passes of small units (collected at once).
+  const std::vector<int64_t> model_keys(static_cast<size_t>(K), n);
+  const std::vector<int64_t>* small_unit = n <= kRadixCollectAtOnceMax ? &model_keys : nullptr;
 
   // Pass 1: the clamp bounds, ranks int(n c) and int(n (1 - c) - 1) of |d_k|.
   const double nd = double(n);
@@ -515,7 +518,7 @@ void merge_unit(const std::vector<TaskTensor>& ts, const PcbConfig& cfg) {
   if (select != SelectMode::kRadix && extreme_selectable(bounds, n, sizeof(Key), cfg.memory_budget)) {
     extreme_select<Key>(nchunks, n, bounds, magnitudes);  // ranks near the ends (c = 1e-4): one pass
   } else {
-    select_ranks<Key>(n, nchunks, bounds, cfg.memory_budget, magnitudes);
+    select_ranks<Key>(n, nchunks, bounds, cfg.memory_budget, magnitudes, small_unit);
   }
   for (int k = 0; k < K; ++k) {
     stats[size_t(k)].lo = magnitude_from_key<U>(Key(bounds[size_t(2 * k)].key));
@@ -542,7 +545,7 @@ void merge_unit(const std::vector<TaskTensor>& ts, const PcbConfig& cfg) {
     with_storage_type<U>(ts[c.tensor].dtype, [&](auto tag) {
       score_keys_chunk<decltype(tag), U>(ts[c.tensor], c, models, stats, sink);
     });
-  });
+  }, small_unit);
   for (size_t j = 0; j < rest.size(); j += 2) {  // back to their places: two per model, in order
     drops[size_t(2 * rest[j].source)] = rest[j];
     drops[size_t(2 * rest[j].source + 1)] = rest[j + 1];

@@ -577,11 +577,12 @@ void select_thresholds(const std::vector<TaskTensor>& ts, const std::vector<Chun
     target.rank = n - keep[k];
     targets.push_back(target);
   }
+  const std::vector<int64_t> model_keys(plans.size(), n);  // a small unit's: collected at once
   radix_select<Key, Count>(int64_t(chunks.size()), targets, [&](int64_t i, const std::vector<int>& models, auto&& sink) {
     const Chunk& c = chunks[size_t(i)];
     const TaskTensor& t = ts[c.tensor];
     with_storage_type(t.dtype, [&](auto tag) { magnitude_keys_chunk<decltype(tag), Key>(t, c, models, sink); });
-  }, nullptr, budget);
+  }, n <= kRadixCollectAtOnceMax ? &model_keys : nullptr, budget);
   for (const RadixTarget& target : targets) {
     ModelPlan& p = plans[size_t(target.source)];
     const int64_t above = n - target.below - target.equal;
