@@ -85,6 +85,7 @@ stderr.
     python benchmarks/bench_merge_methods.py --dtypes bfloat16 --reps 3 --csv out.csv
     python benchmarks/bench_merge_methods.py --scale 4 --reps 3  # a block with every side / 4 (n = 12.6M)
     python benchmarks/bench_merge_methods.py --quick             # tiny shapes: a smoke run
+    python benchmarks/bench_merge_methods.py --flat 4096 --tensors 64 --reps 5  # a unit's fixed costs
 """
 import inspect
 import math
@@ -503,7 +504,7 @@ def run(args):
     rows = KernelRows(args.csv)
     K = args.models
     w = [0.3 + 0.1 * (k % 3) for k in range(K)]
-    shapes = [(args.flat,)] if args.flat else block_shapes(args.quick, args.scale)
+    shapes = [(args.flat,)] * args.tensors if args.flat else block_shapes(args.quick, args.scale)
     n = sum(math.prod(s) for s in shapes)
     with_reference = args.quick or args.reference
     merge_tensors = mergekit_merge_tensors()
@@ -669,6 +670,10 @@ def main():
     p.add_argument("--flat", type=int, default=0, metavar="N",
                    help="one flat buffer of N elements instead of the block (DELLA ranks it as one row: "
                    "its streamed kernel from 2^16 elements)")
+    p.add_argument("--tensors", type=int, default=1, metavar="T",
+                   help="with --flat: T flat buffers of N elements each, in one call (a model's many small "
+                   "tensors, norms and biases: each its own unit under scope \"tensor\", so this times a unit's "
+                   "fixed costs)")
     p.add_argument("--reference", action="store_true",
                    help="also time the torch reference (backend=\"torch\", sort based) at full size")
     args = p.parse_args()
@@ -676,6 +681,8 @@ def main():
         p.error("--models must be >= 1")
     if args.flat < 0:
         p.error("--flat must be a number of elements >= 1")
+    if args.tensors < 1 or (args.tensors > 1 and not args.flat):
+        p.error("--tensors must be >= 1, and more than 1 only with --flat")
     if args.scale < 1 or 64 % args.scale:
         p.error("--scale must divide 64 (1, 2, 4, 8, 16, 32, 64)")
     print(f"# build_info: {mk.build_info()}", file=sys.stderr)

@@ -492,3 +492,27 @@ def test_merge_methods_on_a_flat_buffer(tmp_path):
     della = {r["impl"]: r for r in rows if r["op"] == "della"}
     assert {OURS, "torch reference"} <= set(della), sorted(della)
     assert all(r["shape"] == "70000" for r in della.values())
+
+
+def test_merge_methods_on_many_small_tensors(tmp_path):
+    """--flat N --tensors T: T buffers of N elements in one call, each its own unit (a
+    model's norms and biases): every op's rows cover all T N elements (the script
+    checks its baselines against ours as under --quick, and fails where one differs);
+    --tensors without --flat is refused."""
+    out = tmp_path / "many.csv"
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    subprocess.run(
+        [sys.executable, os.path.join(BENCH, "bench_merge_methods.py"), "--device", "cpu", "--csv", str(out),
+         "--quick", "--reps", "1", "--flat", "1500", "--tensors", "3", "--dtypes", "float32"],
+        check=True, env=env, stdout=subprocess.DEVNULL, timeout=600,
+    )
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    ours = {r["op"]: r for r in rows if r["impl"] == OURS}
+    assert {"task_arithmetic", "ties", "dare_ties", "pcb"} <= set(ours), sorted(ours)
+    assert all(r["shape"] == "4500" for r in ours.values())
+    bad = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "bench_merge_methods.py"), "--tensors", "2"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode != 0 and "--tensors" in bad.stderr
