@@ -57,6 +57,9 @@ struct RadixTarget {
 
 namespace detail {
 
+// The bins a histogram's scan sums at once where no target's rank lies among them.
+constexpr int64_t kRadixScanBlock = 256;
+
 // The histograms of one pass: slot = a distinct (source, prefix) among the targets.
 struct RadixSlots {
   std::vector<int> sources;                   // distinct sources, ascending
@@ -351,16 +354,28 @@ void radix_select(int64_t nchunks, std::vector<RadixTarget>& targets, KeysOfChun
       const Count* hq = h + q * size_t(bins);
       int64_t cum = 0;
       size_t next = 0;
-      for (int64_t bin = 0; bin < bins && next < order.size(); ++bin) {
-        const int64_t count = int64_t(hq[bin]);
-        for (; next < order.size() && cum + count > remaining[order[next]]; ++next) {
-          const size_t t = order[next];
-          remaining[t] -= cum;
-          targets[t].below += cum;
-          targets[t].equal = count;
-          prefix[t] = (prefix[t] << bits) | uint64_t(bin);
+      for (int64_t b0 = 0; b0 < bins && next < order.size(); b0 += detail::kRadixScanBlock) {
+        // A block of bins at once (a vectorised sum) unless the next target's rank lies
+        // in it: most bins of a small unit's wide histogram are empty.
+        const int64_t b1 = std::min<int64_t>(bins, b0 + detail::kRadixScanBlock);
+        uint64_t block = 0;
+#pragma omp simd reduction(+ : block)
+        for (int64_t bin = b0; bin < b1; ++bin) block += hq[bin];
+        if (cum + int64_t(block) <= remaining[order[next]]) {
+          cum += int64_t(block);
+          continue;
         }
-        cum += count;
+        for (int64_t bin = b0; bin < b1 && next < order.size(); ++bin) {
+          const int64_t count = int64_t(hq[bin]);
+          for (; next < order.size() && cum + count > remaining[order[next]]; ++next) {
+            const size_t t = order[next];
+            remaining[t] -= cum;
+            targets[t].below += cum;
+            targets[t].equal = count;
+            prefix[t] = (prefix[t] << bits) | uint64_t(bin);
+          }
+          cum += count;
+        }
       }
     }
     done += bits;
