@@ -286,8 +286,8 @@ void radix_select(int64_t nchunks, std::vector<RadixTarget>& targets, KeysOfChun
                   const std::vector<int64_t>* source_keys = nullptr, uint64_t budget = kNoMemoryBudget) {
   if (targets.empty()) return;
   constexpr int kWidth = int(8 * sizeof(Key));
-  // One chunk is counted on one thread (the passes' loops run in parallel from two):
-  // one thread's histograms, not every thread's to zero and sum.
+  // A single chunk is counted on one thread (the passes run in parallel only over two
+  // chunks or more): one thread's histograms, not every thread's to zero and sum.
   const int threads = nchunks > 1 ? omp_get_max_threads() : 1;
   const size_t ntargets = targets.size();
   std::vector<uint64_t> prefix(ntargets, 0);
