@@ -94,6 +94,19 @@ inline RadixSlots radix_slots(const std::vector<RadixTarget>& targets, const std
   return s;
 }
 
+// Each slot's targets in ascending remaining rank: both ways of finishing a slot
+// (scanning its histogram, partitioning its collected keys) take its targets in that
+// order, each resuming where the one before stopped.
+inline std::vector<std::vector<size_t>> slot_targets_by_rank(const RadixSlots& slots,
+                                                              const std::vector<int64_t>& remaining) {
+  std::vector<std::vector<size_t>> by_slot(slots.slot_prefix.size());
+  for (size_t t = 0; t < slots.target_slot.size(); ++t) by_slot[size_t(slots.target_slot[t])].push_back(t);
+  for (std::vector<size_t>& ts : by_slot) {
+    std::sort(ts.begin(), ts.end(), [&](size_t a, size_t b) { return remaining[a] < remaining[b]; });
+  }
+  return by_slot;
+}
+
 // The digit width of a pass over `nslots` histograms: 16 bits where threads x nslots
 // x 2^16 counters fit the budget, else the widest that fits, kRadixMinDigitBits at
 // least.
@@ -228,11 +241,7 @@ void radix_finish_by_collecting(int64_t nchunks, std::vector<RadixTarget>& targe
   }
   // Each slot's targets in ascending rank, so that each partitions only the keys above
   // the one before (nth_element leaves every key past rank r at or above its key).
-  std::vector<std::vector<size_t>> slot_targets(nslots);
-  for (size_t t = 0; t < targets.size(); ++t) slot_targets[size_t(slots.target_slot[t])].push_back(t);
-  for (std::vector<size_t>& ts : slot_targets) {
-    std::sort(ts.begin(), ts.end(), [&](size_t a, size_t b) { return remaining[a] < remaining[b]; });
-  }
+  const std::vector<std::vector<size_t>> slot_targets = slot_targets_by_rank(slots, remaining);
   // The slots' buffers are disjoint: their selections run in parallel (a window's
   // sample collects its K models' keys at once, tens of thousands each).
   int64_t all_open = 0;
@@ -345,12 +354,9 @@ void radix_select(int64_t nchunks, std::vector<RadixTarget>& targets, KeysOfChun
 #pragma omp simd
       for (size_t i = 0; i < per_thread; ++i) h[i] += other[i];
     }
+    const std::vector<std::vector<size_t>> slot_targets = detail::slot_targets_by_rank(slots, remaining);
     for (size_t q = 0; q < nslots; ++q) {
-      std::vector<size_t> order;  // the slot's targets, in ascending rank
-      for (size_t t = 0; t < ntargets; ++t) {
-        if (size_t(slots.target_slot[t]) == q) order.push_back(t);
-      }
-      std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return remaining[a] < remaining[b]; });
+      const std::vector<size_t>& order = slot_targets[q];
       const Count* hq = h + q * size_t(bins);
       int64_t cum = 0;
       size_t next = 0;

@@ -1464,9 +1464,6 @@ M2N2_CLONES void combine_tile_k(const double* e, const double* w, int K, Consens
   combine_tile<double>(e, w, K, consensus, normalize, lam, plain_divisor, b, len, out);
 }
 
-// magnitude_outliers: zeroes the factors of the elements among the model's `start`
-// largest (plan q: its threshold, and its ties kept lowest index first by the running
-// count `rank`, as fused_chunk keeps a threshold's ties).
 // e[j] = 0 where keys[j] >= lowest, per ISA (compiled for baseline x86-64, which has
 // no unsigned 32-bit compare, it was a third of the fused pass's own time in bf16
 // breadcrumbs).
@@ -1485,6 +1482,9 @@ M2N2_DEFINE_ZERO_FROM_KEY(uint32_t, double)
 M2N2_DEFINE_ZERO_FROM_KEY(uint64_t, double)
 #undef M2N2_DEFINE_ZERO_FROM_KEY
 
+// magnitude_outliers: zeroes the factors of the elements among the model's `start`
+// largest (plan q: its threshold, and its ties kept lowest index first by the running
+// count `rank`, as fused_chunk keeps a threshold's ties).
 template <class T, class Key>
 void drop_largest_tile(const T* m, const compute_t<T>* b, int64_t len, const ModelPlan& q, int64_t& rank, Key* keys,
                        compute_t<T>* e) {
