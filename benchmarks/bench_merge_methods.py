@@ -59,7 +59,8 @@ where many draws fall between a bucket's bounds); breadcrumbs as TIES, its selec
 thresholds per model: 2K virtual models), so counted (2K + 1) / (K + 1) passes each;
 PCB 1 pass for the clamp bounds (their ranks lie near the ends: extreme_select.h;
 2 radix passes where a unit is too large for it), for the score threshold in tensors
-of >= 2^18 elements the window's sample (every 16th tile: 1/16 of a pass) + its pass,
+of >= 2^18 elements the window's sample (every 16th to 64th tile: that fraction of a
+pass, as the kernel picks it for the call's memory budget) + its pass,
 else 2 radix passes, then the fused pass. These are the CPU kernel's passes (16-bit
 digits); the GPU kernels select
 with 11-bit digits (no window), one pass more per selection and the statistics pass,
@@ -109,6 +110,29 @@ OPS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "de
 DELLA_EPSILON = 0.15  # mergekit's default
 PCB_RATIO = 0.2  # PCB keeps this fraction of each model's scores
 PCB_CLAMP = 1e-4  # the authors' min/max ratio
+
+
+def selection_budget(input_bytes):
+    """The CPU kernels' selection memory for a call (selection_memory_budget in
+    csrc/cpu/task_merge_kernels.cpp): 0.5% of its input bytes, 512 KiB at least."""
+    return max(512 << 10, int(0.005 * input_bytes))
+
+
+def pcb_sample_fraction(s, K, budget, key_bytes):
+    """The fraction of a pass that PCB's window sample reads in a unit of s elements, as
+    pcb_pick_sample (csrc/cpu/pcb_kernels.cpp) picks it: every 64th or 32nd tile (of 256
+    elements, in chunks of 2^16) where the budget holds twice the keys expected inside
+    the window, else every 16th."""
+    q = int(s * (1 - PCB_RATIO)) / s
+    for stride in (64, 32, 16):
+        m = sum(min(256, min(s, c + 2 ** 16) - t)
+                for c in range(0, s, 2 ** 16) for t in range(c, min(s, c + 2 ** 16), stride * 256))
+        margin = 4 * math.sqrt(m * q * (1 - q)) + 2
+        lo, hi = math.floor(q * m - margin), math.ceil(q * m + margin)
+        fits = lo >= 0 and hi < m
+        expected = int(s * (hi - lo) / m) if fits else 0
+        if stride == 16 or (fits and 2 * K * expected * key_bytes <= budget):
+            return m / s
 CEILING = "lerp_"
 CEILING_IMPL = "torch lerp_ (in place)"
 OURS = "m2n2_kernels"
@@ -610,11 +634,14 @@ def run(args):
         twice = (2 * K + 1) / (K + 1)  # a selection pass of breadcrumbs reads every model twice
         # PCB: the clamp bounds in one pass where their ranks lie within extreme_select's
         # depth limit (csrc/cpu/extreme_select.h), else by radix; the score threshold by a
-        # window (its sample, every 16th tile, then one pass) from 2^18 elements on, else
-        # by radix (pcb_kernels.cpp).
+        # window (its sample, then one pass) from 2^18 elements on, else by radix
+        # (pcb_kernels.cpp).
         bounds_passes = sum((1 if int(s * PCB_CLAMP) + 1 <= min(2 ** 14, max(1, s // 64)) else select) * s
                             for s in sizes) / n
-        drop_passes = sum((1 + 1 / 16 if s >= 2 ** 18 else select) * s for s in sizes) / n
+        budget = selection_budget(n * (K + 1) * base[0].element_size())
+        key_bytes = 8 if dtype == torch.float64 else 4
+        drop_passes = sum((1 + pcb_sample_fraction(s, K, budget, key_bytes) if s >= 2 ** 18 else select) * s
+                          for s in sizes) / n
         passes = {"task_arithmetic": 1.0, "ties": ties_passes, "dare_linear": 2.0, "dare_ties": 2.0, "della": 2.0,
                   "breadcrumbs": 1 + twice * (ties_passes - 1), "pcb": bounds_passes + drop_passes + 1.0}
         for be in backends:

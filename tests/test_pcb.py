@@ -309,7 +309,7 @@ WINDOW_N = (1 << 18) + 5  # the smallest units whose drop thresholds the window 
 @pytest.mark.parametrize("step,ratio", [(None, 0.2), (None, 0.9), (0.25, 0.5)])
 def test_drop_thresholds_by_window(monkeypatch, dtype, step, ratio):
     """The C++ kernel selects each model's drop threshold by a candidate window in
-    units of 2^18 elements and more (a sample of every 16th tile, then one pass that
+    units of 2^18 elements and more (a sample of every 16th to 64th tile, then one pass that
     counts and keeps the scores inside the window), by radix selection where the
     window misses: both give the reference's bits. Spread deltas: the window holds
     every threshold (M2N2_PCB_SELECT=window makes a miss an error); tied ones (scores
@@ -320,6 +320,21 @@ def test_drop_thresholds_by_window(monkeypatch, dtype, step, ratio):
     for select in ("auto", "radix") + (("window",) if step is None else ()):
         monkeypatch.setenv("M2N2_PCB_SELECT", select)
         assert_same_bits(pcb_merge(base, models, backend="cpp", **kw), want, select)
+
+
+@pytest.mark.parametrize("memory", ["170000", "240000", "4000000000"])
+def test_drop_thresholds_window_sample_stride(monkeypatch, memory):
+    """The window's sample is every 64th tile where the call's memory budget holds
+    twice the scores it expects inside the window, else every 32nd, else every 16th
+    (pcb_pick_sample): with 2^18 + 5 fp32 elements and K = 3 those need about 320 KB,
+    230 KB and 160 KB, so these budgets take 16, 32 and 64. Each holds every threshold
+    (a miss would be an error under M2N2_PCB_SELECT=window) with the reference's bits."""
+    base, models = make_models([(WINDOW_N,)], torch.float32, 3, seed=23, zeros=0.05)
+    kw = dict(ratio=0.2, lam=0.7, scope="tensor")
+    want = pcb_merge(base, models, backend="torch", **kw)
+    monkeypatch.setenv("M2N2_SELECTION_MEMORY", memory)
+    monkeypatch.setenv("M2N2_PCB_SELECT", "window")
+    assert_same_bits(pcb_merge(base, models, backend="cpp", **kw), want, memory)
 
 
 def test_drop_thresholds_window_global_and_fallbacks(monkeypatch):

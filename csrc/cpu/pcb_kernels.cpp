@@ -323,19 +323,58 @@ U magnitude_from_key(unit_key_t<U> k) {
 //
 // The radix passes over the scores cost two score evaluations of every element, and
 // a score (an exp and a tanh per element and model) is PCB's main cost. As TIES'
-// thresholds in task_merge_kernels.cpp: a deterministic sample (every 16th tile of
-// each chunk) gives each model's drop rank a window [lo, hi] of score keys (radix
-// selection over the sample, recomputed in each of its passes, never stored); ONE
-// pass then counts the keys below lo, at lo and at hi, keeps the few strictly inside,
-// and takes each model's maximum; the threshold follows from the counts, or from
-// nth_element over the kept keys (a rank in a multiset: whatever the threads). A
-// model whose window misses its rank takes the radix passes, and every model does
-// where the kept keys would exceed the memory budget: the threshold is exact either
-// way.
+// thresholds in task_merge_kernels.cpp: a deterministic sample (every 16th to 64th
+// tile of each chunk: pcb_pick_sample) gives each model's drop rank a window [lo, hi]
+// of score keys (radix selection over the sample, recomputed in each of its passes,
+// never stored); ONE pass then counts the keys below lo, at lo and at hi, keeps the
+// few strictly inside, and takes each model's maximum; the threshold follows from the
+// counts, or from nth_element over the kept keys (a rank in a multiset: whatever the
+// threads). A model whose window misses its rank takes the radix passes, and every
+// model does where the kept keys would exceed the memory budget: the threshold is
+// exact either way.
 constexpr int64_t kPcbWindowMinN = int64_t(1) << 18;  // smaller units: radix (the sample would be small)
-constexpr int64_t kPcbSampleStride = 16;              // every 16th tile: n / 16 scores per model
+constexpr int64_t kPcbSampleStrideMin = 16;           // every 16th tile: n / 16 scores per model ...
+constexpr int64_t kPcbSampleStrideMax = 64;           // ... to every 64th, where the budget holds the wider window
 constexpr double kPcbSampleSigmas = 4.0;              // an i.i.d. unit misses with probability ~6e-5
 constexpr int64_t kPcbReserve = 4096;                 // keys of the budget a thread reserves at a time
+
+// The window's sample: every `stride`-th tile of each chunk, m scores per model, window
+// ranks [lo, hi] in it, and the keys the full pass expects inside the window per model.
+struct PcbSamplePlan {
+  int64_t stride = 0, m = 0, lo = 0, hi = 0, expected = 0;
+  bool fits = false;  // both window ranks inside the sample
+};
+
+inline PcbSamplePlan pcb_sample_plan(const std::vector<Chunk>& chunks, int64_t n, int64_t r, int64_t stride) {
+  PcbSamplePlan p;
+  p.stride = stride;
+  for (const Chunk& c : chunks) {
+    for (int64_t t0 = c.begin; t0 < c.end; t0 += stride * kTile) p.m += std::min(kTile, c.end - t0);
+  }
+  const double q = double(r) / double(n);
+  const double margin = kPcbSampleSigmas * std::sqrt(double(p.m) * q * (1.0 - q)) + 2.0;
+  p.lo = int64_t(std::floor(q * double(p.m) - margin));
+  p.hi = int64_t(std::ceil(q * double(p.m) + margin));
+  p.fits = p.lo >= 0 && p.hi < p.m;
+  if (p.fits) p.expected = int64_t(double(n) * double(p.hi - p.lo) / double(p.m));
+  return p;
+}
+
+// The sparsest sample whose window the budget holds with room to spare (every model's
+// expected keys inside, twice over). The sample's selection costs in proportion to its
+// size, the window's kept keys and last step in proportion to 1 / sqrt(its size): on
+// fp32 tensors of a 7B model's block (K = 3, 2 threads) every 16th tile took 10-12 ms
+// of a 95-110 ms call and every 64th 4.6-5.5, the last step growing from 1.5-1.9 ms to
+// 2.7-3.3. Where no sparser one fits, every 16th tile (the pass's cap then decides).
+inline PcbSamplePlan pcb_pick_sample(const std::vector<Chunk>& chunks, int64_t n, int64_t r, int K,
+                                     size_t key_bytes, uint64_t budget) {
+  for (int64_t stride = kPcbSampleStrideMax; stride > kPcbSampleStrideMin; stride /= 2) {
+    const PcbSamplePlan p = pcb_sample_plan(chunks, n, r, stride);
+    const double kept_bytes = 2.0 * double(K) * double(p.expected) * double(key_bytes);
+    if (p.fits && kept_bytes <= double(budget)) return p;
+  }
+  return pcb_sample_plan(chunks, n, r, kPcbSampleStrideMin);
+}
 
 // M2N2_PCB_SELECT (select_mode, task_merge_kernels.h): under auto and window the clamp
 // bounds near the ends are taken by extreme_select, in one pass, and the drop
@@ -367,20 +406,15 @@ std::vector<char> window_drops(const std::vector<TaskTensor>& ts, const std::vec
     });
   };
   // The sample's size per model, and its window ranks.
-  int64_t m = 0;
-  for (const Chunk& c : chunks) {
-    for (int64_t t0 = c.begin; t0 < c.end; t0 += kPcbSampleStride * kTile) m += std::min(kTile, c.end - t0);
-  }
-  const double q = double(r) / double(n);
-  const double margin = kPcbSampleSigmas * std::sqrt(double(m) * q * (1.0 - q)) + 2.0;
-  const int64_t lo_i = int64_t(std::floor(q * double(m) - margin));
-  const int64_t hi_i = int64_t(std::ceil(q * double(m) + margin));
-  if (lo_i < 0 || hi_i >= m) return held;  // a rank near an end: the radix passes
-  std::vector<RadixTarget> sample_targets = rank_pairs(K, lo_i, hi_i);
-  const std::vector<int64_t> sample_keys(static_cast<size_t>(K), m);  // collected at once where they fit
-  select_ranks<Key>(m, nchunks, sample_targets, budget, [&](int64_t i, const std::vector<int>& models, auto&& sink) {
-    scores(i, models, sink, kPcbSampleStride);
-  }, &sample_keys);
+  const PcbSamplePlan plan = pcb_pick_sample(chunks, n, r, K, sizeof(Key), budget);
+  if (!plan.fits) return held;  // a rank near an end: the radix passes
+  std::vector<RadixTarget> sample_targets = rank_pairs(K, plan.lo, plan.hi);
+  const std::vector<int64_t> sample_keys(static_cast<size_t>(K), plan.m);  // collected at once where they fit
+  select_ranks<Key>(plan.m, nchunks, sample_targets, budget,
+                    [&](int64_t i, const std::vector<int>& models, auto&& sink) {
+                      scores(i, models, sink, plan.stride);
+                    },
+                    &sample_keys);
   std::vector<Key> lo(static_cast<size_t>(K)), hi(static_cast<size_t>(K));
   for (int k = 0; k < K; ++k) {
     lo[size_t(k)] = Key(sample_targets[size_t(2 * k)].key);
@@ -397,8 +431,7 @@ std::vector<char> window_drops(const std::vector<TaskTensor>& ts, const std::vec
   // inside the window and more (the cap at most): a reservation takes address space,
   // and only the pages written count, so the vectors need not grow by doubling and
   // thread 0's can take every thread's keys without moving.
-  const int64_t expected = int64_t(double(n) * double(hi_i - lo_i) / double(m));
-  const size_t room_keys = size_t(std::min(cap, 2 * expected + kPcbReserve));
+  const size_t room_keys = size_t(std::min(cap, 2 * plan.expected + kPcbReserve));
   std::vector<std::vector<std::vector<Key>>> inside(static_cast<size_t>(threads),
                                                  std::vector<std::vector<Key>>(static_cast<size_t>(K)));
   for (auto& per_thread : inside) {
