@@ -123,7 +123,7 @@ namespace detail {
 
 // One thread's buffer for one target.
 template <class Key>
-struct ExtremeBuffer {
+struct alignas(64) ExtremeBuffer {
   std::vector<Key> keys;  // [0, used): the candidates; past it, room for the next piece
   size_t used = 0;
   Key bound = 0;          // after the first prune: take only keys strictly beyond it
