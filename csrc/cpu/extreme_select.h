@@ -25,9 +25,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <type_traits>
 #include <vector>
 
 #include "avx512.h"
+#include "m2n2/dtypes.h"
 #include "radix_select.h"
 
 namespace m2n2::cpu {
@@ -119,6 +121,91 @@ inline int64_t keys_beyond(const Key* keys, int64_t len, Key bound, bool top, Ke
   return keys_beyond_portable<Key>(keys, len, bound, top, dst);
 }
 
+// Where every target of a source has settled its bound, the keys that may still matter
+// to one of them: key < below (a bottom target's) or key > above (a top target's).
+// A source may hand on only those (in index order) and leave the rest unformed: the
+// buffers take the same keys either way.
+template <class Key>
+struct ExtremeCut {
+  bool active = false;  // false: every key matters (a target has not settled yet)
+  Key below = 0;        // the largest bottom target's bound (0: none)
+  Key above = ~Key(0);  // the smallest top target's bound (~0: none)
+};
+
+// The cut that sink offers for source a, or an inactive one where it offers none (the
+// radix passes' sinks, which count every key).
+template <class Key, class Sink>
+auto sink_cut(const Sink& sink, int a, int) -> decltype(sink.cut(a)) {
+  return sink.cut(a);
+}
+template <class Key, class Sink>
+ExtremeCut<Key> sink_cut(const Sink&, int, long) {
+  return {};
+}
+
+#if M2N2_AVX512_LOOPS
+// GCC 12's AVX-512 widening and shift intrinsics start from an undefined register,
+// which its -W(maybe-)uninitialized reports (a false positive, as in window_tiles.h).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+// The keys |m - b| (bits less the sign, of the fp32 delta: magnitude_key) of a tile
+// that lie beyond a cut, formed and compared in registers and compressed out in index
+// order: PCB's clamp pass, where once the bounds settle hardly any key of a tile is
+// beyond them, so the keys need not be written and read back. fp32 or bf16 (widened
+// by a shift) storage; b in fp32. Returns how many.
+template <class T>
+M2N2_AVX512_TARGET inline int64_t delta_keys_beyond_avx512(const T* m, const float* b, int64_t len, uint32_t below,
+                                                           uint32_t above, uint32_t* dst) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16_t>, "fp32 or bf16 storage");
+  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+  const __m512i lo = _mm512_set1_epi32(int(below)), hi = _mm512_set1_epi32(int(above));
+  int64_t count = 0;
+  for (int64_t j = 0; j < len; j += 16) {
+    const __mmask16 valid = lanes_of(len - j);
+    __m512 x;
+    if constexpr (std::is_same_v<T, float>) {
+      x = _mm512_maskz_loadu_ps(valid, m + j);
+    } else {
+      const __m256i h = _mm256_maskz_loadu_epi16(valid, m + j);
+      x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    const __m512 d = _mm512_sub_ps(x, _mm512_maskz_loadu_ps(valid, b + j));
+    const __m512i key = _mm512_and_si512(_mm512_castps_si512(d), abs_mask);
+    const __mmask16 hit = _mm512_mask_cmplt_epu32_mask(valid, key, lo) | _mm512_mask_cmpgt_epu32_mask(valid, key, hi);
+    if (hit != 0) {
+      const int c = __builtin_popcount(unsigned(hit));
+      _mm512_mask_storeu_epi32(dst + count, __mmask16((1u << c) - 1u), _mm512_maskz_compress_epi32(hit, key));
+      count += c;
+    }
+  }
+  return count;
+}
+#pragma GCC diagnostic pop
+#endif
+
+// Whether delta_keys_beyond runs here (storage T, on this CPU).
+template <class T>
+inline bool delta_keys_beyond_available() {
+#if M2N2_AVX512_LOOPS
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16_t>) return cpu_has_avx512_loops();
+#endif
+  return false;
+}
+
+// delta_keys_beyond_avx512 where delta_keys_beyond_available<T>() (else returns -1).
+template <class T>
+inline int64_t delta_keys_beyond(const T* m, const float* b, int64_t len, const ExtremeCut<uint32_t>& cut,
+                                 uint32_t* dst) {
+#if M2N2_AVX512_LOOPS
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16_t>) {
+    if (cpu_has_avx512_loops()) return delta_keys_beyond_avx512<T>(m, b, len, cut.below, cut.above, dst);
+  }
+#endif
+  (void)m, (void)b, (void)len, (void)cut, (void)dst;
+  return -1;
+}
+
 namespace detail {
 
 // One thread's buffer for one target.
@@ -159,6 +246,34 @@ void extreme_take(const Key* keys, int64_t len, int64_t k, bool top, ExtremeBuff
   }
 }
 
+// What extreme_select hands its source: sink(a, keys, len) as radix_select's, and
+// cut(a), this thread's ExtremeCut of source a.
+template <class Key>
+struct ExtremeSink {
+  const std::vector<std::vector<size_t>>* targets_of;  // per source: its targets
+  const std::vector<int64_t>* depth;
+  const std::vector<char>* top;
+  ExtremeBuffer<Key>* mine;  // this thread's buffers, per target
+
+  void operator()(int a, const Key* keys, int64_t len) const {
+    for (size_t t : (*targets_of)[size_t(a)]) extreme_take(keys, len, (*depth)[t], (*top)[t] != 0, mine[t]);
+  }
+  ExtremeCut<Key> cut(int a) const {
+    ExtremeCut<Key> c;
+    for (size_t t : (*targets_of)[size_t(a)]) {
+      const ExtremeBuffer<Key>& b = mine[t];
+      if (!b.pruned) return {};
+      if ((*top)[t]) {
+        c.above = std::min(c.above, b.bound);
+      } else {
+        c.below = std::max(c.below, b.bound);
+      }
+    }
+    c.active = true;
+    return c;
+  }
+};
+
 }  // namespace detail
 
 // Fills in each target's key (extreme_selectable(targets, n, ...) must hold; n: the
@@ -185,10 +300,8 @@ void extreme_select(int64_t nchunks, int64_t n, std::vector<RadixTarget>& target
   for (size_t b = 0; b < bufs.size(); ++b) bufs[b].keys.resize(size_t(extreme_fullest(depth[b % T])));
 #pragma omp parallel for schedule(dynamic) if (nchunks > 1)
   for (int64_t i = 0; i < nchunks; ++i) {
-    detail::ExtremeBuffer<Key>* mine = bufs.data() + size_t(omp_get_thread_num()) * T;
-    keys_of_chunk(i, sources, [&](int a, const Key* keys, int64_t len) {
-      for (size_t t : targets_of[size_t(a)]) detail::extreme_take(keys, len, depth[t], top[t] != 0, mine[t]);
-    });
+    const detail::ExtremeSink<Key> sink{&targets_of, &depth, &top, bufs.data() + size_t(omp_get_thread_num()) * T};
+    keys_of_chunk(i, sources, sink);
   }
   for (size_t t = 0; t < T; ++t) {
     std::vector<Key> all;

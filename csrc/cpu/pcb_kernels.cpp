@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "della_ranks.h"
@@ -252,18 +253,33 @@ M2N2_DEFINE_PCB_MODEL_TILES(double)
 
 // ---- the passes' key sources (radix_select's keys_of_chunk) ---------------------------
 
-// |d| of each listed model.
+// |d| of each listed model, every key; or, to extreme_select once a model's bounds
+// have settled, only the keys beyond them (fp32 units of fp32 or bf16 storage, on
+// AVX-512): one loop in registers instead of writing every key and comparing it after
+// with each bound. Calls interleaved in one process with and without it (the scale-4
+// block's tensors, K = 3): the clamp pass 10-16% faster, fp32 and bf16.
 template <class T, class U, class Sink>
 void magnitude_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector<int>& models, Sink&& sink) {
   alignas(64) compute_t<T> bc[kTile];
   alignas(64) U bu[kTile];
   alignas(64) unit_key_t<U> keys[kTile];
+  const bool fused = std::is_same_v<U, float> && delta_keys_beyond_available<T>();
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
     base_tile_k(static_cast<const T*>(t.base) + t0, len, bc, bu);
     prefetch_tile<T>(t, t0 + kTile, c.end, &models);
     for (size_t a = 0; a < models.size(); ++a) {
-      magnitude_keys_tile_k(static_cast<const T*>(t.models[size_t(models[a])]) + t0, bc, len, keys);
+      const T* m = static_cast<const T*>(t.models[size_t(models[a])]) + t0;
+      if constexpr (sizeof(unit_key_t<U>) == 4) {
+        // extreme_select's settled bounds: only the keys beyond them, formed in registers
+        const ExtremeCut<uint32_t> cut = sink_cut<uint32_t>(sink, int(a), 0);
+        if (cut.active && fused) {
+          const int64_t count = delta_keys_beyond<T>(m, bc, len, cut, keys);
+          if (count > 0) sink(int(a), keys, count);
+          continue;
+        }
+      }
+      magnitude_keys_tile_k(m, bc, len, keys);
       sink(int(a), keys, len);
     }
   }
