@@ -13,6 +13,10 @@
 // whatever the threads and the chunks' order. Only the key: PCB needs no counts of the
 // keys below or equal to it, so none are filled in.
 //
+// Once every target of a source has settled, the sink's cut (ExtremeCut) lets the
+// source hand on only the keys beyond the bounds: PCB's clamp pass forms them from the
+// deltas in registers (delta_keys_beyond) rather than writing every key.
+//
 // Cost: a vectorised compare with the bound per key and target, and appends in
 // proportion to k log(n / k) on data in no particular order (more where the keys come
 // in order of extremeness, each append paid for by a prune of 2k keys). Extra memory:
@@ -208,7 +212,8 @@ inline int64_t delta_keys_beyond(const T* m, const float* b, int64_t len, const 
 
 namespace detail {
 
-// One thread's buffer for one target.
+// One thread's buffer for one target, on cache lines of its own: every piece writes
+// its count, and a thread's last buffer shared a line with the next thread's first.
 template <class Key>
 struct alignas(64) ExtremeBuffer {
   std::vector<Key> keys;  // [0, used): the candidates; past it, room for the next piece
