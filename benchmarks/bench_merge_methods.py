@@ -122,7 +122,7 @@ def pcb_sample_fraction(s, K, budget, key_bytes):
     """The fraction of a pass that PCB's window sample reads in a unit of s elements, as
     pcb_pick_sample (csrc/cpu/pcb_kernels.cpp) picks it: every 64th or 32nd tile (of 256
     elements, in chunks of 2^16) where the budget holds twice the keys expected inside
-    the window, else every 16th."""
+    the window and 4096 keys per thread, else every 16th."""
     q = int(s * (1 - PCB_RATIO)) / s
     for stride in (64, 32, 16):
         m = sum(min(256, min(s, c + 2 ** 16) - t)
@@ -131,7 +131,7 @@ def pcb_sample_fraction(s, K, budget, key_bytes):
         lo, hi = math.floor(q * m - margin), math.ceil(q * m + margin)
         fits = lo >= 0 and hi < m
         expected = int(s * (hi - lo) / m) if fits else 0
-        if stride == 16 or (fits and 2 * K * expected * key_bytes <= budget):
+        if stride == 16 or (fits and (2 * K * expected + torch.get_num_threads() * 4096) * key_bytes <= budget):
             return m / s
 CEILING = "lerp_"
 CEILING_IMPL = "torch lerp_ (in place)"

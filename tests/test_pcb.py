@@ -322,13 +322,14 @@ def test_drop_thresholds_by_window(monkeypatch, dtype, step, ratio):
         assert_same_bits(pcb_merge(base, models, backend="cpp", **kw), want, select)
 
 
-@pytest.mark.parametrize("memory", ["170000", "240000", "4000000000"])
+@pytest.mark.parametrize("memory", ["170000", "300000", "4000000000"])
 def test_drop_thresholds_window_sample_stride(monkeypatch, memory):
     """The window's sample is every 64th tile where the call's memory budget holds
-    twice the scores it expects inside the window, else every 32nd, else every 16th
-    (pcb_pick_sample): with 2^18 + 5 fp32 elements and K = 3 those need about 320 KB,
-    230 KB and 160 KB, so these budgets take 16, 32 and 64. Each holds every threshold
-    (a miss would be an error under M2N2_PCB_SELECT=window) with the reference's bits."""
+    twice the scores it expects inside the window (and 16 KB a thread), else every
+    32nd, else every 16th (pcb_pick_sample): with 2^18 + 5 fp32 elements and K = 3
+    those need about 320 KB, 230 KB and 160 KB, so with 1 to 4 threads these budgets
+    take 16, 32 and 64. Each holds every threshold (a miss would be an error under
+    M2N2_PCB_SELECT=window) with the reference's bits."""
     base, models = make_models([(WINDOW_N,)], torch.float32, 3, seed=23, zeros=0.05)
     kw = dict(ratio=0.2, lam=0.7, scope="tensor")
     want = pcb_merge(base, models, backend="torch", **kw)

@@ -403,17 +403,19 @@ inline PcbSamplePlan pcb_sample_plan(const std::vector<Chunk>& chunks, int64_t n
   return p;
 }
 
-// The sparsest sample whose window the budget holds with room to spare (every model's
-// expected keys inside, twice over). The sample's selection costs in proportion to its
-// size, the window's kept keys and last step in proportion to 1 / sqrt(its size): on
-// fp32 tensors of a 7B model's block (K = 3, 2 threads) every 16th tile took 10-12 ms
-// of a 95-110 ms call and every 64th 4.6-5.5, the last step growing from 1.5-1.9 ms to
+// The sparsest sample whose window the budget holds with room to spare: every model's
+// expected keys inside twice over, and the keys the threads may have reserved and not
+// used (kPcbReserve each). The sample's selection costs in proportion to its size, the
+// window's kept keys and last step in proportion to 1 / sqrt(its size): on fp32
+// tensors of a 7B model's block (K = 3, 2 threads) every 16th tile took 10-12 ms of a
+// 95-110 ms call and every 64th 4.6-5.5, the last step growing from 1.5-1.9 ms to
 // 2.7-3.3. Where no sparser one fits, every 16th tile (the pass's cap then decides).
 inline PcbSamplePlan pcb_pick_sample(const std::vector<Chunk>& chunks, int64_t n, int64_t r, int K,
                                      size_t key_bytes, uint64_t budget) {
   for (int64_t stride = kPcbSampleStrideMax; stride > kPcbSampleStrideMin; stride /= 2) {
     const PcbSamplePlan p = pcb_sample_plan(chunks, n, r, stride);
-    const double kept_bytes = 2.0 * double(K) * double(p.expected) * double(key_bytes);
+    const double kept_bytes =
+        (2.0 * double(K) * double(p.expected) + double(omp_get_max_threads()) * double(kPcbReserve)) * double(key_bytes);
     if (p.fits && kept_bytes <= double(budget)) return p;
   }
   return pcb_sample_plan(chunks, n, r, kPcbSampleStrideMin);
