@@ -91,7 +91,7 @@ inline int64_t keys_beyond_portable(const Key* keys, int64_t len, Key bound, boo
 
 #if M2N2_AVX512_LOOPS
 // The same for 32-bit keys, 16 at a time: a compare to a mask, and the few keys beyond
-// compressed in a register and written with a masked store (as window_tiles.h).
+// appended (append_lanes).
 template <bool Top>
 M2N2_AVX512_TARGET inline int64_t keys_beyond_avx512(const uint32_t* keys, int64_t len, uint32_t bound,
                                                      uint32_t* dst) {
@@ -102,11 +102,7 @@ M2N2_AVX512_TARGET inline int64_t keys_beyond_avx512(const uint32_t* keys, int64
     const __m512i key = _mm512_maskz_loadu_epi32(valid, keys + j);
     const __mmask16 hit =
         Top ? _mm512_mask_cmpgt_epu32_mask(valid, key, b) : _mm512_mask_cmplt_epu32_mask(valid, key, b);
-    if (hit != 0) {
-      const int c = __builtin_popcount(unsigned(hit));
-      _mm512_mask_storeu_epi32(dst + count, __mmask16((1u << c) - 1u), _mm512_maskz_compress_epi32(hit, key));
-      count += c;
-    }
+    count = append_lanes(key, hit, dst, count);
   }
   return count;
 }
@@ -148,44 +144,23 @@ ExtremeCut<Key> sink_cut(const Sink&, int, long) {
 }
 
 #if M2N2_AVX512_LOOPS
-// GCC 12's AVX-512 widening and shift intrinsics start from an undefined register,
-// which its -W(maybe-)uninitialized reports (a false positive, as in window_tiles.h).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-// The keys |m - b| (bits less the sign, of the fp32 delta: magnitude_key) of a tile
-// that lie beyond a cut, formed and compared in registers and compressed out in index
-// order: PCB's clamp pass, where once the bounds settle hardly any key of a tile is
-// beyond them, so the keys need not be written and read back. fp32 or bf16 (widened
-// by a shift) storage; b in fp32. Returns how many.
+// The keys |m - b| (delta_keys_lanes) of a tile that lie beyond a cut, formed and
+// compared in registers and compressed out in index order: PCB's clamp pass, where
+// once the bounds settle hardly any key of a tile is beyond them, so the keys need not
+// be written and read back. fp32 or bf16 storage; b in fp32. Returns how many.
 template <class T>
 M2N2_AVX512_TARGET inline int64_t delta_keys_beyond_avx512(const T* m, const float* b, int64_t len, uint32_t below,
                                                            uint32_t above, uint32_t* dst) {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16_t>, "fp32 or bf16 storage");
-  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
   const __m512i lo = _mm512_set1_epi32(int(below)), hi = _mm512_set1_epi32(int(above));
   int64_t count = 0;
   for (int64_t j = 0; j < len; j += 16) {
     const __mmask16 valid = lanes_of(len - j);
-    __m512 x;
-    if constexpr (std::is_same_v<T, float>) {
-      x = _mm512_maskz_loadu_ps(valid, m + j);
-    } else {
-      const __m256i h = _mm256_maskz_loadu_epi16(valid, m + j);
-      x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    const __m512 d = _mm512_sub_ps(x, _mm512_maskz_loadu_ps(valid, b + j));
-    const __m512i key = _mm512_and_si512(_mm512_castps_si512(d), abs_mask);
+    const __m512i key = delta_keys_lanes(m + j, b + j, valid);
     const __mmask16 hit = _mm512_mask_cmplt_epu32_mask(valid, key, lo) | _mm512_mask_cmpgt_epu32_mask(valid, key, hi);
-    if (hit != 0) {
-      const int c = __builtin_popcount(unsigned(hit));
-      _mm512_mask_storeu_epi32(dst + count, __mmask16((1u << c) - 1u), _mm512_maskz_compress_epi32(hit, key));
-      count += c;
-    }
+    count = append_lanes(key, hit, dst, count);
   }
   return count;
 }
-#pragma GCC diagnostic pop
 #endif
 
 // Whether delta_keys_beyond runs here (storage T, on this CPU).

@@ -84,9 +84,7 @@ inline int window_tile_portable(const T* m, const compute_t<T>* b, int64_t len, 
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 // The window's counts kept per lane over 16 keys at a time, and the keys inside it
-// compressed in a register and written with a masked store (the register form of
-// vpcompressd: its store form is microcoded on AMD Zen 4). Needs AVX-512 F, BW and
-// VL (avx512.h).
+// appended (append_lanes). Needs AVX-512 F, BW and VL (avx512.h).
 struct WindowLanes {
   __m512i vlo, vhi, one, g, eh, el;
   int md = 0;
@@ -100,11 +98,7 @@ struct WindowLanes {
     eh = _mm512_mask_add_epi32(eh, _mm512_mask_cmpeq_epi32_mask(valid, key, vhi), eh, one);
     el = _mm512_mask_add_epi32(el, _mm512_mask_cmpeq_epi32_mask(valid, key, vlo), el, one);
     const __mmask16 in = _mm512_mask_cmplt_epu32_mask(_mm512_mask_cmpgt_epu32_mask(valid, key, vlo), key, vhi);
-    if (in != 0) {
-      const int c = __builtin_popcount(unsigned(in));
-      _mm512_mask_storeu_epi32(inside + md, __mmask16((1u << c) - 1u), _mm512_maskz_compress_epi32(in, key));
-      md += c;
-    }
+    md = int(append_lanes(key, in, inside, md));
   }
 
   M2N2_AVX512_TARGET int finish(WindowTileCounts* counts) const {
@@ -128,20 +122,10 @@ struct WindowLanes {
 template <class T>
 M2N2_AVX512_TARGET inline int window_tile_avx512(const T* m, const float* b, int64_t len, uint32_t lo, uint32_t hi,
                                                  uint32_t* inside, WindowTileCounts* counts) {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16_t>, "fp32 or bf16 storage");
-  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
   WindowLanes w(lo, hi);
   for (int64_t j = 0; j < len; j += 16) {
     const __mmask16 valid = lanes_of(len - j);
-    __m512 x;
-    if constexpr (std::is_same_v<T, float>) {
-      x = _mm512_maskz_loadu_ps(valid, m + j);
-    } else {
-      const __m256i h = _mm256_maskz_loadu_epi16(valid, m + j);
-      x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    const __m512 d = _mm512_sub_ps(x, _mm512_maskz_loadu_ps(valid, b + j));
-    w.step(_mm512_and_si512(_mm512_castps_si512(d), abs_mask), valid, inside);
+    w.step(delta_keys_lanes(m + j, b + j, valid), valid, inside);
   }
   return w.finish(counts);
 }
