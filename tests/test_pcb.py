@@ -2,11 +2,16 @@
 sort-based torch reference (bit for bit), the Triton kernels against the C++ kernel
 (bit for bit), the reference against an independent transcription of the authors'
 formulas, and the API's contract (lists, out=, checks)."""
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from m2n2_kernels import pcb_merge, reference
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16,
@@ -309,8 +314,8 @@ WINDOW_N = (1 << 18) + 5  # the smallest units whose drop thresholds the window 
 @pytest.mark.parametrize("step,ratio", [(None, 0.2), (None, 0.9), (0.25, 0.5)])
 def test_drop_thresholds_by_window(monkeypatch, dtype, step, ratio):
     """The C++ kernel selects each model's drop threshold by a candidate window in
-    units of 2^18 elements and more (a sample of every 16th to 64th tile, then one pass that
-    counts and keeps the scores inside the window), by radix selection where the
+    units of 2^18 elements and more (a sample of every 16th to 64th tile, then one
+    pass that counts and keeps the scores inside the window), by radix selection where the
     window misses: both give the reference's bits. Spread deltas: the window holds
     every threshold (M2N2_PCB_SELECT=window makes a miss an error); tied ones (scores
     tie in classes): whichever path, the same bits."""
@@ -322,14 +327,19 @@ def test_drop_thresholds_by_window(monkeypatch, dtype, step, ratio):
         assert_same_bits(pcb_merge(base, models, backend="cpp", **kw), want, select)
 
 
-@pytest.mark.parametrize("memory", ["170000", "300000", "4000000000"])
-def test_drop_thresholds_window_sample_stride(monkeypatch, memory):
+@pytest.mark.parametrize("memory,stride", [("170000", 16), ("300000", 32), ("4000000000", 64)])
+def test_drop_thresholds_window_sample_stride(monkeypatch, memory, stride):
     """The window's sample is every 64th tile where the call's memory budget holds
     twice the scores it expects inside the window (and 16 KB a thread), else every
     32nd, else every 16th (pcb_pick_sample): with 2^18 + 5 fp32 elements and K = 3
     those need about 320 KB, 230 KB and 160 KB, so with 1 to 4 threads these budgets
-    take 16, 32 and 64. Each holds every threshold (a miss would be an error under
-    M2N2_PCB_SELECT=window) with the reference's bits."""
+    take 16, 32 and 64 (by the benchmark's copy of the rule, which counts the passes).
+    Each holds every threshold (a miss would be an error under M2N2_PCB_SELECT=window)
+    with the reference's bits."""
+    spec = importlib.util.spec_from_file_location("bench_merge_methods", os.path.join(BENCH, "bench_merge_methods.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert round(1 / bench.pcb_sample_fraction(WINDOW_N, 3, int(memory), 4)) == stride
     base, models = make_models([(WINDOW_N,)], torch.float32, 3, seed=23, zeros=0.05)
     kw = dict(ratio=0.2, lam=0.7, scope="tensor")
     want = pcb_merge(base, models, backend="torch", **kw)
