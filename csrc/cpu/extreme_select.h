@@ -163,16 +163,8 @@ M2N2_AVX512_TARGET inline int64_t delta_keys_beyond_avx512(const T* m, const flo
 }
 #endif
 
-// Whether delta_keys_beyond runs here (storage T, on this CPU).
-template <class T>
-inline bool delta_keys_beyond_available() {
-#if M2N2_AVX512_LOOPS
-  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16_t>) return cpu_has_avx512_loops();
-#endif
-  return false;
-}
-
-// delta_keys_beyond_avx512 where delta_keys_beyond_available<T>() (else returns -1).
+// delta_keys_beyond_avx512 where it runs (fp32 or bf16 storage, an AVX-512 CPU); -1
+// elsewhere, for the caller to form every key instead.
 template <class T>
 inline int64_t delta_keys_beyond(const T* m, const float* b, int64_t len, const ExtremeCut<uint32_t>& cut,
                                  uint32_t* dst) {

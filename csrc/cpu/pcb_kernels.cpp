@@ -10,7 +10,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
-#include <type_traits>
 #include <vector>
 
 #include "della_ranks.h"
@@ -263,7 +262,6 @@ void magnitude_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector
   alignas(64) compute_t<T> bc[kTile];
   alignas(64) U bu[kTile];
   alignas(64) unit_key_t<U> keys[kTile];
-  const bool fused = std::is_same_v<U, float> && delta_keys_beyond_available<T>();
   for (int64_t t0 = c.begin; t0 < c.end; t0 += kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
     base_tile_k(static_cast<const T*>(t.base) + t0, len, bc, bu);
@@ -273,8 +271,8 @@ void magnitude_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector
       if constexpr (sizeof(unit_key_t<U>) == 4) {
         // extreme_select's settled bounds: only the keys beyond them, formed in registers
         const ExtremeCut<uint32_t> cut = sink_cut<uint32_t>(sink, int(a), 0);
-        if (cut.active && fused) {
-          const int64_t count = delta_keys_beyond<T>(m, bc, len, cut, keys);
+        const int64_t count = cut.active ? delta_keys_beyond<T>(m, bc, len, cut, keys) : -1;
+        if (count >= 0) {
           if (count > 0) sink(int(a), keys, count);
           continue;
         }

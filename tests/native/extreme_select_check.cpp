@@ -174,8 +174,7 @@ bool check_keys_beyond(std::mt19937_64& rng) {
 // ends, cuts open at either end or both.
 template <class T>
 bool check_delta_keys_beyond(std::mt19937_64& rng, bool* ran) {
-  *ran = delta_keys_beyond_available<T>();
-  if (!*ran) return true;
+  *ran = false;
   std::vector<T> m(302);
   std::vector<float> b(302);
   std::vector<uint32_t> want(300), got(300);
@@ -207,6 +206,8 @@ bool check_delta_keys_beyond(std::mt19937_64& rng, bool* ran) {
         if (key < cut.below || key > cut.above) want[size_t(w++)] = key;
       }
       const int64_t c = delta_keys_beyond<T>(mi, bi, len, cut, got.data());
+      if (c < 0) return true;  // no AVX-512 here: the callers form every key
+      *ran = true;
       if (c != w || !std::equal(want.begin(), want.begin() + w, got.begin())) {
         std::printf("delta_keys_beyond (%s): len %lld, trial %d: %lld keys, want %lld\n",
                     std::is_same_v<T, float> ? "fp32" : "bf16", (long long)len, trial, (long long)c, (long long)w);
