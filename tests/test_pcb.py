@@ -327,6 +327,55 @@ def test_drop_thresholds_by_window(monkeypatch, dtype, step, ratio):
         assert_same_bits(pcb_merge(base, models, backend="cpp", **kw), want, select)
 
 
+def test_score_bound_native(tmp_path):
+    """The score bound that lets the C++ kernel skip most exact scores
+    (csrc/cpu/pcb_skip.h, tests/native/pcb_skip_check.cpp): every element it skips
+    scores below the floor, on spread and adversarial inputs; the AVX-512 filter keeps
+    what the scalar rule keeps."""
+    from conftest import run_native_check
+
+    returncode, stdout = run_native_check(tmp_path, "pcb_skip_check")
+    assert returncode == 0, stdout
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("K,ratio", [(1, 0.2), (2, 0.05), (3, 0.2), (3, 0.9), (5, 0.5)])
+def test_score_bound_changes_no_bit(monkeypatch, dtype, K, ratio):
+    """With the bound's skips (the default) and without (M2N2_PCB_SKIP=0) the C++
+    kernel gives the reference's bits: a unit the window serves (heavy-tailed deltas,
+    some models' larger than others'), and a small one with zeros (the fused pass's
+    skips alone). Data with infs and NaNs, whose NaNs the definition leaves aside
+    (docs/semantics.md), gives the same bits both ways."""
+    g = gen(40 + K)
+    n = WINDOW_N
+    base = [torch.randn(n, generator=g, dtype=torch.float64), torch.randn(3001, generator=g, dtype=torch.float64),
+            torch.randn(7, 13, generator=g, dtype=torch.float64)]
+    models = []
+    for k in range(K):
+        ms = []
+        for b in base:
+            t = torch.distributions.StudentT(1.5).sample(b.shape).double()  # heavy tails
+            ms.append(b + (0.001 * (k + 1)) * t)
+        models.append(ms)
+    models[0][2][1, 5] = float("inf")
+    models[-1][2][2, 9] = float("-inf")
+    models[0][2][3, 4] = float("nan")
+    models[-1][1][100:200] = base[1][100:200]  # zero deltas
+    base = [b.to(dtype) for b in base]
+    models = [[m.to(dtype) for m in ms] for ms in models]
+    kw = dict(ratio=ratio, lam=0.7, scope="tensor")
+    want = pcb_merge(base, models, backend="torch", **kw)
+    got = {}
+    for skip in ("1", "0"):
+        monkeypatch.setenv("M2N2_PCB_SKIP", skip)
+        monkeypatch.setenv("M2N2_PCB_SELECT", "window")  # the large unit: by the window, or an error
+        got[skip] = pcb_merge(base[:1], [ms[:1] for ms in models], backend="cpp", **kw)
+        monkeypatch.setenv("M2N2_PCB_SELECT", "auto")
+        got[skip] += pcb_merge(base[1:], [ms[1:] for ms in models], backend="cpp", **kw)
+        assert_same_bits(got[skip][:2], want[:2], f"M2N2_PCB_SKIP={skip}")
+    assert_same_bits(got["1"][2:], got["0"][2:], "infs and NaNs")
+
+
 @pytest.mark.parametrize("memory,stride", [("170000", 16), ("300000", 32), ("4000000000", 64)])
 def test_drop_thresholds_window_sample_stride(monkeypatch, memory, stride):
     """The window's sample is every 64th tile where the call's memory budget holds

@@ -18,6 +18,7 @@
 #include "m2n2/dtypes.h"
 #include "m2n2/pcb.h"
 #include "m2n2/task_merge.h"
+#include "pcb_skip.h"
 #include "radix_select.h"
 #include "window_tiles.h"
 
@@ -283,13 +284,34 @@ void magnitude_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector
   }
 }
 
+// The elements of one model's tile that pcb_skip.h's bound does not skip, compacted
+// (fp32 units). The filter's output, and the fused pass's sums gathered for them.
+struct SkipTile {
+  alignas(64) uint32_t idx[kTile];
+  alignas(64) float d[kTile];
+  alignas(64) float S[kTile];
+  alignas(64) float num[kTile];
+  alignas(64) float den[kTile];
+};
+
+// M2N2_PCB_SKIP=0 scores every element (pcb_skip.h's bound off): the same bits, slower;
+// for comparisons.
+inline bool pcb_skip_enabled() {
+  const char* v = std::getenv("M2N2_PCB_SKIP");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
 // The score g of each listed model (every delta is needed for their sum S), over every
-// `stride`-th tile of the chunk (1: all of them; more: the window's sample).
+// `stride`-th tile of the chunk (1: all of them; more: the window's sample). skips (one
+// per listed model, or none): only the keys of the elements the bound does not skip
+// go to the sink; skipped[a] counts the others (their scores lie below skips[a].floor).
 template <class T, class U, class Sink>
 void score_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector<int>& models,
-                      const std::vector<PcbStats<U>>& stats, Sink&& sink, int64_t stride = 1) {
+                      const std::vector<PcbStats<U>>& stats, Sink&& sink, int64_t stride = 1,
+                      const PcbSkip* skips = nullptr, int64_t* skipped = nullptr) {
   const int K = int(stats.size());
   DeltaTile<T, U> tile(K);
+  SkipTile kept;
   alignas(64) unit_key_t<U> keys[kTile];
   for (int64_t t0 = c.begin; t0 < c.end; t0 += stride * kTile) {
     const int64_t len = std::min(kTile, c.end - t0);
@@ -297,19 +319,60 @@ void score_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector<int
     prefetch_tile<T>(t, t0 + stride * kTile, c.end);
     for (size_t a = 0; a < models.size(); ++a) {
       const PcbStats<U>& s = stats[size_t(models[a])];
-      score_keys_tile_k(tile.row(models[a]), tile.S, len, s.lo, s.hi, U(K), keys);
-      sink(int(a), keys, len);
+      const U* d = tile.row(models[a]);
+      const U* S = tile.S;
+      int64_t n = len;
+      int64_t scored = len;
+      if constexpr (sizeof(U) == 4) {
+        const int64_t survivors = skips ? pcb_survivors(d, S, len, skips[a], kept.idx, kept.d, kept.S) : -1;
+        if (survivors >= 0) {
+          d = kept.d, S = kept.S, n = survivors, scored = pcb_padded(survivors);
+          skipped[a] += len - survivors;
+        }
+      }
+      score_keys_tile_k(d, S, scored, s.lo, s.hi, U(K), keys);
+      sink(int(a), keys, n);
     }
   }
 }
 
 // ---- the fused pass --------------------------------------------------------------------
 
+// One model's share of a tile (mix_tile): over the elements the bound does not skip
+// where skip runs (a skipped element's scale is exactly 0: its terms would add +-0), else
+// over all of them.
+template <class U>
+void mix_model(const U* d, const U* S, int64_t len, const PcbStats<U>& s, const PcbSkip* skip, U K, U* num, U* den,
+               SkipTile& kept) {
+  if constexpr (sizeof(U) == 4) {
+    const int64_t n = skip ? pcb_survivors(d, S, len, *skip, kept.idx, kept.d, kept.S) : -1;
+    if (n >= 0) {
+      for (int64_t i = 0; i < n; ++i) {
+        kept.num[i] = num[kept.idx[i]];
+        kept.den[i] = den[kept.idx[i]];
+      }
+      const int64_t padded = pcb_padded(n);
+      std::fill(kept.num + n, kept.num + padded, 0.0f);
+      std::fill(kept.den + n, kept.den + padded, 0.0f);
+      mix_tile_k(kept.d, kept.S, padded, s.lo, s.hi, s.theta, s.top, K, kept.num, kept.den);
+      for (int64_t i = 0; i < n; ++i) {
+        num[kept.idx[i]] = kept.num[i];
+        den[kept.idx[i]] = kept.den[i];
+      }
+      return;
+    }
+  }
+  mix_tile_k(d, S, len, s.lo, s.hi, s.theta, s.top, K, num, den);
+}
+
 // merged = sum_k t_k scale_k / max(sum_k scale_k, 1e-12), sums from +0 in model order.
+// skips: one per model (each floor its drop threshold), or empty.
 template <class T, class U>
-void fused_chunk(const TaskTensor& t, const Chunk& c, const std::vector<PcbStats<U>>& stats, U lam) {
+void fused_chunk(const TaskTensor& t, const Chunk& c, const std::vector<PcbStats<U>>& stats,
+                 const std::vector<PcbSkip>& skips, U lam) {
   const int K = int(stats.size());
   DeltaTile<T, U> tile(K);
+  SkipTile kept;
   alignas(64) U num[kTile];
   alignas(64) U den[kTile];
   T* out = static_cast<T*>(t.out);
@@ -320,8 +383,8 @@ void fused_chunk(const TaskTensor& t, const Chunk& c, const std::vector<PcbStats
     std::fill(num, num + len, U(0));
     std::fill(den, den + len, U(0));
     for (int k = 0; k < K; ++k) {
-      const PcbStats<U>& s = stats[size_t(k)];
-      mix_tile_k(tile.row(k), tile.S, len, s.lo, s.hi, s.theta, s.top, U(K), num, den);
+      mix_model(tile.row(k), tile.S, len, stats[size_t(k)], skips.empty() ? nullptr : &skips[size_t(k)], U(K), num,
+                den, kept);
     }
     finish_tile_k(tile.bu, num, den, lam, len, out + t0);
   }
@@ -442,10 +505,11 @@ std::vector<char> window_drops(const std::vector<TaskTensor>& ts, const std::vec
   const int64_t nchunks = int64_t(chunks.size());
   std::vector<char> held(static_cast<size_t>(K), 0);
   if (n < kPcbWindowMinN) return held;
-  const auto scores = [&](int64_t i, const std::vector<int>& models, auto&& sink, int64_t stride) {
+  const auto scores = [&](int64_t i, const std::vector<int>& models, auto&& sink, int64_t stride,
+                          const PcbSkip* skips = nullptr, int64_t* skipped = nullptr) {
     const Chunk& c = chunks[size_t(i)];
     with_storage_type<U>(ts[c.tensor].dtype, [&](auto tag) {
-      score_keys_chunk<decltype(tag), U>(ts[c.tensor], c, models, stats, sink, stride);
+      score_keys_chunk<decltype(tag), U>(ts[c.tensor], c, models, stats, sink, stride, skips, skipped);
     });
   };
   // The sample's size per model, and its window ranks.
@@ -484,12 +548,23 @@ std::vector<char> window_drops(const std::vector<TaskTensor>& ts, const std::vec
   std::vector<int64_t> allowance(size_t(threads), 0);
   std::vector<int> all(static_cast<size_t>(K));
   for (int k = 0; k < K; ++k) all[size_t(k)] = k;
+  // The scores the bound puts below a model's window need not be computed: they are
+  // counted below it (pcb_skip.h; fp32 units).
+  std::vector<PcbSkip> skips;
+  if constexpr (sizeof(U) == 4) {
+    if (pcb_skip_enabled()) {
+      for (int k = 0; k < K; ++k) {
+        skips.push_back(pcb_skip_plan(stats[size_t(k)].lo, stats[size_t(k)].hi, K, score_from_key(lo[size_t(k)])));
+      }
+    }
+  }
 #pragma omp parallel for schedule(dynamic) if (nchunks > 1)
   for (int64_t i = 0; i < nchunks; ++i) {
     const int th = omp_get_thread_num();
     PcbWindowCounts<Key>* cc = counts.data() + size_t(i) * size_t(K);
     int64_t room = allowance[size_t(th)];
     bool over = overflow[size_t(th)] != 0;
+    std::vector<int64_t> skipped(size_t(K), 0);
     scores(i, all, [&](int a, const Key* keys, int64_t len) {
       const Key l = lo[size_t(a)], h = hi[size_t(a)];
       alignas(64) Key kept[kTile];
@@ -514,7 +589,8 @@ std::vector<char> window_drops(const std::vector<TaskTensor>& ts, const std::vec
       room -= mid;
       std::vector<Key>& dst = inside[size_t(th)][size_t(a)];
       dst.insert(dst.end(), kept, kept + mid);
-    }, 1);
+    }, 1, skips.empty() ? nullptr : skips.data(), skipped.data());
+    for (int k = 0; k < K; ++k) cc[k].below += skipped[size_t(k)];
     allowance[size_t(th)] = room;
     overflow[size_t(th)] = over ? 1 : 0;
   }
@@ -631,13 +707,20 @@ void merge_unit(const std::vector<TaskTensor>& ts, const PcbConfig& cfg) {
     stats[size_t(k)].top = score_from_key(Key(drops[size_t(2 * k + 1)].key));
   }
 
-  // Pass 3: score, scale, mix, write.
+  // Pass 3: score, scale, mix, write; where the bound shows a score below its model's
+  // threshold, nothing (pcb_skip.h; fp32 units).
   const U lam = U(cfg.lam);
+  std::vector<PcbSkip> skips;
+  if constexpr (sizeof(U) == 4) {
+    if (pcb_skip_enabled()) {
+      for (const PcbStats<U>& s : stats) skips.push_back(pcb_skip_plan(s.lo, s.hi, K, s.theta));
+    }
+  }
 #pragma omp parallel for schedule(dynamic) if (nchunks > 1)
   for (int64_t i = 0; i < nchunks; ++i) {
     const Chunk& c = chunks[size_t(i)];
     with_storage_type<U>(ts[c.tensor].dtype,
-                         [&](auto tag) { fused_chunk<decltype(tag), U>(ts[c.tensor], c, stats, lam); });
+                         [&](auto tag) { fused_chunk<decltype(tag), U>(ts[c.tensor], c, stats, skips, lam); });
   }
 }
 
