@@ -287,9 +287,9 @@ void magnitude_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector
 // The elements of one model's tile that pcb_skip.h's bound does not skip, compacted
 // (fp32 units). The filter's output, and the fused pass's sums gathered for them.
 struct SkipTile {
-  alignas(64) uint32_t idx[kTile];
-  alignas(64) float d[kTile];
-  alignas(64) float S[kTile];
+  alignas(64) uint32_t idx[kTile + 16];  // the filter stores whole 16-lane steps
+  alignas(64) float d[kTile + 16];
+  alignas(64) float S[kTile + 16];
   alignas(64) float num[kTile];
   alignas(64) float den[kTile];
 };
@@ -347,17 +347,15 @@ void mix_model(const U* d, const U* S, int64_t len, const PcbStats<U>& s, const 
   if constexpr (sizeof(U) == 4) {
     const int64_t n = skip ? pcb_survivors(d, S, len, *skip, kept.idx, kept.d, kept.S) : -1;
     if (n >= 0) {
-      for (int64_t i = 0; i < n; ++i) {
-        kept.num[i] = num[kept.idx[i]];
-        kept.den[i] = den[kept.idx[i]];
-      }
+      // Each survivor's terms alone (0 + t is t, and adding +0 for -0 changes no sum),
+      // then added to its element's sums.
       const int64_t padded = pcb_padded(n);
-      std::fill(kept.num + n, kept.num + padded, 0.0f);
-      std::fill(kept.den + n, kept.den + padded, 0.0f);
+      std::fill(kept.num, kept.num + padded, 0.0f);
+      std::fill(kept.den, kept.den + padded, 0.0f);
       mix_tile_k(kept.d, kept.S, padded, s.lo, s.hi, s.theta, s.top, K, kept.num, kept.den);
       for (int64_t i = 0; i < n; ++i) {
-        num[kept.idx[i]] = kept.num[i];
-        den[kept.idx[i]] = kept.den[i];
+        num[kept.idx[i]] += kept.num[i];
+        den[kept.idx[i]] += kept.den[i];
       }
       return;
     }
