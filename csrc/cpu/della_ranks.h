@@ -33,8 +33,7 @@
 
 namespace m2n2::cpu {
 
-// The vectorised loops (della_ranks.cpp, compiled per instruction set). PCB's window
-// pass takes its maxima with della_key_max too.
+// The vectorised loops (della_ranks.cpp, compiled per instruction set).
 uint32_t della_key_max(const uint32_t* keys, int64_t n);
 uint64_t della_key_max(const uint64_t* keys, int64_t n);
 // digits[j] = max(0, (keys[j] >> shift) - low), below 4096 where keys >> shift <= low +

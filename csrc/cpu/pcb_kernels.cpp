@@ -12,7 +12,6 @@
 #include <stdexcept>
 #include <vector>
 
-#include "della_ranks.h"
 #include "extreme_select.h"
 #include "isa_clones.h"
 #include "m2n2/dtypes.h"
@@ -573,7 +572,7 @@ std::vector<char> window_drops(const std::vector<TaskTensor>& ts, const std::vec
       wc.at_lo += tc.eq_lo;
       wc.at_hi += tc.eq_hi;
       wc.inside += mid;
-      wc.top = std::max(wc.top, della_key_max(keys, len));  // per ISA: baseline x86-64 has no unsigned max
+      wc.top = std::max(wc.top, Key(tc.top));
       if (mid == 0 || over) return;
       if (room < mid) {
         const int64_t want = std::max<int64_t>(mid, kPcbReserve);

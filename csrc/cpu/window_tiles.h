@@ -27,9 +27,12 @@ namespace m2n2::cpu {
 
 constexpr int64_t kWindowTile = 256;  // the most elements one call takes
 
-// Per tile: keys > hi, == hi, == lo, and lo < key < hi (those are stored).
+// Per tile: keys > hi, == hi, == lo, and lo < key < hi (those are stored); and the
+// largest key (0 for no keys), which PCB's pass needs and TIES' does not (one max a
+// step, where its pass is bound by its reads).
 struct WindowTileCounts {
   int gt_hi = 0, eq_hi = 0, eq_lo = 0, mid = 0;
+  uint64_t top = 0;
 };
 
 // The counts of a tile of keys (len <= kWindowTile) and the keys inside the window
@@ -39,9 +42,11 @@ template <class Key>
 inline int window_keys_portable(const Key* keys, int64_t len, Key lo, Key hi, Key* inside, WindowTileCounts* counts) {
   alignas(64) uint8_t flags[kWindowTile];
   int g = 0, eh = 0, el = 0, md = 0;
-#pragma omp simd reduction(+ : g, eh, el, md)
+  Key top = 0;
+#pragma omp simd reduction(+ : g, eh, el, md) reduction(max : top)
   for (int64_t j = 0; j < len; ++j) {
     const Key key = keys[j];
+    top = key > top ? key : top;
     const int in = (key > lo) & (key < hi);
     flags[j] = uint8_t(in);
     g += key > hi ? 1 : 0;
@@ -49,7 +54,7 @@ inline int window_keys_portable(const Key* keys, int64_t len, Key lo, Key hi, Ke
     el += key == lo ? 1 : 0;
     md += in;
   }
-  *counts = WindowTileCounts{g, eh, el, md};
+  *counts = WindowTileCounts{g, eh, el, md, uint64_t(top)};
   if (md == 0) return 0;
   Key* dst = inside;
   int64_t j = 0;
@@ -86,32 +91,27 @@ inline int window_tile_portable(const T* m, const compute_t<T>* b, int64_t len, 
 // The window's counts kept per lane over 16 keys at a time, and the keys inside it
 // appended (append_lanes). Needs AVX-512 F, BW and VL (avx512.h).
 struct WindowLanes {
-  __m512i vlo, vhi, one, g, eh, el;
+  __m512i vlo, vhi, one, g, eh, el, top;
   int md = 0;
 
   M2N2_AVX512_TARGET WindowLanes(uint32_t lo, uint32_t hi)
       : vlo(_mm512_set1_epi32(int(lo))), vhi(_mm512_set1_epi32(int(hi))), one(_mm512_set1_epi32(1)),
-        g(_mm512_setzero_si512()), eh(g), el(g) {}
+        g(_mm512_setzero_si512()), eh(g), el(g), top(g) {}
+
+  // key: 0 in the lanes past the tile's end (the loads are zero-masked)
 
   M2N2_AVX512_TARGET void step(__m512i key, __mmask16 valid, uint32_t* inside) {
     g = _mm512_mask_add_epi32(g, _mm512_mask_cmpgt_epu32_mask(valid, key, vhi), g, one);
     eh = _mm512_mask_add_epi32(eh, _mm512_mask_cmpeq_epi32_mask(valid, key, vhi), eh, one);
     el = _mm512_mask_add_epi32(el, _mm512_mask_cmpeq_epi32_mask(valid, key, vlo), el, one);
+    top = _mm512_max_epu32(top, key);
     const __mmask16 in = _mm512_mask_cmplt_epu32_mask(_mm512_mask_cmpgt_epu32_mask(valid, key, vlo), key, vhi);
     md = int(append_lanes(key, in, inside, md));
   }
 
   M2N2_AVX512_TARGET int finish(WindowTileCounts* counts) const {
-    alignas(64) int lanes[3][16];
-    _mm512_store_si512(lanes[0], g);
-    _mm512_store_si512(lanes[1], eh);
-    _mm512_store_si512(lanes[2], el);
-    *counts = WindowTileCounts{0, 0, 0, md};
-    for (int q = 0; q < 16; ++q) {
-      counts->gt_hi += lanes[0][q];
-      counts->eq_hi += lanes[1][q];
-      counts->eq_lo += lanes[2][q];
-    }
+    *counts = WindowTileCounts{_mm512_reduce_add_epi32(g), _mm512_reduce_add_epi32(eh), _mm512_reduce_add_epi32(el),
+                               md, _mm512_reduce_max_epu32(top)};
     return md;
   }
 };

@@ -6,6 +6,7 @@
 // tile's own keys, lo == hi, the extremes 0 and ~0), zeros of both signs, infinities
 // and NaNs. Exits 1 on the first difference, 2 where the CPU lacks AVX-512 (after the
 // portable checks). Built and run by tests/test_task_merge.py.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -39,6 +40,7 @@ int oracle(const T* m, const compute_t<T>* b, int64_t len, Key lo, Key hi, Key* 
     c->gt_hi += key > hi;
     c->eq_hi += key == hi;
     c->eq_lo += key == lo;
+    c->top = std::max<uint64_t>(c->top, key);
     if (key > lo && key < hi) inside[c->mid++] = key;
   }
   return c->mid;
@@ -46,7 +48,8 @@ int oracle(const T* m, const compute_t<T>* b, int64_t len, Key lo, Key hi, Key* 
 
 template <class Key>
 bool same(int n1, const Key* a, const WindowTileCounts& ca, int n2, const Key* b, const WindowTileCounts& cb) {
-  if (n1 != n2 || ca.gt_hi != cb.gt_hi || ca.eq_hi != cb.eq_hi || ca.eq_lo != cb.eq_lo || ca.mid != cb.mid) {
+  if (n1 != n2 || ca.gt_hi != cb.gt_hi || ca.eq_hi != cb.eq_hi || ca.eq_lo != cb.eq_lo || ca.mid != cb.mid ||
+      ca.top != cb.top) {
     return false;
   }
   for (int i = 0; i < n1; ++i) {
