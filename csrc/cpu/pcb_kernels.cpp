@@ -323,7 +323,7 @@ void score_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector<int
       int64_t n = len;
       int64_t scored = len;
       if constexpr (sizeof(U) == 4) {
-        const int64_t survivors = skips ? pcb_survivors(d, S, len, skips[a], kept.idx, kept.d, kept.S) : -1;
+        const int64_t survivors = skips ? pcb_survivors(d, S, len, skips[a], nullptr, kept.d, kept.S) : -1;
         if (survivors >= 0) {
           d = kept.d, S = kept.S, n = survivors, scored = pcb_padded(survivors);
           skipped[a] += len - survivors;

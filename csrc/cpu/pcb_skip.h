@@ -98,9 +98,10 @@ inline bool pcb_skippable(float d, float S, const PcbSkip& p) {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 // The elements of d[0 .. len) (and S) that the bound does not skip, compressed in index
-// order: their indices to idx, d and S to dc and Sc, each written 16 lanes at a time
-// (unmasked stores, which measured faster than masked ones at these unaligned ends),
-// so each must hold len + 16. Returns how many.
+// order: their indices to idx (WithIdx), d and S to dc and Sc, each written 16 lanes
+// at a time (unmasked stores, which measured faster than masked ones at these
+// unaligned ends), so each must hold len + 16. Returns how many.
+template <bool WithIdx>
 M2N2_AVX512_TARGET inline int64_t pcb_survivors_avx512(const float* d, const float* S, int64_t len,
                                                        const PcbSkip& p, uint32_t* idx, float* dc, float* Sc) {
   const __m512 e_lo = _mm512_load_ps(p.E), e_hi = _mm512_load_ps(p.E + 16);
@@ -119,8 +120,10 @@ M2N2_AVX512_TARGET inline int64_t pcb_survivors_avx512(const float* d, const flo
     const __m512 b = _mm512_mul_ps(_mm512_permutex2var_ps(e_lo, i, e_hi), y);
     const __mmask16 keep = valid & ~_mm512_cmp_ps_mask(b, floor, _CMP_LT_OQ);
     if (keep == 0) continue;
-    const __m512i at = _mm512_add_epi32(lane, _mm512_set1_epi32(int(j)));
-    _mm512_storeu_si512(idx + count, _mm512_maskz_compress_epi32(keep, at));
+    if constexpr (WithIdx) {
+      const __m512i at = _mm512_add_epi32(lane, _mm512_set1_epi32(int(j)));
+      _mm512_storeu_si512(idx + count, _mm512_maskz_compress_epi32(keep, at));
+    }
     _mm512_storeu_ps(dc + count, _mm512_maskz_compress_ps(keep, dv));
     _mm512_storeu_ps(Sc + count, _mm512_maskz_compress_ps(keep, sv));
     count += __builtin_popcount(unsigned(keep));
@@ -137,12 +140,13 @@ inline int64_t pcb_padded(int64_t n) { return (n + 15) & ~int64_t(15); }
 
 // pcb_survivors_avx512 where it runs (an AVX-512 CPU) and the filter is on, dc and Sc
 // padded with zeros to pcb_padded(count); -1 elsewhere, for the caller to score every
-// element instead. idx, dc and Sc hold len + 16.
+// element instead. idx (may be null: the indices not wanted), dc and Sc hold len + 16.
 inline int64_t pcb_survivors(const float* d, const float* S, int64_t len, const PcbSkip& p, uint32_t* idx, float* dc,
                              float* Sc) {
 #if M2N2_AVX512_LOOPS
   if (p.on && cpu_has_avx512_loops()) {
-    const int64_t n = pcb_survivors_avx512(d, S, len, p, idx, dc, Sc);
+    const int64_t n = idx ? pcb_survivors_avx512<true>(d, S, len, p, idx, dc, Sc)
+                          : pcb_survivors_avx512<false>(d, S, len, p, nullptr, dc, Sc);
     for (int64_t i = n; i < pcb_padded(n); ++i) dc[i] = Sc[i] = 0.0f;
     return n;
   }
