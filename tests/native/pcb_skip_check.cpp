@@ -2,8 +2,8 @@
 // (pcb_score, both tanh forms) below the floor, over spread and adversarial inputs
 // (magnitudes on the bound table's steps and just off them, scores just under the
 // floor, outside [lo, hi], zeros, subnormals, inf, NaN); the AVX-512 filter keeps
-// exactly the elements pcb_skippable keeps, in index order, with their d and S, and
-// pads to whole steps with zeros. Exits 1 on any failure, or if the bound skips too
+// exactly the elements pcb_skippable keeps, in index order, with their d and S (and
+// indices, where asked), and pads to whole steps with zeros. Exits 1 on any failure, or if the bound skips too
 // little of realistic deltas to be worth its cost. Built and run by tests/test_pcb.py.
 #include <cmath>
 #include <cstdio>
@@ -126,6 +126,11 @@ void check_filter(std::mt19937_64& gen, const Case& c, const PcbSkip& p) {
     }
     same = same && want == n;
     for (int64_t j = n; same && j < m2n2::cpu::pcb_padded(n); ++j) same = dc[size_t(j)] == 0.0f && Sc[size_t(j)] == 0.0f;
+    // without the indices: the same survivors
+    std::vector<float> dc2(320, 7.0f), Sc2(320, 7.0f);
+    const int64_t n2 = m2n2::cpu::pcb_survivors(d.data() + off, S.data() + off, len, p, nullptr, dc2.data(), Sc2.data());
+    same = same && n2 == n && std::memcmp(dc2.data(), dc.data(), 4 * size_t(m2n2::cpu::pcb_padded(n))) == 0 &&
+           std::memcmp(Sc2.data(), Sc.data(), 4 * size_t(m2n2::cpu::pcb_padded(n))) == 0;
     if (!same) {
       fail("AVX-512 filter differs from pcb_skippable", float(len), float(n), p);
       return;
