@@ -284,13 +284,13 @@ void magnitude_keys_chunk(const TaskTensor& t, const Chunk& c, const std::vector
 }
 
 // The elements of one model's tile that pcb_skip.h's bound does not skip, compacted
-// (fp32 units). The filter's output, and the fused pass's sums gathered for them.
+// (fp32 units): the filter's output, and the fused pass's terms of them.
 struct SkipTile {
-  alignas(64) uint32_t idx[kTile + 16];  // the filter stores whole 16-lane steps
-  alignas(64) float d[kTile + 16];
+  uint16_t masks[kTile / 16];  // the survivors of each 16-lane step
+  alignas(64) float d[kTile + 16];  // the filter stores whole 16-lane steps
   alignas(64) float S[kTile + 16];
-  alignas(64) float num[kTile];
-  alignas(64) float den[kTile];
+  alignas(64) float num[kTile + 16];  // read 16 lanes at a time (pcb_expand_add)
+  alignas(64) float den[kTile + 16];
 };
 
 // M2N2_PCB_SKIP=0 scores every element (pcb_skip.h's bound off): the same bits, slower;
@@ -344,18 +344,16 @@ template <class U>
 void mix_model(const U* d, const U* S, int64_t len, const PcbStats<U>& s, const PcbSkip* skip, U K, U* num, U* den,
                SkipTile& kept) {
   if constexpr (sizeof(U) == 4) {
-    const int64_t n = skip ? pcb_survivors(d, S, len, *skip, kept.idx, kept.d, kept.S) : -1;
+    const int64_t n = skip ? pcb_survivors(d, S, len, *skip, kept.masks, kept.d, kept.S) : -1;
     if (n >= 0) {
       // Each survivor's terms alone (0 + t is t, and adding +0 for -0 changes no sum),
-      // then added to its element's sums.
+      // then added to its element's sums (+0 to the others').
       const int64_t padded = pcb_padded(n);
       std::fill(kept.num, kept.num + padded, 0.0f);
       std::fill(kept.den, kept.den + padded, 0.0f);
       mix_tile_k(kept.d, kept.S, padded, s.lo, s.hi, s.theta, s.top, K, kept.num, kept.den);
-      for (int64_t i = 0; i < n; ++i) {
-        num[kept.idx[i]] += kept.num[i];
-        den[kept.idx[i]] += kept.den[i];
-      }
+      pcb_expand_add(kept.masks, len, kept.num, num);
+      pcb_expand_add(kept.masks, len, kept.den, den);
       return;
     }
   }

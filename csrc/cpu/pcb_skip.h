@@ -98,16 +98,16 @@ inline bool pcb_skippable(float d, float S, const PcbSkip& p) {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 // The elements of d[0 .. len) (and S) that the bound does not skip, compressed in index
-// order: their indices to idx (WithIdx), d and S to dc and Sc, each written 16 lanes
-// at a time (unmasked stores, which measured faster than masked ones at these
-// unaligned ends), so each must hold len + 16. Returns how many.
-template <bool WithIdx>
+// order: d and S to dc and Sc, each written 16 lanes at a time (unmasked stores, which
+// measured faster than masked ones at these unaligned ends), so each must hold len +
+// 16; with WithMasks, each 16-lane step's survivors as a bit mask to masks[step].
+// Returns how many.
+template <bool WithMasks>
 M2N2_AVX512_TARGET inline int64_t pcb_survivors_avx512(const float* d, const float* S, int64_t len,
-                                                       const PcbSkip& p, uint32_t* idx, float* dc, float* Sc) {
+                                                       const PcbSkip& p, uint16_t* masks, float* dc, float* Sc) {
   const __m512 e_lo = _mm512_load_ps(p.E), e_hi = _mm512_load_ps(p.E + 16);
   const __m512i steps = _mm512_set1_epi32(PcbSkip::kSteps);
   const __m512 lo = _mm512_set1_ps(p.lo), c = _mm512_set1_ps(p.c), floor = _mm512_set1_ps(p.floor);
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   int64_t count = 0;
   for (int64_t j = 0; j < len; j += 16) {
     const __mmask16 valid = lanes_of(len - j);
@@ -119,16 +119,29 @@ M2N2_AVX512_TARGET inline int64_t pcb_survivors_avx512(const float* d, const flo
     const __m512i i = _mm512_min_epu32(_mm512_cvttps_epi32(_mm512_mul_ps(w, w)), steps);
     const __m512 b = _mm512_mul_ps(_mm512_permutex2var_ps(e_lo, i, e_hi), y);
     const __mmask16 keep = valid & ~_mm512_cmp_ps_mask(b, floor, _CMP_LT_OQ);
+    if constexpr (WithMasks) masks[j / 16] = uint16_t(keep);
     if (keep == 0) continue;
-    if constexpr (WithIdx) {
-      const __m512i at = _mm512_add_epi32(lane, _mm512_set1_epi32(int(j)));
-      _mm512_storeu_si512(idx + count, _mm512_maskz_compress_epi32(keep, at));
-    }
     _mm512_storeu_ps(dc + count, _mm512_maskz_compress_ps(keep, dv));
     _mm512_storeu_ps(Sc + count, _mm512_maskz_compress_ps(keep, sv));
     count += __builtin_popcount(unsigned(keep));
   }
   return count;
+}
+
+// sums[j] += the terms of the survivors, spread back to their places (the inverse of
+// pcb_survivors' compression: masks from it, terms in its order, holding its count +
+// 16); the other elements get +0, which changes no sum that started from +0.
+M2N2_AVX512_TARGET inline void pcb_expand_add_avx512(const uint16_t* masks, int64_t len, const float* terms,
+                                                     float* sums) {
+  int64_t at = 0;
+  for (int64_t j = 0; j < len; j += 16) {
+    const __mmask16 keep = masks[j / 16];
+    if (keep == 0) continue;
+    const __m512 spread = _mm512_maskz_expand_ps(keep, _mm512_loadu_ps(terms + at));
+    const __mmask16 valid = lanes_of(len - j);
+    _mm512_mask_storeu_ps(sums + j, valid, _mm512_add_ps(_mm512_maskz_loadu_ps(valid, sums + j), spread));
+    at += __builtin_popcount(unsigned(keep));
+  }
 }
 #pragma GCC diagnostic pop
 #endif
@@ -140,19 +153,29 @@ inline int64_t pcb_padded(int64_t n) { return (n + 15) & ~int64_t(15); }
 
 // pcb_survivors_avx512 where it runs (an AVX-512 CPU) and the filter is on, dc and Sc
 // padded with zeros to pcb_padded(count); -1 elsewhere, for the caller to score every
-// element instead. idx (may be null: the indices not wanted), dc and Sc hold len + 16.
-inline int64_t pcb_survivors(const float* d, const float* S, int64_t len, const PcbSkip& p, uint32_t* idx, float* dc,
-                             float* Sc) {
+// element instead. dc and Sc hold len + 16; masks (may be null: not wanted), one per
+// 16-lane step, for pcb_expand_add.
+inline int64_t pcb_survivors(const float* d, const float* S, int64_t len, const PcbSkip& p, uint16_t* masks,
+                             float* dc, float* Sc) {
 #if M2N2_AVX512_LOOPS
   if (p.on && cpu_has_avx512_loops()) {
-    const int64_t n = idx ? pcb_survivors_avx512<true>(d, S, len, p, idx, dc, Sc)
-                          : pcb_survivors_avx512<false>(d, S, len, p, nullptr, dc, Sc);
+    const int64_t n = masks ? pcb_survivors_avx512<true>(d, S, len, p, masks, dc, Sc)
+                            : pcb_survivors_avx512<false>(d, S, len, p, nullptr, dc, Sc);
     for (int64_t i = n; i < pcb_padded(n); ++i) dc[i] = Sc[i] = 0.0f;
     return n;
   }
 #endif
-  (void)d, (void)S, (void)len, (void)p, (void)idx, (void)dc, (void)Sc;
+  (void)d, (void)S, (void)len, (void)p, (void)masks, (void)dc, (void)Sc;
   return -1;
+}
+
+// pcb_expand_add_avx512, after a pcb_survivors that returned a count (so on AVX-512).
+inline void pcb_expand_add(const uint16_t* masks, int64_t len, const float* terms, float* sums) {
+#if M2N2_AVX512_LOOPS
+  pcb_expand_add_avx512(masks, len, terms, sums);
+#else
+  (void)masks, (void)len, (void)terms, (void)sums;
+#endif
 }
 
 }  // namespace m2n2::cpu

@@ -3,7 +3,8 @@
 // (magnitudes on the bound table's steps and just off them, scores just under the
 // floor, outside [lo, hi], zeros, subnormals, inf, NaN); the AVX-512 filter keeps
 // exactly the elements pcb_skippable keeps, in index order, with their d and S (and
-// indices, where asked), and pads to whole steps with zeros. Exits 1 on any failure, or if the bound skips too
+// each step's mask, where asked), pads to whole steps with zeros, and pcb_expand_add
+// puts terms back in the survivors' places. Exits 1 on any failure, or if the bound skips too
 // little of realistic deltas to be worth its cost. Built and run by tests/test_pcb.py.
 #include <cmath>
 #include <cstdio>
@@ -103,7 +104,7 @@ void check_filter(std::mt19937_64& gen, const Case& c, const PcbSkip& p) {
   if (!m2n2::cpu::cpu_has_avx512_loops()) return;
   std::normal_distribution<double> normal(0.0, 1e-3);
   std::vector<float> d(320), S(320), dc(320), Sc(320);
-  std::vector<uint32_t> idx(320);
+  std::vector<uint16_t> masks(20);
   const float inf = std::numeric_limits<float>::infinity();
   for (int len = 0; len <= 300; ++len) {
     const int off = len % 5;
@@ -114,25 +115,36 @@ void check_filter(std::mt19937_64& gen, const Case& c, const PcbSkip& p) {
     if (len > 3) d[size_t(off + 3)] = std::numeric_limits<float>::quiet_NaN(), d[size_t(off + 1)] = -inf;
     std::fill(dc.begin(), dc.end(), 7.0f);
     std::fill(Sc.begin(), Sc.end(), 7.0f);
-    const int64_t n = m2n2::cpu::pcb_survivors(d.data() + off, S.data() + off, len, p, idx.data(), dc.data(), Sc.data());
+    std::fill(masks.begin(), masks.end(), uint16_t(0xABCD));
+    const int64_t n = m2n2::cpu::pcb_survivors(d.data() + off, S.data() + off, len, p, masks.data(), dc.data(), Sc.data());
     int64_t want = 0;
     bool same = n >= 0;
+    std::vector<float> sums(size_t(len) + 16), expected(size_t(len) + 16);
     for (int j = 0; j < len && same; ++j) {
+      sums[size_t(j)] = expected[size_t(j)] = float(j);
+      const bool kept = (masks[size_t(j / 16)] >> (j % 16)) & 1;
       const float dj = d[size_t(off + j)], sj = S[size_t(off + j)];
-      if (m2n2::cpu::pcb_skippable(dj, sj, p)) continue;
-      same = want < n && idx[size_t(want)] == uint32_t(j) &&
-             std::memcmp(&dc[size_t(want)], &dj, 4) == 0 && std::memcmp(&Sc[size_t(want)], &sj, 4) == 0;
+      same = kept == !m2n2::cpu::pcb_skippable(dj, sj, p);
+      if (!kept) continue;
+      same = same && want < n && std::memcmp(&dc[size_t(want)], &dj, 4) == 0 &&
+             std::memcmp(&Sc[size_t(want)], &sj, 4) == 0;
+      expected[size_t(j)] += float(want + 1) * 0.5f;  // survivor `want`'s term
       ++want;
     }
     same = same && want == n;
     for (int64_t j = n; same && j < m2n2::cpu::pcb_padded(n); ++j) same = dc[size_t(j)] == 0.0f && Sc[size_t(j)] == 0.0f;
-    // without the indices: the same survivors
+    // the survivors' terms spread back to their places, +0 elsewhere
+    std::vector<float> terms(size_t(n) + 16, -1.0f);
+    for (int64_t i = 0; i < n; ++i) terms[size_t(i)] = float(i + 1) * 0.5f;
+    if (same) m2n2::cpu::pcb_expand_add(masks.data(), len, terms.data(), sums.data());
+    same = same && std::memcmp(sums.data(), expected.data(), 4 * size_t(len)) == 0;
+    // without the masks: the same survivors
     std::vector<float> dc2(320, 7.0f), Sc2(320, 7.0f);
     const int64_t n2 = m2n2::cpu::pcb_survivors(d.data() + off, S.data() + off, len, p, nullptr, dc2.data(), Sc2.data());
     same = same && n2 == n && std::memcmp(dc2.data(), dc.data(), 4 * size_t(m2n2::cpu::pcb_padded(n))) == 0 &&
            std::memcmp(Sc2.data(), Sc.data(), 4 * size_t(m2n2::cpu::pcb_padded(n))) == 0;
     if (!same) {
-      fail("AVX-512 filter differs from pcb_skippable", float(len), float(n), p);
+      fail("AVX-512 filter or its expand differs from pcb_skippable", float(len), float(n), p);
       return;
     }
   }
