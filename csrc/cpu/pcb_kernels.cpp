@@ -427,7 +427,7 @@ U magnitude_from_key(unit_key_t<U> k) {
 // of score keys (radix selection over the sample, recomputed in each of its passes,
 // never stored); ONE pass then counts the keys below lo, at lo and at hi, keeps the
 // few strictly inside, and takes each model's maximum; the threshold follows from the
-// counts, or from nth_element over the kept keys (a rank in a multiset: whatever the
+// counts, or from a selection over the kept keys (kth_key) (a rank in a multiset: whatever the
 // threads). A model whose window misses its rank takes the radix passes, and every
 // model does where the kept keys would exceed the memory budget: the threshold is
 // exact either way.
@@ -592,7 +592,7 @@ std::vector<char> window_drops(const std::vector<TaskTensor>& ts, const std::vec
   if (std::any_of(overflow.begin(), overflow.end(), [](char o) { return o != 0; })) return held;
 
   // Each model's threshold from its own counts and kept keys: the models in parallel
-  // (a nth_element over some 10^4 keys each).
+  // (a selection over some 10^4 keys each).
 #pragma omp parallel for schedule(dynamic) if (K > 1 && nchunks > 1)
   for (int k = 0; k < K; ++k) {
     PcbWindowCounts<Key> sum;
@@ -619,8 +619,8 @@ std::vector<char> window_drops(const std::vector<TaskTensor>& ts, const std::vec
         keys.insert(keys.end(), part.begin(), part.end());
         std::vector<Key>().swap(part);
       }
-      std::nth_element(keys.begin(), keys.begin() + rest, keys.end());
-      theta = keys[size_t(rest)];
+      std::vector<Key> scratch;
+      theta = detail::kth_key(keys.data(), int64_t(keys.size()), rest, scratch);
     } else if (rest - sum.inside < sum.at_hi) {
       theta = h;
     } else {

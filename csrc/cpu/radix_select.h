@@ -161,6 +161,71 @@ inline void collect_matching(const Key* keys, int64_t len, int high, bool all, u
   }
 }
 
+// The key of rank r (ascending, 0 <= r < m) among keys[0, m); it may reorder them (their
+// multiset stays). nth_element moves every key with unpredictable branches (5 ns a
+// key on tens of thousands of score keys: two thirds of a PCB window sample's
+// selection); this histograms an 11-bit digit just below the bits all keys share,
+// copies only the keys of the rank's bin to `scratch` and goes on there (compacting in
+// place), down to kKthFew keys for nth_element. Where the rank's bin holds more than
+// an eighth of the keys (heavy ties), nth_element finishes over the keys where they
+// are, so scratch never holds more than an eighth of them (and one more).
+constexpr int kKthDigitBits = 11;
+constexpr int64_t kKthFew = 2048;
+
+template <class Key>
+Key kth_key(Key* keys, int64_t m, int64_t r, std::vector<Key>& scratch) {
+  constexpr int kBins = 1 << kKthDigitBits;
+  Key* src = keys;
+  while (m > kKthFew) {
+    // The bits where the keys differ: OR and AND vectorise in every clone (baseline
+    // x86-64 has no unsigned 32-bit min or max).
+    Key any = 0, all = Key(~Key(0));
+#pragma omp simd reduction(| : any) reduction(& : all)
+    for (int64_t j = 0; j < m; ++j) {
+      any |= src[j];
+      all &= src[j];
+    }
+    const Key differ = Key(any ^ all);
+    if (differ == 0) return src[0];  // all equal
+    const int top = sizeof(Key) == 8 ? 64 - __builtin_clzll(uint64_t(differ)) : 32 - __builtin_clz(uint32_t(differ));
+    const int shift = std::max(0, top - kKthDigitBits);
+    const Key mask = Key(kBins - 1);
+    // Two interleaved histograms: a run of one bin (ties) chains fewer increments.
+    uint32_t count[2][kBins] = {};
+    const int64_t half = m / 2;
+    for (int64_t j = 0; j < half; ++j) {
+      ++count[0][(src[j] >> shift) & mask];
+      ++count[1][(src[half + j] >> shift) & mask];
+    }
+    if (m % 2) ++count[1][(src[m - 1] >> shift) & mask];
+    int64_t below = 0;
+    Key bin = 0;
+    for (int b = 0; b < kBins; ++b) {
+      const int64_t c = int64_t(count[0][b]) + int64_t(count[1][b]);
+      if (below + c > r) {
+        bin = Key(b);
+        break;
+      }
+      below += c;
+    }
+    const int64_t in_bin = int64_t(count[0][bin]) + int64_t(count[1][bin]);
+    if (in_bin * 8 > m) break;  // heavy ties: nth_element where the keys are
+    if (src == keys) scratch.resize(size_t(in_bin) + 1);  // the loop writes one past
+    Key* dst = scratch.data();  // in place once src is scratch: writes trail reads
+    int64_t n = 0;
+    for (int64_t j = 0; j < m; ++j) {
+      const Key k = src[j];
+      dst[n] = k;
+      n += ((k >> shift) & mask) == bin ? 1 : 0;
+    }
+    src = dst;
+    m = in_bin;
+    r -= below;
+  }
+  std::nth_element(src, src + r, src + m);
+  return src[r];
+}
+
 // The most keys a thread stages per slot before it takes their place in the slot's
 // buffer, and the most it stages over all slots (fewer per slot where there are many).
 constexpr int64_t kCollectStage = 1024;
@@ -239,8 +304,6 @@ void radix_finish_by_collecting(int64_t nchunks, std::vector<RadixTarget>& targe
       throw std::logic_error("radix_select: the keys under a prefix differ from their count");
     }
   }
-  // Each slot's targets in ascending rank, so that each partitions only the keys above
-  // the one before (nth_element leaves every key past rank r at or above its key).
   const std::vector<std::vector<size_t>> slot_targets = slot_targets_by_rank(slots, remaining);
   // The slots' buffers are disjoint: their selections run in parallel (a window's
   // sample collects its K models' keys at once, tens of thousands each).
@@ -250,14 +313,9 @@ void radix_finish_by_collecting(int64_t nchunks, std::vector<RadixTarget>& targe
   for (size_t q = 0; q < nslots; ++q) {
     Key* keys = got[q].get();
     const int64_t m = open[q];
-    int64_t settled = 0;  // keys[0, settled) lie at or below every key after them
+    std::vector<Key> scratch;
     for (size_t t : slot_targets[q]) {
-      const int64_t r = remaining[t];
-      if (r >= settled) {
-        std::nth_element(keys + settled, keys + r, keys + m);
-        settled = r + 1;
-      }
-      const Key key = keys[r];
+      const Key key = kth_key(keys, m, remaining[t], scratch);
       int64_t below = 0, equal = 0;
       for (int64_t j = 0; j < m; ++j) {
         below += keys[j] < key ? 1 : 0;

@@ -91,10 +91,56 @@ bool run(const char* what, std::mt19937_64& rng, int64_t n, bool with_counts, ui
   return true;
 }
 
+// detail::kth_key against sorting: every rank of a few sizes around kKthFew and of
+// larger sets, over keys spread (float bits of a narrow normal, so they share their
+// high bits), heavily tied, all equal, and spread but for one large run; the keys'
+// multiset unchanged, and scratch never past an eighth of them (and one) beyond
+// kKthFew.
+template <class Key>
+bool check_kth(std::mt19937_64& rng) {
+  std::normal_distribution<double> normal(1.0, 1e-3);
+  std::vector<Key> scratch;
+  for (int64_t m : {int64_t(1), int64_t(7), detail::kKthFew, detail::kKthFew + 1, int64_t(5000), int64_t(70001)}) {
+    for (int shape = 0; shape < 4; ++shape) {
+      std::vector<Key> keys(static_cast<size_t>(m));
+      for (int64_t j = 0; j < m; ++j) {
+        const double x = normal(rng);
+        Key k = Key(x * double(Key(1) << (8 * sizeof(Key) - 2)));
+        if (shape == 1) k = Key(rng() % 5) << (8 * sizeof(Key) - 4);  // five values
+        if (shape == 2) k = Key(12345);
+        if (shape == 3 && j % 3 == 0) k = Key(777);  // a third tied far below the rest
+        keys[size_t(j)] = k;
+      }
+      std::vector<Key> sorted = keys;
+      std::sort(sorted.begin(), sorted.end());
+      const int64_t step = std::max<int64_t>(1, m / 97);
+      for (int64_t r = 0; r < m; r += (r + step < m || r == m - 1) ? step : m - 1 - r) {
+        std::vector<Key> work = keys;
+        scratch.clear();
+        scratch.shrink_to_fit();
+        const Key got = detail::kth_key(work.data(), m, r, scratch);
+        std::vector<Key> again = work;
+        std::sort(again.begin(), again.end());
+        const bool roomy = m <= detail::kKthFew || int64_t(scratch.size()) <= m / 8 + 1;
+        if (got != sorted[size_t(r)] || again != sorted || !roomy) {
+          std::printf("kth_key (%d-bit keys, shape %d, m %lld, rank %lld): got %llx want %llx%s%s\n",
+                      int(8 * sizeof(Key)), shape, (long long)m, (long long)r, (unsigned long long)got,
+                      (unsigned long long)sorted[size_t(r)], again != sorted ? ", keys lost" : "",
+                      roomy ? "" : ", scratch too large");
+          return false;
+        }
+        if (r == m - 1) break;
+      }
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 int main() {
   std::mt19937_64 rng(12345);
+  if (!check_kth<uint32_t>(rng) || !check_kth<uint64_t>(rng)) return 1;
   for (int threads : {1, 2, 3}) {
     omp_set_num_threads(threads);
     for (int64_t n : {int64_t(300000), int64_t(5000)}) {
@@ -110,6 +156,6 @@ int main() {
     }
   }
   std::printf("radix_select: every rank equal to sorting (32- and 64-bit keys, 1 to 3 threads, with and without "
-              "the sources' key counts, 16-bit digits and narrower ones under memory budgets)\n");
+              "the sources' key counts, 16-bit digits and narrower ones under memory budgets); kth_key too\n");
   return 0;
 }
