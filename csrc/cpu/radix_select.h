@@ -14,13 +14,13 @@
 // After the first pass, where the keys left under the targets' prefixes (the counts
 // of their bins, known exactly) take less memory than the next pass's 16-bit
 // histograms and than the budget, that pass collects those keys instead, into one
-// buffer per prefix of exactly their count, and finishes each target by nth_element
+// buffer per prefix of exactly their count, and finishes each target by kth_key
 // over them: exact, and the same whatever the threads (a rank in a multiset). A bin
 // of a 16-bit digit of float keys spans under 1% of a value, so this is typically far
 // fewer keys than threads x targets x 2^16 counters, and for 64-bit keys two passes
 // instead of four. Extra memory: one pass's histograms (threads x slots x 2^digit
 // counters), then the collected keys, each at most the budget (but 8-bit digits),
-// and per thread a stage of at most 16,384 of them (radix_finish_by_collecting);
+// and an eighth of a slot's more while kth_key selects in them, and per thread a stage of at most 16,384 of them (radix_finish_by_collecting);
 // where the caller gives the sources' key counts and the keys take less memory than
 // those counters (a candidate window's), the keys are collected from the start.
 #pragma once
@@ -235,7 +235,7 @@ constexpr int64_t kParallelFinishKeys = int64_t(1) << 14;
 
 // The last stage of radix_select: the keys under each slot's prefix (their bits from
 // `high` up equal to it) gathered from every chunk into one buffer per slot of exactly
-// its `open` keys (their count, known exactly), then each target's key by nth_element
+// its `open` keys (their count, known exactly), then each target's key by kth_key
 // over its slot's keys at its remaining rank, with the keys below and equal to it
 // there. The threads take their places in a buffer from an atomic count: the keys'
 // order then depends on the threads, their multiset and so the result does not. Each
