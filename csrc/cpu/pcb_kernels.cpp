@@ -293,11 +293,22 @@ struct SkipTile {
   alignas(64) float den[kTile + 16];
 };
 
-// M2N2_PCB_SKIP=0 scores every element (pcb_skip.h's bound off): the same bits, slower;
-// for comparisons.
-inline bool pcb_skip_enabled() {
+// Each model's filter (pcb_skip.h), its floor floor_of(k) (a score): fp32 units only,
+// and none under M2N2_PCB_SKIP=0 (every element scored: the same bits, slower; for
+// comparisons).
+template <class U, class FloorOf>
+std::vector<PcbSkip> skip_plans(const std::vector<PcbStats<U>>& stats, FloorOf&& floor_of) {
+  std::vector<PcbSkip> plans;
   const char* v = std::getenv("M2N2_PCB_SKIP");
-  return v == nullptr || std::strcmp(v, "0") != 0;
+  if constexpr (sizeof(U) == 4) {
+    if (v == nullptr || std::strcmp(v, "0") != 0) {
+      const int K = int(stats.size());
+      for (int k = 0; k < K; ++k) {
+        plans.push_back(pcb_skip_plan(stats[size_t(k)].lo, stats[size_t(k)].hi, K, floor_of(k)));
+      }
+    }
+  }
+  return plans;
 }
 
 // The score g of each listed model (every delta is needed for their sum S), over every
@@ -352,8 +363,7 @@ void mix_model(const U* d, const U* S, int64_t len, const PcbStats<U>& s, const 
       std::fill(kept.num, kept.num + padded, 0.0f);
       std::fill(kept.den, kept.den + padded, 0.0f);
       mix_tile_k(kept.d, kept.S, padded, s.lo, s.hi, s.theta, s.top, K, kept.num, kept.den);
-      pcb_expand_add(kept.masks, len, kept.num, num);
-      pcb_expand_add(kept.masks, len, kept.den, den);
+      pcb_expand_add(kept.masks, len, kept.num, kept.den, num, den);
       return;
     }
   }
@@ -427,7 +437,7 @@ U magnitude_from_key(unit_key_t<U> k) {
 // of score keys (radix selection over the sample, recomputed in each of its passes,
 // never stored); ONE pass then counts the keys below lo, at lo and at hi, keeps the
 // few strictly inside, and takes each model's maximum; the threshold follows from the
-// counts, or from a selection over the kept keys (kth_key) (a rank in a multiset: whatever the
+// counts, or from kth_key over the kept keys (a rank in a multiset: whatever the
 // threads). A model whose window misses its rank takes the radix passes, and every
 // model does where the kept keys would exceed the memory budget: the threshold is
 // exact either way.
@@ -544,15 +554,8 @@ std::vector<char> window_drops(const std::vector<TaskTensor>& ts, const std::vec
   std::vector<int> all(static_cast<size_t>(K));
   for (int k = 0; k < K; ++k) all[size_t(k)] = k;
   // The scores the bound puts below a model's window need not be computed: they are
-  // counted below it (pcb_skip.h; fp32 units).
-  std::vector<PcbSkip> skips;
-  if constexpr (sizeof(U) == 4) {
-    if (pcb_skip_enabled()) {
-      for (int k = 0; k < K; ++k) {
-        skips.push_back(pcb_skip_plan(stats[size_t(k)].lo, stats[size_t(k)].hi, K, score_from_key(lo[size_t(k)])));
-      }
-    }
-  }
+  // counted below it.
+  const std::vector<PcbSkip> skips = skip_plans(stats, [&](int k) { return score_from_key(lo[size_t(k)]); });
 #pragma omp parallel for schedule(dynamic) if (nchunks > 1)
   for (int64_t i = 0; i < nchunks; ++i) {
     const int th = omp_get_thread_num();
@@ -705,12 +708,7 @@ void merge_unit(const std::vector<TaskTensor>& ts, const PcbConfig& cfg) {
   // Pass 3: score, scale, mix, write; where the bound shows a score below its model's
   // threshold, nothing (pcb_skip.h; fp32 units).
   const U lam = U(cfg.lam);
-  std::vector<PcbSkip> skips;
-  if constexpr (sizeof(U) == 4) {
-    if (pcb_skip_enabled()) {
-      for (const PcbStats<U>& s : stats) skips.push_back(pcb_skip_plan(s.lo, s.hi, K, s.theta));
-    }
-  }
+  const std::vector<PcbSkip> skips = skip_plans(stats, [&](int k) { return stats[size_t(k)].theta; });
 #pragma omp parallel for schedule(dynamic) if (nchunks > 1)
   for (int64_t i = 0; i < nchunks; ++i) {
     const Chunk& c = chunks[size_t(i)];

@@ -128,18 +128,21 @@ M2N2_AVX512_TARGET inline int64_t pcb_survivors_avx512(const float* d, const flo
   return count;
 }
 
-// sums[j] += the terms of the survivors, spread back to their places (the inverse of
-// pcb_survivors' compression: masks from it, terms in its order, holding its count +
-// 16); the other elements get +0, which changes no sum that started from +0.
-M2N2_AVX512_TARGET inline void pcb_expand_add_avx512(const uint16_t* masks, int64_t len, const float* terms,
-                                                     float* sums) {
+// num[j] += and den[j] += the survivors' terms tn and td, spread back to their places
+// (the inverse of pcb_survivors' compression: masks from it, terms in its order, each
+// holding its count + 16); the other elements get +0, which changes no sum that
+// started from +0.
+M2N2_AVX512_TARGET inline void pcb_expand_add_avx512(const uint16_t* masks, int64_t len, const float* tn,
+                                                     const float* td, float* num, float* den) {
   int64_t at = 0;
   for (int64_t j = 0; j < len; j += 16) {
     const __mmask16 keep = masks[j / 16];
     if (keep == 0) continue;
-    const __m512 spread = _mm512_maskz_expand_ps(keep, _mm512_loadu_ps(terms + at));
     const __mmask16 valid = lanes_of(len - j);
-    _mm512_mask_storeu_ps(sums + j, valid, _mm512_add_ps(_mm512_maskz_loadu_ps(valid, sums + j), spread));
+    const __m512 n = _mm512_maskz_expand_ps(keep, _mm512_loadu_ps(tn + at));
+    const __m512 d = _mm512_maskz_expand_ps(keep, _mm512_loadu_ps(td + at));
+    _mm512_mask_storeu_ps(num + j, valid, _mm512_add_ps(_mm512_maskz_loadu_ps(valid, num + j), n));
+    _mm512_mask_storeu_ps(den + j, valid, _mm512_add_ps(_mm512_maskz_loadu_ps(valid, den + j), d));
     at += __builtin_popcount(unsigned(keep));
   }
 }
@@ -170,11 +173,12 @@ inline int64_t pcb_survivors(const float* d, const float* S, int64_t len, const 
 }
 
 // pcb_expand_add_avx512, after a pcb_survivors that returned a count (so on AVX-512).
-inline void pcb_expand_add(const uint16_t* masks, int64_t len, const float* terms, float* sums) {
+inline void pcb_expand_add(const uint16_t* masks, int64_t len, const float* tn, const float* td, float* num,
+                           float* den) {
 #if M2N2_AVX512_LOOPS
-  pcb_expand_add_avx512(masks, len, terms, sums);
+  pcb_expand_add_avx512(masks, len, tn, td, num, den);
 #else
-  (void)masks, (void)len, (void)terms, (void)sums;
+  (void)masks, (void)len, (void)tn, (void)td, (void)num, (void)den;
 #endif
 }
 

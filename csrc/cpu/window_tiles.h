@@ -98,8 +98,8 @@ struct WindowLanes {
       : vlo(_mm512_set1_epi32(int(lo))), vhi(_mm512_set1_epi32(int(hi))), one(_mm512_set1_epi32(1)),
         g(_mm512_setzero_si512()), eh(g), el(g), top(g) {}
 
-  // key: 0 in the lanes past the tile's end (the loads are zero-masked)
-
+  // key: 0 in the lanes past the tile's end (the loads are zero-masked), so the max
+  // needs no mask.
   M2N2_AVX512_TARGET void step(__m512i key, __mmask16 valid, uint32_t* inside) {
     g = _mm512_mask_add_epi32(g, _mm512_mask_cmpgt_epu32_mask(valid, key, vhi), g, one);
     eh = _mm512_mask_add_epi32(eh, _mm512_mask_cmpeq_epi32_mask(valid, key, vhi), eh, one);

@@ -120,24 +120,28 @@ void check_filter(std::mt19937_64& gen, const Case& c, const PcbSkip& p) {
     int64_t want = 0;
     bool same = n >= 0;
     std::vector<float> sums(size_t(len) + 16), expected(size_t(len) + 16);
+    std::vector<float> sums2(size_t(len) + 16), expected2(size_t(len) + 16);
     for (int j = 0; j < len && same; ++j) {
       sums[size_t(j)] = expected[size_t(j)] = float(j);
+      sums2[size_t(j)] = expected2[size_t(j)] = -float(j + 1);  // no -0: +0 added to it is +0
       const bool kept = (masks[size_t(j / 16)] >> (j % 16)) & 1;
       const float dj = d[size_t(off + j)], sj = S[size_t(off + j)];
       same = kept == !m2n2::cpu::pcb_skippable(dj, sj, p);
       if (!kept) continue;
       same = same && want < n && std::memcmp(&dc[size_t(want)], &dj, 4) == 0 &&
              std::memcmp(&Sc[size_t(want)], &sj, 4) == 0;
-      expected[size_t(j)] += float(want + 1) * 0.5f;  // survivor `want`'s term
+      expected[size_t(j)] += float(want + 1) * 0.5f;  // survivor `want`'s terms
+      expected2[size_t(j)] += float(want + 1) * 0.25f;
       ++want;
     }
     same = same && want == n;
     for (int64_t j = n; same && j < m2n2::cpu::pcb_padded(n); ++j) same = dc[size_t(j)] == 0.0f && Sc[size_t(j)] == 0.0f;
     // the survivors' terms spread back to their places, +0 elsewhere
-    std::vector<float> terms(size_t(n) + 16, -1.0f);
-    for (int64_t i = 0; i < n; ++i) terms[size_t(i)] = float(i + 1) * 0.5f;
-    if (same) m2n2::cpu::pcb_expand_add(masks.data(), len, terms.data(), sums.data());
-    same = same && std::memcmp(sums.data(), expected.data(), 4 * size_t(len)) == 0;
+    std::vector<float> terms(size_t(n) + 16, -1.0f), terms2(size_t(n) + 16, -1.0f);
+    for (int64_t i = 0; i < n; ++i) terms[size_t(i)] = float(i + 1) * 0.5f, terms2[size_t(i)] = float(i + 1) * 0.25f;
+    if (same) m2n2::cpu::pcb_expand_add(masks.data(), len, terms.data(), terms2.data(), sums.data(), sums2.data());
+    same = same && std::memcmp(sums.data(), expected.data(), 4 * size_t(len)) == 0 &&
+           std::memcmp(sums2.data(), expected2.data(), 4 * size_t(len)) == 0;
     // without the masks: the same survivors
     std::vector<float> dc2(320, 7.0f), Sc2(320, 7.0f);
     const int64_t n2 = m2n2::cpu::pcb_survivors(d.data() + off, S.data() + off, len, p, nullptr, dc2.data(), Sc2.data());
